@@ -1,0 +1,4 @@
+//! wick: run large language models from GGUF files.
+
+pub mod gguf;
+pub mod quant;
