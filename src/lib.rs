@@ -1,4 +1,7 @@
 //! wick: run large language models from GGUF files.
 
+pub mod backend;
 pub mod gguf;
+pub mod kv;
+pub mod model;
 pub mod quant;

@@ -1,0 +1,84 @@
+//! Unquantized element types: F32, F16 and BF16, read from little-endian bytes.
+
+use half::{bf16, f16};
+
+#[inline]
+fn f32_at(c: &[u8]) -> f32 {
+    f32::from_le_bytes([c[0], c[1], c[2], c[3]])
+}
+
+#[inline]
+fn f16_at(c: &[u8]) -> f32 {
+    f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32()
+}
+
+#[inline]
+fn bf16_at(c: &[u8]) -> f32 {
+    bf16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32()
+}
+
+pub fn dequantize_f32(src: &[u8], out: &mut [f32]) {
+    for (c, y) in src.chunks_exact(4).zip(out) {
+        *y = f32_at(c);
+    }
+}
+
+pub fn dequantize_f16(src: &[u8], out: &mut [f32]) {
+    for (c, y) in src.chunks_exact(2).zip(out) {
+        *y = f16_at(c);
+    }
+}
+
+pub fn dequantize_bf16(src: &[u8], out: &mut [f32]) {
+    for (c, y) in src.chunks_exact(2).zip(out) {
+        *y = bf16_at(c);
+    }
+}
+
+pub fn quantize_f32(x: &[f32], out: &mut [u8]) {
+    for (v, c) in x.iter().zip(out.chunks_exact_mut(4)) {
+        c.copy_from_slice(&v.to_le_bytes());
+    }
+}
+
+pub fn quantize_f16(x: &[f32], out: &mut [u8]) {
+    for (v, c) in x.iter().zip(out.chunks_exact_mut(2)) {
+        c.copy_from_slice(&f16::from_f32(*v).to_bits().to_le_bytes());
+    }
+}
+
+pub fn quantize_bf16(x: &[f32], out: &mut [u8]) {
+    for (v, c) in x.iter().zip(out.chunks_exact_mut(2)) {
+        c.copy_from_slice(&bf16::from_f32(*v).to_bits().to_le_bytes());
+    }
+}
+
+/// Eight partial sums, so the compiler can keep them in one vector register.
+#[inline]
+fn dot_with(src: &[u8], width: usize, x: &[f32], load: impl Fn(&[u8]) -> f32) -> f32 {
+    let mut acc = [0f32; 8];
+    let mut w = src.chunks_exact(width * 8);
+    let mut xs = x.chunks_exact(8);
+    for (wc, xc) in (&mut w).zip(&mut xs) {
+        for k in 0..8 {
+            acc[k] += load(&wc[k * width..]) * xc[k];
+        }
+    }
+    let mut tail = 0f32;
+    for (c, v) in w.remainder().chunks_exact(width).zip(xs.remainder()) {
+        tail += load(c) * v;
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+pub fn vec_dot_f32(src: &[u8], x: &[f32]) -> f32 {
+    dot_with(src, 4, x, f32_at)
+}
+
+pub fn vec_dot_f16(src: &[u8], x: &[f32]) -> f32 {
+    dot_with(src, 2, x, f16_at)
+}
+
+pub fn vec_dot_bf16(src: &[u8], x: &[f32]) -> f32 {
+    dot_with(src, 2, x, bf16_at)
+}

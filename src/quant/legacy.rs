@@ -1,0 +1,197 @@
+//! ggml's original 32-element block formats: Q4_0, Q4_1, Q8_0, and Q8_1 (activations only).
+//!
+//! Every struct mirrors the C layout byte for byte. Scales are kept as raw little-endian
+//! f16 bytes so that each struct has alignment 1 and any byte slice can be viewed as blocks.
+
+use half::f16;
+
+use super::block::Block;
+
+pub const QK: usize = 32;
+
+#[derive(Clone, Copy)]
+#[repr(C)]
+pub struct BlockQ4_0 {
+    pub d: [u8; 2],
+    /// Element `j` in the low nibble of `qs[j]`, element `j + 16` in the high nibble.
+    pub qs: [u8; QK / 2],
+}
+
+#[derive(Clone, Copy)]
+#[repr(C)]
+pub struct BlockQ4_1 {
+    pub d: [u8; 2],
+    pub m: [u8; 2],
+    pub qs: [u8; QK / 2],
+}
+
+#[derive(Clone, Copy)]
+#[repr(C)]
+pub struct BlockQ8_0 {
+    pub d: [u8; 2],
+    pub qs: [i8; QK],
+}
+
+/// Q8_0 plus `s = d * sum(qs)`, which lets a Q4_1 dot fold in the weight's offset `m`
+/// without a second pass over the activations.
+#[derive(Clone, Copy)]
+#[repr(C)]
+pub struct BlockQ8_1 {
+    pub d: [u8; 2],
+    pub s: [u8; 2],
+    pub qs: [i8; QK],
+}
+
+const _: () = assert!(std::mem::size_of::<BlockQ4_0>() == 18);
+const _: () = assert!(std::mem::size_of::<BlockQ4_1>() == 20);
+const _: () = assert!(std::mem::size_of::<BlockQ8_0>() == 34);
+const _: () = assert!(std::mem::size_of::<BlockQ8_1>() == 36);
+
+// SAFETY: plain bytes, alignment 1, every bit pattern valid.
+unsafe impl Block for BlockQ4_0 {}
+unsafe impl Block for BlockQ4_1 {}
+unsafe impl Block for BlockQ8_0 {}
+unsafe impl Block for BlockQ8_1 {}
+
+#[inline]
+fn h(b: [u8; 2]) -> f32 {
+    f16::from_bits(u16::from_le_bytes(b)).to_f32()
+}
+
+#[inline]
+fn to_h(x: f32) -> [u8; 2] {
+    f16::from_f32(x).to_bits().to_le_bytes()
+}
+
+/// Splits 16 packed bytes into 32 unsigned 4-bit values in element order.
+#[inline]
+fn unpack_nibbles(qs: &[u8; 16]) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    for j in 0..16 {
+        out[j] = qs[j] & 0x0f;
+        out[j + 16] = qs[j] >> 4;
+    }
+    out
+}
+
+pub fn dequantize_q4_0(blocks: &[BlockQ4_0], out: &mut [f32]) {
+    for (b, o) in blocks.iter().zip(out.chunks_exact_mut(QK)) {
+        let d = h(b.d);
+        for (q, y) in unpack_nibbles(&b.qs).iter().zip(o) {
+            *y = (*q as i32 - 8) as f32 * d;
+        }
+    }
+}
+
+pub fn dequantize_q4_1(blocks: &[BlockQ4_1], out: &mut [f32]) {
+    for (b, o) in blocks.iter().zip(out.chunks_exact_mut(QK)) {
+        let (d, m) = (h(b.d), h(b.m));
+        for (q, y) in unpack_nibbles(&b.qs).iter().zip(o) {
+            *y = *q as f32 * d + m;
+        }
+    }
+}
+
+pub fn dequantize_q8_0(blocks: &[BlockQ8_0], out: &mut [f32]) {
+    for (b, o) in blocks.iter().zip(out.chunks_exact_mut(QK)) {
+        let d = h(b.d);
+        for (q, y) in b.qs.iter().zip(o) {
+            *y = *q as f32 * d;
+        }
+    }
+}
+
+/// Symmetric 8-bit quantization of one block, as ggml's reference: d = max|x| / 127.
+#[inline]
+fn quantize_block_8bit(x: &[f32]) -> (f32, [i8; QK]) {
+    let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let d = amax / 127.0;
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    let mut qs = [0i8; QK];
+    for (q, v) in qs.iter_mut().zip(x) {
+        *q = (v * id).round() as i8;
+    }
+    (d, qs)
+}
+
+pub fn quantize_q8_0(x: &[f32], out: &mut [BlockQ8_0]) {
+    for (b, xs) in out.iter_mut().zip(x.chunks_exact(QK)) {
+        let (d, qs) = quantize_block_8bit(xs);
+        b.d = to_h(d);
+        b.qs = qs;
+    }
+}
+
+pub fn quantize_q8_1(x: &[f32], out: &mut [BlockQ8_1]) {
+    for (b, xs) in out.iter_mut().zip(x.chunks_exact(QK)) {
+        let (d, qs) = quantize_block_8bit(xs);
+        let sum: i32 = qs.iter().map(|&q| q as i32).sum();
+        b.d = to_h(d);
+        b.s = to_h(d * sum as f32);
+        b.qs = qs;
+    }
+}
+
+pub fn quantize_q4_0(x: &[f32], out: &mut [BlockQ4_0]) {
+    for (b, xs) in out.iter_mut().zip(x.chunks_exact(QK)) {
+        // ggml keeps the sign of the largest-magnitude value so that it maps to -8 exactly.
+        let max = xs
+            .iter()
+            .fold(0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
+        let d = max / -8.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        b.d = to_h(d);
+        for j in 0..QK / 2 {
+            let lo = ((xs[j] * id + 8.5) as i32).min(15) as u8;
+            let hi = ((xs[j + QK / 2] * id + 8.5) as i32).min(15) as u8;
+            b.qs[j] = lo | (hi << 4);
+        }
+    }
+}
+
+pub fn quantize_q4_1(x: &[f32], out: &mut [BlockQ4_1]) {
+    for (b, xs) in out.iter_mut().zip(x.chunks_exact(QK)) {
+        let min = xs.iter().copied().fold(f32::INFINITY, f32::min);
+        let max = xs.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let d = (max - min) / 15.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        b.d = to_h(d);
+        b.m = to_h(min);
+        for j in 0..QK / 2 {
+            let lo = (((xs[j] - min) * id + 0.5) as i32).min(15) as u8;
+            let hi = (((xs[j + QK / 2] - min) * id + 0.5) as i32).min(15) as u8;
+            b.qs[j] = lo | (hi << 4);
+        }
+    }
+}
+
+#[inline]
+fn dot_i8(a: &[i8; QK], b: &[i8; QK]) -> i32 {
+    a.iter().zip(b).map(|(&x, &y)| x as i32 * y as i32).sum()
+}
+
+pub fn vec_dot_q4_0_q8_0(w: &[BlockQ4_0], a: &[BlockQ8_0]) -> f32 {
+    let mut acc = 0f32;
+    for (wb, ab) in w.iter().zip(a) {
+        let q = unpack_nibbles(&wb.qs).map(|v| v as i8 - 8);
+        acc += h(wb.d) * h(ab.d) * dot_i8(&q, &ab.qs) as f32;
+    }
+    acc
+}
+
+pub fn vec_dot_q4_1_q8_1(w: &[BlockQ4_1], a: &[BlockQ8_1]) -> f32 {
+    let mut acc = 0f32;
+    for (wb, ab) in w.iter().zip(a) {
+        let q = unpack_nibbles(&wb.qs).map(|v| v as i8);
+        acc += h(wb.d) * h(ab.d) * dot_i8(&q, &ab.qs) as f32 + h(wb.m) * h(ab.s);
+    }
+    acc
+}
+
+pub fn vec_dot_q8_0_q8_0(w: &[BlockQ8_0], a: &[BlockQ8_0]) -> f32 {
+    let mut acc = 0f32;
+    for (wb, ab) in w.iter().zip(a) {
+        acc += h(wb.d) * h(ab.d) * dot_i8(&wb.qs, &ab.qs) as f32;
+    }
+    acc
+}
