@@ -75,7 +75,11 @@ fn parse_checked(bytes: Vec<u8>) -> Result<GgufFile, GgufError> {
         let d = f.tensor_data(t);
         assert_eq!(d.len() as u64, t.n_bytes, "tensor {:?}", t.name);
         let r = d.as_ptr_range();
-        assert!(all.start <= r.start && r.end <= all.end, "tensor {:?}", t.name);
+        assert!(
+            all.start <= r.start && r.end <= all.end,
+            "tensor {:?}",
+            t.name
+        );
         assert_eq!(
             (f.data_offset + t.offset) % f.alignment,
             0,
@@ -204,7 +208,10 @@ fn stories260k_rewrites_byte_identical() {
     let again = rewrite(&f);
     assert_eq!(again.len(), orig.len(), "length differs");
     if let Some(i) = again.iter().zip(&orig).position(|(a, b)| a != b) {
-        panic!("first difference at byte {i} (data section starts at {})", f.data_offset);
+        panic!(
+            "first difference at byte {i} (data section starts at {})",
+            f.data_offset
+        );
     }
 
     // And the parse of the copy agrees field by field (a weaker check, but it names what
@@ -326,7 +333,11 @@ fn synthetic_file() -> (Vec<u8>, Vec<Vec<u8>>) {
 #[test]
 fn synthetic_round_trip_every_value_type() {
     let (bytes, datas) = synthetic_file();
-    assert_eq!(bytes.len() % 64, 0, "file length is padded to the alignment");
+    assert_eq!(
+        bytes.len() % 64,
+        0,
+        "file length is padded to the alignment"
+    );
     let f = parse_checked(bytes.clone()).expect("parse synthetic");
     assert_eq!(f.alignment, 64);
     assert_eq!(f.data_offset % 64, 0);
@@ -462,7 +473,11 @@ fn unsupported_versions() {
 #[test]
 fn tensor_offset_past_the_end_names_the_tensor() {
     let orig = stories();
-    for name in ["token_embd.weight", "blk.2.attn_k.weight", "blk.4.ffn_up.weight"] {
+    for name in [
+        "token_embd.weight",
+        "blk.2.attn_k.weight",
+        "blk.4.ffn_up.weight",
+    ] {
         for off in [orig.len() as u64 & !31, 1 << 40, u64::MAX & !31] {
             let mut b = orig.clone();
             let (_, off_pos) = type_and_offset_pos(&b, name);
@@ -488,7 +503,10 @@ fn unknown_tensor_type_names_tensor_and_id() {
             _ => panic!("wrong error: {e}"),
         }
         let s = e.to_string();
-        assert!(s.contains("blk.1.attn_v.weight") && s.contains(&id.to_string()), "{s}");
+        assert!(
+            s.contains("blk.1.attn_v.weight") && s.contains(&id.to_string()),
+            "{s}"
+        );
     }
 }
 
@@ -500,7 +518,10 @@ fn misaligned_tensor_offset() {
     put_u64(&mut b, off_pos, off + 4);
     let e = expect_err(b);
     let s = e.to_string();
-    assert!(s.contains("output.weight") && s.contains("alignment"), "{s}");
+    assert!(
+        s.contains("output.weight") && s.contains("alignment"),
+        "{s}"
+    );
 }
 
 #[test]
@@ -538,8 +559,10 @@ fn duplicate_keys_and_tensor_names() {
     assert!(e.to_string().contains("duplicate metadata key"), "{e}");
 
     let mut w = GgufWriter::new();
-    w.add_tensor("a", &[1], GgmlType::F32, vec![0u8; 4]).unwrap();
-    w.add_tensor("b", &[1], GgmlType::F32, vec![0u8; 4]).unwrap();
+    w.add_tensor("a", &[1], GgmlType::F32, vec![0u8; 4])
+        .unwrap();
+    w.add_tensor("b", &[1], GgmlType::F32, vec![0u8; 4])
+        .unwrap();
     let mut b = w.to_vec();
     let p = tensor_fields(&b, "b") - 1;
     b[p] = b'a';
@@ -618,7 +641,10 @@ fn plausible_but_wrong_array_length_does_not_reserve_for_it() {
         b.resize(b.len() + N, 0xff);
         let (r, largest) = largest_alloc(|| GgufFile::from_vec(b).map(|_| ()));
         assert_one_line(&r.expect_err("garbage entries"));
-        assert!(largest < N, "count at {count_pos}: reserved {largest} bytes");
+        assert!(
+            largest < N,
+            "count at {count_pos}: reserved {largest} bytes"
+        );
     }
 }
 
@@ -717,9 +743,14 @@ fn write_fuzz_corpus() {
 
     let mut w = GgufWriter::new();
     w.set("general.alignment", Value::U32(8));
-    w.set("v", Value::Array(tag::ARRAY, vec![Value::Array(tag::STRING, vec![])]));
-    w.add_tensor("t", &[3], GgmlType::F32, filler(12, 9)).unwrap();
-    w.add_tensor("q", &[32, 2], GgmlType::Q4_0, filler(36, 10)).unwrap();
+    w.set(
+        "v",
+        Value::Array(tag::ARRAY, vec![Value::Array(tag::STRING, vec![])]),
+    );
+    w.add_tensor("t", &[3], GgmlType::F32, filler(12, 9))
+        .unwrap();
+    w.add_tensor("q", &[32, 2], GgmlType::Q4_0, filler(36, 10))
+        .unwrap();
     save("two-tensors-align8.gguf", &w.to_vec());
 
     let mut w = GgufWriter::new();
