@@ -5,3 +5,4 @@ pub mod gguf;
 pub mod kv;
 pub mod model;
 pub mod quant;
+pub mod sample;

@@ -20,6 +20,18 @@ pub const DEFAULT_ALIGNMENT: u64 = 32;
 pub const MAX_DIMS: u32 = 4;
 /// Arrays of arrays deeper than this are refused rather than recursed into.
 const MAX_ARRAY_DEPTH: u32 = 8;
+/// The most items reserved up front for a count read from the file.
+const MAX_PREALLOC: u64 = 4096;
+
+/// Capacity to reserve for `n` items read from the file. A count that passed
+/// `check_count` fits the bytes left, but each parsed item takes several times the memory
+/// of its smallest encoding (a `Value` is 32 bytes, a u8 element 1), so reserving it all up
+/// front lets one corrupt length in a multi-gigabyte file request hundreds of gigabytes and
+/// abort the process before the bad items are even reached. Past the cap, vectors grow as
+/// items actually parse.
+fn prealloc(n: u64) -> usize {
+    n.min(MAX_PREALLOC) as usize
+}
 
 /// Where the file's bytes live: a read-only map of a file, or data compiled into the binary.
 enum Storage {
@@ -113,8 +125,8 @@ impl GgufFile {
         // Each metadata entry takes at least 8 (key length) + 4 (type) bytes, each tensor
         // entry at least 8 + 4 + 4 + 8; a count that could not fit is corrupt.
         c.check_count(n_kv, 12, "metadata count")?;
-        let mut metadata = Vec::with_capacity(n_kv as usize);
-        let mut meta_index = HashMap::with_capacity(n_kv as usize);
+        let mut metadata = Vec::with_capacity(prealloc(n_kv));
+        let mut meta_index = HashMap::with_capacity(prealloc(n_kv));
         for _ in 0..n_kv {
             let key = c.string("metadata key")?;
             let t = c.u32("metadata type")?;
@@ -140,8 +152,8 @@ impl GgufFile {
         };
 
         c.check_count(n_tensors, 24, "tensor count")?;
-        let mut tensors = Vec::with_capacity(n_tensors as usize);
-        let mut tensor_index = HashMap::with_capacity(n_tensors as usize);
+        let mut tensors = Vec::with_capacity(prealloc(n_tensors));
+        let mut tensor_index = HashMap::with_capacity(prealloc(n_tensors));
         for _ in 0..n_tensors {
             let name = c.string("tensor name")?;
             let n_dims = c.u32("tensor dimension count")?;
@@ -362,7 +374,7 @@ impl<'a> Cursor<'a> {
                     }
                 };
                 self.check_count(n, min_size, "array length")?;
-                let mut items = Vec::with_capacity(n as usize);
+                let mut items = Vec::with_capacity(prealloc(n));
                 for _ in 0..n {
                     items.push(self.value(et, depth + 1, key)?);
                 }
