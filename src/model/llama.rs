@@ -1,14 +1,19 @@
 //! The Llama forward pass: RMSNorm, grouped-query attention with RoPE, and a SwiGLU FFN.
 //! It reads in one sitting: embed, then for each layer attention and FFN with residuals,
-//! then the output head.
+//! then the output head. It runs a batch of consecutive tokens at once (a prompt, or a
+//! single decode token), so prefill is a matrix-matrix product.
 
 use anyhow::{bail, Result};
 
 use super::{Config, Tensor};
-use crate::backend::cpu as ops;
+use crate::backend::cpu::{self as ops, AttnShape, Cpu};
 use crate::gguf::GgufFile;
 use crate::kv::KvCache;
-use crate::quant::DotInput;
+use crate::quant::{DotInput, GgmlType, Precision};
+
+/// Tokens per forward pass during prefill. Big enough that each weight row is reused from
+/// cache many times, small enough that the activations stay in L2.
+pub const MAX_BATCH: usize = 64;
 
 struct Layer<'a> {
     attn_norm: Tensor<'a>,
@@ -29,14 +34,17 @@ pub struct Llama<'a> {
     output_norm: Tensor<'a>,
     output: Tensor<'a>,
     inv_freq: Vec<f32>,
+    cpu: Cpu,
 }
 
-/// Everything one sequence needs while running: activations, scratch, and its KV cache.
-/// Allocated once; a forward pass allocates nothing.
+/// Everything one sequence needs while running: activations for a batch, scratch, and its
+/// KV cache. Allocated once; a forward pass allocates nothing.
 pub struct State {
     x: Vec<f32>,
     xb: Vec<f32>,
     q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
     att: Vec<f32>,
     tmp: Vec<f32>,
     gate: Vec<f32>,
@@ -47,8 +55,15 @@ pub struct State {
     pub kv: KvCache,
 }
 
+impl State {
+    /// The logits of the last forward pass that asked for them.
+    pub fn logits(&self) -> &[f32] {
+        &self.logits
+    }
+}
+
 impl<'a> Llama<'a> {
-    pub fn load(f: &'a GgufFile) -> Result<Llama<'a>> {
+    pub fn load(f: &'a GgufFile, n_threads: usize) -> Result<Llama<'a>> {
         let c = Config::from_gguf(f)?;
         let (dim, kv_dim, ffn) = (c.dim, c.kv_dim(), c.ffn_dim);
         let layers = (0..c.n_layers)
@@ -82,102 +97,144 @@ impl<'a> Llama<'a> {
             output,
             inv_freq: ops::rope_inv_freq(c.rope_dims, c.rope_theta),
             config: c,
+            cpu: Cpu::new(n_threads),
         })
+    }
+
+    pub fn n_threads(&self) -> usize {
+        self.cpu.n_threads()
     }
 
     /// Allocates the state for one sequence of up to `ctx` tokens.
     pub fn new_state(&self, ctx: usize) -> State {
+        self.new_state_with(ctx, Precision::Fast)
+    }
+
+    /// Like `new_state`, choosing how activations meet weights.
+    pub fn new_state_with(&self, ctx: usize, precision: Precision) -> State {
         let c = &self.config;
+        let b = MAX_BATCH;
         State {
-            x: vec![0.0; c.dim],
-            xb: vec![0.0; c.dim],
-            q: vec![0.0; c.dim],
-            att: vec![0.0; c.dim],
-            tmp: vec![0.0; c.dim],
-            gate: vec![0.0; c.ffn_dim],
-            up: vec![0.0; c.ffn_dim],
-            scores: vec![0.0; ctx],
+            x: vec![0.0; b * c.dim],
+            xb: vec![0.0; b * c.dim],
+            q: vec![0.0; b * c.dim],
+            k: vec![0.0; b * c.kv_dim()],
+            v: vec![0.0; b * c.kv_dim()],
+            att: vec![0.0; b * c.dim],
+            tmp: vec![0.0; b * c.dim],
+            gate: vec![0.0; b * c.ffn_dim],
+            up: vec![0.0; b * c.ffn_dim],
+            scores: vec![0.0; self.cpu.n_threads() * ctx],
             logits: vec![0.0; c.vocab_size],
-            dot: DotInput::default(),
+            dot: DotInput::new(precision),
             kv: KvCache::new(c.n_layers, ctx, c.kv_dim()),
         }
     }
 
-    /// Runs token `token` at position `pos`, appending its keys and values to the cache.
-    /// Returns the logits for the next token.
-    pub fn forward<'s>(&self, s: &'s mut State, token: u32, pos: usize) -> Result<&'s [f32]> {
-        self.forward_layers(s, token, pos)?;
-        ops::rmsnorm(&mut s.xb, &s.x, &self.output_norm, self.config.rms_eps);
-        s.dot.prepare(self.output.ty, &s.xb)?;
-        ops::matvec(&mut s.logits, &self.output, &s.dot);
-        Ok(&s.logits)
-    }
-
-    /// Like `forward`, but skips the output head: for prompt tokens whose logits are unused.
-    pub fn forward_no_logits(&self, s: &mut State, token: u32, pos: usize) -> Result<()> {
-        self.forward_layers(s, token, pos)
-    }
-
-    fn forward_layers(&self, s: &mut State, token: u32, pos: usize) -> Result<()> {
+    /// Runs `tokens` (at most `MAX_BATCH`) at positions `pos0..`, appending their keys and
+    /// values to the cache. With `want_logits`, returns the logits after the last token.
+    pub fn forward<'s>(
+        &self,
+        s: &'s mut State,
+        tokens: &[u32],
+        pos0: usize,
+        want_logits: bool,
+    ) -> Result<&'s [f32]> {
         let c = &self.config;
-        if token as usize >= c.vocab_size {
-            bail!(
-                "token id {token} is outside the vocabulary of {}",
-                c.vocab_size
-            );
+        let n = tokens.len();
+        if n == 0 || n > MAX_BATCH {
+            bail!("a forward pass takes 1 to {MAX_BATCH} tokens, not {n}");
         }
-        if pos >= s.kv.capacity() {
+        if pos0 + n > s.kv.capacity() {
             bail!(
-                "position {pos} is past the context size {}",
+                "position {} is past the context size {}",
+                pos0 + n - 1,
                 s.kv.capacity()
             );
         }
-        self.embed.dequantize_row(token as usize, &mut s.x);
+        let (dim, kv_dim, ffn) = (c.dim, c.kv_dim(), c.ffn_dim);
+        let shape = AttnShape {
+            n_heads: c.n_heads,
+            n_kv_heads: c.n_kv_heads,
+            head_dim: c.head_dim,
+        };
+        let x = &mut s.x[..n * dim];
+        for (&tok, row) in tokens.iter().zip(x.chunks_exact_mut(dim)) {
+            if tok as usize >= c.vocab_size {
+                bail!(
+                    "token id {tok} is outside the vocabulary of {}",
+                    c.vocab_size
+                );
+            }
+            self.embed.dequantize_row(tok as usize, row);
+        }
+        let xb = &mut s.xb[..n * dim];
+        let (q, k, v) = (
+            &mut s.q[..n * dim],
+            &mut s.k[..n * kv_dim],
+            &mut s.v[..n * kv_dim],
+        );
+        let (att, tmp) = (&mut s.att[..n * dim], &mut s.tmp[..n * dim]);
+        let (gate, up) = (&mut s.gate[..n * ffn], &mut s.up[..n * ffn]);
 
         for (l, w) in self.layers.iter().enumerate() {
             // Attention block.
-            ops::rmsnorm(&mut s.xb, &s.x, &w.attn_norm, c.rms_eps);
-            s.dot.prepare(w.wq.ty, &s.xb)?;
-            ops::matvec(&mut s.q, &w.wq, &s.dot);
-            if w.wk.ty != w.wq.ty {
-                s.dot.prepare(w.wk.ty, &s.xb)?;
+            ops::rmsnorm(xb, x, &w.attn_norm, c.rms_eps);
+            prepare(&mut s.dot, w.wq.ty, xb, dim, false)?;
+            self.cpu.matmul(q, &w.wq, &s.dot);
+            prepare(&mut s.dot, w.wk.ty, xb, dim, true)?;
+            self.cpu.matmul(k, &w.wk, &s.dot);
+            prepare(&mut s.dot, w.wv.ty, xb, dim, true)?;
+            self.cpu.matmul(v, &w.wv, &s.dot);
+            for b in 0..n {
+                let pos = pos0 + b;
+                ops::rope(
+                    &mut q[b * dim..(b + 1) * dim],
+                    c.head_dim,
+                    &self.inv_freq,
+                    pos,
+                );
+                let kb = &mut k[b * kv_dim..(b + 1) * kv_dim];
+                ops::rope(kb, c.head_dim, &self.inv_freq, pos);
+                let (ks, vs) = s.kv.slot_mut(l, pos);
+                ks.copy_from_slice(kb);
+                vs.copy_from_slice(&v[b * kv_dim..(b + 1) * kv_dim]);
             }
-            let (k, v) = s.kv.slot_mut(l, pos);
-            ops::matvec(k, &w.wk, &s.dot);
-            if w.wv.ty != w.wk.ty {
-                s.dot.prepare(w.wv.ty, &s.xb)?;
-            }
-            ops::matvec(v, &w.wv, &s.dot);
-            ops::rope(&mut s.q, c.head_dim, &self.inv_freq, pos);
-            ops::rope(k, c.head_dim, &self.inv_freq, pos);
-            ops::attention(
-                &mut s.att,
-                &s.q,
-                &s.kv,
-                l,
-                pos,
-                c.n_heads,
-                c.n_kv_heads,
-                c.head_dim,
-                &mut s.scores,
-            );
-            s.dot.prepare(w.wo.ty, &s.att)?;
-            ops::matvec(&mut s.tmp, &w.wo, &s.dot);
-            ops::add(&mut s.x, &s.tmp);
+            self.cpu
+                .attention(att, q, &s.kv, l, pos0, shape, &mut s.scores);
+            prepare(&mut s.dot, w.wo.ty, att, dim, false)?;
+            self.cpu.matmul(tmp, &w.wo, &s.dot);
+            ops::add(x, tmp);
 
             // Feed-forward block.
-            ops::rmsnorm(&mut s.xb, &s.x, &w.ffn_norm, c.rms_eps);
-            s.dot.prepare(w.w_gate.ty, &s.xb)?;
-            ops::matvec(&mut s.gate, &w.w_gate, &s.dot);
-            if w.w_up.ty != w.w_gate.ty {
-                s.dot.prepare(w.w_up.ty, &s.xb)?;
-            }
-            ops::matvec(&mut s.up, &w.w_up, &s.dot);
-            ops::swiglu(&mut s.gate, &s.up);
-            s.dot.prepare(w.w_down.ty, &s.gate)?;
-            ops::matvec(&mut s.tmp, &w.w_down, &s.dot);
-            ops::add(&mut s.x, &s.tmp);
+            ops::rmsnorm(xb, x, &w.ffn_norm, c.rms_eps);
+            prepare(&mut s.dot, w.w_gate.ty, xb, dim, false)?;
+            self.cpu.matmul(gate, &w.w_gate, &s.dot);
+            prepare(&mut s.dot, w.w_up.ty, xb, dim, true)?;
+            self.cpu.matmul(up, &w.w_up, &s.dot);
+            ops::swiglu(gate, up);
+            prepare(&mut s.dot, w.w_down.ty, gate, ffn, false)?;
+            self.cpu.matmul(tmp, &w.w_down, &s.dot);
+            ops::add(x, tmp);
         }
-        Ok(())
+
+        if !want_logits {
+            return Ok(&[]);
+        }
+        let last = &x[(n - 1) * dim..];
+        ops::rmsnorm(&mut xb[..dim], last, &self.output_norm, c.rms_eps);
+        prepare(&mut s.dot, self.output.ty, &xb[..dim], dim, false)?;
+        self.cpu.matmul(&mut s.logits, &self.output, &s.dot);
+        Ok(&s.logits)
     }
+}
+
+/// Converts `x` for dots with weights of type `t`. With `shared`, `dot` may already hold
+/// this same `x` from the previous product (q/k/v and gate/up share their input), and is only
+/// converted again if the weight types differ.
+fn prepare(dot: &mut DotInput, t: GgmlType, x: &[f32], cols: usize, shared: bool) -> Result<()> {
+    if !(shared && dot.ready_for(t)) {
+        dot.prepare(t, x, cols)?;
+    }
+    Ok(())
 }

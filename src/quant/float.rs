@@ -55,30 +55,34 @@ pub fn quantize_bf16(x: &[f32], out: &mut [u8]) {
 
 /// Eight partial sums, so the compiler can keep them in one vector register.
 #[inline]
-fn dot_with(src: &[u8], width: usize, x: &[f32], load: impl Fn(&[u8]) -> f32) -> f32 {
+fn dot_with(a: &[u8], b: &[u8], width: usize, load: impl Fn(&[u8]) -> f32) -> f32 {
     let mut acc = [0f32; 8];
-    let mut w = src.chunks_exact(width * 8);
-    let mut xs = x.chunks_exact(8);
-    for (wc, xc) in (&mut w).zip(&mut xs) {
+    let mut ac = a.chunks_exact(width * 8);
+    let mut bc = b.chunks_exact(width * 8);
+    for (x, y) in (&mut ac).zip(&mut bc) {
         for k in 0..8 {
-            acc[k] += load(&wc[k * width..]) * xc[k];
+            acc[k] += load(&x[k * width..]) * load(&y[k * width..]);
         }
     }
     let mut tail = 0f32;
-    for (c, v) in w.remainder().chunks_exact(width).zip(xs.remainder()) {
-        tail += load(c) * v;
+    for (x, y) in ac
+        .remainder()
+        .chunks_exact(width)
+        .zip(bc.remainder().chunks_exact(width))
+    {
+        tail += load(x) * load(y);
     }
     acc.iter().sum::<f32>() + tail
 }
 
-pub fn vec_dot_f32(src: &[u8], x: &[f32]) -> f32 {
-    dot_with(src, 4, x, f32_at)
+pub fn vec_dot_f32(w: &[u8], a: &[u8]) -> f32 {
+    dot_with(w, a, 4, f32_at)
 }
 
-pub fn vec_dot_f16(src: &[u8], x: &[f32]) -> f32 {
-    dot_with(src, 2, x, f16_at)
+pub fn vec_dot_f16(w: &[u8], a: &[u8]) -> f32 {
+    dot_with(w, a, 2, f16_at)
 }
 
-pub fn vec_dot_bf16(src: &[u8], x: &[f32]) -> f32 {
-    dot_with(src, 2, x, bf16_at)
+pub fn vec_dot_bf16(w: &[u8], a: &[u8]) -> f32 {
+    dot_with(w, a, 2, bf16_at)
 }

@@ -101,6 +101,15 @@ pub fn dequantize_q8_0(blocks: &[BlockQ8_0], out: &mut [f32]) {
     }
 }
 
+pub fn dequantize_q8_1(blocks: &[BlockQ8_1], out: &mut [f32]) {
+    for (b, o) in blocks.iter().zip(out.chunks_exact_mut(QK)) {
+        let d = h(b.d);
+        for (q, y) in b.qs.iter().zip(o) {
+            *y = *q as f32 * d;
+        }
+    }
+}
+
 /// Symmetric 8-bit quantization of one block, as ggml's reference: d = max|x| / 127.
 #[inline]
 fn quantize_block_8bit(x: &[f32]) -> (f32, [i8; QK]) {

@@ -1,22 +1,123 @@
 //! Tensor element types: GGUF block layouts, dequantization, and CPU dot products.
 //!
-//! A matrix-vector product works as in ggml: the activation vector is first converted to
-//! the "dot type" of the weight (8-bit blocks for quantized weights, plain f32 otherwise),
-//! then each weight row is dotted with it using integer multiply-adds inside each block.
+//! A matrix product works as in ggml: activations are first converted to the weight type's
+//! "dot type" (8-bit blocks for quantized weights, the weight's own float type otherwise),
+//! then each weight row is dotted with each converted activation row, using integer
+//! multiply-adds inside each block. The kernels for each type live in one table, chosen
+//! once per process from the CPU's features.
 
 mod block;
 mod float;
 mod legacy;
 mod types;
 
+use std::sync::OnceLock;
+
 pub use block::{as_blocks, as_blocks_mut, Block};
 pub use legacy::{BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1, QK};
 pub use types::GgmlType;
 
-/// The types wick can compute with.
+/// The CPU kernels of one type. All take raw little-endian GGUF bytes.
+#[derive(Clone, Copy)]
+pub struct Kernels {
+    /// Decodes a whole number of blocks to f32.
+    pub to_float: fn(&[u8], &mut [f32]),
+    /// Encodes f32 values to whole blocks (the reference quantizer).
+    pub from_float: fn(&[f32], &mut [u8]),
+    /// The type activations are converted to before a dot with a row of this type.
+    pub vec_dot_type: GgmlType,
+    /// Dot product of a row of this type with a row of `vec_dot_type`, same element count.
+    pub vec_dot: Option<fn(&[u8], &[u8]) -> f32>,
+}
+
+fn blocks<T: Block>(bytes: &[u8]) -> &[T] {
+    as_blocks(bytes).expect("whole blocks")
+}
+
+fn blocks_mut<T: Block>(bytes: &mut [u8]) -> &mut [T] {
+    as_blocks_mut(bytes).expect("whole blocks")
+}
+
+/// The portable kernels, which every SIMD kernel is tested against.
+pub fn scalar_kernels(t: GgmlType) -> Option<Kernels> {
+    use GgmlType as T;
+    let k = |to_float, from_float, vec_dot_type, vec_dot| {
+        Some(Kernels {
+            to_float,
+            from_float,
+            vec_dot_type,
+            vec_dot,
+        })
+    };
+    match t {
+        T::F32 => k(
+            float::dequantize_f32,
+            float::quantize_f32,
+            T::F32,
+            Some(float::vec_dot_f32),
+        ),
+        T::F16 => k(
+            float::dequantize_f16,
+            float::quantize_f16,
+            T::F16,
+            Some(float::vec_dot_f16),
+        ),
+        T::BF16 => k(
+            float::dequantize_bf16,
+            float::quantize_bf16,
+            T::BF16,
+            Some(float::vec_dot_bf16),
+        ),
+        T::Q4_0 => k(
+            |s, o| legacy::dequantize_q4_0(blocks(s), o),
+            |x, o| legacy::quantize_q4_0(x, blocks_mut(o)),
+            T::Q8_0,
+            Some(|w, a| legacy::vec_dot_q4_0_q8_0(blocks(w), blocks(a))),
+        ),
+        T::Q4_1 => k(
+            |s, o| legacy::dequantize_q4_1(blocks(s), o),
+            |x, o| legacy::quantize_q4_1(x, blocks_mut(o)),
+            T::Q8_1,
+            Some(|w, a| legacy::vec_dot_q4_1_q8_1(blocks(w), blocks(a))),
+        ),
+        T::Q8_0 => k(
+            |s, o| legacy::dequantize_q8_0(blocks(s), o),
+            |x, o| legacy::quantize_q8_0(x, blocks_mut(o)),
+            T::Q8_0,
+            Some(|w, a| legacy::vec_dot_q8_0_q8_0(blocks(w), blocks(a))),
+        ),
+        // Activations only: no dot of its own.
+        T::Q8_1 => k(
+            |s, o| legacy::dequantize_q8_1(blocks(s), o),
+            |x, o| legacy::quantize_q8_1(x, blocks_mut(o)),
+            T::Q8_1,
+            None,
+        ),
+        _ => None,
+    }
+}
+
+/// Table index: dense, from the GGUF id.
+fn slot(t: GgmlType) -> usize {
+    t.id() as usize
+}
+
+const SLOTS: usize = 40;
+
+/// The best kernels for this CPU, or `None` for a type wick cannot compute with.
+pub fn kernels(t: GgmlType) -> Option<&'static Kernels> {
+    static TABLE: OnceLock<Vec<Option<Kernels>>> = OnceLock::new();
+    let table = TABLE.get_or_init(|| {
+        (0..SLOTS as u32)
+            .map(|id| GgmlType::from_id(id).and_then(scalar_kernels))
+            .collect()
+    });
+    table.get(slot(t)).and_then(|k| k.as_ref())
+}
+
+/// The types wick can use as weights.
 pub fn is_supported(t: GgmlType) -> bool {
-    use GgmlType::*;
-    matches!(t, F32 | F16 | BF16 | Q4_0 | Q4_1 | Q8_0)
+    kernels(t).is_some_and(|k| k.vec_dot.is_some())
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -27,105 +128,142 @@ pub enum QuantError {
     Length { t: GgmlType, n: usize },
 }
 
-fn check_len(t: GgmlType, n: usize, bytes: usize) -> Result<(), QuantError> {
+fn checked(t: GgmlType, n: usize, bytes: usize) -> Result<&'static Kernels, QuantError> {
+    let k = kernels(t).ok_or(QuantError::Unsupported(t))?;
     if t.bytes_for(n as u64) != Some(bytes as u64) {
         return Err(QuantError::Length { t, n });
     }
-    Ok(())
-}
-
-fn blocks<T: Block>(bytes: &[u8]) -> &[T] {
-    as_blocks(bytes).expect("length checked by the caller")
-}
-
-fn blocks_mut<T: Block>(bytes: &mut [u8]) -> &mut [T] {
-    as_blocks_mut(bytes).expect("length checked by the caller")
+    Ok(k)
 }
 
 /// Decodes `out.len()` values of type `t` from `src`.
 pub fn dequantize_row(t: GgmlType, src: &[u8], out: &mut [f32]) -> Result<(), QuantError> {
-    check_len(t, out.len(), src.len())?;
-    match t {
-        GgmlType::F32 => float::dequantize_f32(src, out),
-        GgmlType::F16 => float::dequantize_f16(src, out),
-        GgmlType::BF16 => float::dequantize_bf16(src, out),
-        GgmlType::Q4_0 => legacy::dequantize_q4_0(blocks(src), out),
-        GgmlType::Q4_1 => legacy::dequantize_q4_1(blocks(src), out),
-        GgmlType::Q8_0 => legacy::dequantize_q8_0(blocks(src), out),
-        _ => return Err(QuantError::Unsupported(t)),
-    }
+    (checked(t, out.len(), src.len())?.to_float)(src, out);
     Ok(())
 }
 
 /// Encodes `x` as type `t` into `out`, which must be exactly the right size.
 pub fn quantize_row(t: GgmlType, x: &[f32], out: &mut [u8]) -> Result<(), QuantError> {
-    check_len(t, x.len(), out.len())?;
-    match t {
-        GgmlType::F32 => float::quantize_f32(x, out),
-        GgmlType::F16 => float::quantize_f16(x, out),
-        GgmlType::BF16 => float::quantize_bf16(x, out),
-        GgmlType::Q4_0 => legacy::quantize_q4_0(x, blocks_mut(out)),
-        GgmlType::Q4_1 => legacy::quantize_q4_1(x, blocks_mut(out)),
-        GgmlType::Q8_0 => legacy::quantize_q8_0(x, blocks_mut(out)),
-        GgmlType::Q8_1 => legacy::quantize_q8_1(x, blocks_mut(out)),
-        _ => return Err(QuantError::Unsupported(t)),
-    }
+    (checked(t, x.len(), out.len())?.from_float)(x, out);
     Ok(())
 }
 
 /// The format activations take for dots with weights of type `t`.
 pub fn vec_dot_type(t: GgmlType) -> GgmlType {
-    match t {
-        GgmlType::Q4_0 | GgmlType::Q8_0 => GgmlType::Q8_0,
-        GgmlType::Q4_1 => GgmlType::Q8_1,
-        _ => GgmlType::F32,
-    }
+    kernels(t).map_or(GgmlType::F32, |k| k.vec_dot_type)
 }
 
-/// An activation vector converted for dots with one weight type; it owns its buffer so
-/// that converting again for the next token allocates nothing.
+/// The dot product of a row of any supported type with f32 values, dequantizing one block
+/// at a time on the stack: the exact path, with no rounding of the activations.
+pub fn vec_dot_exact(t: GgmlType, w: &[u8], x: &[f32]) -> f32 {
+    let k = kernels(t).expect("checked at load");
+    let (bl, bb) = (t.block_len(), t.block_bytes());
+    // Float types have one-element "blocks": decode them 64 at a time.
+    let per = if bl == 1 { 64 } else { 1 };
+    let mut buf = [0f32; 256];
+    let mut acc = 0f32;
+    for (wc, xc) in w.chunks(bb * per).zip(x.chunks(bl * per)) {
+        let d = &mut buf[..xc.len()];
+        (k.to_float)(wc, d);
+        acc += d.iter().zip(xc).map(|(a, b)| a * b).sum::<f32>();
+    }
+    acc
+}
+
+/// How activations meet weights in a matrix product.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Precision {
+    /// As llama.cpp: activations rounded to the weight type's dot type (8-bit blocks for
+    /// quantized weights), integer multiply-adds inside each block.
+    #[default]
+    Fast,
+    /// Activations stay f32 and weights are dequantized exactly: slower, but the same math
+    /// as an exact reference forward pass.
+    Exact,
+}
+
+/// Rows of activations converted for dots with one weight type. It keeps its buffer, so
+/// converting the next batch allocates nothing once it has grown to size.
 #[derive(Default)]
 pub struct DotInput {
+    precision: Precision,
     ty: Option<GgmlType>,
-    f32s: Vec<f32>,
+    cols: usize,
+    row_bytes: usize,
+    rows: usize,
     bytes: Vec<u8>,
+    /// The rows as given, for the exact path.
+    f32s: Vec<f32>,
 }
 
 impl DotInput {
-    /// Converts `x` for dots with weights of type `weight_type`.
-    pub fn prepare(&mut self, weight_type: GgmlType, x: &[f32]) -> Result<(), QuantError> {
-        let t = vec_dot_type(weight_type);
-        if t == GgmlType::F32 {
+    pub fn new(precision: Precision) -> DotInput {
+        DotInput {
+            precision,
+            ..DotInput::default()
+        }
+    }
+
+    /// Converts the rows of `x` (each `cols` long) for dots with weights of `weight_type`.
+    pub fn prepare(
+        &mut self,
+        weight_type: GgmlType,
+        x: &[f32],
+        cols: usize,
+    ) -> Result<(), QuantError> {
+        let t = self.input_type(weight_type);
+        let k = kernels(t).ok_or(QuantError::Unsupported(t))?;
+        let row_bytes = t
+            .bytes_for(cols as u64)
+            .ok_or(QuantError::Length { t, n: cols })? as usize;
+        let rows = x.len() / cols;
+        if self.precision == Precision::Exact {
             self.f32s.clear();
             self.f32s.extend_from_slice(x);
         } else {
-            let n = t
-                .bytes_for(x.len() as u64)
-                .ok_or(QuantError::Length { t, n: x.len() })? as usize;
-            self.bytes.resize(n, 0);
-            quantize_row(t, x, &mut self.bytes)?;
+            self.bytes.resize(rows * row_bytes, 0);
+            for (xr, br) in x
+                .chunks_exact(cols)
+                .zip(self.bytes.chunks_exact_mut(row_bytes))
+            {
+                (k.from_float)(xr, br);
+            }
         }
+        self.cols = cols;
         self.ty = Some(t);
+        self.row_bytes = row_bytes;
+        self.rows = rows;
         Ok(())
     }
 
-    /// The dot product of one weight row of type `t` with the prepared activations.
-    /// Panics if the activations were prepared for another weight type.
-    pub fn dot(&self, t: GgmlType, row: &[u8]) -> f32 {
-        assert_eq!(
-            self.ty,
-            Some(vec_dot_type(t)),
-            "activations prepared for another type"
-        );
-        match t {
-            GgmlType::F32 => float::vec_dot_f32(row, &self.f32s),
-            GgmlType::F16 => float::vec_dot_f16(row, &self.f32s),
-            GgmlType::BF16 => float::vec_dot_bf16(row, &self.f32s),
-            GgmlType::Q4_0 => legacy::vec_dot_q4_0_q8_0(blocks(row), blocks(&self.bytes)),
-            GgmlType::Q4_1 => legacy::vec_dot_q4_1_q8_1(blocks(row), blocks(&self.bytes)),
-            GgmlType::Q8_0 => legacy::vec_dot_q8_0_q8_0(blocks(row), blocks(&self.bytes)),
-            _ => panic!("vec_dot on unsupported type {t}"),
+    fn input_type(&self, weight_type: GgmlType) -> GgmlType {
+        match self.precision {
+            Precision::Fast => vec_dot_type(weight_type),
+            Precision::Exact => GgmlType::F32,
         }
+    }
+
+    /// True if the rows were prepared for weights of type `t`.
+    pub fn ready_for(&self, t: GgmlType) -> bool {
+        self.ty == Some(self.input_type(t))
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub fn row(&self, i: usize) -> &[u8] {
+        &self.bytes[i * self.row_bytes..(i + 1) * self.row_bytes]
+    }
+
+    /// The dot product of one weight row of type `t` with prepared row `i`.
+    pub fn dot(&self, t: GgmlType, w_row: &[u8], i: usize) -> f32 {
+        assert!(self.ready_for(t), "activations prepared for another type");
+        if self.precision == Precision::Exact {
+            return vec_dot_exact(t, w_row, &self.f32s[i * self.cols..(i + 1) * self.cols]);
+        }
+        let f = kernels(t).and_then(|k| k.vec_dot).expect("checked at load");
+        f(w_row, self.row(i))
     }
 }
 

@@ -1,0 +1,76 @@
+//! A running sequence: a model, its state, and the tokens it has seen so far.
+
+use anyhow::{bail, Result};
+
+use crate::model::{Llama, State, MAX_BATCH};
+use crate::quant::Precision;
+
+pub struct Session<'m> {
+    model: &'m Llama<'m>,
+    state: State,
+    ctx: usize,
+    /// Every token fed so far; `tokens.len()` is the next position.
+    tokens: Vec<u32>,
+}
+
+impl<'m> Session<'m> {
+    pub fn new(model: &'m Llama<'m>, ctx: usize) -> Session<'m> {
+        Self::with_precision(model, ctx, Precision::Fast)
+    }
+
+    pub fn with_precision(model: &'m Llama<'m>, ctx: usize, p: Precision) -> Session<'m> {
+        Session {
+            model,
+            state: model.new_state_with(ctx, p),
+            ctx,
+            tokens: Vec::with_capacity(ctx),
+        }
+    }
+
+    pub fn ctx(&self) -> usize {
+        self.ctx
+    }
+
+    pub fn tokens(&self) -> &[u32] {
+        &self.tokens
+    }
+
+    /// Positions left in the context.
+    pub fn room(&self) -> usize {
+        self.ctx - self.tokens.len()
+    }
+
+    pub fn kv_bytes(&self) -> usize {
+        self.state.kv.size_bytes()
+    }
+
+    /// Feeds `tokens` and returns the logits after the last one.
+    pub fn prefill(&mut self, tokens: &[u32]) -> Result<&[f32]> {
+        if tokens.is_empty() {
+            bail!("nothing to prefill");
+        }
+        if tokens.len() > self.room() {
+            bail!(
+                "{} tokens do not fit in the {} positions left of the context",
+                tokens.len(),
+                self.room()
+            );
+        }
+        let n_chunks = tokens.len().div_ceil(MAX_BATCH);
+        for (i, chunk) in tokens.chunks(MAX_BATCH).enumerate() {
+            let pos = self.tokens.len();
+            self.model
+                .forward(&mut self.state, chunk, pos, i + 1 == n_chunks)?;
+            self.tokens.extend_from_slice(chunk);
+        }
+        Ok(self.state.logits())
+    }
+
+    /// Feeds one token and returns the logits for the next.
+    pub fn step(&mut self, token: u32) -> Result<&[f32]> {
+        let pos = self.tokens.len();
+        let logits = self.model.forward(&mut self.state, &[token], pos, true)?;
+        self.tokens.push(token);
+        Ok(logits)
+    }
+}
