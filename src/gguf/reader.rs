@@ -113,7 +113,9 @@ impl GgufFile {
 
         let magic = c.take(4, "magic")?;
         if magic != MAGIC {
-            return Err(GgufError::BadMagic([magic[0], magic[1], magic[2], magic[3]]));
+            return Err(GgufError::BadMagic([
+                magic[0], magic[1], magic[2], magic[3],
+            ]));
         }
         let version = c.u32("version")?;
         if version != 2 && version != 3 {
@@ -132,7 +134,9 @@ impl GgufFile {
             let t = c.u32("metadata type")?;
             let value = c.value(t, 0, &key)?;
             if meta_index.insert(key.clone(), metadata.len()).is_some() {
-                return Err(GgufError::Corrupt(format!("duplicate metadata key {key:?}")));
+                return Err(GgufError::Corrupt(format!(
+                    "duplicate metadata key {key:?}"
+                )));
             }
             metadata.push((key, value));
         }
@@ -190,11 +194,13 @@ impl GgufFile {
                     ggml_type.block_len()
                 )));
             }
-            let n_bytes = ggml_type.bytes_for(n_elements).ok_or_else(|| {
-                GgufError::Corrupt(format!("tensor {name:?} size overflows"))
-            })?;
+            let n_bytes = ggml_type
+                .bytes_for(n_elements)
+                .ok_or_else(|| GgufError::Corrupt(format!("tensor {name:?} size overflows")))?;
             if tensor_index.insert(name.clone(), tensors.len()).is_some() {
-                return Err(GgufError::Corrupt(format!("duplicate tensor name {name:?}")));
+                return Err(GgufError::Corrupt(format!(
+                    "duplicate tensor name {name:?}"
+                )));
             }
             tensors.push(TensorInfo {
                 name,
@@ -219,9 +225,9 @@ impl GgufFile {
                 Some(end) if end <= file_len => {}
                 _ => {
                     return Err(GgufError::Corrupt(format!(
-                        "tensor {:?} ({} bytes at offset {}) runs past the end of the file ({} bytes)",
-                        t.name, t.n_bytes, t.offset, file_len
-                    )))
+                    "tensor {:?} ({} bytes at offset {}) runs past the end of the file ({} bytes)",
+                    t.name, t.n_bytes, t.offset, file_len
+                )))
                 }
             }
         }

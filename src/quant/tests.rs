@@ -57,8 +57,8 @@ fn dot_matches_dequantized_reference() {
         dequantize_row(t, &q, &mut wd).unwrap();
         let exact: f32 = wd.iter().zip(&x).map(|(a, b)| a * b).sum();
         let mut input = DotInput::default();
-        input.prepare(t, &x).unwrap();
-        let got = input.dot(t, &q);
+        input.prepare(t, &x, n).unwrap();
+        let got = input.dot(t, &q, 0);
         // 8-bit activations add about 1/254 relative error per element.
         let scale: f32 = wd.iter().zip(&x).map(|(a, b)| (a * b).abs()).sum();
         let tol = if vec_dot_type(t) == GgmlType::F32 {
