@@ -172,8 +172,13 @@ impl Sampler {
             return;
         }
         let window = &history[history.len().saturating_sub(self.params.repeat_last_n)..];
+        // Only if the caller passes more logits than the vocabulary size it promised; a
+        // one-time growth, after which sampling is allocation-free again.
+        let n = self.candidates.len();
+        if self.penalized.len() < n {
+            self.penalized.resize(n, false);
+        }
         // Candidates are still in id order here, so a token's index is its id.
-        let n = self.candidates.len().min(self.penalized.len());
         for &t in window {
             let i = t as usize;
             if i >= n || self.penalized[i] {
@@ -470,6 +475,9 @@ mod tests {
         assert_eq!(s.sample(&[4.0, 3.0, 0.0], &[2, 0, 2]), 1);
         // Out-of-vocabulary ids in the history are ignored.
         assert_eq!(s.sample(&[4.0, 3.0, 0.0], &[u32::MAX, 7]), 0);
+        // More logits than the vocabulary size given to `new`: still penalized.
+        let mut s = Sampler::new(p.clone(), 1);
+        assert_eq!(s.sample(&[0.0, 3.0, 2.0], &[1]), 2);
         // A penalty of 1 or a window of 0 is off.
         let mut s = Sampler::new(
             SamplerParams {
