@@ -85,6 +85,12 @@ impl<'a> GgufWriter<'a> {
 
     pub fn write_to(&self, w: &mut impl Write) -> io::Result<()> {
         let align = self.alignment();
+        if !align.is_power_of_two() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("general.alignment {align} is not a power of two"),
+            ));
+        }
         let mut head = Vec::new();
         head.extend_from_slice(MAGIC);
         head.extend_from_slice(&3u32.to_le_bytes());
@@ -123,9 +129,12 @@ impl<'a> GgufWriter<'a> {
         Ok(())
     }
 
+    /// The file as bytes. Panics only if `general.alignment` was set to a value that is
+    /// not a power of two.
     pub fn to_vec(&self) -> Vec<u8> {
         let mut v = Vec::new();
-        self.write_to(&mut v).expect("writing to a Vec cannot fail");
+        self.write_to(&mut v)
+            .expect("writing to a Vec fails only on a bad alignment");
         v
     }
 }
