@@ -1,3 +1,3 @@
-fn main() {
-    println!("wick");
+fn main() -> std::process::ExitCode {
+    wick::cli::main()
 }

@@ -1,0 +1,172 @@
+//! `wick bench`: prompt-processing (pp) and text-generation (tg) speed, in the manner of
+//! llama-bench: each test runs once to warm up, then `-r` times, and reports the mean and
+//! standard deviation of tokens per second.
+
+use std::collections::HashMap;
+use std::fmt::Write;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use clap::Args;
+
+use super::load::open_model;
+use super::out::Stdout;
+use super::{FailWith, Failure};
+use crate::backend::cpu::default_threads;
+use crate::gguf::GgufFile;
+use crate::model::Llama;
+use crate::session::Session;
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// The GGUF model (default: the embedded stories260K).
+    #[arg(short = 'm', long = "model")]
+    model: Option<PathBuf>,
+    /// Prompt tokens for the pp test (0 skips it).
+    #[arg(short = 'p', long = "n-prompt", default_value_t = 512)]
+    n_prompt: usize,
+    /// Generated tokens for the tg test (0 skips it).
+    #[arg(short = 'n', long = "n-gen", default_value_t = 128)]
+    n_gen: usize,
+    /// Repetitions of each test.
+    #[arg(short = 'r', long = "repetitions", default_value_t = 3)]
+    reps: usize,
+    /// Threads (default: the number of physical cores).
+    #[arg(short = 't', long)]
+    threads: Option<usize>,
+    /// Print one JSON array instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+struct Result1 {
+    test: String,
+    n_prompt: usize,
+    n_gen: usize,
+    samples: Vec<f64>,
+}
+
+pub fn run(a: BenchArgs) -> Result<(), Failure> {
+    let (file, name) = open_model(a.model.as_deref())?;
+    let threads = a.threads.unwrap_or_else(default_threads).max(1);
+    let model = Llama::load(&file, threads).file()?;
+    let vocab = model.config.vocab_size as u64;
+    let reps = a.reps.max(1);
+    let mut results = Vec::new();
+
+    // Token ids drawn from a fixed sequence: the content does not change the work done.
+    let tokens: Vec<u32> = (0..a.n_prompt.max(a.n_gen) as u64)
+        .map(|i| ((i * 2654435761 + 17) % vocab) as u32)
+        .collect();
+
+    if a.n_prompt > 0 {
+        let ctx = a.n_prompt;
+        let mut samples = Vec::new();
+        for rep in 0..=reps {
+            let mut s = Session::new(&model, ctx);
+            let t = Instant::now();
+            s.prefill(&tokens[..a.n_prompt]).generation()?;
+            let secs = t.elapsed().as_secs_f64();
+            if rep > 0 {
+                samples.push(a.n_prompt as f64 / secs);
+            }
+        }
+        results.push(Result1 {
+            test: format!("pp{}", a.n_prompt),
+            n_prompt: a.n_prompt,
+            n_gen: 0,
+            samples,
+        });
+    }
+    if a.n_gen > 0 {
+        let ctx = a.n_gen;
+        let mut samples = Vec::new();
+        for rep in 0..=reps {
+            let mut s = Session::new(&model, ctx);
+            let t = Instant::now();
+            for &tok in &tokens[..a.n_gen] {
+                s.step(tok).generation()?;
+            }
+            let secs = t.elapsed().as_secs_f64();
+            if rep > 0 {
+                samples.push(a.n_gen as f64 / secs);
+            }
+        }
+        results.push(Result1 {
+            test: format!("tg{}", a.n_gen),
+            n_prompt: 0,
+            n_gen: a.n_gen,
+            samples,
+        });
+    }
+
+    let ty = main_type(&file);
+    let size: u64 = file.tensors.iter().map(|t| t.n_bytes).sum();
+    let params: u64 = file.tensors.iter().map(|t| t.n_elements()).sum();
+    let mut s = String::new();
+    if a.json {
+        let arr: Vec<serde_json::Value> = results
+            .iter()
+            .map(|r| {
+                let (mean, sd) = mean_sd(&r.samples);
+                serde_json::json!({
+                    "model": name,
+                    "type": ty,
+                    "size_bytes": size,
+                    "params": params,
+                    "backend": "cpu",
+                    "threads": threads,
+                    "test": r.test,
+                    "n_prompt": r.n_prompt,
+                    "n_gen": r.n_gen,
+                    "repetitions": r.samples.len(),
+                    "tokens_per_second": mean,
+                    "stddev": sd,
+                    "samples": r.samples,
+                })
+            })
+            .collect();
+        s = serde_json::to_string_pretty(&arr).unwrap_or_default();
+        s.push('\n');
+    } else {
+        let _ = writeln!(
+            s,
+            "| model | type | size | params | backend | threads | test | t/s |"
+        );
+        let _ = writeln!(s, "|---|---|---:|---:|---|---:|---:|---:|");
+        for r in &results {
+            let (mean, sd) = mean_sd(&r.samples);
+            let _ = writeln!(
+                s,
+                "| {name} | {ty} | {:.2} MiB | {:.2} M | cpu | {threads} | {} | {mean:.2} ± {sd:.2} |",
+                size as f64 / (1 << 20) as f64,
+                params as f64 / 1e6,
+                r.test
+            );
+        }
+    }
+    Stdout::new().write(&s).file()
+}
+
+/// The tensor type holding most of the weight bytes, such as Q4_0 for a "Q4_0" file.
+fn main_type(f: &GgufFile) -> String {
+    let mut bytes: HashMap<&str, u64> = HashMap::new();
+    for t in f.tensors.iter().filter(|t| t.dims.len() >= 2) {
+        *bytes.entry(t.ggml_type.name()).or_default() += t.n_bytes;
+    }
+    bytes
+        .into_iter()
+        .max_by_key(|&(_, b)| b)
+        .map_or_else(|| "?".to_string(), |(t, _)| t.to_string())
+}
+
+fn mean_sd(v: &[f64]) -> (f64, f64) {
+    let n = v.len() as f64;
+    let mean = v.iter().sum::<f64>() / n;
+    let var = if v.len() > 1 {
+        v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0)
+    } else {
+        0.0
+    };
+    (mean, var.sqrt())
+}
