@@ -2,33 +2,27 @@
 
 use anyhow::{bail, Result};
 
+use crate::backend::Backend;
 use crate::model::{Llama, State, MAX_BATCH};
-use crate::quant::Precision;
 
-pub struct Session<'m> {
-    model: &'m Llama<'m>,
-    state: State,
-    ctx: usize,
+pub struct Session<'m, 'a, B: Backend<'a>> {
+    model: &'m Llama<'a, B>,
+    state: State<'a, B>,
     /// Every token fed so far; `tokens.len()` is the next position.
     tokens: Vec<u32>,
 }
 
-impl<'m> Session<'m> {
-    pub fn new(model: &'m Llama<'m>, ctx: usize) -> Session<'m> {
-        Self::with_precision(model, ctx, Precision::Fast)
-    }
-
-    pub fn with_precision(model: &'m Llama<'m>, ctx: usize, p: Precision) -> Session<'m> {
-        Session {
+impl<'m, 'a, B: Backend<'a>> Session<'m, 'a, B> {
+    pub fn new(model: &'m Llama<'a, B>, ctx: usize) -> Result<Session<'m, 'a, B>> {
+        Ok(Session {
             model,
-            state: model.new_state_with(ctx, p),
-            ctx,
+            state: model.new_state(ctx)?,
             tokens: Vec::with_capacity(ctx),
-        }
+        })
     }
 
     pub fn ctx(&self) -> usize {
-        self.ctx
+        self.state.capacity()
     }
 
     pub fn tokens(&self) -> &[u32] {
@@ -37,11 +31,7 @@ impl<'m> Session<'m> {
 
     /// Positions left in the context.
     pub fn room(&self) -> usize {
-        self.ctx - self.tokens.len()
-    }
-
-    pub fn kv_bytes(&self) -> usize {
-        self.state.kv.size_bytes()
+        self.ctx() - self.tokens.len()
     }
 
     /// Feeds `tokens` and returns the logits after the last one.
@@ -69,8 +59,8 @@ impl<'m> Session<'m> {
     /// Feeds one token and returns the logits for the next.
     pub fn step(&mut self, token: u32) -> Result<&[f32]> {
         let pos = self.tokens.len();
-        let logits = self.model.forward(&mut self.state, &[token], pos, true)?;
+        self.model.forward(&mut self.state, &[token], pos, true)?;
         self.tokens.push(token);
-        Ok(logits)
+        Ok(self.state.logits())
     }
 }

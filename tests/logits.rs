@@ -2,6 +2,7 @@
 
 mod common;
 
+use wick::backend::cpu::Cpu;
 use wick::gguf::GgufFile;
 use wick::model::Llama;
 use wick::quant::Precision;
@@ -16,7 +17,6 @@ fn smollm2_logits_match_reference() {
     .unwrap();
     let file = GgufFile::open(&common::smollm2()).unwrap();
     let tok = Tokenizer::from_gguf(&file).unwrap();
-    let model = Llama::load(&file, 2).unwrap();
 
     let prompt = golden["prompt"].as_str().unwrap();
     let want_ids: Vec<u32> = golden["ids"]
@@ -37,7 +37,8 @@ fn smollm2_logits_match_reference() {
     let argmax = |v: &[f32]| (0..v.len()).max_by(|&a, &b| v[a].total_cmp(&v[b])).unwrap();
     let max_ref = reference.iter().fold(0f32, |m, v| m.max(v.abs()));
     let run = |precision| {
-        let mut session = Session::with_precision(&model, 256, precision);
+        let model = Llama::load(&file, Cpu::new(2, precision)).unwrap();
+        let mut session = Session::new(&model, 256).unwrap();
         let logits = session.prefill(&ids).unwrap().to_vec();
         assert_eq!(logits.len(), reference.len());
         let max_diff = logits

@@ -1,3 +1,105 @@
-//! Compute backends. The CPU backend is the reference every other backend is checked against.
+//! Compute backends. A forward pass is written once (`model::llama`) over the small set of
+//! fused ops in [`Backend`]; each backend implements them over its own buffers. The CPU
+//! backend is the reference every other backend is checked against, op by op.
 
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
+
+use anyhow::Result;
+
+use crate::model::Tensor;
+
+/// The shape of attention, shared by every op that touches heads.
+#[derive(Clone, Copy, Debug)]
+pub struct AttnShape {
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+    /// Dimensions of each head that RoPE rotates, from the front.
+    pub rope_dims: usize,
+    pub rope_theta: f32,
+}
+
+impl AttnShape {
+    pub fn q_dim(&self) -> usize {
+        self.n_heads * self.head_dim
+    }
+
+    pub fn kv_dim(&self) -> usize {
+        self.n_kv_heads * self.head_dim
+    }
+}
+
+/// The ops of a forward pass. Activations are row-major batches of `rows` tokens.
+pub trait Backend<'a> {
+    /// A buffer of f32 activations.
+    type Buf;
+    /// A weight, in its GGUF blocks, where this backend computes.
+    type Weight;
+    /// Keys and values of every layer, for positions `0..capacity`.
+    type Kv;
+
+    /// Makes a weight available: borrowed on the CPU, uploaded once on a GPU.
+    fn weight(&self, t: Tensor<'a>) -> Result<Self::Weight>;
+    /// A zeroed buffer of `n` values.
+    fn buffer(&self, n: usize) -> Result<Self::Buf>;
+    fn kv_cache(&self, n_layers: usize, capacity: usize, kv_dim: usize) -> Result<Self::Kv>;
+
+    /// `x[b] = table[tokens[b]]`.
+    fn embed(&self, table: &Self::Weight, tokens: &[u32], x: &mut Self::Buf) -> Result<()>;
+    /// `out[b] = x[b] / rms(x[b]) * w` for rows `0..rows`.
+    fn rmsnorm(
+        &self,
+        x: &Self::Buf,
+        w: &Self::Weight,
+        eps: f32,
+        rows: usize,
+        out: &mut Self::Buf,
+    ) -> Result<()>;
+    /// `outs[i][b] = ws[i] · x[b]` for several weights that share one input (q/k/v,
+    /// gate/up), so the input is converted once.
+    fn matmul(
+        &self,
+        x: &Self::Buf,
+        rows: usize,
+        ws: &[&Self::Weight],
+        outs: &mut [&mut Self::Buf],
+    ) -> Result<()>;
+    /// `x[b] += w · y[b]`: a projection and its residual connection.
+    fn matmul_add(&self, y: &Self::Buf, rows: usize, w: &Self::Weight, x: &mut Self::Buf)
+        -> Result<()>;
+    /// Rotates `q` and `k` for positions `pos0..pos0 + rows` and stores `k`, `v` in the
+    /// cache of `layer`.
+    #[allow(clippy::too_many_arguments)]
+    fn rope_store(
+        &self,
+        q: &mut Self::Buf,
+        k: &mut Self::Buf,
+        v: &Self::Buf,
+        kv: &mut Self::Kv,
+        layer: usize,
+        pos0: usize,
+        rows: usize,
+        shape: AttnShape,
+    ) -> Result<()>;
+    /// Causal attention of query rows at `pos0..` over cached positions `0..=pos`.
+    #[allow(clippy::too_many_arguments)]
+    fn attention(
+        &self,
+        q: &Self::Buf,
+        kv: &Self::Kv,
+        layer: usize,
+        pos0: usize,
+        rows: usize,
+        shape: AttnShape,
+        out: &mut Self::Buf,
+    ) -> Result<()>;
+    /// `gate = silu(gate) * up`, over `n` values.
+    fn swiglu(&self, gate: &mut Self::Buf, up: &Self::Buf, n: usize) -> Result<()>;
+    /// Copies row `row` of `src` (rows of `width`) to row 0 of `dst`.
+    fn copy_row(&self, src: &Self::Buf, row: usize, width: usize, dst: &mut Self::Buf)
+        -> Result<()>;
+    /// Copies the first `out.len()` values of `src` to the host.
+    fn read(&self, src: &Self::Buf, out: &mut [f32]) -> Result<()>;
+}

@@ -12,7 +12,9 @@ use clap::Args;
 use super::load::open_model;
 use super::out::Stdout;
 use super::{FailWith, Failure};
-use crate::backend::cpu::default_threads;
+use crate::backend::cpu::{default_threads, Cpu};
+use crate::backend::Backend;
+use crate::quant::Precision;
 use crate::gguf::GgufFile;
 use crate::model::Llama;
 use crate::session::Session;
@@ -49,7 +51,12 @@ struct Result1 {
 pub fn run(a: BenchArgs) -> Result<(), Failure> {
     let (file, name) = open_model(a.model.as_deref())?;
     let threads = a.threads.unwrap_or_else(default_threads).max(1);
-    let model = Llama::load(&file, threads).file()?;
+    let model = Llama::load(&file, Cpu::new(threads, Precision::Fast)).file()?;
+    let results = measure(&a, &model)?;
+    report(&a, &file, &name, "cpu", threads, &results)
+}
+
+fn measure<'a, B: Backend<'a>>(a: &BenchArgs, model: &Llama<'a, B>) -> Result<Vec<Result1>, Failure> {
     let vocab = model.config.vocab_size as u64;
     let reps = a.reps.max(1);
     let mut results = Vec::new();
@@ -63,7 +70,7 @@ pub fn run(a: BenchArgs) -> Result<(), Failure> {
         let ctx = a.n_prompt;
         let mut samples = Vec::new();
         for rep in 0..=reps {
-            let mut s = Session::new(&model, ctx);
+            let mut s = Session::new(model, ctx).generation()?;
             let t = Instant::now();
             s.prefill(&tokens[..a.n_prompt]).generation()?;
             let secs = t.elapsed().as_secs_f64();
@@ -82,7 +89,7 @@ pub fn run(a: BenchArgs) -> Result<(), Failure> {
         let ctx = a.n_gen;
         let mut samples = Vec::new();
         for rep in 0..=reps {
-            let mut s = Session::new(&model, ctx);
+            let mut s = Session::new(model, ctx).generation()?;
             let t = Instant::now();
             for &tok in &tokens[..a.n_gen] {
                 s.step(tok).generation()?;
@@ -100,7 +107,18 @@ pub fn run(a: BenchArgs) -> Result<(), Failure> {
         });
     }
 
-    let ty = main_type(&file);
+    Ok(results)
+}
+
+fn report(
+    a: &BenchArgs,
+    file: &GgufFile,
+    name: &str,
+    backend: &str,
+    threads: usize,
+    results: &[Result1],
+) -> Result<(), Failure> {
+    let ty = main_type(file);
     let size: u64 = file.tensors.iter().map(|t| t.n_bytes).sum();
     let params: u64 = file.tensors.iter().map(|t| t.n_elements()).sum();
     let mut s = String::new();
@@ -114,7 +132,7 @@ pub fn run(a: BenchArgs) -> Result<(), Failure> {
                     "type": ty,
                     "size_bytes": size,
                     "params": params,
-                    "backend": "cpu",
+                    "backend": backend,
                     "threads": threads,
                     "test": r.test,
                     "n_prompt": r.n_prompt,
@@ -134,11 +152,11 @@ pub fn run(a: BenchArgs) -> Result<(), Failure> {
             "| model | type | size | params | backend | threads | test | t/s |"
         );
         let _ = writeln!(s, "|---|---|---:|---:|---|---:|---:|---:|");
-        for r in &results {
+        for r in results {
             let (mean, sd) = mean_sd(&r.samples);
             let _ = writeln!(
                 s,
-                "| {name} | {ty} | {:.2} MiB | {:.2} M | cpu | {threads} | {} | {mean:.2} ± {sd:.2} |",
+                "| {name} | {ty} | {:.2} MiB | {:.2} M | {backend} | {threads} | {} | {mean:.2} ± {sd:.2} |",
                 size as f64 / (1 << 20) as f64,
                 params as f64 / 1e6,
                 r.test

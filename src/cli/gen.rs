@@ -10,7 +10,8 @@ use clap::Args;
 use super::load::open_model;
 use super::out::Stdout;
 use super::{read_text, FailWith, Failure};
-use crate::backend::cpu::default_threads;
+use crate::backend::cpu::{default_threads, Cpu};
+use crate::backend::Backend;
 use crate::model::Llama;
 use crate::quant::Precision;
 use crate::sample::{Sampler, SamplerParams};
@@ -73,12 +74,24 @@ pub fn run(a: GenArgs) -> Result<(), Failure> {
     let (file, _name) = open_model(a.model.as_deref())?;
     let tok = Tokenizer::from_gguf(&file).file()?;
     let threads = a.threads.unwrap_or_else(default_threads).max(1);
-    let model = Llama::load(&file, threads).file()?;
+    let precision = if a.exact { Precision::Exact } else { Precision::Fast };
+    let model = Llama::load(&file, Cpu::new(threads, precision)).file()?;
+    generate(&a, &model, &tok, &prompt, t_start)
+}
+
+/// Generation proper, the same on every backend.
+fn generate<'a, B: Backend<'a>>(
+    a: &GenArgs,
+    model: &Llama<'a, B>,
+    tok: &Tokenizer,
+    prompt: &str,
+    t_start: Instant,
+) -> Result<(), Failure> {
     let ctx = a.ctx.unwrap_or(model.config.train_ctx.min(4096));
     if ctx == 0 {
         return Err(Failure::Usage(anyhow!("--ctx must be at least 1")));
     }
-    let mut tokens = tok.encode(&prompt, true, a.special).usage()?;
+    let mut tokens = tok.encode(prompt, true, a.special).usage()?;
     if tokens.is_empty() {
         match tok.bos() {
             Some(b) => tokens.push(b),
@@ -108,12 +121,7 @@ pub fn run(a: GenArgs) -> Result<(), Failure> {
         params.seed = s;
     }
     let mut sampler = Sampler::new(params, model.config.vocab_size);
-    let precision = if a.exact {
-        Precision::Exact
-    } else {
-        Precision::Fast
-    };
-    let mut session = Session::with_precision(&model, ctx, precision);
+    let mut session = Session::new(model, ctx).generation()?;
     let t_load = t_start.elapsed();
 
     let mut out = Stdout::new();
@@ -176,7 +184,7 @@ pub fn run(a: GenArgs) -> Result<(), Failure> {
             decode_steps: n_generated.saturating_sub(1),
             decode: decode_time,
             emitted: &emitted,
-            kv_bytes: session.kv_bytes(),
+            kv_bytes: model.config.kv_bytes(ctx),
         });
     }
     Ok(())

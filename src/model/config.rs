@@ -107,4 +107,9 @@ impl Config {
     pub fn kv_dim(&self) -> usize {
         self.n_kv_heads * self.head_dim
     }
+
+    /// Bytes of KV cache for `ctx` positions (f32 keys and values).
+    pub fn kv_bytes(&self, ctx: usize) -> usize {
+        2 * self.n_layers * ctx * self.kv_dim() * std::mem::size_of::<f32>()
+    }
 }

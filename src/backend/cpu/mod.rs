@@ -1,11 +1,19 @@
 //! The CPU backend: the reference implementation of each op of a forward pass, with the
 //! heavy ones (matrix products, attention) split over a persistent thread pool.
 
+mod ops;
 pub mod pool;
 
+use std::cell::RefCell;
+
+use anyhow::{ensure, Result};
+
+pub use ops::{rmsnorm_row, rope, rope_inv_freq, softmax, swiglu};
+
+use super::{AttnShape, Backend};
 use crate::kv::KvCache;
 use crate::model::Tensor;
-use crate::quant::DotInput;
+use crate::quant::{DotInput, Precision};
 use pool::{split, SharedMut, ThreadPool};
 
 /// Weight rows each thread takes at a time, so kernels see whole groups.
@@ -15,12 +23,18 @@ const ROW_TILE: usize = 16;
 
 pub struct Cpu {
     pool: ThreadPool,
+    /// Activations converted for the last matmul's weight type.
+    dot: RefCell<DotInput>,
+    /// One attention-score row per thread, grown when a larger cache is made.
+    scores: RefCell<Vec<f32>>,
 }
 
 impl Cpu {
-    pub fn new(n_threads: usize) -> Cpu {
+    pub fn new(n_threads: usize, precision: Precision) -> Cpu {
         Cpu {
             pool: ThreadPool::new(n_threads),
+            dot: RefCell::new(DotInput::new(precision)),
+            scores: RefCell::new(Vec::new()),
         }
     }
 
@@ -29,11 +43,10 @@ impl Cpu {
     }
 
     /// `out[b][r] = w[r] · x[b]` for every weight row `r` and prepared activation row `b`;
-    /// `out` is `x.rows()` rows of `w.rows` values. Threads split the weight rows.
-    pub fn matmul(&self, out: &mut [f32], w: &Tensor, x: &DotInput) {
+    /// `out` holds `x.rows()` rows of `w.rows` values. Threads split the weight rows.
+    fn matmul_prepared(&self, out: &mut [f32], w: &Tensor, x: &DotInput) {
         let (n_rows, n_b) = (w.rows, x.rows());
-        assert_eq!(out.len(), n_rows * n_b);
-        let out = SharedMut::new(out);
+        let out = SharedMut::new(&mut out[..n_rows * n_b]);
         let t = self.pool.n_threads();
         self.pool.run(|i| {
             let mine = split(n_rows, i, t, ROW_STEP);
@@ -41,7 +54,7 @@ impl Cpu {
             while r0 < mine.end {
                 let r1 = (r0 + ROW_TILE).min(mine.end);
                 for b in 0..n_b {
-                    // SAFETY: rows r0..r1 belong to this thread alone.
+                    // SAFETY: rows r0..r1 of every output row belong to this thread alone.
                     let o = unsafe { out.slice(b * n_rows + r0, r1 - r0) };
                     for (r, v) in (r0..r1).zip(o) {
                         *v = x.dot(w.ty, w.row(r), b);
@@ -51,145 +64,188 @@ impl Cpu {
             }
         });
     }
+}
 
-    /// Causal attention for `n_b` query rows at positions `pos0..pos0 + n_b`, each over
-    /// cached positions `0..=pos`. Threads split the (row, head) pairs. `scores` holds
-    /// `n_threads` scratch rows of at least `pos0 + n_b` values.
-    #[allow(clippy::too_many_arguments)]
-    pub fn attention(
+impl<'a> Backend<'a> for Cpu {
+    type Buf = Vec<f32>;
+    type Weight = Tensor<'a>;
+    type Kv = KvCache;
+
+    fn weight(&self, t: Tensor<'a>) -> Result<Tensor<'a>> {
+        Ok(t)
+    }
+
+    fn buffer(&self, n: usize) -> Result<Vec<f32>> {
+        Ok(vec![0.0; n])
+    }
+
+    fn kv_cache(&self, n_layers: usize, capacity: usize, kv_dim: usize) -> Result<KvCache> {
+        let mut scores = self.scores.borrow_mut();
+        let need = capacity * self.pool.n_threads();
+        if scores.len() < need {
+            scores.resize(need, 0.0);
+        }
+        Ok(KvCache::new(n_layers, capacity, kv_dim))
+    }
+
+    fn embed(&self, table: &Tensor<'a>, tokens: &[u32], x: &mut Vec<f32>) -> Result<()> {
+        let dim = table.cols;
+        for (&tok, row) in tokens.iter().zip(x.chunks_exact_mut(dim)) {
+            ensure!(
+                (tok as usize) < table.rows,
+                "token id {tok} is outside the vocabulary of {}",
+                table.rows
+            );
+            table.dequantize_row(tok as usize, row);
+        }
+        Ok(())
+    }
+
+    fn rmsnorm(
         &self,
-        out: &mut [f32],
-        q: &[f32],
-        cache: &KvCache,
+        x: &Vec<f32>,
+        w: &Tensor<'a>,
+        eps: f32,
+        rows: usize,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        let n = w.cols;
+        for (o, xr) in out.chunks_exact_mut(n).zip(x.chunks_exact(n)).take(rows) {
+            rmsnorm_row(o, xr, w, eps);
+        }
+        Ok(())
+    }
+
+    fn matmul(
+        &self,
+        x: &Vec<f32>,
+        rows: usize,
+        ws: &[&Tensor<'a>],
+        outs: &mut [&mut Vec<f32>],
+    ) -> Result<()> {
+        let mut dot = self.dot.borrow_mut();
+        let mut prepared = None;
+        for (w, out) in ws.iter().zip(outs.iter_mut()) {
+            // Weights sharing an input and a type reuse one conversion of it.
+            if prepared != Some(w.ty) {
+                dot.prepare(w.ty, &x[..rows * w.cols], w.cols)?;
+                prepared = Some(w.ty);
+            }
+            self.matmul_prepared(out, w, &dot);
+        }
+        Ok(())
+    }
+
+    fn matmul_add(
+        &self,
+        y: &Vec<f32>,
+        rows: usize,
+        w: &Tensor<'a>,
+        x: &mut Vec<f32>,
+    ) -> Result<()> {
+        let mut dot = self.dot.borrow_mut();
+        dot.prepare(w.ty, &y[..rows * w.cols], w.cols)?;
+        let n = rows * w.rows;
+        let out = SharedMut::new(&mut x[..n]);
+        let (n_rows, t) = (w.rows, self.pool.n_threads());
+        let dot = &*dot;
+        self.pool.run(|i| {
+            let mine = split(n_rows, i, t, ROW_STEP);
+            for b in 0..rows {
+                // SAFETY: each thread owns its range of weight rows in every output row.
+                let o = unsafe { out.slice(b * n_rows + mine.start, mine.len()) };
+                for (r, v) in mine.clone().zip(o) {
+                    *v += dot.dot(w.ty, w.row(r), b);
+                }
+            }
+        });
+        Ok(())
+    }
+
+    fn rope_store(
+        &self,
+        q: &mut Vec<f32>,
+        k: &mut Vec<f32>,
+        v: &Vec<f32>,
+        kv: &mut KvCache,
         layer: usize,
         pos0: usize,
-        shape: AttnShape,
-        scores: &mut [f32],
-    ) {
-        let dim = shape.n_heads * shape.head_dim;
-        let n_b = q.len() / dim;
-        let stride = scores.len() / self.pool.n_threads();
-        assert!(stride >= pos0 + n_b);
-        let out = SharedMut::new(out);
-        let scores = SharedMut::new(scores);
+        rows: usize,
+        s: AttnShape,
+    ) -> Result<()> {
+        ensure!(
+            pos0 + rows <= kv.capacity(),
+            "position {} is past the context size {}",
+            pos0 + rows - 1,
+            kv.capacity()
+        );
+        let mut inv_freq = [0f32; 256];
+        let inv_freq = &mut inv_freq[..s.rope_dims / 2];
+        rope_inv_freq(s.rope_theta, s.rope_dims, inv_freq);
+        let (qd, kd) = (s.q_dim(), s.kv_dim());
+        for b in 0..rows {
+            let pos = pos0 + b;
+            rope(&mut q[b * qd..(b + 1) * qd], s.head_dim, inv_freq, pos);
+            let kb = &mut k[b * kd..(b + 1) * kd];
+            rope(kb, s.head_dim, inv_freq, pos);
+            let (ks, vs) = kv.slot_mut(layer, pos);
+            ks.copy_from_slice(kb);
+            vs.copy_from_slice(&v[b * kd..(b + 1) * kd]);
+        }
+        Ok(())
+    }
+
+    fn attention(
+        &self,
+        q: &Vec<f32>,
+        kv: &KvCache,
+        layer: usize,
+        pos0: usize,
+        rows: usize,
+        s: AttnShape,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        let dim = s.q_dim();
+        let mut scores = self.scores.borrow_mut();
         let t = self.pool.n_threads();
-        let jobs = n_b * shape.n_heads;
+        let stride = scores.len() / t;
+        ensure!(stride >= pos0 + rows, "attention scratch smaller than the context");
+        let out = SharedMut::new(&mut out[..rows * dim]);
+        let scores = SharedMut::new(&mut scores[..]);
+        let jobs = rows * s.n_heads;
         self.pool.run(|i| {
             // SAFETY: each thread has its own scratch row.
             let sc = unsafe { scores.slice(i * stride, stride) };
             for job in split(jobs, i, t, 1) {
-                let (b, h) = (job / shape.n_heads, job % shape.n_heads);
-                let off = b * dim + h * shape.head_dim;
+                let (b, h) = (job / s.n_heads, job % s.n_heads);
+                let off = b * dim + h * s.head_dim;
                 // SAFETY: each (row, head) pair is one job, owned by one thread.
-                let o = unsafe { out.slice(off, shape.head_dim) };
-                attend_head(
-                    o,
-                    &q[off..off + shape.head_dim],
-                    cache,
-                    layer,
-                    pos0 + b,
-                    h,
-                    shape,
-                    sc,
-                );
+                let o = unsafe { out.slice(off, s.head_dim) };
+                ops::attend_head(o, &q[off..off + s.head_dim], kv, layer, pos0 + b, h, s, sc);
             }
         });
+        Ok(())
     }
-}
 
-#[derive(Clone, Copy)]
-pub struct AttnShape {
-    pub n_heads: usize,
-    pub n_kv_heads: usize,
-    pub head_dim: usize,
-}
-
-/// One query head at `pos` over cached positions `0..=pos`. Query head `h` reads KV head
-/// `h / (n_heads / n_kv_heads)` (grouped-query attention).
-#[allow(clippy::too_many_arguments)]
-fn attend_head(
-    out: &mut [f32],
-    q: &[f32],
-    cache: &KvCache,
-    layer: usize,
-    pos: usize,
-    h: usize,
-    s: AttnShape,
-    scores: &mut [f32],
-) {
-    let kv = (h / (s.n_heads / s.n_kv_heads)) * s.head_dim;
-    let scale = 1.0 / (s.head_dim as f32).sqrt();
-    let scores = &mut scores[..=pos];
-    for (t, sc) in scores.iter_mut().enumerate() {
-        let k = &cache.key(layer, t)[kv..kv + s.head_dim];
-        *sc = q.iter().zip(k).map(|(a, b)| a * b).sum::<f32>() * scale;
+    fn swiglu(&self, gate: &mut Vec<f32>, up: &Vec<f32>, n: usize) -> Result<()> {
+        swiglu(&mut gate[..n], &up[..n]);
+        Ok(())
     }
-    softmax(scores);
-    out.fill(0.0);
-    for (t, &p) in scores.iter().enumerate() {
-        let v = &cache.value(layer, t)[kv..kv + s.head_dim];
-        for (o, x) in out.iter_mut().zip(v) {
-            *o += p * x;
-        }
-    }
-}
 
-/// `out = x / rms(x) * w`, row by row, with `w` a 1-D weight of one row's length.
-pub fn rmsnorm(out: &mut [f32], x: &[f32], w: &Tensor, eps: f32) {
-    let n = w.cols;
-    for (o, xr) in out.chunks_exact_mut(n).zip(x.chunks_exact(n)) {
-        let ss: f32 = xr.iter().map(|v| v * v).sum::<f32>() / n as f32;
-        let scale = 1.0 / (ss + eps).sqrt();
-        w.dequantize_row(0, o);
-        for (a, v) in o.iter_mut().zip(xr) {
-            *a *= v * scale;
-        }
+    fn copy_row(
+        &self,
+        src: &Vec<f32>,
+        row: usize,
+        width: usize,
+        dst: &mut Vec<f32>,
+    ) -> Result<()> {
+        dst[..width].copy_from_slice(&src[row * width..(row + 1) * width]);
+        Ok(())
     }
-}
 
-/// Rotary position embedding, llama.cpp's "normal" mode: adjacent pairs `(x[2i], x[2i+1])`
-/// of each head are rotated by `pos * inv_freq[i]`. `x` is one token's heads.
-pub fn rope(x: &mut [f32], head_dim: usize, inv_freq: &[f32], pos: usize) {
-    for head in x.chunks_exact_mut(head_dim) {
-        for (pair, &f) in head.chunks_exact_mut(2).zip(inv_freq) {
-            let (sin, cos) = (pos as f32 * f).sin_cos();
-            let (a, b) = (pair[0], pair[1]);
-            pair[0] = a * cos - b * sin;
-            pair[1] = a * sin + b * cos;
-        }
-    }
-}
-
-/// The inverse frequencies of RoPE: `theta^(-2i / rope_dims)` for each rotated pair.
-pub fn rope_inv_freq(rope_dims: usize, theta: f32) -> Vec<f32> {
-    (0..rope_dims / 2)
-        .map(|i| theta.powf(-2.0 * i as f32 / rope_dims as f32))
-        .collect()
-}
-
-pub fn softmax(x: &mut [f32]) {
-    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0.0;
-    for v in x.iter_mut() {
-        *v = (*v - max).exp();
-        sum += *v;
-    }
-    for v in x.iter_mut() {
-        *v /= sum;
-    }
-}
-
-/// `gate = silu(gate) * up`, the SwiGLU activation.
-pub fn swiglu(gate: &mut [f32], up: &[f32]) {
-    for (g, u) in gate.iter_mut().zip(up) {
-        *g = *g / (1.0 + (-*g).exp()) * u;
-    }
-}
-
-/// `x += y`: the residual connection.
-pub fn add(x: &mut [f32], y: &[f32]) {
-    for (a, b) in x.iter_mut().zip(y) {
-        *a += b;
+    fn read(&self, src: &Vec<f32>, out: &mut [f32]) -> Result<()> {
+        out.copy_from_slice(&src[..out.len()]);
+        Ok(())
     }
 }
 

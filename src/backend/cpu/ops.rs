@@ -1,0 +1,85 @@
+//! Single-threaded building blocks of the CPU ops.
+
+use super::AttnShape;
+use crate::kv::KvCache;
+use crate::model::Tensor;
+
+/// `out = x / rms(x) * w` for one row, with `w` a 1-D weight of the row's length.
+pub fn rmsnorm_row(out: &mut [f32], x: &[f32], w: &Tensor, eps: f32) {
+    let ss: f32 = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
+    let scale = 1.0 / (ss + eps).sqrt();
+    w.dequantize_row(0, out);
+    for (a, v) in out.iter_mut().zip(x) {
+        *a *= v * scale;
+    }
+}
+
+/// Rotary position embedding, llama.cpp's "normal" mode: adjacent pairs `(x[2i], x[2i+1])`
+/// of each head are rotated by `pos * inv_freq[i]`. `x` is one token's heads; pairs past
+/// `inv_freq` are left alone.
+pub fn rope(x: &mut [f32], head_dim: usize, inv_freq: &[f32], pos: usize) {
+    for head in x.chunks_exact_mut(head_dim) {
+        for (pair, &f) in head.chunks_exact_mut(2).zip(inv_freq) {
+            let (sin, cos) = (pos as f32 * f).sin_cos();
+            let (a, b) = (pair[0], pair[1]);
+            pair[0] = a * cos - b * sin;
+            pair[1] = a * sin + b * cos;
+        }
+    }
+}
+
+/// The inverse frequencies of RoPE: `theta^(-2i / rope_dims)` for each rotated pair.
+pub fn rope_inv_freq(theta: f32, rope_dims: usize, out: &mut [f32]) {
+    for (i, f) in out.iter_mut().enumerate() {
+        *f = theta.powf(-2.0 * i as f32 / rope_dims as f32);
+    }
+}
+
+pub fn softmax(x: &mut [f32]) {
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0;
+    for v in x.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    for v in x.iter_mut() {
+        *v /= sum;
+    }
+}
+
+/// `gate = silu(gate) * up`, the SwiGLU activation.
+pub fn swiglu(gate: &mut [f32], up: &[f32]) {
+    for (g, u) in gate.iter_mut().zip(up) {
+        *g = *g / (1.0 + (-*g).exp()) * u;
+    }
+}
+
+/// One query head at `pos` over cached positions `0..=pos`. Query head `h` reads KV head
+/// `h / (n_heads / n_kv_heads)` (grouped-query attention).
+#[allow(clippy::too_many_arguments)]
+pub fn attend_head(
+    out: &mut [f32],
+    q: &[f32],
+    cache: &KvCache,
+    layer: usize,
+    pos: usize,
+    h: usize,
+    s: AttnShape,
+    scores: &mut [f32],
+) {
+    let kv = (h / (s.n_heads / s.n_kv_heads)) * s.head_dim;
+    let scale = 1.0 / (s.head_dim as f32).sqrt();
+    let scores = &mut scores[..=pos];
+    for (t, sc) in scores.iter_mut().enumerate() {
+        let k = &cache.key(layer, t)[kv..kv + s.head_dim];
+        *sc = q.iter().zip(k).map(|(a, b)| a * b).sum::<f32>() * scale;
+    }
+    softmax(scores);
+    out.fill(0.0);
+    for (t, &p) in scores.iter().enumerate() {
+        let v = &cache.value(layer, t)[kv..kv + s.head_dim];
+        for (o, x) in out.iter_mut().zip(v) {
+            *o += p * x;
+        }
+    }
+}
