@@ -85,7 +85,8 @@ fn qwen2() {
 #[test]
 fn smollm() {
     let tok = load(&common::smollm2());
-    check(&tok, &common::repo_file("tests/fixtures/ggml-vocab-smollm.gguf"));
+    let inp = common::repo_file("tests/fixtures/ggml-vocab-smollm.gguf.inp");
+    check(&tok, &inp.with_extension(""));
 }
 
 #[test]
