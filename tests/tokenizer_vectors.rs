@@ -28,10 +28,23 @@ fn read_cases(stem: &Path) -> Vec<(String, Vec<u32>)> {
         .strip_suffix('\n')
         .unwrap_or(&out)
         .split('\n')
-        .map(|l| l.split_whitespace().map(|t| t.parse().expect("id in .out")).collect())
+        .map(|l| {
+            l.split_whitespace()
+                .map(|t| t.parse().expect("id in .out"))
+                .collect()
+        })
         .collect();
-    assert_eq!(inputs.len(), expected.len(), "{}: .inp and .out disagree on the number of cases", stem.display());
-    inputs.into_iter().map(str::to_owned).zip(expected).collect()
+    assert_eq!(
+        inputs.len(),
+        expected.len(),
+        "{}: .inp and .out disagree on the number of cases",
+        stem.display()
+    );
+    inputs
+        .into_iter()
+        .map(str::to_owned)
+        .zip(expected)
+        .collect()
 }
 
 /// Encodes every case and reports all mismatches before failing.
@@ -41,7 +54,9 @@ fn check(tok: &Tokenizer, stem: &Path) {
     for (text, want) in &cases {
         match tok.encode(text, false, false) {
             Ok(got) if &got == want => {}
-            Ok(got) => failures.push(format!("input {text:?}\n  expected {want:?}\n  got      {got:?}")),
+            Ok(got) => failures.push(format!(
+                "input {text:?}\n  expected {want:?}\n  got      {got:?}"
+            )),
             Err(e) => failures.push(format!("input {text:?}\n  error {e:#}")),
         }
     }
@@ -141,7 +156,11 @@ fn stories260k_pieces_and_bytes() {
     let tok = load(&common::stories260k());
     assert_eq!(tok.model_kind(), "llama");
     assert_eq!(tok.vocab_size(), 512);
-    let find = |p: &str| (0..512u32).find(|&i| tok.piece(i) == p).unwrap_or_else(|| panic!("no piece {p:?}"));
+    let find = |p: &str| {
+        (0..512u32)
+            .find(|&i| tok.piece(i) == p)
+            .unwrap_or_else(|| panic!("no piece {p:?}"))
+    };
     assert_eq!(tok.token_bytes(find("<0x0A>")), b"\n");
     assert_eq!(tok.token_bytes(find("▁the")), b" the");
     // Right after BOS, the prefixed space is dropped; elsewhere it stays.
@@ -173,7 +192,10 @@ fn stories260k_encode_adds_bos() {
     }
     stream.finish(&mut text);
     assert_eq!(text, "Hello world");
-    assert_eq!(tok.encode("", false, false).expect("encode"), Vec::<u32>::new());
+    assert_eq!(
+        tok.encode("", false, false).expect("encode"),
+        Vec::<u32>::new()
+    );
 }
 
 #[test]
@@ -183,15 +205,23 @@ fn smollm2_parse_special() {
     assert_eq!(tok.bos(), Some(1));
     assert_eq!(tok.eos(), Some(2));
     assert!(!tok.adds_bos());
-    assert_eq!(tok.encode("<|im_start|>", false, true).expect("encode"), vec![1]);
+    assert_eq!(
+        tok.encode("<|im_start|>", false, true).expect("encode"),
+        vec![1]
+    );
     let plain = tok.encode("<|im_start|>", false, false).expect("encode");
     assert!(plain.len() > 1, "{plain:?}");
     assert!(!plain.contains(&1));
     assert!(tok.is_eog(2), "<|im_end|> ends generation");
     assert_eq!(tok.token_bytes(2), b"");
-    let ids = tok.encode("<|im_start|>user\nHi<|im_end|>\n", true, true).expect("encode");
+    let ids = tok
+        .encode("<|im_start|>user\nHi<|im_end|>\n", true, true)
+        .expect("encode");
     assert_eq!(ids.first(), Some(&1));
     assert!(ids.contains(&2));
-    let bytes: Vec<u8> = ids.iter().flat_map(|&i| tok.token_bytes(i).to_vec()).collect();
+    let bytes: Vec<u8> = ids
+        .iter()
+        .flat_map(|&i| tok.token_bytes(i).to_vec())
+        .collect();
     assert_eq!(bytes, b"user\nHi\n");
 }

@@ -39,7 +39,9 @@ pub fn build_model(tokens: &[String], merges: &[&str], ignore_merges: bool) -> a
         }
     }
     if skipped > 0 {
-        eprintln!("wick: warning: ignored {skipped} BPE merges that do not join two tokens into a token");
+        eprintln!(
+            "wick: warning: ignored {skipped} BPE merges that do not join two tokens into a token"
+        );
     }
     BPE::builder()
         .vocab_and_merges(vocab, pairs)
@@ -51,13 +53,17 @@ pub fn build_model(tokens: &[String], merges: &[&str], ignore_merges: bool) -> a
 /// The inverse of GPT-2's `bytes_to_unicode`: byte-level character → byte.
 pub fn char_to_byte(c: char) -> Option<u8> {
     let c = c as u32;
-    let printable = |b: u32| (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
+    let printable =
+        |b: u32| (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
     if c < 256 && printable(c) {
         return Some(c as u8);
     }
     // The other 68 bytes map, in order, to U+0100 and up.
     let n = c.checked_sub(256)?;
-    (0u32..256).filter(|&b| !printable(b)).nth(n as usize).map(|b| b as u8)
+    (0u32..256)
+        .filter(|&b| !printable(b))
+        .nth(n as usize)
+        .map(|b| b as u8)
 }
 
 /// The bytes a byte-level token stands for. A character outside the byte-level alphabet

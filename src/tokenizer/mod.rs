@@ -151,7 +151,10 @@ impl Tokenizer {
 
         let scores: Vec<f32> = match f.get_array("tokenizer.ggml.scores") {
             None => vec![0.0; n],
-            Some(a) => numbers(a, n, "tokenizer.ggml.scores")?.into_iter().map(|s| s as f32).collect(),
+            Some(a) => numbers(a, n, "tokenizer.ggml.scores")?
+                .into_iter()
+                .map(|s| s as f32)
+                .collect(),
         };
         let mut attrs: Vec<u8> = match f.get_array("tokenizer.ggml.token_type") {
             None => vec![attr::NORMAL; n],
@@ -195,10 +198,13 @@ impl Tokenizer {
             Kind::Spm => true,
             Kind::Bpe => pre_cfg.as_ref().is_some_and(|c| c.add_bos),
         };
-        let add_bos = f.get_bool("tokenizer.ggml.add_bos_token").unwrap_or(default_add_bos);
+        let add_bos = f
+            .get_bool("tokenizer.ggml.add_bos_token")
+            .unwrap_or(default_add_bos);
         let add_eos = f.get_bool("tokenizer.ggml.add_eos_token").unwrap_or(false);
-        let add_space_prefix =
-            kind == Kind::Spm && f.get_bool("tokenizer.ggml.add_space_prefix").unwrap_or(true);
+        let add_space_prefix = kind == Kind::Spm
+            && f.get_bool("tokenizer.ggml.add_space_prefix")
+                .unwrap_or(true);
         if add_bos && bos.is_none() {
             bail!("tokenizer.ggml.add_bos_token is true, but there is no BOS token");
         }
@@ -210,13 +216,18 @@ impl Tokenizer {
 
         // llama.cpp renders these gpt-oss tokens as text, treating them as user-defined.
         for (p, a) in pieces.iter().zip(attrs.iter_mut()) {
-            if matches!(p.as_str(), "<|channel|>" | "<|message|>" | "<|start|>" | "<|constrain|>") {
+            if matches!(
+                p.as_str(),
+                "<|channel|>" | "<|message|>" | "<|start|>" | "<|constrain|>"
+            ) {
                 *a = attr::USER_DEFINED;
             }
         }
 
         let mut specials: Vec<u32> = (0..n as u32)
-            .filter(|&i| attrs[i as usize] & (attr::CONTROL | attr::USER_DEFINED | attr::UNKNOWN) != 0)
+            .filter(|&i| {
+                attrs[i as usize] & (attr::CONTROL | attr::USER_DEFINED | attr::UNKNOWN) != 0
+            })
             .filter(|&i| !pieces[i as usize].is_empty())
             .collect();
         specials.sort_by_key(|&i| std::cmp::Reverse(pieces[i as usize].len()));
@@ -248,7 +259,9 @@ impl Tokenizer {
                         .iter()
                         .enumerate()
                         .map(|(i, v)| {
-                            v.as_str().ok_or_else(|| anyhow!("tokenizer.ggml.merges[{i}] is not a string"))
+                            v.as_str().ok_or_else(|| {
+                                anyhow!("tokenizer.ggml.merges[{i}] is not a string")
+                            })
                         })
                         .collect::<anyhow::Result<_>>()?,
                     None => bail!("GGUF has no tokenizer.ggml.merges (needed by a gpt2 tokenizer)"),
@@ -288,11 +301,19 @@ impl Tokenizer {
     /// add_special: add BOS (and EOS) if the model's metadata says so (llama.cpp's add_special).
     /// parse_special: text of control tokens such as "<|im_start|>" becomes that token;
     /// otherwise it is tokenized as plain text.
-    pub fn encode(&self, text: &str, add_special: bool, parse_special: bool) -> anyhow::Result<Vec<u32>> {
+    pub fn encode(
+        &self,
+        text: &str,
+        add_special: bool,
+        parse_special: bool,
+    ) -> anyhow::Result<Vec<u32>> {
         let fragments = self.split_special(text, parse_special);
         let mut out = Vec::with_capacity(text.len() / 3 + 2);
         if add_special && self.add_bos {
-            out.push(self.bos.context("the model adds BOS but has no BOS token")?);
+            out.push(
+                self.bos
+                    .context("the model adds BOS but has no BOS token")?,
+            );
         }
         match self.kind {
             Kind::Spm => {
@@ -321,13 +342,19 @@ impl Tokenizer {
                 }
             }
             Kind::Bpe => {
-                let pre = self.pre.as_ref().context("BPE tokenizer without a pre-tokenizer")?;
+                let pre = self
+                    .pre
+                    .as_ref()
+                    .context("BPE tokenizer without a pre-tokenizer")?;
                 for frag in &fragments {
                     match *frag {
                         Fragment::Text(t) => {
                             let mut pts = PreTokenizedString::from(t);
-                            pre.pre_tokenize(&mut pts).map_err(|e| anyhow!("pre-tokenizing: {e}"))?;
-                            for (word, _, _) in pts.get_splits(OffsetReferential::Original, OffsetType::None) {
+                            pre.pre_tokenize(&mut pts)
+                                .map_err(|e| anyhow!("pre-tokenizing: {e}"))?;
+                            for (word, _, _) in
+                                pts.get_splits(OffsetReferential::Original, OffsetType::None)
+                            {
                                 self.run_model(word, &mut out)?;
                             }
                         }
@@ -337,7 +364,10 @@ impl Tokenizer {
             }
         }
         if add_special && self.add_eos {
-            out.push(self.eos.context("the model adds EOS but has no EOS token")?);
+            out.push(
+                self.eos
+                    .context("the model adds EOS but has no EOS token")?,
+            );
         }
         Ok(out)
     }
@@ -364,7 +394,10 @@ impl Tokenizer {
             }
             let needle = self.pieces[id as usize].as_str();
             // Most special tokens occur nowhere: skip the rebuild then.
-            if !frags.iter().any(|f| matches!(f, Fragment::Text(t) if t.contains(needle))) {
+            if !frags
+                .iter()
+                .any(|f| matches!(f, Fragment::Text(t) if t.contains(needle)))
+            {
                 continue;
             }
             let mut next = Vec::with_capacity(frags.len() + 2);
@@ -469,7 +502,10 @@ fn numbers(a: &[Value], n: usize, key: &str) -> anyhow::Result<Vec<f64>> {
     a[..n]
         .iter()
         .enumerate()
-        .map(|(i, v)| v.as_f64().ok_or_else(|| anyhow!("{key}[{i}] is not a number")))
+        .map(|(i, v)| {
+            v.as_f64()
+                .ok_or_else(|| anyhow!("{key}[{i}] is not a number"))
+        })
         .collect()
 }
 
@@ -486,7 +522,9 @@ fn end_of_generation(pieces: &[String], attrs: &mut [u8], ids: [Option<u32>; 3])
     eog.extend(ids.into_iter().flatten());
     let has = |eog: &[u32], t: &str| eog.iter().any(|&i| pieces[i as usize] == t);
     // gpt-oss and solar-open use "<|end|>" inside a turn: it does not end generation there.
-    if (has(&eog, "<|return|>") && has(&eog, "<|call|>")) || (has(&eog, "<|calls|>") && has(&eog, "<|flush|>")) {
+    if (has(&eog, "<|return|>") && has(&eog, "<|call|>"))
+        || (has(&eog, "<|calls|>") && has(&eog, "<|flush|>"))
+    {
         for &i in eog.iter().filter(|&&i| pieces[i as usize] == "<|end|>") {
             attrs[i as usize] = attr::USER_DEFINED;
         }
@@ -517,8 +555,13 @@ fn output_bytes(kind: Kind, piece: &str, a: u8) -> Vec<u8> {
             Kind::Bpe => bpe::piece_bytes(piece),
         }
     } else if a & attr::BYTE != 0 {
-        spm::byte_token_value(piece).map(|b| vec![b]).unwrap_or_default()
+        spm::byte_token_value(piece)
+            .map(|b| vec![b])
+            .unwrap_or_default()
     } else {
         Vec::new()
     }
 }
+
+#[cfg(test)]
+mod tests;

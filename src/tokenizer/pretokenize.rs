@@ -31,12 +31,7 @@ const TEKKEN: &str = r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}
 const PORO: &str = r" ?[^(\s|.,!?…。，、।۔،)]+";
 
 /// llama.cpp's `default` pre-tokenizer, used when the file names none.
-const DEFAULT: &[&str] = &[
-    r"[\p{P}\$\+<=>\^~\|]+",
-    GPT2,
-    r"\p{N}+",
-    r"[0-9][0-9][0-9]",
-];
+const DEFAULT: &[&str] = &[r"[\p{P}\$\+<=>\^~\|]+", GPT2, r"\p{N}+", r"[0-9][0-9][0-9]"];
 
 /// The pre-tokenizer settings for one `tokenizer.ggml.pre` value.
 pub struct PreConfig {
@@ -49,7 +44,11 @@ pub struct PreConfig {
 
 impl PreConfig {
     const fn new(regexes: &'static [&'static str]) -> Self {
-        PreConfig { regexes, ignore_merges: false, add_bos: false }
+        PreConfig {
+            regexes,
+            ignore_merges: false,
+            add_bos: false,
+        }
     }
 }
 
@@ -58,7 +57,11 @@ pub fn lookup(pre: &str) -> Option<PreConfig> {
     let cfg = match pre {
         "default" => PreConfig::new(DEFAULT),
         "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "falcon-h1" | "pixtral" | "midm-2.0"
-        | "lfm2" => PreConfig { ignore_merges: true, add_bos: true, ..PreConfig::new(&[LLAMA3]) },
+        | "lfm2" => PreConfig {
+            ignore_merges: true,
+            add_bos: true,
+            ..PreConfig::new(&[LLAMA3])
+        },
         "dbrx" | "smaug-bpe" | "glm4" | "chatglm-bpe" => PreConfig::new(&[LLAMA3]),
         "deepseek-llm" => PreConfig::new(&[
             r"[\r\n]",
@@ -82,11 +85,7 @@ pub fn lookup(pre: &str) -> Option<PreConfig> {
             r"[一-龥぀-ゟ゠-ヿ]+",
             r##"[!"#$%&'()*+,\-./:;<=>?@\[\\\]^_`{|}~][A-Za-z]+|[^\r\n\p{L}\p{P}\p{S}]?[\p{L}\p{M}]+| ?[\p{P}\p{S}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"##,
         ]),
-        "falcon" => PreConfig::new(&[
-            r"[\p{P}\$\+<=>\^~\|`]+",
-            GPT2,
-            r"[0-9][0-9][0-9]",
-        ]),
+        "falcon" => PreConfig::new(&[r"[\p{P}\$\+<=>\^~\|`]+", GPT2, r"[0-9][0-9][0-9]"]),
         "starcoder" | "refact" | "command-r" | "smollm" | "codeshell" | "exaone" | "minerva-7b"
         | "mellum2" => PreConfig::new(&[r"\p{N}", GPT2]),
         "gpt-2" | "mpt" | "olmo" | "jais" | "phi-2" | "jina-es" | "jina-de" | "gigachat"
@@ -99,7 +98,11 @@ pub fn lookup(pre: &str) -> Option<PreConfig> {
         "qwen35" => PreConfig::new(&[QWEN35]),
         "poro-chat" | "bloom" | "gpt3-finnish" => PreConfig::new(&[PORO]),
         "viking" => PreConfig::new(&[PORO, r"\p{N}"]),
-        "tekken" => PreConfig { ignore_merges: true, add_bos: true, ..PreConfig::new(&[TEKKEN]) },
+        "tekken" => PreConfig {
+            ignore_merges: true,
+            add_bos: true,
+            ..PreConfig::new(&[TEKKEN])
+        },
         "gpt-4o" | "llama4" | "kanana2" | "talkie" | "minimax-m2" => PreConfig::new(&[GPT4O]),
         _ => return None,
     };
@@ -126,8 +129,12 @@ pub fn config_for(pre: Option<&str>) -> PreConfig {
 pub fn build(regexes: &[&str]) -> anyhow::Result<Sequence> {
     let mut steps: Vec<PreTokenizerWrapper> = Vec::with_capacity(regexes.len() + 1);
     for r in regexes {
-        let split = Split::new(SplitPattern::Regex((*r).to_string()), SplitDelimiterBehavior::Isolated, false)
-            .map_err(|e| anyhow::anyhow!("bad pre-tokenizer regex {r:?}: {e}"))?;
+        let split = Split::new(
+            SplitPattern::Regex((*r).to_string()),
+            SplitDelimiterBehavior::Isolated,
+            false,
+        )
+        .map_err(|e| anyhow::anyhow!("bad pre-tokenizer regex {r:?}: {e}"))?;
         steps.push(split.into());
     }
     // The regexes already split the text, so ByteLevel only maps bytes to characters.
@@ -143,8 +150,21 @@ mod tests {
     #[test]
     fn all_regexes_compile() {
         let names = [
-            "default", "llama3", "dbrx", "deepseek-llm", "deepseek-coder", "deepseek-v3", "falcon",
-            "starcoder", "gpt-2", "qwen2", "qwen35", "poro-chat", "viking", "tekken", "gpt-4o",
+            "default",
+            "llama3",
+            "dbrx",
+            "deepseek-llm",
+            "deepseek-coder",
+            "deepseek-v3",
+            "falcon",
+            "starcoder",
+            "gpt-2",
+            "qwen2",
+            "qwen35",
+            "poro-chat",
+            "viking",
+            "tekken",
+            "gpt-4o",
         ];
         for n in names {
             let cfg = lookup(n).expect(n);

@@ -34,13 +34,20 @@ pub fn build_model(tokens: &[String], scores: &[f32], unk: Option<&str>) -> anyh
     // position instead, which a rank cannot express, but real vocabularies have distinct
     // scores for the tokens that merges produce.
     merges.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
-    let merges = merges.into_iter().map(|(_, _, l, r)| (l.to_string(), r.to_string())).collect();
+    let merges = merges
+        .into_iter()
+        .map(|(_, _, l, r)| (l.to_string(), r.to_string()))
+        .collect();
 
-    let mut builder = BPE::builder().vocab_and_merges(vocab, merges).byte_fallback(true);
+    let mut builder = BPE::builder()
+        .vocab_and_merges(vocab, merges)
+        .byte_fallback(true);
     if let Some(u) = unk {
         builder = builder.unk_token(u.to_string()).fuse_unk(true);
     }
-    builder.build().map_err(|e| anyhow::anyhow!("building the SentencePiece model: {e}"))
+    builder
+        .build()
+        .map_err(|e| anyhow::anyhow!("building the SentencePiece model: {e}"))
 }
 
 /// The bytes a SentencePiece piece stands for: "▁" is a space.
