@@ -17,23 +17,28 @@ pub fn build_model(tokens: &[String], merges: &[&str], ignore_merges: bool) -> a
     let mut pairs = Vec::with_capacity(merges.len());
     let mut seen = std::collections::HashSet::with_capacity(merges.len());
     let mut skipped = 0usize;
+    let mut whole = String::new();
     for m in merges {
         // Split at the first space after the first character, as llama.cpp does, so that a
         // left part that is itself a space still parses.
-        let Some(pos) = m.get(1..).and_then(|s| s.find(' ')).map(|p| p + 1) else {
+        let first = m.chars().next().map_or(0, char::len_utf8);
+        let Some(pos) = m[first..].find(' ').map(|p| p + first) else {
             skipped += 1;
             continue;
         };
         let (l, r) = (&m[..pos], &m[pos + 1..]);
         // The tokenizers crate rejects merges whose parts or result are not tokens; such a
         // merge could only make a piece that is not a token, so it is dropped.
-        let whole = format!("{l}{r}");
-        if !vocab.contains_key(l) || !vocab.contains_key(r) || !vocab.contains_key(&whole) {
+        whole.clear();
+        whole.push_str(l);
+        whole.push_str(r);
+        let (Some(&li), Some(&ri), true) = (vocab.get(l), vocab.get(r), vocab.contains_key(&whole))
+        else {
             skipped += 1;
             continue;
-        }
+        };
         // A repeated pair keeps its first (best) rank.
-        if seen.insert((l, r)) {
+        if seen.insert((li, ri)) {
             pairs.push((l.to_string(), r.to_string()));
         }
     }
@@ -49,20 +54,37 @@ pub fn build_model(tokens: &[String], merges: &[&str], ignore_merges: bool) -> a
         .map_err(|e| anyhow::anyhow!("building the BPE model: {e}"))
 }
 
+/// Whether GPT-2's byte-level alphabet writes byte `b` as the character with the same code.
+// `RangeInclusive::contains` is not const.
+#[allow(clippy::manual_range_contains)]
+const fn is_printable(b: u32) -> bool {
+    (b >= 33 && b <= 126) || (b >= 161 && b <= 172) || (b >= 174 && b <= 255)
+}
+
+/// Byte-level character code (below 256 + 68) → byte + 1 (0: not in the alphabet). The 68
+/// other bytes map, in order, to U+0100 and up.
+const CHAR_TO_BYTE: [u16; 324] = {
+    let mut t = [0u16; 324];
+    let mut next = 256;
+    let mut b = 0;
+    while b < 256 {
+        if is_printable(b) {
+            t[b as usize] = b as u16 + 1;
+        } else {
+            t[next] = b as u16 + 1;
+            next += 1;
+        }
+        b += 1;
+    }
+    t
+};
+
 /// The inverse of GPT-2's `bytes_to_unicode`: byte-level character → byte.
 pub fn char_to_byte(c: char) -> Option<u8> {
-    let c = c as u32;
-    let printable =
-        |b: u32| (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
-    if c < 256 && printable(c) {
-        return Some(c as u8);
+    match CHAR_TO_BYTE.get(c as usize) {
+        Some(&v) if v > 0 => Some((v - 1) as u8),
+        _ => None,
     }
-    // The other 68 bytes map, in order, to U+0100 and up.
-    let n = c.checked_sub(256)?;
-    (0u32..256)
-        .filter(|&b| !printable(b))
-        .nth(n as usize)
-        .map(|b| b as u8)
 }
 
 /// The bytes a byte-level token stands for. A character outside the byte-level alphabet

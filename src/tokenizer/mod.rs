@@ -562,3 +562,6 @@ fn output_bytes(kind: Kind, piece: &str, a: u8) -> Vec<u8> {
         Vec::new()
     }
 }
+
+#[cfg(test)]
+mod tests;
