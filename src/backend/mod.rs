@@ -67,8 +67,13 @@ pub trait Backend<'a> {
         outs: &mut [&mut Self::Buf],
     ) -> Result<()>;
     /// `x[b] += w · y[b]`: a projection and its residual connection.
-    fn matmul_add(&self, y: &Self::Buf, rows: usize, w: &Self::Weight, x: &mut Self::Buf)
-        -> Result<()>;
+    fn matmul_add(
+        &self,
+        y: &Self::Buf,
+        rows: usize,
+        w: &Self::Weight,
+        x: &mut Self::Buf,
+    ) -> Result<()>;
     /// Rotates `q` and `k` for positions `pos0..pos0 + rows` and stores `k`, `v` in the
     /// cache of `layer`.
     #[allow(clippy::too_many_arguments)]
@@ -98,8 +103,13 @@ pub trait Backend<'a> {
     /// `gate = silu(gate) * up`, over `n` values.
     fn swiglu(&self, gate: &mut Self::Buf, up: &Self::Buf, n: usize) -> Result<()>;
     /// Copies row `row` of `src` (rows of `width`) to row 0 of `dst`.
-    fn copy_row(&self, src: &Self::Buf, row: usize, width: usize, dst: &mut Self::Buf)
-        -> Result<()>;
+    fn copy_row(
+        &self,
+        src: &Self::Buf,
+        row: usize,
+        width: usize,
+        dst: &mut Self::Buf,
+    ) -> Result<()>;
     /// Copies the first `out.len()` values of `src` to the host.
     fn read(&self, src: &Self::Buf, out: &mut [f32]) -> Result<()>;
 }

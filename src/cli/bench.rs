@@ -14,9 +14,9 @@ use super::out::Stdout;
 use super::{FailWith, Failure};
 use crate::backend::cpu::{default_threads, Cpu};
 use crate::backend::Backend;
-use crate::quant::Precision;
 use crate::gguf::GgufFile;
 use crate::model::Llama;
+use crate::quant::Precision;
 use crate::session::Session;
 
 #[derive(Args)]
@@ -56,7 +56,10 @@ pub fn run(a: BenchArgs) -> Result<(), Failure> {
     report(&a, &file, &name, "cpu", threads, &results)
 }
 
-fn measure<'a, B: Backend<'a>>(a: &BenchArgs, model: &Llama<'a, B>) -> Result<Vec<Result1>, Failure> {
+fn measure<'a, B: Backend<'a>>(
+    a: &BenchArgs,
+    model: &Llama<'a, B>,
+) -> Result<Vec<Result1>, Failure> {
     let vocab = model.config.vocab_size as u64;
     let reps = a.reps.max(1);
     let mut results = Vec::new();

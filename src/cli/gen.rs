@@ -74,7 +74,11 @@ pub fn run(a: GenArgs) -> Result<(), Failure> {
     let (file, _name) = open_model(a.model.as_deref())?;
     let tok = Tokenizer::from_gguf(&file).file()?;
     let threads = a.threads.unwrap_or_else(default_threads).max(1);
-    let precision = if a.exact { Precision::Exact } else { Precision::Fast };
+    let precision = if a.exact {
+        Precision::Exact
+    } else {
+        Precision::Fast
+    };
     let model = Llama::load(&file, Cpu::new(threads, precision)).file()?;
     generate(&a, &model, &tok, &prompt, t_start)
 }

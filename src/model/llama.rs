@@ -150,20 +150,34 @@ impl<'a, B: Backend<'a>> Llama<'a, B> {
             bail!("a forward pass takes 1 to {MAX_BATCH} tokens, not {n}");
         }
         if pos0 + n > s.capacity {
-            bail!("position {} is past the context size {}", pos0 + n - 1, s.capacity);
+            bail!(
+                "position {} is past the context size {}",
+                pos0 + n - 1,
+                s.capacity
+            );
         }
         be.embed(&self.embed, tokens, &mut s.x)?;
         for (l, w) in self.layers.iter().enumerate() {
             // Attention block.
             be.rmsnorm(&s.x, &w.attn_norm, c.rms_eps, n, &mut s.xb)?;
-            be.matmul(&s.xb, n, &[&w.wq, &w.wk, &w.wv], &mut [&mut s.q, &mut s.k, &mut s.v])?;
+            be.matmul(
+                &s.xb,
+                n,
+                &[&w.wq, &w.wk, &w.wv],
+                &mut [&mut s.q, &mut s.k, &mut s.v],
+            )?;
             be.rope_store(&mut s.q, &mut s.k, &s.v, &mut s.kv, l, pos0, n, shape)?;
             be.attention(&s.q, &s.kv, l, pos0, n, shape, &mut s.att)?;
             be.matmul_add(&s.att, n, &w.wo, &mut s.x)?;
 
             // Feed-forward block.
             be.rmsnorm(&s.x, &w.ffn_norm, c.rms_eps, n, &mut s.xb)?;
-            be.matmul(&s.xb, n, &[&w.w_gate, &w.w_up], &mut [&mut s.gate, &mut s.up])?;
+            be.matmul(
+                &s.xb,
+                n,
+                &[&w.w_gate, &w.w_up],
+                &mut [&mut s.gate, &mut s.up],
+            )?;
             be.swiglu(&mut s.gate, &s.up, n * c.ffn_dim)?;
             be.matmul_add(&s.gate, n, &w.w_down, &mut s.x)?;
         }

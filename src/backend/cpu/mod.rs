@@ -209,7 +209,10 @@ impl<'a> Backend<'a> for Cpu {
         let mut scores = self.scores.borrow_mut();
         let t = self.pool.n_threads();
         let stride = scores.len() / t;
-        ensure!(stride >= pos0 + rows, "attention scratch smaller than the context");
+        ensure!(
+            stride >= pos0 + rows,
+            "attention scratch smaller than the context"
+        );
         let out = SharedMut::new(&mut out[..rows * dim]);
         let scores = SharedMut::new(&mut scores[..]);
         let jobs = rows * s.n_heads;
@@ -232,13 +235,7 @@ impl<'a> Backend<'a> for Cpu {
         Ok(())
     }
 
-    fn copy_row(
-        &self,
-        src: &Vec<f32>,
-        row: usize,
-        width: usize,
-        dst: &mut Vec<f32>,
-    ) -> Result<()> {
+    fn copy_row(&self, src: &Vec<f32>, row: usize, width: usize, dst: &mut Vec<f32>) -> Result<()> {
         dst[..width].copy_from_slice(&src[row * width..(row + 1) * width]);
         Ok(())
     }

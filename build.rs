@@ -1,0 +1,110 @@
+//! Builds the CUDA kernels when the `cuda` feature is on; without it, does nothing.
+//!
+//! nvcc is found through CUDA_ROOT, CUDA_PATH, or PATH. The kernels are compiled for
+//! sm_80, sm_86, sm_89 and sm_90a machine code plus sm_90 PTX (so newer GPUs can JIT them),
+//! cudart is linked statically so the binary needs only the NVIDIA driver, and bindgen
+//! writes the Rust bindings of kernels/cuda/wick_cuda.h.
+
+fn main() {
+    println!("cargo:rerun-if-changed=build.rs");
+    #[cfg(feature = "cuda")]
+    cuda::build();
+}
+
+#[cfg(feature = "cuda")]
+mod cuda {
+    use std::path::{Path, PathBuf};
+
+    const KERNELS: &str = "kernels/cuda";
+
+    fn find_root() -> PathBuf {
+        for var in ["CUDA_ROOT", "CUDA_PATH"] {
+            println!("cargo:rerun-if-env-changed={var}");
+            if let Some(r) = std::env::var_os(var) {
+                return PathBuf::from(r);
+            }
+        }
+        if let Some(paths) = std::env::var_os("PATH") {
+            for dir in std::env::split_paths(&paths) {
+                if dir.join("nvcc").is_file() {
+                    if let Some(root) = dir.parent() {
+                        return root.to_path_buf();
+                    }
+                }
+            }
+        }
+        fail("nvcc was not found")
+    }
+
+    fn fail(why: &str) -> ! {
+        panic!(
+            "\n\nwick: the `cuda` feature needs CUDA's compiler: {why}.\n\
+             Install a toolkit, or run `scripts/install-cuda.sh` (CUDA 13.0 from pip wheels) and\n\
+             build with `CUDA_ROOT=$(scripts/install-cuda.sh) cargo build --features cuda`.\n\n"
+        )
+    }
+
+    pub fn build() {
+        let root = find_root();
+        let nvcc = root.join("bin/nvcc");
+        if !nvcc.is_file() {
+            fail(&format!("{} does not exist", nvcc.display()));
+        }
+        let lib = ["lib64", "lib", "targets/x86_64-linux/lib"]
+            .iter()
+            .map(|d| root.join(d))
+            .find(|d| d.join("libcudart_static.a").is_file())
+            .unwrap_or_else(|| {
+                fail(&format!(
+                    "libcudart_static.a is not under {}",
+                    root.display()
+                ))
+            });
+
+        let mut sources: Vec<PathBuf> = std::fs::read_dir(KERNELS)
+            .expect("kernels/cuda exists")
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "cu"))
+            .collect();
+        sources.sort();
+        println!("cargo:rerun-if-changed={KERNELS}");
+
+        // cc picks the CUDA compiler from NVCC; `.compiler()` would make it treat nvcc as a
+        // plain C++ compiler and pass it gcc-only flags.
+        std::env::set_var("NVCC", &nvcc);
+        let mut b = cc::Build::new();
+        b.cuda(true)
+            .include(KERNELS)
+            .flag("-O3")
+            .flag("-std=c++17")
+            .flag("-cudart=static")
+            .flag("-Xcompiler=-fPIC");
+        for gencode in [
+            "arch=compute_80,code=sm_80",
+            "arch=compute_86,code=sm_86",
+            "arch=compute_89,code=sm_89",
+            "arch=compute_90a,code=sm_90a",
+            "arch=compute_90,code=compute_90",
+        ] {
+            b.flag(format!("-gencode={gencode}"));
+        }
+        b.files(&sources).compile("wick_cuda");
+
+        println!("cargo:rustc-link-search=native={}", lib.display());
+        println!("cargo:rustc-link-lib=static=cudart_static");
+        for l in ["dl", "rt", "pthread", "stdc++"] {
+            println!("cargo:rustc-link-lib=dylib={l}");
+        }
+
+        let header = Path::new(KERNELS).join("wick_cuda.h");
+        let out =
+            PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR")).join("cuda_bindings.rs");
+        bindgen::Builder::default()
+            .header(header.to_string_lossy())
+            .allowlist_function("wick_.*")
+            .generate()
+            .unwrap_or_else(|e| fail(&format!("bindgen failed on {}: {e}", header.display())))
+            .write_to_file(&out)
+            .expect("write bindings");
+    }
+}

@@ -1,0 +1,117 @@
+// The small ops of a forward pass: embedding lookup, RMSNorm, RoPE with the KV-cache
+// write, and SwiGLU.
+#include <cuda_runtime.h>
+
+#include "common.cuh"
+
+template <int TYPE>
+__global__ void embed_kernel(const uint8_t *table, int dim, const int32_t *tokens, float *x) {
+    int b = blockIdx.y;
+    int blk = blockIdx.x * blockDim.x + threadIdx.x;
+    if (blk >= dim / 32) return;
+    const uint8_t *row = table + (size_t)tokens[b] * (dim / 32) * block_bytes(TYPE);
+    float v[32];
+    dequant_block<TYPE>(row, blk, v);
+    float *o = x + (size_t)b * dim + blk * 32;
+#pragma unroll
+    for (int i = 0; i < 32; i++) o[i] = v[i];
+}
+
+extern "C" int wick_embed(int type, const void *table, int dim, const int32_t *tokens, int n,
+                          float *x) {
+    if (dim % 32 != 0 || n <= 0) return (int)cudaErrorInvalidValue;
+    int n_blk = dim / 32;
+    dim3 grid((n_blk + 63) / 64, n), block(64);
+#define LAUNCH(T) embed_kernel<T><<<grid, block>>>((const uint8_t *)table, dim, tokens, x)
+    WICK_DISPATCH_TYPE(type, LAUNCH)
+#undef LAUNCH
+    return (int)cudaGetLastError();
+}
+
+// One block per row: sum of squares by the block, then the scaled write.
+__global__ void rmsnorm_kernel(const float *x, const float *w, float eps, int cols,
+                               float *out) {
+    __shared__ float partial[32];
+    const float *xr = x + (size_t)blockIdx.x * cols;
+    float ss = 0.f;
+    for (int i = threadIdx.x; i < cols; i += blockDim.x) ss += xr[i] * xr[i];
+    ss = warp_sum(ss);
+    if (threadIdx.x % 32 == 0) partial[threadIdx.x / 32] = ss;
+    __syncthreads();
+    if (threadIdx.x < 32) {
+        float v = threadIdx.x < blockDim.x / 32 ? partial[threadIdx.x] : 0.f;
+        v = warp_sum(v);
+        if (threadIdx.x == 0) partial[0] = v;
+    }
+    __syncthreads();
+    float scale = rsqrtf(partial[0] / cols + eps);
+    float *o = out + (size_t)blockIdx.x * cols;
+    for (int i = threadIdx.x; i < cols; i += blockDim.x) o[i] = xr[i] * scale * w[i];
+}
+
+extern "C" int wick_rmsnorm(const float *x, const float *w, float eps, int rows, int cols,
+                            float *out) {
+    rmsnorm_kernel<<<rows, 256>>>(x, w, eps, cols, out);
+    return (int)cudaGetLastError();
+}
+
+// One thread per rotated pair of q or k; threads past the rotated dims copy through. The
+// k and v rows then go to the f16 cache.
+__global__ void rope_store_kernel(float *q, float *k, const float *v, __half *kc, __half *vc,
+                                  int pos0, int n_heads, int n_kv_heads, int head_dim,
+                                  int rope_dims, float theta, int capacity) {
+    int b = blockIdx.y;
+    int pos = pos0 + b;
+    int q_pairs = n_heads * head_dim / 2, kv_pairs = n_kv_heads * head_dim / 2;
+    int kv_dim = n_kv_heads * head_dim;
+    for (int p = blockIdx.x * blockDim.x + threadIdx.x; p < q_pairs + kv_pairs;
+         p += gridDim.x * blockDim.x) {
+        bool is_q = p < q_pairs;
+        int pp = is_q ? p : p - q_pairs;
+        int i = pp % (head_dim / 2);  // pair index inside the head
+        float *row = is_q ? q + (size_t)b * n_heads * head_dim : k + (size_t)b * kv_dim;
+        float a = row[2 * pp], c = row[2 * pp + 1];
+        if (2 * i < rope_dims) {
+            // Same formula as the CPU (powf of theta), so both round alike.
+            float f = powf(theta, -2.0f * i / rope_dims);
+            float s, co;
+            sincosf(pos * f, &s, &co);
+            float a2 = a * co - c * s, c2 = a * s + c * co;
+            a = a2;
+            c = c2;
+            row[2 * pp] = a;
+            row[2 * pp + 1] = c;
+        }
+        if (!is_q) {
+            size_t slot = (size_t)(pos % capacity) * kv_dim;
+            kc[slot + 2 * pp] = __float2half(a);
+            kc[slot + 2 * pp + 1] = __float2half(c);
+            const float *vr = v + (size_t)b * kv_dim;
+            vc[slot + 2 * pp] = __float2half(vr[2 * pp]);
+            vc[slot + 2 * pp + 1] = __float2half(vr[2 * pp + 1]);
+        }
+    }
+}
+
+extern "C" int wick_rope_store(float *q, float *k, const float *v, uint16_t *kc, uint16_t *vc,
+                               int pos0, int n, int n_heads, int n_kv_heads, int head_dim,
+                               int rope_dims, float theta, int capacity) {
+    int pairs = (n_heads + n_kv_heads) * head_dim / 2;
+    dim3 grid((pairs + 127) / 128, n), block(128);
+    rope_store_kernel<<<grid, block>>>(q, k, v, (__half *)kc, (__half *)vc, pos0, n_heads,
+                                       n_kv_heads, head_dim, rope_dims, theta, capacity);
+    return (int)cudaGetLastError();
+}
+
+__global__ void swiglu_kernel(float *g, const float *u, int n) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) {
+        float x = g[i];
+        g[i] = x / (1.f + __expf(-x)) * u[i];
+    }
+}
+
+extern "C" int wick_swiglu(float *g, const float *u, int n) {
+    swiglu_kernel<<<(n + 255) / 256, 256>>>(g, u, n);
+    return (int)cudaGetLastError();
+}

@@ -1,0 +1,62 @@
+/* The C interface of wick's CUDA kernels: the one header bindgen reads.
+ *
+ * Every function returns a cudaError_t as an int (0 = success) and launches on the
+ * default stream unless it says otherwise. Pointers named d_* are device memory. Tensor
+ * types are GGUF type ids (0 = F32, 1 = F16, 2 = Q4_0, 3 = Q4_1, 8 = Q8_0, 30 = BF16, ...).
+ */
+#ifndef WICK_CUDA_H
+#define WICK_CUDA_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* --- device and memory --- */
+int wick_cuda_device_count(int *count);
+/* Selects `device`, writes its name (NUL-terminated, at most name_len bytes) and memory. */
+int wick_cuda_init(int device, char *name, int name_len, size_t *total_mem, int *sm_major,
+                   int *sm_minor);
+const char *wick_cuda_error_string(int err);
+int wick_cuda_malloc(void **d_ptr, size_t bytes);
+int wick_cuda_free(void *d_ptr);
+int wick_cuda_memset(void *d_ptr, int value, size_t bytes);
+int wick_cuda_h2d(void *d_dst, const void *src, size_t bytes);
+int wick_cuda_d2h(void *dst, const void *d_src, size_t bytes);
+int wick_cuda_d2d(void *d_dst, const void *d_src, size_t bytes);
+int wick_cuda_sync(void);
+/* 1 if kernels for `type` exist. */
+int wick_cuda_supports_type(int type);
+
+/* --- ops of the forward pass --- */
+/* x[b] = dequantized row tokens[b] of table (rows of `dim`), for b < n. */
+int wick_embed(int type, const void *d_table, int dim, const int32_t *d_tokens, int n,
+               float *d_x);
+/* out[b] = x[b] / rms(x[b]) * w, rows of `cols`; w is F32. */
+int wick_rmsnorm(const float *d_x, const float *d_w, float eps, int rows, int cols,
+                 float *d_out);
+/* y[b][r] (+)= W[r] . x[b] for r < rows, b < nb; W holds `rows` rows of `cols` values
+ * in GGUF blocks of `type`. With accumulate, adds to y (the residual connection). */
+int wick_matmul(int type, const void *d_w, int rows, int cols, const float *d_x, int nb,
+                float *d_y, int accumulate);
+/* Rotates q (n rows of n_heads heads) and k (n rows of n_kv_heads heads) for positions
+ * pos0.., llama.cpp's normal mode (adjacent pairs), and stores k and v as f16 in the cache
+ * of one layer (capacity slots of n_kv_heads * head_dim, slot = pos % capacity). */
+int wick_rope_store(float *d_q, float *d_k, const float *d_v, uint16_t *d_kcache,
+                    uint16_t *d_vcache, int pos0, int n, int n_heads, int n_kv_heads,
+                    int head_dim, int rope_dims, float theta, int capacity);
+/* Causal attention of n query rows at positions pos0.. over cached positions 0..=pos of
+ * one layer, with grouped-query heads. */
+int wick_attention(const float *d_q, const uint16_t *d_kcache, const uint16_t *d_vcache,
+                   int pos0, int n, int n_heads, int n_kv_heads, int head_dim, int capacity,
+                   float *d_out);
+/* g = silu(g) * u over n values. */
+int wick_swiglu(float *d_g, const float *d_u, int n);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

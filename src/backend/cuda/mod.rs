@@ -1,0 +1,487 @@
+//! The CUDA backend: the ops of a forward pass as hand-written kernels (kernels/cuda),
+//! called through bindgen's bindings of their C header. Weights are uploaded once, in their
+//! GGUF blocks; activations stay on the device between ops.
+
+mod ffi {
+    #![allow(
+        non_upper_case_globals,
+        non_camel_case_types,
+        non_snake_case,
+        dead_code
+    )]
+    include!(concat!(env!("OUT_DIR"), "/cuda_bindings.rs"));
+}
+
+use std::cell::RefCell;
+use std::ffi::CStr;
+
+use anyhow::{bail, ensure, Context, Result};
+
+use super::{AttnShape, Backend};
+use crate::model::{Tensor, MAX_BATCH};
+use crate::quant::{self, GgmlType};
+
+/// Turns a CUDA status into an error that names the call.
+fn check(code: i32, what: &str) -> Result<()> {
+    if code == 0 {
+        return Ok(());
+    }
+    // SAFETY: cudaGetErrorString returns a static NUL-terminated string for any code.
+    let msg = unsafe { CStr::from_ptr(ffi::wick_cuda_error_string(code)) };
+    bail!(
+        "CUDA error in {what}: {} (code {code})",
+        msg.to_string_lossy()
+    )
+}
+
+/// An owned device allocation.
+pub struct DeviceMem {
+    ptr: *mut std::ffi::c_void,
+    bytes: usize,
+}
+
+impl DeviceMem {
+    fn new(bytes: usize) -> Result<DeviceMem> {
+        let mut ptr = std::ptr::null_mut();
+        // SAFETY: plain allocation; the pointer is only used as device memory.
+        let code = unsafe { ffi::wick_cuda_malloc(&mut ptr, bytes.max(1)) };
+        if code != 0 {
+            check(code, "cudaMalloc").with_context(|| {
+                format!(
+                    "GPU out of memory? allocating {:.1} MiB",
+                    bytes as f64 / 1048576.0
+                )
+            })?;
+        }
+        Ok(DeviceMem { ptr, bytes })
+    }
+
+    fn zeroed(bytes: usize) -> Result<DeviceMem> {
+        let m = Self::new(bytes)?;
+        // SAFETY: the allocation is `bytes` long.
+        check(
+            unsafe { ffi::wick_cuda_memset(m.ptr, 0, bytes) },
+            "cudaMemset",
+        )?;
+        Ok(m)
+    }
+
+    fn upload(data: &[u8]) -> Result<DeviceMem> {
+        let m = Self::new(data.len())?;
+        // SAFETY: both sides are `data.len()` bytes.
+        check(
+            unsafe { ffi::wick_cuda_h2d(m.ptr, data.as_ptr().cast(), data.len()) },
+            "copy to the GPU",
+        )?;
+        Ok(m)
+    }
+
+    pub fn f32(&self) -> *mut f32 {
+        self.ptr.cast()
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
+impl Drop for DeviceMem {
+    fn drop(&mut self) {
+        // SAFETY: allocated by wick_cuda_malloc and freed once.
+        unsafe { ffi::wick_cuda_free(self.ptr) };
+    }
+}
+
+/// A weight on the device, in its GGUF blocks (norm vectors as f32).
+pub struct DeviceWeight {
+    pub ty: GgmlType,
+    pub rows: usize,
+    pub cols: usize,
+    mem: DeviceMem,
+}
+
+/// The KV cache of every layer, as f16: `[layer][slot][kv_dim]` for keys and for values.
+pub struct DeviceKv {
+    k: DeviceMem,
+    v: DeviceMem,
+    capacity: usize,
+    layer_elems: usize,
+}
+
+impl DeviceKv {
+    fn layer(&self, l: usize) -> (*mut u16, *mut u16) {
+        let off = l * self.layer_elems;
+        // SAFETY: pointer arithmetic inside the allocations, l < n_layers.
+        unsafe {
+            (
+                self.k.ptr.cast::<u16>().add(off),
+                self.v.ptr.cast::<u16>().add(off),
+            )
+        }
+    }
+}
+
+pub struct Cuda {
+    pub name: String,
+    pub total_mem: usize,
+    tokens: DeviceMem,
+    host_tokens: RefCell<Vec<i32>>,
+}
+
+impl Cuda {
+    /// Opens GPU `device`. Fails with one clear line when there is no GPU or driver.
+    pub fn new(device: usize) -> Result<Cuda> {
+        let mut count = 0;
+        // SAFETY: writes one int.
+        let code = unsafe { ffi::wick_cuda_device_count(&mut count) };
+        if code != 0 {
+            check(code, "cudaGetDeviceCount").context("no usable NVIDIA GPU or driver")?;
+        }
+        ensure!(count > 0, "no NVIDIA GPU found");
+        ensure!(
+            (device as i32) < count,
+            "GPU {device} does not exist ({count} found)"
+        );
+        let mut name = [0 as std::ffi::c_char; 256];
+        let (mut mem, mut major, mut minor) = (0usize, 0, 0);
+        // SAFETY: name has 256 bytes; the others are plain out-parameters.
+        check(
+            unsafe {
+                ffi::wick_cuda_init(
+                    device as i32,
+                    name.as_mut_ptr(),
+                    256,
+                    &mut mem,
+                    &mut major,
+                    &mut minor,
+                )
+            },
+            "cudaSetDevice",
+        )?;
+        ensure!(
+            major >= 8,
+            "GPU compute capability {major}.{minor} is too old (wick needs 8.0+)"
+        );
+        // SAFETY: NUL-terminated by wick_cuda_init.
+        let name = unsafe { CStr::from_ptr(name.as_ptr()) }
+            .to_string_lossy()
+            .into_owned();
+        Ok(Cuda {
+            name,
+            total_mem: mem,
+            tokens: DeviceMem::new(MAX_BATCH * 4)?,
+            host_tokens: RefCell::new(Vec::with_capacity(MAX_BATCH)),
+        })
+    }
+
+    /// Waits for queued work to finish, reporting an error a kernel raised.
+    pub fn sync(&self) -> Result<()> {
+        // SAFETY: no arguments.
+        check(unsafe { ffi::wick_cuda_sync() }, "a kernel")
+    }
+
+    /// Copies host values to a device buffer (for tests and the self-test).
+    pub fn write(&self, dst: &mut DeviceMem, src: &[f32]) -> Result<()> {
+        ensure!(
+            src.len() * 4 <= dst.bytes,
+            "write past the end of a device buffer"
+        );
+        // SAFETY: bounds checked above.
+        check(
+            unsafe { ffi::wick_cuda_h2d(dst.ptr, src.as_ptr().cast(), src.len() * 4) },
+            "copy to the GPU",
+        )
+    }
+
+    /// Fills a buffer with NaN bytes, so a value a kernel failed to write shows up.
+    pub fn poison(&self, dst: &mut DeviceMem) -> Result<()> {
+        // SAFETY: the whole allocation.
+        check(
+            unsafe { ffi::wick_cuda_memset(dst.ptr, 0xff, dst.bytes) },
+            "cudaMemset",
+        )
+    }
+}
+
+fn type_id(t: GgmlType) -> i32 {
+    t.id() as i32
+}
+
+impl<'a> Backend<'a> for Cuda {
+    type Buf = DeviceMem;
+    type Weight = DeviceWeight;
+    type Kv = DeviceKv;
+
+    fn weight(&self, t: Tensor<'a>) -> Result<DeviceWeight> {
+        if t.rows == 1 {
+            // Norm vectors: RMSNorm reads them as f32.
+            let mut v = vec![0f32; t.cols];
+            t.dequantize_row(0, &mut v);
+            let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+            return Ok(DeviceWeight {
+                ty: GgmlType::F32,
+                rows: 1,
+                cols: t.cols,
+                mem: DeviceMem::upload(&bytes)?,
+            });
+        }
+        // SAFETY: pure query.
+        let ok = unsafe { ffi::wick_cuda_supports_type(type_id(t.ty)) } != 0;
+        ensure!(
+            ok,
+            "the CUDA backend has no kernels for tensor type {} yet",
+            t.ty
+        );
+        ensure!(
+            t.cols % 32 == 0,
+            "rows of {} values are not whole blocks",
+            t.cols
+        );
+        Ok(DeviceWeight {
+            ty: t.ty,
+            rows: t.rows,
+            cols: t.cols,
+            mem: DeviceMem::upload(t.data)?,
+        })
+    }
+
+    fn buffer(&self, n: usize) -> Result<DeviceMem> {
+        DeviceMem::zeroed(n * 4)
+    }
+
+    fn kv_cache(&self, n_layers: usize, capacity: usize, kv_dim: usize) -> Result<DeviceKv> {
+        let layer_elems = capacity * kv_dim;
+        let bytes = n_layers * layer_elems * 2;
+        Ok(DeviceKv {
+            k: DeviceMem::zeroed(bytes).context("allocating the KV cache")?,
+            v: DeviceMem::zeroed(bytes).context("allocating the KV cache")?,
+            capacity,
+            layer_elems,
+        })
+    }
+
+    fn embed(&self, table: &DeviceWeight, tokens: &[u32], x: &mut DeviceMem) -> Result<()> {
+        let mut host = self.host_tokens.borrow_mut();
+        host.clear();
+        for &t in tokens {
+            ensure!(
+                (t as usize) < table.rows,
+                "token id {t} is outside the vocabulary of {}",
+                table.rows
+            );
+            host.push(t as i32);
+        }
+        // SAFETY: at most MAX_BATCH tokens (checked by the forward pass) into a buffer of that size.
+        check(
+            unsafe { ffi::wick_cuda_h2d(self.tokens.ptr, host.as_ptr().cast(), host.len() * 4) },
+            "copy tokens to the GPU",
+        )?;
+        // SAFETY: device pointers of matching sizes.
+        check(
+            unsafe {
+                ffi::wick_embed(
+                    type_id(table.ty),
+                    table.mem.ptr,
+                    table.cols as i32,
+                    self.tokens.ptr.cast(),
+                    tokens.len() as i32,
+                    x.f32(),
+                )
+            },
+            "embed",
+        )
+    }
+
+    fn rmsnorm(
+        &self,
+        x: &DeviceMem,
+        w: &DeviceWeight,
+        eps: f32,
+        rows: usize,
+        out: &mut DeviceMem,
+    ) -> Result<()> {
+        // SAFETY: device buffers hold at least rows * cols values.
+        check(
+            unsafe {
+                ffi::wick_rmsnorm(
+                    x.f32(),
+                    w.mem.f32(),
+                    eps,
+                    rows as i32,
+                    w.cols as i32,
+                    out.f32(),
+                )
+            },
+            "rmsnorm",
+        )
+    }
+
+    fn matmul(
+        &self,
+        x: &DeviceMem,
+        rows: usize,
+        ws: &[&DeviceWeight],
+        outs: &mut [&mut DeviceMem],
+    ) -> Result<()> {
+        for (w, out) in ws.iter().zip(outs.iter_mut()) {
+            // SAFETY: x holds rows * cols values and out rows * w.rows.
+            check(
+                unsafe {
+                    ffi::wick_matmul(
+                        type_id(w.ty),
+                        w.mem.ptr,
+                        w.rows as i32,
+                        w.cols as i32,
+                        x.f32(),
+                        rows as i32,
+                        out.f32(),
+                        0,
+                    )
+                },
+                "matmul",
+            )?;
+        }
+        Ok(())
+    }
+
+    fn matmul_add(
+        &self,
+        y: &DeviceMem,
+        rows: usize,
+        w: &DeviceWeight,
+        x: &mut DeviceMem,
+    ) -> Result<()> {
+        // SAFETY: as in matmul.
+        check(
+            unsafe {
+                ffi::wick_matmul(
+                    type_id(w.ty),
+                    w.mem.ptr,
+                    w.rows as i32,
+                    w.cols as i32,
+                    y.f32(),
+                    rows as i32,
+                    x.f32(),
+                    1,
+                )
+            },
+            "matmul",
+        )
+    }
+
+    fn rope_store(
+        &self,
+        q: &mut DeviceMem,
+        k: &mut DeviceMem,
+        v: &DeviceMem,
+        kv: &mut DeviceKv,
+        layer: usize,
+        pos0: usize,
+        rows: usize,
+        s: AttnShape,
+    ) -> Result<()> {
+        ensure!(
+            pos0 + rows <= kv.capacity,
+            "position {} is past the context size {}",
+            pos0 + rows - 1,
+            kv.capacity
+        );
+        let (kc, vc) = kv.layer(layer);
+        // SAFETY: buffers sized by the forward pass; the cache slot index is taken modulo capacity.
+        check(
+            unsafe {
+                ffi::wick_rope_store(
+                    q.f32(),
+                    k.f32(),
+                    v.f32(),
+                    kc,
+                    vc,
+                    pos0 as i32,
+                    rows as i32,
+                    s.n_heads as i32,
+                    s.n_kv_heads as i32,
+                    s.head_dim as i32,
+                    s.rope_dims as i32,
+                    s.rope_theta,
+                    kv.capacity as i32,
+                )
+            },
+            "rope",
+        )
+    }
+
+    fn attention(
+        &self,
+        q: &DeviceMem,
+        kv: &DeviceKv,
+        layer: usize,
+        pos0: usize,
+        rows: usize,
+        s: AttnShape,
+        out: &mut DeviceMem,
+    ) -> Result<()> {
+        let (kc, vc) = kv.layer(layer);
+        // SAFETY: as in rope_store.
+        check(
+            unsafe {
+                ffi::wick_attention(
+                    q.f32(),
+                    kc,
+                    vc,
+                    pos0 as i32,
+                    rows as i32,
+                    s.n_heads as i32,
+                    s.n_kv_heads as i32,
+                    s.head_dim as i32,
+                    kv.capacity as i32,
+                    out.f32(),
+                )
+            },
+            "attention",
+        )
+    }
+
+    fn swiglu(&self, gate: &mut DeviceMem, up: &DeviceMem, n: usize) -> Result<()> {
+        // SAFETY: both hold at least n values.
+        check(
+            unsafe { ffi::wick_swiglu(gate.f32(), up.f32(), n as i32) },
+            "swiglu",
+        )
+    }
+
+    fn copy_row(
+        &self,
+        src: &DeviceMem,
+        row: usize,
+        width: usize,
+        dst: &mut DeviceMem,
+    ) -> Result<()> {
+        ensure!(
+            (row + 1) * width * 4 <= src.bytes && width * 4 <= dst.bytes,
+            "copy_row out of bounds"
+        );
+        // SAFETY: bounds checked above.
+        check(
+            unsafe { ffi::wick_cuda_d2d(dst.ptr, src.f32().add(row * width).cast(), width * 4) },
+            "copy on the GPU",
+        )
+    }
+
+    fn read(&self, src: &DeviceMem, out: &mut [f32]) -> Result<()> {
+        ensure!(
+            out.len() * 4 <= src.bytes,
+            "read past the end of a device buffer"
+        );
+        // SAFETY: bounds checked above; cudaMemcpy also waits for the queued kernels.
+        check(
+            unsafe { ffi::wick_cuda_d2h(out.as_mut_ptr().cast(), src.ptr, out.len() * 4) },
+            "copy from the GPU",
+        )
+    }
+}
+
+/// Whether the CUDA backend can run weights of this type.
+pub fn supports(t: GgmlType) -> bool {
+    // SAFETY: pure query.
+    quant::is_supported(t) && unsafe { ffi::wick_cuda_supports_type(type_id(t)) } != 0
+}
