@@ -84,3 +84,6 @@ fn pack_2bit(l: &[u8; QK_K]) -> [u8; QK_K / 4] {
 fn unpack_2bit(qs: &[u8; QK_K / 4], e: usize) -> u8 {
     (qs[(e / 128) * 32 + e % 32] >> (2 * ((e % 128) / 32))) & 3
 }
+
+#[cfg(test)]
+mod tests;
