@@ -207,7 +207,7 @@ pub fn quantize_tensor(t: GgmlType, x: &[f32], cols: usize) -> Result<Vec<u8>, Q
         .bytes_for(cols as u64)
         .filter(|_| cols > 0)
         .ok_or(QuantError::Length { t, n: cols })? as usize;
-    if x.len() % cols != 0 {
+    if !x.len().is_multiple_of(cols) {
         return Err(QuantError::Length { t, n: x.len() });
     }
     let mut out = vec![0u8; x.len() / cols * row_bytes];

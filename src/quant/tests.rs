@@ -214,52 +214,48 @@ fn hex(s: &str) -> Vec<u8> {
         .collect()
 }
 
-/// Vectors from gguf-py's independent numpy implementation of ggml's formats (see
-/// tests/fixtures/gen_kquant_vectors.py): dequantization of random blocks of every new
-/// type must match bit for bit, and so must Q5_0/Q5_1 quantization.
+/// Vectors from implementations independent of wick (see
+/// tests/fixtures/gen_kquant_vectors.py): gguf-py's numpy dequantization of random blocks of
+/// every new type and its Q5_0/Q5_1 quantization, and ggml's own `quantize_row_*_ref` for
+/// the K-quants and Q8_K. All must match bit for bit.
 #[test]
-fn matches_gguf_py_reference_vectors() {
+fn matches_reference_vectors() {
     let path = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/tests/fixtures/kquant_vectors.json"
     );
     let v: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    let bits = |v: &serde_json::Value| -> Vec<u32> {
-        v.as_array()
-            .unwrap()
-            .iter()
-            .map(|b| b.as_u64().unwrap() as u32)
+    let field = |case: &serde_json::Value, k: &str| hex(case[k].as_str().unwrap());
+    let floats = |b: Vec<u8>| -> Vec<f32> {
+        b.chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect()
     };
-    let mut checked = 0;
+    let ty =
+        |case: &serde_json::Value| GgmlType::from_name(case["type"].as_str().unwrap()).unwrap();
+    let mut checked = Vec::new();
     for case in v["dequantize"].as_array().unwrap() {
-        let t = GgmlType::from_name(case["type"].as_str().unwrap()).unwrap();
-        let bytes = hex(case["bytes"].as_str().unwrap());
-        let want = bits(&case["f32_bits"]);
+        let t = ty(case);
+        let want = floats(field(case, "f32"));
         let mut got = vec![0f32; want.len()];
-        dequantize_row(t, &bytes, &mut got).unwrap();
+        dequantize_row(t, &field(case, "bytes"), &mut got).unwrap();
         for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-            assert_eq!(
-                g.to_bits(),
-                *w,
-                "{t} element {i}: {g} vs {}",
-                f32::from_bits(*w)
-            );
+            assert_eq!(g.to_bits(), w.to_bits(), "{t} element {i}: {g} vs {w}");
         }
-        checked += 1;
+        checked.push(format!("dequantize {t}"));
     }
     for case in v["quantize"].as_array().unwrap() {
-        let t = GgmlType::from_name(case["type"].as_str().unwrap()).unwrap();
-        let x: Vec<f32> = bits(&case["f32_bits"])
-            .into_iter()
-            .map(f32::from_bits)
-            .collect();
-        let want = hex(case["bytes"].as_str().unwrap());
+        let t = ty(case);
+        let x = floats(field(case, "f32"));
+        let want = field(case, "bytes");
         let mut got = vec![0u8; want.len()];
         quantize_row(t, &x, &mut got).unwrap();
-        assert_eq!(got, want, "{t} quantization");
-        checked += 1;
+        let bb = t.block_bytes();
+        for (i, (g, w)) in got.chunks(bb).zip(want.chunks(bb)).enumerate() {
+            assert_eq!(g, w, "{t} quantization, block {i}");
+        }
+        checked.push(format!("quantize {t}"));
     }
-    assert_eq!(checked, 9);
+    assert_eq!(checked.len(), 15, "{checked:?}");
 }
