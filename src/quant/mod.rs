@@ -8,13 +8,15 @@
 
 mod block;
 mod float;
+mod kquants;
 mod legacy;
 mod types;
 
 use std::sync::OnceLock;
 
 pub use block::{as_blocks, as_blocks_mut, Block};
-pub use legacy::{BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1, QK};
+pub use kquants::{BlockQ2K, BlockQ3K, BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K, QK_K};
+pub use legacy::{BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, BlockQ8_1, QK};
 pub use types::GgmlType;
 
 /// The CPU kernels of one type. All take raw little-endian GGUF bytes.
@@ -80,6 +82,18 @@ pub fn scalar_kernels(t: GgmlType) -> Option<Kernels> {
             T::Q8_1,
             Some(|w, a| legacy::vec_dot_q4_1_q8_1(blocks(w), blocks(a))),
         ),
+        T::Q5_0 => k(
+            |s, o| legacy::dequantize_q5_0(blocks(s), o),
+            |x, o| legacy::quantize_q5_0(x, blocks_mut(o)),
+            T::Q8_0,
+            Some(|w, a| legacy::vec_dot_q5_0_q8_0(blocks(w), blocks(a))),
+        ),
+        T::Q5_1 => k(
+            |s, o| legacy::dequantize_q5_1(blocks(s), o),
+            |x, o| legacy::quantize_q5_1(x, blocks_mut(o)),
+            T::Q8_1,
+            Some(|w, a| legacy::vec_dot_q5_1_q8_1(blocks(w), blocks(a))),
+        ),
         T::Q8_0 => k(
             |s, o| legacy::dequantize_q8_0(blocks(s), o),
             |x, o| legacy::quantize_q8_0(x, blocks_mut(o)),
@@ -91,6 +105,43 @@ pub fn scalar_kernels(t: GgmlType) -> Option<Kernels> {
             |s, o| legacy::dequantize_q8_1(blocks(s), o),
             |x, o| legacy::quantize_q8_1(x, blocks_mut(o)),
             T::Q8_1,
+            None,
+        ),
+        T::Q2_K => k(
+            |s, o| kquants::dequantize_q2_k(blocks(s), o),
+            |x, o| kquants::quantize_q2_k(x, blocks_mut(o)),
+            T::Q8_K,
+            Some(|w, a| kquants::vec_dot_q2_k_q8_k(blocks(w), blocks(a))),
+        ),
+        T::Q3_K => k(
+            |s, o| kquants::dequantize_q3_k(blocks(s), o),
+            |x, o| kquants::quantize_q3_k(x, blocks_mut(o)),
+            T::Q8_K,
+            Some(|w, a| kquants::vec_dot_q3_k_q8_k(blocks(w), blocks(a))),
+        ),
+        T::Q4_K => k(
+            |s, o| kquants::dequantize_q4_k(blocks(s), o),
+            |x, o| kquants::quantize_q4_k(x, blocks_mut(o)),
+            T::Q8_K,
+            Some(|w, a| kquants::vec_dot_q4_k_q8_k(blocks(w), blocks(a))),
+        ),
+        T::Q5_K => k(
+            |s, o| kquants::dequantize_q5_k(blocks(s), o),
+            |x, o| kquants::quantize_q5_k(x, blocks_mut(o)),
+            T::Q8_K,
+            Some(|w, a| kquants::vec_dot_q5_k_q8_k(blocks(w), blocks(a))),
+        ),
+        T::Q6_K => k(
+            |s, o| kquants::dequantize_q6_k(blocks(s), o),
+            |x, o| kquants::quantize_q6_k(x, blocks_mut(o)),
+            T::Q8_K,
+            Some(|w, a| kquants::vec_dot_q6_k_q8_k(blocks(w), blocks(a))),
+        ),
+        // Activations only, as Q8_1.
+        T::Q8_K => k(
+            |s, o| kquants::dequantize_q8_k(blocks(s), o),
+            |x, o| kquants::quantize_q8_k(x, blocks_mut(o)),
+            T::Q8_K,
             None,
         ),
         _ => None,
@@ -146,6 +197,24 @@ pub fn dequantize_row(t: GgmlType, src: &[u8], out: &mut [f32]) -> Result<(), Qu
 pub fn quantize_row(t: GgmlType, x: &[f32], out: &mut [u8]) -> Result<(), QuantError> {
     (checked(t, x.len(), out.len())?.from_float)(x, out);
     Ok(())
+}
+
+/// Encodes a row-major matrix of `x.len() / cols` rows as type `t`, row by row. Each row
+/// must fill whole blocks: a GGUF tensor's rows start on block boundaries.
+pub fn quantize_tensor(t: GgmlType, x: &[f32], cols: usize) -> Result<Vec<u8>, QuantError> {
+    let k = kernels(t).ok_or(QuantError::Unsupported(t))?;
+    let row_bytes = t
+        .bytes_for(cols as u64)
+        .filter(|_| cols > 0)
+        .ok_or(QuantError::Length { t, n: cols })? as usize;
+    if !x.len().is_multiple_of(cols) {
+        return Err(QuantError::Length { t, n: x.len() });
+    }
+    let mut out = vec![0u8; x.len() / cols * row_bytes];
+    for (xr, or) in x.chunks_exact(cols).zip(out.chunks_exact_mut(row_bytes)) {
+        (k.from_float)(xr, or);
+    }
+    Ok(out)
 }
 
 /// The format activations take for dots with weights of type `t`.
