@@ -9,6 +9,7 @@
 mod block;
 mod float;
 mod legacy;
+pub mod simd;
 mod types;
 
 use std::sync::OnceLock;
@@ -28,6 +29,10 @@ pub struct Kernels {
     pub vec_dot_type: GgmlType,
     /// Dot product of a row of this type with a row of `vec_dot_type`, same element count.
     pub vec_dot: Option<fn(&[u8], &[u8]) -> f32>,
+    /// Four weight rows dotted with one activation row, as four `vec_dot` calls would
+    /// (up to float summation order), but loading each activation block once. Only where
+    /// it beats four `vec_dot` calls.
+    pub vec_dot_4rows: Option<fn(&[&[u8]; 4], &[u8]) -> [f32; 4]>,
 }
 
 fn blocks<T: Block>(bytes: &[u8]) -> &[T] {
@@ -47,6 +52,7 @@ pub fn scalar_kernels(t: GgmlType) -> Option<Kernels> {
             from_float,
             vec_dot_type,
             vec_dot,
+            vec_dot_4rows: None,
         })
     };
     match t {
@@ -104,12 +110,14 @@ fn slot(t: GgmlType) -> usize {
 
 const SLOTS: usize = 40;
 
-/// The best kernels for this CPU, or `None` for a type wick cannot compute with.
+/// The best kernels for this CPU (or those `WICK_SIMD` forces: see `simd`), or `None` for a
+/// type wick cannot compute with.
 pub fn kernels(t: GgmlType) -> Option<&'static Kernels> {
     static TABLE: OnceLock<Vec<Option<Kernels>>> = OnceLock::new();
     let table = TABLE.get_or_init(|| {
+        let level = simd::selected_level();
         (0..SLOTS as u32)
-            .map(|id| GgmlType::from_id(id).and_then(scalar_kernels))
+            .map(|id| GgmlType::from_id(id).and_then(|t| simd::kernels_at(level, t)))
             .collect()
     });
     table.get(slot(t)).and_then(|k| k.as_ref())
