@@ -273,6 +273,19 @@ impl DotInput {
         let f = kernels(t).and_then(|k| k.vec_dot).expect("checked at load");
         f(w_row, self.row(i))
     }
+
+    /// The dot products of four weight rows of type `t` with prepared row `i`: one
+    /// `vec_dot_4rows` call where the type has one (activations loaded once for all four),
+    /// else four `dot`s.
+    pub fn dot4(&self, t: GgmlType, w_rows: [&[u8]; 4], i: usize) -> [f32; 4] {
+        if self.precision == Precision::Fast {
+            if let Some(f) = kernels(t).and_then(|k| k.vec_dot_4rows) {
+                assert!(self.ready_for(t), "activations prepared for another type");
+                return f(&w_rows, self.row(i));
+            }
+        }
+        w_rows.map(|w| self.dot(t, w, i))
+    }
 }
 
 #[cfg(test)]

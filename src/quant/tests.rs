@@ -89,3 +89,30 @@ fn wrong_lengths_are_errors() {
     assert!(dequantize_row(GgmlType::Q8_0, &[0u8; 34], &mut y).is_err());
     assert!(dequantize_row(GgmlType::Q2_K, &[0u8; 84], &mut [0f32; 256]).is_err());
 }
+
+#[test]
+fn dot4_matches_dot() {
+    for t in [GgmlType::Q4_0, GgmlType::Q8_0, GgmlType::F16] {
+        let n = 4096 + 96;
+        let rows: Vec<Vec<u8>> = (0..4)
+            .map(|r| {
+                let mut q = vec![0u8; t.bytes_for(n as u64).unwrap() as usize];
+                quantize_row(t, &values(n, 10 + r), &mut q).unwrap();
+                q
+            })
+            .collect();
+        let x = values(n, 20);
+        for precision in [Precision::Fast, Precision::Exact] {
+            let mut input = DotInput::new(precision);
+            input.prepare(t, &x, n).unwrap();
+            let got = input.dot4(t, [&rows[0], &rows[1], &rows[2], &rows[3]], 0);
+            for (r, w) in rows.iter().enumerate() {
+                let want = input.dot(t, w, 0);
+                assert!(
+                    (got[r] - want).abs() <= 1e-4 * want.abs().max(1.0),
+                    "{t} {r}"
+                );
+            }
+        }
+    }
+}

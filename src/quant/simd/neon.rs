@@ -99,52 +99,48 @@ unsafe fn nibbles(qs: &[u8; 16]) -> (int8x16_t, int8x16_t) {
     (vreinterpretq_s8_u8(lo), vreinterpretq_s8_u8(hi))
 }
 
-/// Two accumulators, alternating blocks, to hide the FMA latency.
-#[inline(always)]
-unsafe fn blocks_dot<W, A>(w: &[W], a: &[A], block: impl Fn(&W, &A) -> (f32, int32x4_t)) -> f32 {
-    let mut acc = [vdupq_n_f32(0.0); 2];
-    for (i, (wb, ab)) in w.iter().zip(a).enumerate() {
-        let (d, s) = block(wb, ab);
-        acc[i & 1] = vfmaq_n_f32(acc[i & 1], vcvtq_f32_s32(s), d);
-    }
-    vaddvq_f32(vaddq_f32(acc[0], acc[1]))
-}
+// Plain loops rather than closures: a closure would not inherit the caller's `dotprod`.
 
 #[inline(always)]
 unsafe fn q4_0_body<const SDOT: bool>(w: &[BlockQ4_0], a: &[BlockQ8_0]) -> f32 {
-    blocks_dot(w, a, |wb, ab| {
+    let mut acc = vdupq_n_f32(0.0);
+    for (wb, ab) in w.iter().zip(a) {
         let (lo, hi) = nibbles(&wb.qs);
         let eight = vdupq_n_s8(8);
         let (y0, y1) = load_q8(&ab.qs);
         let s = dot_i8::<SDOT>(vdupq_n_s32(0), vsubq_s8(lo, eight), y0);
         let s = dot_i8::<SDOT>(s, vsubq_s8(hi, eight), y1);
-        (h(wb.d) * h(ab.d), s)
-    })
+        acc = vfmaq_n_f32(acc, vcvtq_f32_s32(s), h(wb.d) * h(ab.d));
+    }
+    vaddvq_f32(acc)
 }
 
 #[inline(always)]
 unsafe fn q8_0_body<const SDOT: bool>(w: &[BlockQ8_0], a: &[BlockQ8_0]) -> f32 {
-    blocks_dot(w, a, |wb, ab| {
+    let mut acc = vdupq_n_f32(0.0);
+    for (wb, ab) in w.iter().zip(a) {
         let (x0, x1) = load_q8(&wb.qs);
         let (y0, y1) = load_q8(&ab.qs);
         let s = dot_i8::<SDOT>(vdupq_n_s32(0), x0, y0);
-        (h(wb.d) * h(ab.d), dot_i8::<SDOT>(s, x1, y1))
-    })
+        let s = dot_i8::<SDOT>(s, x1, y1);
+        acc = vfmaq_n_f32(acc, vcvtq_f32_s32(s), h(wb.d) * h(ab.d));
+    }
+    vaddvq_f32(acc)
 }
 
 #[inline(always)]
 unsafe fn q4_1_body<const SDOT: bool>(w: &[BlockQ4_1], a: &[BlockQ8_1]) -> f32 {
+    let mut acc = vdupq_n_f32(0.0);
     let mut ms = 0f32;
-    let dot = blocks_dot(w, a, |wb, ab| {
+    for (wb, ab) in w.iter().zip(a) {
         let (lo, hi) = nibbles(&wb.qs);
         let (y0, y1) = load_q8(&ab.qs);
         let s = dot_i8::<SDOT>(vdupq_n_s32(0), lo, y0);
-        (h(wb.d) * h(ab.d), dot_i8::<SDOT>(s, hi, y1))
-    });
-    for (wb, ab) in w.iter().zip(a) {
+        let s = dot_i8::<SDOT>(s, hi, y1);
+        acc = vfmaq_n_f32(acc, vcvtq_f32_s32(s), h(wb.d) * h(ab.d));
         ms += h(wb.m) * h(ab.s);
     }
-    dot + ms
+    vaddvq_f32(acc) + ms
 }
 
 macro_rules! neon_dot {

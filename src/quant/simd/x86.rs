@@ -240,14 +240,23 @@ avx2_dot!(avx2_q8_0, avxvnni_q8_0, block_q8_0, BlockQ8_0, BlockQ8_0);
 
 #[inline(always)]
 unsafe fn avx2_q4_1_body<const VNNI: bool>(w: &[BlockQ4_1], a: &[BlockQ8_1]) -> f32 {
-    let mut acc = _mm256_setzero_ps();
+    let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
     let mut ms = _mm_setzero_ps();
-    for (wb, ab) in w.iter().zip(a) {
+    let mut wp = w.chunks_exact(2);
+    let mut ap = a.chunks_exact(2);
+    for (wc, ac) in (&mut wp).zip(&mut ap) {
+        let (d0, s0, p0) = block_q4_1::<VNNI>(&wc[0], &ac[0]);
+        let (d1, s1, p1) = block_q4_1::<VNNI>(&wc[1], &ac[1]);
+        acc0 = _mm256_fmadd_ps(d0, s0, acc0);
+        acc1 = _mm256_fmadd_ps(d1, s1, acc1);
+        ms = _mm_add_ps(ms, _mm_add_ps(p0, p1));
+    }
+    if let (Some(wb), Some(ab)) = (wp.remainder().first(), ap.remainder().first()) {
         let (d, s, p) = block_q4_1::<VNNI>(wb, ab);
-        acc = _mm256_fmadd_ps(d, s, acc);
+        acc0 = _mm256_fmadd_ps(d, s, acc0);
         ms = _mm_add_ps(ms, p);
     }
-    hsum_ps(acc) + _mm_cvtss_f32(_mm_movehdup_ps(ms))
+    hsum_ps(_mm256_add_ps(acc0, acc1)) + _mm_cvtss_f32(_mm_movehdup_ps(ms))
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -692,8 +701,15 @@ unsafe fn avx512bf16_bf16(w: &[u8], a: &[u8]) -> f32 {
 
 #[inline(always)]
 unsafe fn quantize_block(x: &[f32]) -> (f32, __m256i, __m256i) {
+    // No closures here: they would not inherit the caller's target features, and the
+    // intrinsics inside would become out-of-line calls.
     let p = x.as_ptr();
-    let v = [0, 8, 16, 24].map(|o| _mm256_loadu_ps(p.add(o)));
+    let v = [
+        _mm256_loadu_ps(p),
+        _mm256_loadu_ps(p.add(8)),
+        _mm256_loadu_ps(p.add(16)),
+        _mm256_loadu_ps(p.add(24)),
+    ];
     let sign = _mm256_set1_ps(-0.0);
     let m = _mm256_max_ps(
         _mm256_max_ps(_mm256_andnot_ps(sign, v[0]), _mm256_andnot_ps(sign, v[1])),
@@ -704,12 +720,13 @@ unsafe fn quantize_block(x: &[f32]) -> (f32, __m256i, __m256i) {
     let amax = _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)));
     let d = amax / 127.0;
     let id = _mm256_set1_ps(if d != 0.0 { 1.0 / d } else { 0.0 });
-    let q = v.map(|v| {
+    let mut q = [_mm256_setzero_si256(); 4];
+    for (q, v) in q.iter_mut().zip(v) {
         let r = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
             _mm256_mul_ps(v, id),
         );
-        _mm256_cvtps_epi32(r)
-    });
+        *q = _mm256_cvtps_epi32(r);
+    }
     // The two packs interleave 4-element groups across 128-bit lanes; the permute
     // restores element order.
     let b = _mm256_packs_epi16(
