@@ -18,6 +18,11 @@ pub use block::{as_blocks, as_blocks_mut, Block};
 pub use legacy::{BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1, QK};
 pub use types::GgmlType;
 
+/// Dot product of a weight row with an activation row, as raw block bytes.
+pub type VecDot = fn(&[u8], &[u8]) -> f32;
+/// Dot products of four weight rows with one activation row.
+pub type VecDot4 = fn(&[&[u8]; 4], &[u8]) -> [f32; 4];
+
 /// The CPU kernels of one type. All take raw little-endian GGUF bytes.
 #[derive(Clone, Copy)]
 pub struct Kernels {
@@ -28,11 +33,11 @@ pub struct Kernels {
     /// The type activations are converted to before a dot with a row of this type.
     pub vec_dot_type: GgmlType,
     /// Dot product of a row of this type with a row of `vec_dot_type`, same element count.
-    pub vec_dot: Option<fn(&[u8], &[u8]) -> f32>,
+    pub vec_dot: Option<VecDot>,
     /// Four weight rows dotted with one activation row, as four `vec_dot` calls would
     /// (up to float summation order), but loading each activation block once. Only where
     /// it beats four `vec_dot` calls.
-    pub vec_dot_4rows: Option<fn(&[&[u8]; 4], &[u8]) -> [f32; 4]>,
+    pub vec_dot_4rows: Option<VecDot4>,
 }
 
 fn blocks<T: Block>(bytes: &[u8]) -> &[T] {
