@@ -78,12 +78,12 @@ unsafe impl Block for BlockQ8_0 {}
 unsafe impl Block for BlockQ8_1 {}
 
 #[inline]
-pub(super) fn h(b: [u8; 2]) -> f32 {
+pub(crate) fn h(b: [u8; 2]) -> f32 {
     f16::from_bits(u16::from_le_bytes(b)).to_f32()
 }
 
 #[inline]
-pub(super) fn to_h(x: f32) -> [u8; 2] {
+pub(crate) fn to_h(x: f32) -> [u8; 2] {
     f16::from_f32(x).to_bits().to_le_bytes()
 }
 
@@ -178,6 +178,8 @@ pub fn dequantize_q8_1(blocks: &[BlockQ8_1], out: &mut [f32]) {
 }
 
 /// Symmetric 8-bit quantization of one block, as ggml's reference: d = max|x| / 127.
+/// Ties round to even, not away from zero as ggml's `roundf`: that is what SIMD
+/// conversions do (llama.cpp's SIMD quantizers too), and it lets them match this exactly.
 #[inline]
 fn quantize_block_8bit(x: &[f32]) -> (f32, [i8; QK]) {
     let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
@@ -185,7 +187,7 @@ fn quantize_block_8bit(x: &[f32]) -> (f32, [i8; QK]) {
     let id = if d != 0.0 { 1.0 / d } else { 0.0 };
     let mut qs = [0i8; QK];
     for (q, v) in qs.iter_mut().zip(x) {
-        *q = (v * id).round() as i8;
+        *q = (v * id).round_ties_even() as i8;
     }
     (d, qs)
 }

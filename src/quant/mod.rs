@@ -10,6 +10,7 @@ mod block;
 mod float;
 mod kquants;
 mod legacy;
+pub mod simd;
 mod types;
 
 use std::sync::OnceLock;
@@ -18,6 +19,11 @@ pub use block::{as_blocks, as_blocks_mut, Block};
 pub use kquants::{BlockQ2K, BlockQ3K, BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K, QK_K};
 pub use legacy::{BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, BlockQ8_1, QK};
 pub use types::GgmlType;
+
+/// Dot product of a weight row with an activation row, as raw block bytes.
+pub type VecDot = fn(&[u8], &[u8]) -> f32;
+/// Dot products of four weight rows with one activation row.
+pub type VecDot4 = fn(&[&[u8]; 4], &[u8]) -> [f32; 4];
 
 /// The CPU kernels of one type. All take raw little-endian GGUF bytes.
 #[derive(Clone, Copy)]
@@ -29,7 +35,11 @@ pub struct Kernels {
     /// The type activations are converted to before a dot with a row of this type.
     pub vec_dot_type: GgmlType,
     /// Dot product of a row of this type with a row of `vec_dot_type`, same element count.
-    pub vec_dot: Option<fn(&[u8], &[u8]) -> f32>,
+    pub vec_dot: Option<VecDot>,
+    /// Four weight rows dotted with one activation row, as four `vec_dot` calls would
+    /// (up to float summation order), but loading each activation block once. Only where
+    /// it beats four `vec_dot` calls.
+    pub vec_dot_4rows: Option<VecDot4>,
 }
 
 fn blocks<T: Block>(bytes: &[u8]) -> &[T] {
@@ -49,6 +59,7 @@ pub fn scalar_kernels(t: GgmlType) -> Option<Kernels> {
             from_float,
             vec_dot_type,
             vec_dot,
+            vec_dot_4rows: None,
         })
     };
     match t {
@@ -155,12 +166,14 @@ fn slot(t: GgmlType) -> usize {
 
 const SLOTS: usize = 40;
 
-/// The best kernels for this CPU, or `None` for a type wick cannot compute with.
+/// The best kernels for this CPU (or those `WICK_SIMD` forces: see `simd`), or `None` for a
+/// type wick cannot compute with.
 pub fn kernels(t: GgmlType) -> Option<&'static Kernels> {
     static TABLE: OnceLock<Vec<Option<Kernels>>> = OnceLock::new();
     let table = TABLE.get_or_init(|| {
+        let level = simd::selected_level();
         (0..SLOTS as u32)
-            .map(|id| GgmlType::from_id(id).and_then(scalar_kernels))
+            .map(|id| GgmlType::from_id(id).and_then(|t| simd::kernels_at(level, t)))
             .collect()
     });
     table.get(slot(t)).and_then(|k| k.as_ref())
@@ -333,6 +346,19 @@ impl DotInput {
         }
         let f = kernels(t).and_then(|k| k.vec_dot).expect("checked at load");
         f(w_row, self.row(i))
+    }
+
+    /// The dot products of four weight rows of type `t` with prepared row `i`: one
+    /// `vec_dot_4rows` call where the type has one (activations loaded once for all four),
+    /// else four `dot`s.
+    pub fn dot4(&self, t: GgmlType, w_rows: [&[u8]; 4], i: usize) -> [f32; 4] {
+        if self.precision == Precision::Fast {
+            if let Some(f) = kernels(t).and_then(|k| k.vec_dot_4rows) {
+                assert!(self.ready_for(t), "activations prepared for another type");
+                return f(&w_rows, self.row(i));
+            }
+        }
+        w_rows.map(|w| self.dot(t, w, i))
     }
 }
 

@@ -259,3 +259,30 @@ fn matches_reference_vectors() {
     }
     assert_eq!(checked.len(), 15, "{checked:?}");
 }
+
+#[test]
+fn dot4_matches_dot() {
+    for t in [GgmlType::Q4_0, GgmlType::Q8_0, GgmlType::F16] {
+        let n = 4096 + 96;
+        let rows: Vec<Vec<u8>> = (0..4)
+            .map(|r| {
+                let mut q = vec![0u8; t.bytes_for(n as u64).unwrap() as usize];
+                quantize_row(t, &values(n, 10 + r), &mut q).unwrap();
+                q
+            })
+            .collect();
+        let x = values(n, 20);
+        for precision in [Precision::Fast, Precision::Exact] {
+            let mut input = DotInput::new(precision);
+            input.prepare(t, &x, n).unwrap();
+            let got = input.dot4(t, [&rows[0], &rows[1], &rows[2], &rows[3]], 0);
+            for (r, w) in rows.iter().enumerate() {
+                let want = input.dot(t, w, 0);
+                assert!(
+                    (got[r] - want).abs() <= 1e-4 * want.abs().max(1.0),
+                    "{t} {r}"
+                );
+            }
+        }
+    }
+}

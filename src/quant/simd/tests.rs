@@ -1,0 +1,180 @@
+use super::*;
+use crate::quant::{scalar_kernels, GgmlType};
+
+/// xorshift, seeded, so failures reproduce.
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E3779B97F4A7C15) | 1)
+    }
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    /// Uniform in [-scale, scale).
+    fn f32(&mut self, scale: f32) -> f32 {
+        ((self.next() >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0) as f32 * scale
+    }
+    fn values(&mut self, n: usize) -> Vec<f32> {
+        // Blocks of differing magnitude, so the scales vary.
+        let mut v = Vec::with_capacity(n);
+        while v.len() < n {
+            let scale = [0.01, 1.0, 30.0, 0.5][(self.next() % 4) as usize];
+            for _ in 0..32.min(n - v.len()) {
+                v.push(self.f32(scale));
+            }
+        }
+        v
+    }
+}
+
+fn encode(t: GgmlType, x: &[f32]) -> Vec<u8> {
+    let mut q = vec![0u8; t.bytes_for(x.len() as u64).unwrap() as usize];
+    (scalar_kernels(t).unwrap().from_float)(x, &mut q);
+    q
+}
+
+/// A weight row: quantized values, then (for 8-bit and 4-bit types) every quant byte
+/// randomized, so all nibbles and bytes (-128 included) occur.
+fn weight_row(t: GgmlType, n: usize, rng: &mut Rng) -> Vec<u8> {
+    let mut q = encode(t, &rng.values(n));
+    let (header, block) = match t {
+        GgmlType::Q4_0 | GgmlType::Q8_0 => (2, t.block_bytes()),
+        GgmlType::Q4_1 => (4, t.block_bytes()),
+        _ => return q,
+    };
+    for b in q.chunks_exact_mut(block) {
+        for byte in &mut b[header..] {
+            *byte = rng.next() as u8;
+        }
+    }
+    q
+}
+
+/// Sum of |w_i * a_i|, the scale for the tolerance: summation order moves a float sum
+/// by a few ulps of this, however much the terms cancel.
+fn magnitude(t: GgmlType, w: &[u8], a: &[u8], n: usize) -> f64 {
+    let at = scalar_kernels(t).unwrap().vec_dot_type;
+    let (mut wf, mut af) = (vec![0f32; n], vec![0f32; n]);
+    (scalar_kernels(t).unwrap().to_float)(w, &mut wf);
+    (scalar_kernels(at).unwrap().to_float)(a, &mut af);
+    wf.iter()
+        .zip(&af)
+        .map(|(x, y)| (*x as f64 * *y as f64).abs())
+        .sum()
+}
+
+const DOT_TYPES: [GgmlType; 6] = [
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::Q8_0,
+    GgmlType::F32,
+    GgmlType::F16,
+    GgmlType::BF16,
+];
+
+fn lengths(t: GgmlType) -> Vec<usize> {
+    let mut n = vec![32, 64, 96, 160, 224, 256, 4096, 11008, 32 * 347];
+    if t.block_len() == 1 {
+        n.extend([1, 7, 77, 100, 1001, 4097]);
+    }
+    n
+}
+
+#[test]
+fn levels_include_scalar_and_parse() {
+    let levels = supported_levels();
+    assert_eq!(levels[0], Level::Scalar);
+    for l in levels {
+        assert_eq!(Level::from_name(l.name()), Some(l));
+    }
+    eprintln!(
+        "levels: {:?}, selected {:?}",
+        supported_levels(),
+        selected_level()
+    );
+}
+
+#[test]
+fn dots_match_scalar_at_every_level() {
+    let mut rng = Rng::new(7);
+    for t in DOT_TYPES {
+        let reference = scalar_kernels(t).unwrap();
+        let at = reference.vec_dot_type;
+        for n in lengths(t) {
+            let w = weight_row(t, n, &mut rng);
+            let a = encode(at, &rng.values(n));
+            let want = (reference.vec_dot.unwrap())(&w, &a);
+            let tol = 1e-5 * magnitude(t, &w, &a, n) + 1e-30;
+            for level in supported_levels() {
+                let k = kernels_at(level, t).unwrap();
+                let got = (k.vec_dot.unwrap())(&w, &a);
+                assert!(
+                    ((got - want) as f64).abs() <= tol,
+                    "{t} n={n} {}: {got} vs scalar {want} (tol {tol})",
+                    level.name()
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn four_row_dots_match_scalar() {
+    let mut rng = Rng::new(11);
+    for t in DOT_TYPES {
+        let reference = scalar_kernels(t).unwrap();
+        for n in lengths(t) {
+            let rows: Vec<Vec<u8>> = (0..4).map(|_| weight_row(t, n, &mut rng)).collect();
+            let a = encode(reference.vec_dot_type, &rng.values(n));
+            for level in supported_levels() {
+                let Some(f) = kernels_at(level, t).unwrap().vec_dot_4rows else {
+                    continue;
+                };
+                let got = f(&[&rows[0], &rows[1], &rows[2], &rows[3]], &a);
+                for (r, w) in rows.iter().enumerate() {
+                    let want = (reference.vec_dot.unwrap())(w, &a);
+                    let tol = 1e-5 * magnitude(t, w, &a, n) + 1e-30;
+                    assert!(
+                        ((got[r] - want) as f64).abs() <= tol,
+                        "{t} n={n} {} row {r}: {} vs scalar {want}",
+                        level.name(),
+                        got[r]
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn quantizers_match_scalar_bytes() {
+    let mut rng = Rng::new(5);
+    let mut inputs: Vec<Vec<f32>> = [32, 64, 96, 4096, 11008]
+        .iter()
+        .map(|&n| rng.values(n))
+        .collect();
+    // A zero block, and exact ties: amax 127 makes d = 1, so k + 0.5 lands on a tie.
+    inputs.push(vec![0.0; 32]);
+    inputs.push(
+        (0..64)
+            .map(|i| match i % 32 {
+                0 => 127.0,
+                j => (j as f32 - 16.0) + 0.5,
+            })
+            .collect(),
+    );
+    for t in [GgmlType::Q8_0, GgmlType::Q8_1] {
+        for x in &inputs {
+            let want = encode(t, x);
+            for level in supported_levels() {
+                let mut got = vec![0u8; want.len()];
+                (kernels_at(level, t).unwrap().from_float)(x, &mut got);
+                assert!(got == want, "{t} n={} {}", x.len(), level.name());
+            }
+        }
+    }
+}

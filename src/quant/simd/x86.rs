@@ -1,0 +1,764 @@
+//! x86-64 kernels: AVX2 (+ AVX-VNNI) on 256-bit vectors, one block per step; AVX-512
+//! (+ VNNI, + BF16) on 512-bit vectors, two blocks per vector.
+//!
+//! Each kernel body is an `#[inline(always)]` function, generic over whether `vpdpbusd`
+//! is available, and each `#[target_feature]` wrapper instantiates it for one level: the
+//! intrinsics only inline where the wrapper enables their features.
+
+use std::arch::x86_64::*;
+
+use super::super::legacy::to_h;
+use super::super::{
+    blocks, blocks_mut, BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1, GgmlType, Kernels, QK,
+};
+use super::Level;
+
+pub(super) fn supported(level: Level) -> bool {
+    let avx2 = is_x86_feature_detected!("avx2")
+        && is_x86_feature_detected!("fma")
+        && is_x86_feature_detected!("f16c");
+    let avx512 = avx2
+        && is_x86_feature_detected!("avx512f")
+        && is_x86_feature_detected!("avx512bw")
+        && is_x86_feature_detected!("avx512vl");
+    match level {
+        Level::Scalar => true,
+        Level::Avx2 => avx2,
+        Level::AvxVnni => avx2 && is_x86_feature_detected!("avxvnni"),
+        Level::Avx512 => avx512,
+        Level::Avx512Vnni => avx512 && is_x86_feature_detected!("avx512vnni"),
+        _ => false,
+    }
+}
+
+type Dot = fn(&[u8], &[u8]) -> f32;
+type Quantize = fn(&[f32], &mut [u8]);
+
+/// Safe entry points, each wrapping one `#[target_feature]` function. They are only
+/// reachable through `overlay`, which callers reach only for a supported level.
+macro_rules! entry {
+    ($name:ident: ($($arg:ident: $ty:ty),*) -> $ret:ty = $inner:expr) => {
+        fn $name($($arg: $ty),*) -> $ret {
+            // SAFETY: `overlay` installs this function only for a level whose features
+            // `supported` detected on this CPU.
+            unsafe { $inner }
+        }
+    };
+}
+
+entry!(q4_0_avx2: (w: &[u8], a: &[u8]) -> f32 = avx2_q4_0(blocks(w), blocks(a)));
+entry!(q4_0_avxvnni: (w: &[u8], a: &[u8]) -> f32 = avxvnni_q4_0(blocks(w), blocks(a)));
+entry!(q4_0_avx512: (w: &[u8], a: &[u8]) -> f32 = avx512_q4_0(blocks(w), blocks(a)));
+entry!(q4_0_avx512vnni: (w: &[u8], a: &[u8]) -> f32 = avx512vnni_q4_0(blocks(w), blocks(a)));
+entry!(q4_1_avx2: (w: &[u8], a: &[u8]) -> f32 = avx2_q4_1(blocks(w), blocks(a)));
+entry!(q4_1_avxvnni: (w: &[u8], a: &[u8]) -> f32 = avxvnni_q4_1(blocks(w), blocks(a)));
+entry!(q4_1_avx512: (w: &[u8], a: &[u8]) -> f32 = avx512_q4_1(blocks(w), blocks(a)));
+entry!(q4_1_avx512vnni: (w: &[u8], a: &[u8]) -> f32 = avx512vnni_q4_1(blocks(w), blocks(a)));
+entry!(q8_0_avx2: (w: &[u8], a: &[u8]) -> f32 = avx2_q8_0(blocks(w), blocks(a)));
+entry!(q8_0_avxvnni: (w: &[u8], a: &[u8]) -> f32 = avxvnni_q8_0(blocks(w), blocks(a)));
+entry!(q8_0_avx512: (w: &[u8], a: &[u8]) -> f32 = avx512_q8_0(blocks(w), blocks(a)));
+entry!(q8_0_avx512vnni: (w: &[u8], a: &[u8]) -> f32 = avx512vnni_q8_0(blocks(w), blocks(a)));
+entry!(f32_avx2: (w: &[u8], a: &[u8]) -> f32 = avx2_f32(w, a));
+entry!(f32_avx512: (w: &[u8], a: &[u8]) -> f32 = avx512_f32(w, a));
+entry!(f16_avx2: (w: &[u8], a: &[u8]) -> f32 = avx2_f16(w, a));
+entry!(f16_avx512: (w: &[u8], a: &[u8]) -> f32 = avx512_f16(w, a));
+entry!(bf16_avx2: (w: &[u8], a: &[u8]) -> f32 = avx2_bf16(w, a));
+entry!(bf16_avx512: (w: &[u8], a: &[u8]) -> f32 = avx512_bf16(w, a));
+entry!(bf16_avx512bf16: (w: &[u8], a: &[u8]) -> f32 = avx512bf16_bf16(w, a));
+entry!(quantize_q8_0_avx2: (x: &[f32], o: &mut [u8]) -> () = avx2_quantize_q8_0(x, blocks_mut(o)));
+entry!(quantize_q8_1_avx2: (x: &[f32], o: &mut [u8]) -> () = avx2_quantize_q8_1(x, blocks_mut(o)));
+
+pub(super) fn overlay(level: Level, t: GgmlType, k: &mut Kernels) {
+    use GgmlType as T;
+    let wide = matches!(level, Level::Avx512 | Level::Avx512Vnni);
+    let pick = |avx2: Dot, avxvnni: Dot, avx512: Dot, avx512vnni: Dot| match level {
+        Level::AvxVnni => avxvnni,
+        Level::Avx512 => avx512,
+        Level::Avx512Vnni => avx512vnni,
+        _ => avx2,
+    };
+    let (dot, quantize): (Dot, Option<Quantize>) = match t {
+        T::Q4_0 => (
+            pick(q4_0_avx2, q4_0_avxvnni, q4_0_avx512, q4_0_avx512vnni),
+            None,
+        ),
+        T::Q4_1 => (
+            pick(q4_1_avx2, q4_1_avxvnni, q4_1_avx512, q4_1_avx512vnni),
+            None,
+        ),
+        T::Q8_0 => (
+            pick(q8_0_avx2, q8_0_avxvnni, q8_0_avx512, q8_0_avx512vnni),
+            Some(quantize_q8_0_avx2),
+        ),
+        T::Q8_1 => {
+            // Activations only: a better quantizer, still no dot.
+            k.from_float = quantize_q8_1_avx2;
+            return;
+        }
+        T::F32 => (if wide { f32_avx512 } else { f32_avx2 }, None),
+        T::F16 => (if wide { f16_avx512 } else { f16_avx2 }, None),
+        T::BF16 => (
+            if level == Level::Avx512Vnni && is_x86_feature_detected!("avx512bf16") {
+                bf16_avx512bf16
+            } else if wide {
+                bf16_avx512
+            } else {
+                bf16_avx2
+            },
+            None,
+        ),
+        _ => return,
+    };
+    k.vec_dot = Some(dot);
+    if let Some(q) = quantize {
+        k.from_float = q;
+    }
+    if level == Level::Avx512Vnni {
+        match t {
+            T::Q4_0 => k.vec_dot_4rows = Some(q4_0_4rows_avx512vnni),
+            T::Q8_0 => k.vec_dot_4rows = Some(q8_0_4rows_avx512vnni),
+            _ => {}
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Shared pieces.
+
+#[inline(always)]
+fn bits(d: [u8; 2]) -> u64 {
+    u16::from_le_bytes(d) as u64
+}
+
+#[inline(always)]
+unsafe fn hsum_ps(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
+}
+
+/// Lane 0: the product of two f16 scales, rounded once, as the scalar code computes it.
+#[inline(always)]
+unsafe fn scale_product(wd: [u8; 2], ad: [u8; 2]) -> __m128 {
+    let v = _mm_cvtph_ps(_mm_cvtsi32_si128((bits(wd) | bits(ad) << 16) as i32));
+    _mm_mul_ss(v, _mm_movehdup_ps(v))
+}
+
+/// 32 nibbles of a Q4 block in element order: low nibbles, then high nibbles.
+#[inline(always)]
+unsafe fn nibbles_256(qs: &[u8; 16]) -> __m256i {
+    let q = _mm_loadu_si128(qs.as_ptr().cast());
+    let both = _mm256_set_m128i(_mm_srli_epi16::<4>(q), q);
+    _mm256_and_si256(both, _mm256_set1_epi8(0x0f))
+}
+
+/// Eight i32 sums of four products each, `u` unsigned and `s` signed bytes.
+#[inline(always)]
+unsafe fn dot_us_256<const VNNI: bool>(u: __m256i, s: __m256i) -> __m256i {
+    if VNNI {
+        _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), u, s)
+    } else {
+        // Pairs of u8 * s8 fit i16 unless both bytes are extreme: callers keep u <= 128
+        // and s != -128, so the sum is at most 2 * 128 * 127 = 32512.
+        _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1))
+    }
+}
+
+/// As `dot_us_256` with both bytes signed: the sign moves onto `s`, which must not be
+/// -128 (negating it would wrap).
+#[inline(always)]
+unsafe fn dot_ss_256<const VNNI: bool>(x: __m256i, s: __m256i) -> __m256i {
+    dot_us_256::<VNNI>(_mm256_abs_epi8(x), _mm256_sign_epi8(s, x))
+}
+
+// ---------------------------------------------------------------------------------------
+// AVX2: one 32-element block per 256-bit vector, two accumulators to hide FMA latency.
+
+#[inline(always)]
+unsafe fn block_q4_0<const VNNI: bool>(w: &BlockQ4_0, a: &BlockQ8_0) -> (__m256, __m256) {
+    let q = _mm256_sub_epi8(nibbles_256(&w.qs), _mm256_set1_epi8(8));
+    let y = _mm256_loadu_si256(a.qs.as_ptr().cast());
+    let s = _mm256_cvtepi32_ps(dot_ss_256::<VNNI>(q, y));
+    (_mm256_broadcastss_ps(scale_product(w.d, a.d)), s)
+}
+
+#[inline(always)]
+unsafe fn block_q8_0<const VNNI: bool>(w: &BlockQ8_0, a: &BlockQ8_0) -> (__m256, __m256) {
+    let x = _mm256_loadu_si256(w.qs.as_ptr().cast());
+    let y = _mm256_loadu_si256(a.qs.as_ptr().cast());
+    let s = _mm256_cvtepi32_ps(dot_ss_256::<VNNI>(x, y));
+    (_mm256_broadcastss_ps(scale_product(w.d, a.d)), s)
+}
+
+/// Returns (d_w * d_a broadcast, the block's i32 sums as f32, lane 1 = m_w * s_a).
+#[inline(always)]
+unsafe fn block_q4_1<const VNNI: bool>(w: &BlockQ4_1, a: &BlockQ8_1) -> (__m256, __m256, __m128) {
+    let q = nibbles_256(&w.qs);
+    let y = _mm256_loadu_si256(a.qs.as_ptr().cast());
+    let s = _mm256_cvtepi32_ps(dot_us_256::<VNNI>(q, y));
+    // [d_w, m_w, d_a, s_a] in one conversion.
+    let wh = bits(w.d) | bits(w.m) << 16;
+    let ah = bits(a.d) | bits(a.s) << 16;
+    let v = _mm_cvtph_ps(_mm_cvtsi64_si128((wh | ah << 32) as i64));
+    let p = _mm_mul_ps(v, _mm_movehl_ps(v, v));
+    (_mm256_broadcastss_ps(p), s, p)
+}
+
+macro_rules! avx2_dot {
+    ($name:ident, $vnni_name:ident, $block:ident, $wt:ty, $at:ty) => {
+        #[target_feature(enable = "avx2,fma,f16c")]
+        unsafe fn $name(w: &[$wt], a: &[$at]) -> f32 {
+            avx2_blocks(w, a, |w, a| $block::<false>(w, a))
+        }
+        #[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+        unsafe fn $vnni_name(w: &[$wt], a: &[$at]) -> f32 {
+            avx2_blocks(w, a, |w, a| $block::<true>(w, a))
+        }
+    };
+}
+
+#[inline(always)]
+unsafe fn avx2_blocks<W, A>(w: &[W], a: &[A], block: impl Fn(&W, &A) -> (__m256, __m256)) -> f32 {
+    let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    let mut wp = w.chunks_exact(2);
+    let mut ap = a.chunks_exact(2);
+    for (wc, ac) in (&mut wp).zip(&mut ap) {
+        let (d0, s0) = block(&wc[0], &ac[0]);
+        let (d1, s1) = block(&wc[1], &ac[1]);
+        acc0 = _mm256_fmadd_ps(d0, s0, acc0);
+        acc1 = _mm256_fmadd_ps(d1, s1, acc1);
+    }
+    if let (Some(wb), Some(ab)) = (wp.remainder().first(), ap.remainder().first()) {
+        let (d, s) = block(wb, ab);
+        acc0 = _mm256_fmadd_ps(d, s, acc0);
+    }
+    hsum_ps(_mm256_add_ps(acc0, acc1))
+}
+
+avx2_dot!(avx2_q4_0, avxvnni_q4_0, block_q4_0, BlockQ4_0, BlockQ8_0);
+avx2_dot!(avx2_q8_0, avxvnni_q8_0, block_q8_0, BlockQ8_0, BlockQ8_0);
+
+#[inline(always)]
+unsafe fn avx2_q4_1_body<const VNNI: bool>(w: &[BlockQ4_1], a: &[BlockQ8_1]) -> f32 {
+    let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    let mut ms = _mm_setzero_ps();
+    let mut wp = w.chunks_exact(2);
+    let mut ap = a.chunks_exact(2);
+    for (wc, ac) in (&mut wp).zip(&mut ap) {
+        let (d0, s0, p0) = block_q4_1::<VNNI>(&wc[0], &ac[0]);
+        let (d1, s1, p1) = block_q4_1::<VNNI>(&wc[1], &ac[1]);
+        acc0 = _mm256_fmadd_ps(d0, s0, acc0);
+        acc1 = _mm256_fmadd_ps(d1, s1, acc1);
+        ms = _mm_add_ps(ms, _mm_add_ps(p0, p1));
+    }
+    if let (Some(wb), Some(ab)) = (wp.remainder().first(), ap.remainder().first()) {
+        let (d, s, p) = block_q4_1::<VNNI>(wb, ab);
+        acc0 = _mm256_fmadd_ps(d, s, acc0);
+        ms = _mm_add_ps(ms, p);
+    }
+    hsum_ps(_mm256_add_ps(acc0, acc1)) + _mm_cvtss_f32(_mm_movehdup_ps(ms))
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn avx2_q4_1(w: &[BlockQ4_1], a: &[BlockQ8_1]) -> f32 {
+    avx2_q4_1_body::<false>(w, a)
+}
+
+#[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+unsafe fn avxvnni_q4_1(w: &[BlockQ4_1], a: &[BlockQ8_1]) -> f32 {
+    avx2_q4_1_body::<true>(w, a)
+}
+
+// ---------------------------------------------------------------------------------------
+// AVX-512: two blocks per 512-bit vector, four blocks per loop step.
+
+/// The nibbles of two Q4 blocks, in element order, from loads and one masked shift: the
+/// broadcasts fill 128-bit lanes [q0, q0, q1, q1], and lanes 1 and 3 keep the high half.
+#[inline(always)]
+unsafe fn nibbles_512(q0: &[u8; 16], q1: &[u8; 16]) -> __m512i {
+    let v = _mm512_broadcast_i32x4(_mm_loadu_si128(q0.as_ptr().cast()));
+    let v = _mm512_mask_broadcast_i32x4(v, 0xff00, _mm_loadu_si128(q1.as_ptr().cast()));
+    let v = _mm512_mask_srli_epi16::<4>(v, 0xff00_ff00, v);
+    _mm512_and_si512(v, _mm512_set1_epi8(0x0f))
+}
+
+#[inline(always)]
+unsafe fn load_2x32(y0: &[i8; 32], y1: &[i8; 32]) -> __m512i {
+    let lo = _mm512_castsi256_si512(_mm256_loadu_si256(y0.as_ptr().cast()));
+    _mm512_inserti64x4::<1>(lo, _mm256_loadu_si256(y1.as_ptr().cast()))
+}
+
+/// Sixteen i32 sums of four products each, `u` unsigned (<= 128), `s` signed (!= -128).
+#[inline(always)]
+unsafe fn dot_us_512<const VNNI: bool>(u: __m512i, s: __m512i) -> __m512i {
+    if VNNI {
+        _mm512_dpbusd_epi32(_mm512_setzero_si512(), u, s)
+    } else {
+        _mm512_madd_epi16(_mm512_maddubs_epi16(u, s), _mm512_set1_epi16(1))
+    }
+}
+
+/// Q4_0 nibbles `q` (0..=15) dotted with `s` as signed values `q - 8`: the offset comes
+/// off as `8 * sum(s)`, since AVX-512 has no byte sign instruction for the abs/sign trick.
+#[inline(always)]
+unsafe fn dot_q4_0_512<const VNNI: bool>(q: __m512i, s: __m512i) -> __m512i {
+    let eight = _mm512_set1_epi8(8);
+    if VNNI {
+        let z = _mm512_setzero_si512();
+        _mm512_sub_epi32(
+            _mm512_dpbusd_epi32(z, q, s),
+            _mm512_dpbusd_epi32(z, eight, s),
+        )
+    } else {
+        let p = _mm512_sub_epi16(_mm512_maddubs_epi16(q, s), _mm512_maddubs_epi16(eight, s));
+        _mm512_madd_epi16(p, _mm512_set1_epi16(1))
+    }
+}
+
+#[inline(always)]
+unsafe fn dot_ss_512<const VNNI: bool>(x: __m512i, s: __m512i) -> __m512i {
+    let neg = _mm512_movepi8_mask(x);
+    let s = _mm512_mask_sub_epi8(s, neg, _mm512_setzero_si512(), s);
+    dot_us_512::<VNNI>(_mm512_abs_epi8(x), s)
+}
+
+/// Scale products of four blocks, from one conversion: lanes 0, 2, 4, 6 hold
+/// `d_w[i] * d_a[i]`.
+#[inline(always)]
+unsafe fn scales_4(wd: [[u8; 2]; 4], ad: [[u8; 2]; 4]) -> __m256 {
+    let pair = |i: usize| bits(wd[i]) | bits(ad[i]) << 16;
+    let lo = pair(0) | pair(1) << 32;
+    let hi = pair(2) | pair(3) << 32;
+    let v = _mm256_cvtph_ps(_mm_set_epi64x(hi as i64, lo as i64));
+    _mm256_mul_ps(v, _mm256_movehdup_ps(v))
+}
+
+/// Spreads lanes `i` and `j` of `p` over the two halves of a 512-bit vector.
+#[inline(always)]
+unsafe fn spread(p: __m512, i: i32, j: i32) -> __m512 {
+    let idx = _mm512_set_epi32(j, j, j, j, j, j, j, j, i, i, i, i, i, i, i, i);
+    _mm512_permutexvar_ps(idx, p)
+}
+
+#[inline(always)]
+unsafe fn avx512_q4_0_body<const VNNI: bool>(w: &[BlockQ4_0], a: &[BlockQ8_0]) -> f32 {
+    let (mut acc0, mut acc1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+    let mut wq = w.chunks_exact(4);
+    let mut aq = a.chunks_exact(4);
+    for (wc, ac) in (&mut wq).zip(&mut aq) {
+        let p = _mm512_castps256_ps512(scales_4(
+            [wc[0].d, wc[1].d, wc[2].d, wc[3].d],
+            [ac[0].d, ac[1].d, ac[2].d, ac[3].d],
+        ));
+        let s0 = dot_q4_0_512::<VNNI>(
+            nibbles_512(&wc[0].qs, &wc[1].qs),
+            load_2x32(&ac[0].qs, &ac[1].qs),
+        );
+        let s1 = dot_q4_0_512::<VNNI>(
+            nibbles_512(&wc[2].qs, &wc[3].qs),
+            load_2x32(&ac[2].qs, &ac[3].qs),
+        );
+        acc0 = _mm512_fmadd_ps(spread(p, 0, 2), _mm512_cvtepi32_ps(s0), acc0);
+        acc1 = _mm512_fmadd_ps(spread(p, 4, 6), _mm512_cvtepi32_ps(s1), acc1);
+    }
+    let tail = avx2_blocks(wq.remainder(), aq.remainder(), |w, a| {
+        block_q4_0::<false>(w, a)
+    });
+    _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1)) + tail
+}
+
+#[inline(always)]
+unsafe fn avx512_q8_0_body<const VNNI: bool>(w: &[BlockQ8_0], a: &[BlockQ8_0]) -> f32 {
+    let (mut acc0, mut acc1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+    let mut wq = w.chunks_exact(4);
+    let mut aq = a.chunks_exact(4);
+    for (wc, ac) in (&mut wq).zip(&mut aq) {
+        let p = _mm512_castps256_ps512(scales_4(
+            [wc[0].d, wc[1].d, wc[2].d, wc[3].d],
+            [ac[0].d, ac[1].d, ac[2].d, ac[3].d],
+        ));
+        let s0 = dot_ss_512::<VNNI>(
+            load_2x32(&wc[0].qs, &wc[1].qs),
+            load_2x32(&ac[0].qs, &ac[1].qs),
+        );
+        let s1 = dot_ss_512::<VNNI>(
+            load_2x32(&wc[2].qs, &wc[3].qs),
+            load_2x32(&ac[2].qs, &ac[3].qs),
+        );
+        acc0 = _mm512_fmadd_ps(spread(p, 0, 2), _mm512_cvtepi32_ps(s0), acc0);
+        acc1 = _mm512_fmadd_ps(spread(p, 4, 6), _mm512_cvtepi32_ps(s1), acc1);
+    }
+    let tail = avx2_blocks(wq.remainder(), aq.remainder(), |w, a| {
+        block_q8_0::<false>(w, a)
+    });
+    _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1)) + tail
+}
+
+#[inline(always)]
+unsafe fn avx512_q4_1_body<const VNNI: bool>(w: &[BlockQ4_1], a: &[BlockQ8_1]) -> f32 {
+    let (mut acc0, mut acc1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+    let mut ms = _mm512_setzero_ps();
+    let mut wq = w.chunks_exact(4);
+    let mut aq = a.chunks_exact(4);
+    for (wc, ac) in (&mut wq).zip(&mut aq) {
+        // Per block [d_w, m_w, d_a, s_a], then products [d_w d_a, m_w s_a, ..] by
+        // swapping the halves of each group of four.
+        let hdr = |i: usize| {
+            let wh = bits(wc[i].d) | bits(wc[i].m) << 16;
+            (wh | (bits(ac[i].d) | bits(ac[i].s) << 16) << 32) as i64
+        };
+        let v = _mm512_cvtph_ps(_mm256_set_epi64x(hdr(3), hdr(2), hdr(1), hdr(0)));
+        let p = _mm512_mul_ps(v, _mm512_permute_ps::<0b01_00_11_10>(v));
+        ms = _mm512_mask_add_ps(ms, 0x2222, ms, p);
+        let s0 = dot_us_512::<VNNI>(
+            nibbles_512(&wc[0].qs, &wc[1].qs),
+            load_2x32(&ac[0].qs, &ac[1].qs),
+        );
+        let s1 = dot_us_512::<VNNI>(
+            nibbles_512(&wc[2].qs, &wc[3].qs),
+            load_2x32(&ac[2].qs, &ac[3].qs),
+        );
+        acc0 = _mm512_fmadd_ps(spread(p, 0, 4), _mm512_cvtepi32_ps(s0), acc0);
+        acc1 = _mm512_fmadd_ps(spread(p, 8, 12), _mm512_cvtepi32_ps(s1), acc1);
+    }
+    let tail = avx2_q4_1_body::<false>(wq.remainder(), aq.remainder());
+    _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc0, acc1), ms)) + tail
+}
+
+macro_rules! avx512_dot {
+    ($plain:ident, $vnni:ident, $body:ident, $wt:ty, $at:ty) => {
+        #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl")]
+        unsafe fn $plain(w: &[$wt], a: &[$at]) -> f32 {
+            $body::<false>(w, a)
+        }
+        #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+        unsafe fn $vnni(w: &[$wt], a: &[$at]) -> f32 {
+            $body::<true>(w, a)
+        }
+    };
+}
+
+avx512_dot!(
+    avx512_q4_0,
+    avx512vnni_q4_0,
+    avx512_q4_0_body,
+    BlockQ4_0,
+    BlockQ8_0
+);
+avx512_dot!(
+    avx512_q8_0,
+    avx512vnni_q8_0,
+    avx512_q8_0_body,
+    BlockQ8_0,
+    BlockQ8_0
+);
+avx512_dot!(
+    avx512_q4_1,
+    avx512vnni_q4_1,
+    avx512_q4_1_body,
+    BlockQ4_1,
+    BlockQ8_1
+);
+
+// ---------------------------------------------------------------------------------------
+// Four weight rows against one activation row: each activation pair is loaded (and, for
+// Q4_0, its offset sum computed) once for four rows.
+
+/// `prep` loads an activation pair once (with any per-pair term the weights need), and
+/// `pair` dots two weight blocks with it.
+#[inline(always)]
+unsafe fn avx512_rows4<W, A>(
+    w: [&[W]; 4],
+    a: &[A],
+    hdr: impl Fn(&W) -> [u8; 2],
+    ahdr: impl Fn(&A) -> [u8; 2],
+    pair: impl Fn(&W, &W, __m512i, __m512i) -> __m512i,
+    prep: impl Fn(&A, &A) -> (__m512i, __m512i),
+    tail: impl Fn(&[W], &[A]) -> f32,
+) -> [f32; 4] {
+    let n = a.len() / 4 * 4;
+    let mut acc = [_mm512_setzero_ps(); 4];
+    let mut i = 0;
+    while i < n {
+        let ac = &a[i..i + 4];
+        let (y0, c0) = prep(&ac[0], &ac[1]);
+        let (y1, c1) = prep(&ac[2], &ac[3]);
+        for r in 0..4 {
+            let wc = &w[r][i..i + 4];
+            let p = _mm512_castps256_ps512(scales_4(
+                [hdr(&wc[0]), hdr(&wc[1]), hdr(&wc[2]), hdr(&wc[3])],
+                [ahdr(&ac[0]), ahdr(&ac[1]), ahdr(&ac[2]), ahdr(&ac[3])],
+            ));
+            let s0 = _mm512_cvtepi32_ps(pair(&wc[0], &wc[1], y0, c0));
+            let s1 = _mm512_cvtepi32_ps(pair(&wc[2], &wc[3], y1, c1));
+            acc[r] = _mm512_fmadd_ps(spread(p, 0, 2), s0, acc[r]);
+            acc[r] = _mm512_fmadd_ps(spread(p, 4, 6), s1, acc[r]);
+        }
+        i += 4;
+    }
+    let mut out = [0f32; 4];
+    for r in 0..4 {
+        out[r] = _mm512_reduce_add_ps(acc[r]) + tail(&w[r][n..], &a[n..]);
+    }
+    out
+}
+
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn avx512vnni_q4_0_rows4(w: [&[BlockQ4_0]; 4], a: &[BlockQ8_0]) -> [f32; 4] {
+    avx512_rows4(
+        w,
+        a,
+        |b| b.d,
+        |b| b.d,
+        |w0, w1, y, c| _mm512_sub_epi32(dot_us_512::<true>(nibbles_512(&w0.qs, &w1.qs), y), c),
+        |a0, a1| {
+            let y = load_2x32(&a0.qs, &a1.qs);
+            let c = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_set1_epi8(8), y);
+            (y, c)
+        },
+        |w, a| avx2_blocks(w, a, |w, a| block_q4_0::<false>(w, a)),
+    )
+}
+
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn avx512vnni_q8_0_rows4(w: [&[BlockQ8_0]; 4], a: &[BlockQ8_0]) -> [f32; 4] {
+    avx512_rows4(
+        w,
+        a,
+        |b| b.d,
+        |b| b.d,
+        |w0, w1, y, _| dot_ss_512::<true>(load_2x32(&w0.qs, &w1.qs), y),
+        |a0, a1| (load_2x32(&a0.qs, &a1.qs), _mm512_setzero_si512()),
+        |w, a| avx2_blocks(w, a, |w, a| block_q8_0::<false>(w, a)),
+    )
+}
+
+fn q4_0_4rows_avx512vnni(w: &[&[u8]; 4], a: &[u8]) -> [f32; 4] {
+    let w = w.map(blocks::<BlockQ4_0>);
+    // SAFETY: installed only for Avx512Vnni, after `supported` detected it.
+    unsafe { avx512vnni_q4_0_rows4(w, blocks(a)) }
+}
+
+fn q8_0_4rows_avx512vnni(w: &[&[u8]; 4], a: &[u8]) -> [f32; 4] {
+    let w = w.map(blocks::<BlockQ8_0>);
+    // SAFETY: installed only for Avx512Vnni, after `supported` detected it.
+    unsafe { avx512vnni_q8_0_rows4(w, blocks(a)) }
+}
+
+// ---------------------------------------------------------------------------------------
+// Float dots: four accumulators, then a scalar tail.
+
+macro_rules! float_dot {
+    ($name:ident, $feat:literal, $vec:ty, $zero:ident, $fma:ident, $width:expr, $elt:expr,
+     $load:expr, $reduce:expr, $scalar:path) => {
+        #[target_feature(enable = $feat)]
+        unsafe fn $name(w: &[u8], a: &[u8]) -> f32 {
+            const STEP: usize = $width * 4 * $elt;
+            let n = w.len().min(a.len()) / STEP * STEP;
+            let mut acc: [$vec; 4] = [$zero(); 4];
+            let (wp, ap) = (w.as_ptr(), a.as_ptr());
+            let mut i = 0;
+            while i < n {
+                for (k, acc) in acc.iter_mut().enumerate() {
+                    let o = i + k * $width * $elt;
+                    *acc = $fma($load(wp.add(o)), $load(ap.add(o)), *acc);
+                }
+                i += STEP;
+            }
+            let total = $reduce(acc);
+            total + $scalar(&w[n..], &a[n..])
+        }
+    };
+}
+
+#[inline(always)]
+unsafe fn reduce_256(a: [__m256; 4]) -> f32 {
+    hsum_ps(_mm256_add_ps(
+        _mm256_add_ps(a[0], a[1]),
+        _mm256_add_ps(a[2], a[3]),
+    ))
+}
+
+#[inline(always)]
+unsafe fn reduce_512(a: [__m512; 4]) -> f32 {
+    _mm512_reduce_add_ps(_mm512_add_ps(
+        _mm512_add_ps(a[0], a[1]),
+        _mm512_add_ps(a[2], a[3]),
+    ))
+}
+
+#[inline(always)]
+unsafe fn bf16_256(p: *const u8) -> __m256 {
+    let v = _mm256_cvtepu16_epi32(_mm_loadu_si128(p.cast()));
+    _mm256_castsi256_ps(_mm256_slli_epi32::<16>(v))
+}
+
+#[inline(always)]
+unsafe fn bf16_512(p: *const u8) -> __m512 {
+    let v = _mm512_cvtepu16_epi32(_mm256_loadu_si256(p.cast()));
+    _mm512_castsi512_ps(_mm512_slli_epi32::<16>(v))
+}
+
+use super::super::float::{vec_dot_bf16, vec_dot_f16, vec_dot_f32};
+
+float_dot!(
+    avx2_f32,
+    "avx2,fma,f16c",
+    __m256,
+    _mm256_setzero_ps,
+    _mm256_fmadd_ps,
+    8,
+    4,
+    |p: *const u8| _mm256_loadu_ps(p.cast()),
+    reduce_256,
+    vec_dot_f32
+);
+float_dot!(
+    avx512_f32,
+    "avx2,fma,f16c,avx512f",
+    __m512,
+    _mm512_setzero_ps,
+    _mm512_fmadd_ps,
+    16,
+    4,
+    |p: *const u8| _mm512_loadu_ps(p.cast()),
+    reduce_512,
+    vec_dot_f32
+);
+float_dot!(
+    avx2_f16,
+    "avx2,fma,f16c",
+    __m256,
+    _mm256_setzero_ps,
+    _mm256_fmadd_ps,
+    8,
+    2,
+    |p: *const u8| _mm256_cvtph_ps(_mm_loadu_si128(p.cast())),
+    reduce_256,
+    vec_dot_f16
+);
+float_dot!(
+    avx512_f16,
+    "avx2,fma,f16c,avx512f",
+    __m512,
+    _mm512_setzero_ps,
+    _mm512_fmadd_ps,
+    16,
+    2,
+    |p: *const u8| _mm512_cvtph_ps(_mm256_loadu_si256(p.cast())),
+    reduce_512,
+    vec_dot_f16
+);
+float_dot!(
+    avx2_bf16,
+    "avx2,fma,f16c",
+    __m256,
+    _mm256_setzero_ps,
+    _mm256_fmadd_ps,
+    8,
+    2,
+    |p: *const u8| bf16_256(p),
+    reduce_256,
+    vec_dot_bf16
+);
+float_dot!(
+    avx512_bf16,
+    "avx2,fma,f16c,avx512f",
+    __m512,
+    _mm512_setzero_ps,
+    _mm512_fmadd_ps,
+    16,
+    2,
+    |p: *const u8| bf16_512(p),
+    reduce_512,
+    vec_dot_bf16
+);
+
+/// `vdpbf16ps` multiplies bf16 pairs exactly and adds both into f32 lanes, 32 elements
+/// per instruction. It flushes subnormals, which only moves results by ~1e-38.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512bf16")]
+unsafe fn avx512bf16_bf16(w: &[u8], a: &[u8]) -> f32 {
+    const STEP: usize = 64 * 4;
+    let n = w.len().min(a.len()) / STEP * STEP;
+    let mut acc = [_mm512_setzero_ps(); 4];
+    let (wp, ap) = (w.as_ptr(), a.as_ptr());
+    let mut i = 0;
+    while i < n {
+        for (k, acc) in acc.iter_mut().enumerate() {
+            let o = i + k * 64;
+            let x: __m512bh = std::mem::transmute(_mm512_loadu_si512(wp.add(o).cast()));
+            let y: __m512bh = std::mem::transmute(_mm512_loadu_si512(ap.add(o).cast()));
+            *acc = _mm512_dpbf16_ps(*acc, x, y);
+        }
+        i += STEP;
+    }
+    reduce_512(acc) + avx512_bf16(&w[n..], &a[n..])
+}
+
+// ---------------------------------------------------------------------------------------
+// Activation quantizers: d and 1/d as the scalar code computes them, products rounded to
+// nearest-even, so the bytes match the scalar quantizer exactly.
+
+#[inline(always)]
+unsafe fn quantize_block(x: &[f32]) -> (f32, __m256i, __m256i) {
+    // No closures here: they would not inherit the caller's target features, and the
+    // intrinsics inside would become out-of-line calls.
+    let p = x.as_ptr();
+    let v = [
+        _mm256_loadu_ps(p),
+        _mm256_loadu_ps(p.add(8)),
+        _mm256_loadu_ps(p.add(16)),
+        _mm256_loadu_ps(p.add(24)),
+    ];
+    let sign = _mm256_set1_ps(-0.0);
+    let m = _mm256_max_ps(
+        _mm256_max_ps(_mm256_andnot_ps(sign, v[0]), _mm256_andnot_ps(sign, v[1])),
+        _mm256_max_ps(_mm256_andnot_ps(sign, v[2]), _mm256_andnot_ps(sign, v[3])),
+    );
+    let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps::<1>(m));
+    let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    let amax = _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)));
+    let d = amax / 127.0;
+    let id = _mm256_set1_ps(if d != 0.0 { 1.0 / d } else { 0.0 });
+    let mut q = [_mm256_setzero_si256(); 4];
+    for (q, v) in q.iter_mut().zip(v) {
+        let r = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+            _mm256_mul_ps(v, id),
+        );
+        *q = _mm256_cvtps_epi32(r);
+    }
+    // The two packs interleave 4-element groups across 128-bit lanes; the permute
+    // restores element order.
+    let b = _mm256_packs_epi16(
+        _mm256_packs_epi32(q[0], q[1]),
+        _mm256_packs_epi32(q[2], q[3]),
+    );
+    let b = _mm256_permutevar8x32_epi32(b, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+    let sum = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
+    (d, b, sum)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn avx2_quantize_q8_0(x: &[f32], out: &mut [BlockQ8_0]) {
+    for (b, xs) in out.iter_mut().zip(x.chunks_exact(QK)) {
+        let (d, q, _) = quantize_block(xs);
+        b.d = to_h(d);
+        _mm256_storeu_si256(b.qs.as_mut_ptr().cast(), q);
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn avx2_quantize_q8_1(x: &[f32], out: &mut [BlockQ8_1]) {
+    for (b, xs) in out.iter_mut().zip(x.chunks_exact(QK)) {
+        let (d, q, sum) = quantize_block(xs);
+        let s = _mm_add_epi32(
+            _mm256_castsi256_si128(sum),
+            _mm256_extracti128_si256::<1>(sum),
+        );
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
+        let s = _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s)));
+        b.d = to_h(d);
+        b.s = to_h(d * s as f32);
+        _mm256_storeu_si256(b.qs.as_mut_ptr().cast(), q);
+    }
+}
