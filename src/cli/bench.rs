@@ -39,6 +39,9 @@ pub struct BenchArgs {
     /// Print one JSON array instead of a table.
     #[arg(long)]
     json: bool,
+    /// Run on the NVIDIA GPU (CUDA builds only).
+    #[arg(long)]
+    gpu: bool,
 }
 
 struct Result1 {
@@ -51,6 +54,25 @@ struct Result1 {
 pub fn run(a: BenchArgs) -> Result<(), Failure> {
     let (file, name) = open_model(a.model.as_deref())?;
     let threads = a.threads.unwrap_or_else(default_threads).max(1);
+    if a.gpu {
+        #[cfg(feature = "cuda")]
+        {
+            let gpu = crate::backend::cuda::Cuda::new(0).file()?;
+            let device = gpu.name.clone();
+            let model = Llama::load(&file, gpu).file()?;
+            let results = measure(&a, &model)?;
+            return report(
+                &a,
+                &file,
+                &name,
+                &format!("cuda ({device})"),
+                threads,
+                &results,
+            );
+        }
+        #[cfg(not(feature = "cuda"))]
+        return Err(super::no_cuda());
+    }
     let model = Llama::load(&file, Cpu::new(threads, Precision::Fast)).file()?;
     let results = measure(&a, &model)?;
     report(&a, &file, &name, "cpu", threads, &results)

@@ -66,6 +66,9 @@ pub struct GenArgs {
     /// slower, and the same math as an exact dequantized reference.
     #[arg(long)]
     exact: bool,
+    /// Run the whole model on the NVIDIA GPU (CUDA builds only).
+    #[arg(long)]
+    gpu: bool,
 }
 
 pub fn run(a: GenArgs) -> Result<(), Failure> {

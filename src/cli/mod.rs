@@ -5,6 +5,7 @@ mod gen;
 mod info;
 mod load;
 mod out;
+mod selftest;
 mod tokenize;
 
 use std::process::ExitCode;
@@ -77,6 +78,8 @@ enum Command {
     Info(info::InfoArgs),
     /// Measure prompt processing (pp) and generation (tg) speed, like llama-bench.
     Bench(bench::BenchArgs),
+    /// Check every GPU op against the CPU reference on random inputs.
+    Selftest(selftest::SelftestArgs),
 }
 
 /// Runs the program; returns the process exit code.
@@ -93,6 +96,7 @@ pub fn main() -> ExitCode {
         Command::Tokenize(a) => tokenize::run(a),
         Command::Info(a) => info::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Selftest(a) => selftest::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -121,4 +125,12 @@ fn read_text(arg: Option<String>) -> Result<String, Failure> {
             })
         }
     }
+}
+
+/// The error for `--gpu` in a build without the `cuda` feature.
+#[cfg(not(feature = "cuda"))]
+fn no_cuda() -> Failure {
+    Failure::Usage(anyhow::anyhow!(
+        "this wick was built without CUDA support: rebuild with `--features cuda` to use --gpu"
+    ))
 }

@@ -1,0 +1,332 @@
+//! `wick selftest --gpu`: every CUDA op against the CPU reference op, on random inputs drawn
+//! fresh each run, at several sizes including odd ones, with outputs poisoned first.
+
+use clap::Args;
+
+use super::Failure;
+
+#[derive(Args)]
+pub struct SelftestArgs {
+    /// Test the CUDA backend against the CPU backend.
+    #[arg(long)]
+    gpu: bool,
+    /// Seed for the random inputs (default: drawn from the clock, and printed).
+    #[arg(long)]
+    seed: Option<u64>,
+}
+
+pub fn run(a: SelftestArgs) -> Result<(), Failure> {
+    if !a.gpu {
+        return Err(Failure::Usage(anyhow::anyhow!(
+            "nothing to test: pass --gpu to check the CUDA backend against the CPU"
+        )));
+    }
+    #[cfg(feature = "cuda")]
+    {
+        let seed = a.seed.unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64)
+        });
+        gpu::run(seed)
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = a.seed;
+        Err(super::no_cuda())
+    }
+}
+
+#[cfg(feature = "cuda")]
+mod gpu {
+    use anyhow::{ensure, Result};
+
+    use super::Failure;
+    use crate::backend::cpu::Cpu;
+    use crate::backend::cuda::{Cuda, DeviceMem};
+    use crate::backend::{AttnShape, Backend};
+    use crate::cli::FailWith;
+    use crate::model::Tensor;
+    use crate::quant::{self, GgmlType, Precision};
+
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> f32 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        }
+        fn vec(&mut self, n: usize) -> Vec<f32> {
+            (0..n).map(|_| self.next()).collect()
+        }
+    }
+
+    struct Report {
+        failures: usize,
+        lines: usize,
+    }
+
+    impl Report {
+        fn check(&mut self, name: &str, got: &[f32], want: &[f32], bound: f64) {
+            let mut num = 0f64;
+            let mut den = 0f64;
+            let mut bad = 0usize;
+            for (g, w) in got.iter().zip(want) {
+                if !g.is_finite() {
+                    bad += 1;
+                }
+                num += ((g - w) as f64).powi(2);
+                den += (*w as f64).powi(2);
+            }
+            let rel = (num / den.max(1e-30)).sqrt();
+            let ok = bad == 0 && rel <= bound;
+            if !ok {
+                self.failures += 1;
+            }
+            self.lines += 1;
+            eprintln!(
+                "{} {name:<44} rel err {rel:.2e} (bound {bound:.0e}){}",
+                if ok { "ok  " } else { "FAIL" },
+                if bad > 0 {
+                    format!(", {bad} values unwritten or not finite")
+                } else {
+                    String::new()
+                }
+            );
+        }
+    }
+
+    fn upload(g: &Cuda, v: &[f32]) -> Result<DeviceMem> {
+        let mut m = g.buffer(v.len())?;
+        g.write(&mut m, v)?;
+        Ok(m)
+    }
+
+    fn download(g: &Cuda, m: &DeviceMem, n: usize) -> Result<Vec<f32>> {
+        let mut v = vec![0f32; n];
+        g.read(m, &mut v)?;
+        Ok(v)
+    }
+
+    fn quantized(t: GgmlType, w: &[f32]) -> Vec<u8> {
+        let mut q = vec![0u8; t.bytes_for(w.len() as u64).unwrap_or(0) as usize];
+        quant::quantize_row(t, w, &mut q).expect("sizes match");
+        q
+    }
+
+    pub fn run(seed: u64) -> Result<(), Failure> {
+        let g = Cuda::new(0).file()?;
+        eprintln!(
+            "selftest: {} ({:.1} GiB), seed {seed}",
+            g.name,
+            g.total_mem as f64 / (1u64 << 30) as f64
+        );
+        let cpu = Cpu::new(2, Precision::Exact);
+        let mut rng = Rng(seed | 1);
+        let mut r = Report {
+            failures: 0,
+            lines: 0,
+        };
+        ops(&g, &cpu, &mut rng, &mut r).generation()?;
+        eprintln!("selftest: {} checks, {} failed", r.lines, r.failures);
+        if r.failures > 0 {
+            return Err(Failure::Generation(anyhow::anyhow!(
+                "{} GPU ops disagree with the CPU",
+                r.failures
+            )));
+        }
+        println!("{} passed, 0 failed", r.lines);
+        Ok(())
+    }
+
+    fn ops(g: &Cuda, cpu: &Cpu, rng: &mut Rng, r: &mut Report) -> Result<()> {
+        let types: Vec<GgmlType> = [
+            GgmlType::F32,
+            GgmlType::F16,
+            GgmlType::BF16,
+            GgmlType::Q4_0,
+            GgmlType::Q4_1,
+            GgmlType::Q8_0,
+            GgmlType::Q5_0,
+            GgmlType::Q5_1,
+            GgmlType::Q2_K,
+            GgmlType::Q3_K,
+            GgmlType::Q4_K,
+            GgmlType::Q5_K,
+            GgmlType::Q6_K,
+        ]
+        .into_iter()
+        .filter(|&t| crate::backend::cuda::supports(t))
+        .collect();
+
+        // Matrix products, plain and accumulating, at odd and real sizes.
+        for &t in &types {
+            for (rows, cols, nb) in [
+                (1, 256, 1),
+                (7, 256, 3),
+                (333, 512, 1),
+                (4096, 4096, 1),
+                (129, 2048, 13),
+                (1024, 11008, 64),
+            ] {
+                let w = rng.vec(rows * cols);
+                let q = quantized(t, &w);
+                let tensor = Tensor {
+                    ty: t,
+                    rows,
+                    cols,
+                    data: &q,
+                };
+                let x = rng.vec(nb * cols);
+                let dw = <Cuda as Backend>::weight(g, tensor)?;
+                let dx = upload(g, &x)?;
+                let mut dy = g.buffer(nb * rows)?;
+                g.poison(&mut dy)?;
+                g.matmul(&dx, nb, &[&dw], &mut [&mut dy])?;
+                let mut want = vec![f32::NAN; nb * rows];
+                cpu.matmul(&x, nb, &[&tensor], &mut [&mut want])?;
+                r.check(
+                    &format!("matmul {t} {rows}x{cols} batch {nb}"),
+                    &download(g, &dy, nb * rows)?,
+                    &want,
+                    1e-5,
+                );
+
+                let base = rng.vec(nb * rows);
+                let mut dy = upload(g, &base)?;
+                g.matmul_add(&dx, nb, &dw, &mut dy)?;
+                let mut want = base.clone();
+                cpu.matmul_add(&x, nb, &tensor, &mut want)?;
+                r.check(
+                    &format!("matmul_add {t} {rows}x{cols} batch {nb}"),
+                    &download(g, &dy, nb * rows)?,
+                    &want,
+                    1e-5,
+                );
+            }
+            // Embedding lookup of odd token ids.
+            let (vocab, dim) = (37, 256);
+            let table = quantized(t, &rng.vec(vocab * dim));
+            let tensor = Tensor {
+                ty: t,
+                rows: vocab,
+                cols: dim,
+                data: &table,
+            };
+            let tokens = [0u32, 36, 5, 5, 17];
+            let dt = <Cuda as Backend>::weight(g, tensor)?;
+            let mut dx = g.buffer(tokens.len() * dim)?;
+            g.poison(&mut dx)?;
+            g.embed(&dt, &tokens, &mut dx)?;
+            let mut want = vec![f32::NAN; tokens.len() * dim];
+            cpu.embed(&tensor, &tokens, &mut want)?;
+            r.check(
+                &format!("embed {t}"),
+                &download(g, &dx, want.len())?,
+                &want,
+                1e-6,
+            );
+        }
+
+        // RMSNorm.
+        for (rows, cols) in [(1, 64), (3, 576), (5, 4096)] {
+            let x: Vec<f32> = rng.vec(rows * cols).iter().map(|v| v * 10.0).collect();
+            let wv = rng.vec(cols);
+            let wb: Vec<u8> = wv.iter().flat_map(|v| v.to_le_bytes()).collect();
+            let tensor = Tensor {
+                ty: GgmlType::F32,
+                rows: 1,
+                cols,
+                data: &wb,
+            };
+            let dw = <Cuda as Backend>::weight(g, tensor)?;
+            let dx = upload(g, &x)?;
+            let mut dout = g.buffer(rows * cols)?;
+            g.poison(&mut dout)?;
+            g.rmsnorm(&dx, &dw, 1e-5, rows, &mut dout)?;
+            let mut want = vec![f32::NAN; rows * cols];
+            cpu.rmsnorm(&x, &tensor, 1e-5, rows, &mut want)?;
+            r.check(
+                &format!("rmsnorm {rows}x{cols}"),
+                &download(g, &dout, want.len())?,
+                &want,
+                1e-5,
+            );
+        }
+
+        // SwiGLU.
+        for n in [1, 1000, 14336 * 3] {
+            let (a, b) = (rng.vec(n), rng.vec(n));
+            let mut dg = upload(g, &a)?;
+            let du = upload(g, &b)?;
+            g.swiglu(&mut dg, &du, n)?;
+            let mut want = a.clone();
+            cpu.swiglu(&mut want, &b, n)?;
+            r.check(&format!("swiglu {n}"), &download(g, &dg, n)?, &want, 1e-5);
+        }
+
+        // RoPE with the cache write, then attention, over a prefix already in the cache.
+        for (n_heads, n_kv, head_dim, rope_dims, pos0, n, cap) in [
+            (8, 4, 64, 64, 0, 5, 64),
+            (9, 3, 64, 64, 17, 1, 64),
+            (32, 8, 128, 128, 300, 7, 512),
+            (4, 4, 64, 32, 60, 3, 64),
+        ] {
+            let s = AttnShape {
+                n_heads,
+                n_kv_heads: n_kv,
+                head_dim,
+                rope_dims,
+                rope_theta: 10000.0,
+            };
+            let (qd, kd) = (s.q_dim(), s.kv_dim());
+            let mut ckv = <Cpu as Backend>::kv_cache(cpu, 1, cap, kd)?;
+            let mut gkv = <Cuda as Backend>::kv_cache(g, 1, cap, kd)?;
+            // Fill positions 0..pos0 + n through the op itself, in chunks, as a prefill would.
+            let mut start = 0;
+            while start < pos0 + n {
+                let len = if start < pos0 {
+                    (pos0 - start).min(64)
+                } else {
+                    n
+                };
+                let (q, k, v) = (rng.vec(len * qd), rng.vec(len * kd), rng.vec(len * kd));
+                let (mut cq, mut ck) = (q.clone(), k.clone());
+                cpu.rope_store(&mut cq, &mut ck, &v, &mut ckv, 0, start, len, s)?;
+                let (mut dq, mut dk, dv) = (upload(g, &q)?, upload(g, &k)?, upload(g, &v)?);
+                g.rope_store(&mut dq, &mut dk, &dv, &mut gkv, 0, start, len, s)?;
+                if start >= pos0 {
+                    r.check(
+                        &format!("rope q {n_heads}/{n_kv}x{head_dim} pos {start}"),
+                        &download(g, &dq, len * qd)?,
+                        &cq,
+                        1e-5,
+                    );
+                    r.check(
+                        &format!("rope k {n_heads}/{n_kv}x{head_dim} pos {start}"),
+                        &download(g, &dk, len * kd)?,
+                        &ck,
+                        1e-5,
+                    );
+                    let mut want = vec![f32::NAN; len * qd];
+                    cpu.attention(&cq, &ckv, 0, start, len, s, &mut want)?;
+                    let mut dout = g.buffer(len * qd)?;
+                    g.poison(&mut dout)?;
+                    g.attention(&dq, &gkv, 0, start, len, s, &mut dout)?;
+                    // The GPU cache holds f16, the CPU's f32.
+                    r.check(
+                        &format!("attention {n_heads}/{n_kv}x{head_dim} pos {start} rows {len}"),
+                        &download(g, &dout, len * qd)?,
+                        &want,
+                        2e-3,
+                    );
+                }
+                start += len;
+            }
+        }
+        g.sync()?;
+        ensure!(r.lines > 0, "no checks ran");
+        Ok(())
+    }
+}
