@@ -33,6 +33,26 @@ __host__ __device__ inline int block_bytes(int type) {
     }
 }
 
+__host__ __device__ constexpr bool is_float_type(int type) {
+    return type == T_F32 || type == T_F16 || type == T_BF16;
+}
+
+__host__ __device__ inline int elem_bytes(int type) { return type == T_F32 ? 4 : 2; }
+
+// Bytes of one row of `cols` values. Float rows may end in a partial "block".
+__host__ __device__ inline size_t row_bytes(int type, int cols) {
+    return is_float_type(type) ? (size_t)cols * elem_bytes(type)
+                               : (size_t)(cols / 32) * block_bytes(type);
+}
+
+// One value of a float-typed row.
+template <int TYPE>
+__device__ inline float float_at(const uint8_t *row, int i) {
+    if constexpr (TYPE == T_F32) return reinterpret_cast<const float *>(row)[i];
+    else if constexpr (TYPE == T_F16) return __half2float(reinterpret_cast<const __half *>(row)[i]);
+    else return __bfloat162float(reinterpret_cast<const __nv_bfloat16 *>(row)[i]);
+}
+
 __device__ inline float f16_at(const uint8_t *p) {
     return __half2float(*reinterpret_cast<const __half *>(p));
 }

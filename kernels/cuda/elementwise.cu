@@ -7,21 +7,27 @@
 template <int TYPE>
 __global__ void embed_kernel(const uint8_t *table, int dim, const int32_t *tokens, float *x) {
     int b = blockIdx.y;
-    int blk = blockIdx.x * blockDim.x + threadIdx.x;
-    if (blk >= dim / 32) return;
-    const uint8_t *row = table + (size_t)tokens[b] * (dim / 32) * block_bytes(TYPE);
-    float v[32];
-    dequant_block<TYPE>(row, blk, v);
-    float *o = x + (size_t)b * dim + blk * 32;
+    const uint8_t *row = table + (size_t)tokens[b] * row_bytes(TYPE, dim);
+    float *o = x + (size_t)b * dim;
+    if constexpr (is_float_type(TYPE)) {
+        // One value per thread: float rows need not be whole blocks.
+        for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < dim; i += gridDim.x * blockDim.x)
+            o[i] = float_at<TYPE>(row, i);
+    } else {
+        int blk = blockIdx.x * blockDim.x + threadIdx.x;
+        if (blk >= dim / 32) return;
+        float v[32];
+        dequant_block<TYPE>(row, blk, v);
 #pragma unroll
-    for (int i = 0; i < 32; i++) o[i] = v[i];
+        for (int i = 0; i < 32; i++) o[blk * 32 + i] = v[i];
+    }
 }
 
 extern "C" int wick_embed(int type, const void *table, int dim, const int32_t *tokens, int n,
                           float *x) {
-    if (dim % 32 != 0 || n <= 0) return (int)cudaErrorInvalidValue;
+    if ((!is_float_type(type) && dim % 32 != 0) || n <= 0) return (int)cudaErrorInvalidValue;
     int n_blk = dim / 32;
-    dim3 grid((n_blk + 63) / 64, n), block(64);
+    dim3 grid((n_blk + 63) / 64 + 1, n), block(64);
 #define LAUNCH(T) embed_kernel<T><<<grid, block>>>((const uint8_t *)table, dim, tokens, x)
     WICK_DISPATCH_TYPE(type, LAUNCH)
 #undef LAUNCH

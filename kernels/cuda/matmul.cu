@@ -19,7 +19,7 @@ matmul_kernel(const uint8_t *__restrict__ w, int rows, int cols, const float *__
     int lane = threadIdx.x % 32;
     if (row >= rows) return;
     int n_blocks = cols / 32;
-    const uint8_t *wr = w + (size_t)row * n_blocks * block_bytes(TYPE);
+    const uint8_t *wr = w + (size_t)row * row_bytes(TYPE, cols);
     for (int b0 = 0; b0 < nb; b0 += NB) {
         float acc[NB];
 #pragma unroll
@@ -42,6 +42,18 @@ matmul_kernel(const uint8_t *__restrict__ w, int rows, int cols, const float *__
                 acc[j] += s;
             }
         }
+        // Float rows (such as a 172-wide FFN) may end in a partial block.
+        if constexpr (is_float_type(TYPE)) {
+            int i = n_blocks * 32 + lane;
+            if (i < cols) {
+                float wv = float_at<TYPE>(wr, i);
+#pragma unroll
+                for (int j = 0; j < NB; j++) {
+                    if (b0 + j >= nb) break;
+                    acc[j] += wv * x[(size_t)(b0 + j) * cols + i];
+                }
+            }
+        }
 #pragma unroll
         for (int j = 0; j < NB; j++) {
             if (b0 + j >= nb) break;
@@ -56,7 +68,8 @@ matmul_kernel(const uint8_t *__restrict__ w, int rows, int cols, const float *__
 
 extern "C" int wick_matmul(int type, const void *w, int rows, int cols, const float *x, int nb,
                            float *y, int accumulate) {
-    if (cols % 32 != 0) return (int)cudaErrorInvalidValue;
+    // Quantized rows are whole blocks; float rows need 16-byte aligned activation rows.
+    if (is_float_type(type) ? cols % 4 != 0 : cols % 32 != 0) return (int)cudaErrorInvalidValue;
     dim3 grid((rows + WARPS - 1) / WARPS), block(WARPS * 32);
 #define LAUNCH(T)                                                                       \
     matmul_kernel<T><<<grid, block>>>((const uint8_t *)w, rows, cols, x, nb, y, accumulate)

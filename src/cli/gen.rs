@@ -76,6 +76,16 @@ pub fn run(a: GenArgs) -> Result<(), Failure> {
     let t_start = Instant::now();
     let (file, _name) = open_model(a.model.as_deref())?;
     let tok = Tokenizer::from_gguf(&file).file()?;
+    if a.gpu {
+        #[cfg(feature = "cuda")]
+        {
+            let gpu = crate::backend::cuda::Cuda::new(0).file()?;
+            let model = Llama::load(&file, gpu).file()?;
+            return generate(&a, &model, &tok, &prompt, t_start);
+        }
+        #[cfg(not(feature = "cuda"))]
+        return Err(super::no_cuda());
+    }
     let threads = a.threads.unwrap_or_else(default_threads).max(1);
     let precision = if a.exact {
         Precision::Exact

@@ -162,14 +162,22 @@ mod gpu {
 
         // Matrix products, plain and accumulating, at odd and real sizes.
         for &t in &types {
-            for (rows, cols, nb) in [
+            let sizes = [
                 (1, 256, 1),
                 (7, 256, 3),
                 (333, 512, 1),
                 (4096, 4096, 1),
                 (129, 2048, 13),
                 (1024, 11008, 64),
-            ] {
+            ];
+            // Float rows need not be whole blocks (stories260K's FFN is 172 wide).
+            let float = matches!(t, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16);
+            let odd: &[(usize, usize, usize)] = if float {
+                &[(64, 172, 5), (3, 4, 2)]
+            } else {
+                &[]
+            };
+            for &(rows, cols, nb) in sizes.iter().chain(odd) {
                 let w = rng.vec(rows * cols);
                 let q = quantized(t, &w);
                 let tensor = Tensor {

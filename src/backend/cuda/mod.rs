@@ -232,10 +232,16 @@ impl<'a> Backend<'a> for Cuda {
             "the CUDA backend has no kernels for tensor type {} yet",
             t.ty
         );
+        let float = matches!(t.ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16);
         ensure!(
-            t.cols % 32 == 0,
-            "rows of {} values are not whole blocks",
-            t.cols
+            if float {
+                t.cols % 4 == 0
+            } else {
+                t.cols % 32 == 0
+            },
+            "the CUDA kernels cannot take rows of {} values of {}",
+            t.cols,
+            t.ty
         );
         Ok(DeviceWeight {
             ty: t.ty,
