@@ -5,7 +5,10 @@ mod gen;
 mod info;
 mod load;
 mod out;
+mod quantize;
+mod synth;
 mod tokenize;
+mod write;
 
 use std::process::ExitCode;
 
@@ -77,6 +80,10 @@ enum Command {
     Info(info::InfoArgs),
     /// Measure prompt processing (pp) and generation (tg) speed, like llama-bench.
     Bench(bench::BenchArgs),
+    /// Write a model with a real model's shapes and random weights, for speed tests.
+    Synth(synth::SynthArgs),
+    /// Convert a model's tensors to a quantization mix, as llama-quantize does.
+    Quantize(quantize::QuantizeArgs),
 }
 
 /// Runs the program; returns the process exit code.
@@ -93,6 +100,8 @@ pub fn main() -> ExitCode {
         Command::Tokenize(a) => tokenize::run(a),
         Command::Info(a) => info::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Synth(a) => synth::run(a),
+        Command::Quantize(a) => quantize::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -6,6 +6,8 @@
 //! multiply-adds inside each block. The kernels for each type live in one table, chosen
 //! once per process from the CPU's features.
 
+pub mod encode;
+pub mod mix;
 mod block;
 mod float;
 mod legacy;
