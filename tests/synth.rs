@@ -116,7 +116,11 @@ fn test_tiny_q8_0_loads_and_runs() {
     assert_eq!(f.get_str("general.architecture"), Some("llama"));
     // Every tokenizer key of the vocabulary file, unchanged.
     let vocab = GgufFile::open(&fetched("vocab/ggml-vocab-llama-spm.gguf")).unwrap();
-    for (k, v) in vocab.metadata.iter().filter(|(k, _)| k.starts_with("tokenizer.")) {
+    for (k, v) in vocab
+        .metadata
+        .iter()
+        .filter(|(k, _)| k.starts_with("tokenizer."))
+    {
         assert_eq!(f.get(k), Some(v), "{k}");
     }
 
@@ -132,7 +136,16 @@ fn same_seed_same_file() {
     // ...whatever the thread count.
     let c = tmp_dir().join("tiny-f16-c.gguf");
     ok(&[
-        "synth", "--preset", "test-tiny", "--type", "f16", "--seed", "7", "-t", "1", "-o",
+        "synth",
+        "--preset",
+        "test-tiny",
+        "--type",
+        "f16",
+        "--seed",
+        "7",
+        "-t",
+        "1",
+        "-o",
         c.to_str().unwrap(),
     ]);
     assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&c).unwrap());
@@ -189,7 +202,10 @@ fn smollm2_q4_0() {
     );
     assert_eq!(type_of(&p, "token_embd.weight"), GgmlType::Q8_0);
     assert_eq!(type_of(&p, "blk.29.attn_v.weight"), GgmlType::Q4_0);
-    assert!(GgufFile::open(&p).unwrap().tensor("output.weight").is_none());
+    assert!(GgufFile::open(&p)
+        .unwrap()
+        .tensor("output.weight")
+        .is_none());
     let text = gen(&p, "Once upon a time", 8);
     eprintln!("smollm2 synth q4_0 says: {text:?}");
     assert!(!text.is_empty());
@@ -222,11 +238,22 @@ fn tokenizer_problems_are_one_line_errors() {
     let p = tmp_dir().join("never.gguf");
     let out = wick()
         .env("WICK_TEST_DATA", "/nonexistent/test-data")
-        .args(["synth", "--preset", "tinyllama-1.1b", "--type", "q8_0", "-o"])
+        .args([
+            "synth",
+            "--preset",
+            "tinyllama-1.1b",
+            "--type",
+            "q8_0",
+            "-o",
+        ])
         .arg(&p)
         .output()
         .unwrap();
-    assert_one_line_error(&out, 2, "/nonexistent/test-data/vocab/ggml-vocab-llama-spm.gguf");
+    assert_one_line_error(
+        &out,
+        2,
+        "/nonexistent/test-data/vocab/ggml-vocab-llama-spm.gguf",
+    );
     assert_one_line_error(&out, 2, "scripts/fetch-test-data.sh");
 
     // GPT-2's vocabulary is not TinyLlama's size: refused, not padded.
@@ -245,9 +272,19 @@ fn tokenizer_problems_are_one_line_errors() {
     assert_one_line_error(&out, 1, "has a vocabulary of 32000");
     assert!(!p.exists());
 
-    let out = run(&["synth", "--preset", "gpt-5", "--type", "q8_0", "-o", "x.gguf"]);
+    let out = run(&[
+        "synth", "--preset", "gpt-5", "--type", "q8_0", "-o", "x.gguf",
+    ]);
     assert_one_line_error(&out, 1, "unknown preset");
-    let out = run(&["synth", "--preset", "llama3-8b", "--type", "q4_2", "-o", "x.gguf"]);
+    let out = run(&[
+        "synth",
+        "--preset",
+        "llama3-8b",
+        "--type",
+        "q4_2",
+        "-o",
+        "x.gguf",
+    ]);
     assert_one_line_error(&out, 1, "unknown type");
 }
 
@@ -355,7 +392,13 @@ fn requantizing_q8_0_to_q8_0_is_lossless() {
 
 #[test]
 fn quantize_errors() {
-    let out = run(&["quantize", "/nonexistent/in.gguf", "/tmp/out.gguf", "--type", "q8_0"]);
+    let out = run(&[
+        "quantize",
+        "/nonexistent/in.gguf",
+        "/tmp/out.gguf",
+        "--type",
+        "q8_0",
+    ]);
     assert_one_line_error(&out, 2, "/nonexistent/in.gguf");
     let out = run(&[
         "quantize",

@@ -84,7 +84,9 @@ pub fn run(a: SynthArgs) -> Result<(), Failure> {
             .file();
         }
         Err(e @ GgufError::Io(..)) => return Err(e).file(),
-        Err(e) => return Err(anyhow::Error::new(e).context(vocab_path.display().to_string())).file(),
+        Err(e) => {
+            return Err(anyhow::Error::new(e).context(vocab_path.display().to_string())).file()
+        }
     };
     let (tokenizer, n_tokens) = synth::read_tokenizer(&vocab)
         .map_err(|e| e.context(format!("no tokenizer in {}", vocab_path.display())))

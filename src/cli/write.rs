@@ -44,7 +44,9 @@ pub fn write_file(
             .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", tmp.display()))
             .file()?;
         std::fs::rename(&tmp, path)
-            .map_err(|e| anyhow::anyhow!("cannot rename {} to {}: {e}", tmp.display(), path.display()))
+            .map_err(|e| {
+                anyhow::anyhow!("cannot rename {} to {}: {e}", tmp.display(), path.display())
+            })
             .file()
     });
     if done.is_err() {

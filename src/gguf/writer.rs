@@ -178,7 +178,10 @@ impl<'a> GgufWriter<'a> {
             match &t.data {
                 Some(d) => w.write_all(d)?,
                 None => {
-                    let mut counted = Counted { inner: &mut *w, n: 0 };
+                    let mut counted = Counted {
+                        inner: &mut *w,
+                        n: 0,
+                    };
                     produce(i, &mut counted)?;
                     if counted.n != t.n_bytes {
                         return Err(io::Error::new(
@@ -271,12 +274,18 @@ mod tests {
         let mut whole = GgufWriter::new();
         whole.set("k", Value::U32(7));
         whole.add_tensor("a", &[3], GgmlType::F32, &a[..]).unwrap();
-        whole.add_tensor("b", &[5, 2], GgmlType::F32, &b[..]).unwrap();
+        whole
+            .add_tensor("b", &[5, 2], GgmlType::F32, &b[..])
+            .unwrap();
 
         let mut streamed = GgufWriter::new();
         streamed.set("k", Value::U32(7));
-        streamed.add_tensor("a", &[3], GgmlType::F32, &a[..]).unwrap();
-        streamed.declare_tensor("b", &[5, 2], GgmlType::F32).unwrap();
+        streamed
+            .add_tensor("a", &[3], GgmlType::F32, &a[..])
+            .unwrap();
+        streamed
+            .declare_tensor("b", &[5, 2], GgmlType::F32)
+            .unwrap();
         let mut out = Vec::new();
         streamed
             .write_streaming(&mut out, |i, w| {
@@ -296,7 +305,10 @@ mod tests {
         let e = w
             .write_streaming(&mut Vec::new(), |_, w| w.write_all(&[0; 12]))
             .unwrap_err();
-        assert!(e.to_string().contains("12 bytes produced, 16 needed"), "{e}");
+        assert!(
+            e.to_string().contains("12 bytes produced, 16 needed"),
+            "{e}"
+        );
         assert!(w.write_to(&mut Vec::new()).is_err());
         assert!(w.declare_tensor("c", &[33], GgmlType::Q8_0).is_err());
     }

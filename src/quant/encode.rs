@@ -90,7 +90,10 @@ mod tests {
         let run = |threads| {
             let mut out = Vec::new();
             let mut seen = 0;
-            encode_rows(GgmlType::Q8_0, 64, 37, threads, fill, &mut out, |n| seen += n).unwrap();
+            encode_rows(GgmlType::Q8_0, 64, 37, threads, fill, &mut out, |n| {
+                seen += n
+            })
+            .unwrap();
             assert_eq!(seen, out.len() as u64);
             out
         };

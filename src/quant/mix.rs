@@ -177,7 +177,7 @@ fn mixed_type(ftype: FileType, name: &str, cols: u64, m: &ModelShape) -> GgmlTyp
     // The output matrix, or the embeddings when they double as it: Q6_K for every target
     // but Q8_0, and Q8_0 when the rows do not fill the target's blocks.
     if name == "output.weight" || (!m.has_output && name == "token_embd.weight") {
-        return if cols % default.block_len() as u64 != 0 {
+        return if !cols.is_multiple_of(default.block_len() as u64) {
             T::Q8_0
         } else if default != T::Q8_0 {
             T::Q6_K
@@ -243,13 +243,11 @@ fn mixed_type(ftype: FileType, name: &str, cols: u64, m: &ModelShape) -> GgmlTyp
 /// resort, so that small models with odd widths (stories260K's FFN of 172) still convert.
 fn fallback(cols: u64, t: GgmlType) -> GgmlType {
     use GgmlType as T;
-    if cols % t.block_len() as u64 == 0 {
+    if cols.is_multiple_of(t.block_len() as u64) {
         return t;
     }
     let f = match t {
-        T::Q2_K | T::Q3_K | T::IQ2_XXS | T::IQ2_XS | T::IQ2_S | T::IQ3_XXS | T::IQ3_S => {
-            T::IQ4_NL
-        }
+        T::Q2_K | T::Q3_K | T::IQ2_XXS | T::IQ2_XS | T::IQ2_S | T::IQ3_XXS | T::IQ3_S => T::IQ4_NL,
         T::IQ1_S | T::IQ1_M | T::IQ4_XS => T::IQ4_NL,
         T::TQ1_0 | T::TQ2_0 => T::Q4_0,
         T::Q4_K => T::Q5_0,
@@ -257,7 +255,7 @@ fn fallback(cols: u64, t: GgmlType) -> GgmlType {
         T::Q6_K => T::Q8_0,
         _ => T::F16,
     };
-    if cols % f.block_len() as u64 != 0 {
+    if !cols.is_multiple_of(f.block_len() as u64) {
         T::F16
     } else {
         f
@@ -331,7 +329,11 @@ mod tests {
             (FileType::BF16, T::BF16),
             (FileType::F32, T::F32),
         ] {
-            for name in ["output.weight", "token_embd.weight", "blk.3.ffn_down.weight"] {
+            for name in [
+                "output.weight",
+                "token_embd.weight",
+                "blk.3.ffn_down.weight",
+            ] {
                 assert_eq!(ty(f, name, 4096, &LLAMA3_8B), t, "{f} {name}");
             }
         }
@@ -363,10 +365,19 @@ mod tests {
             n_gqa: 3,
             has_output: false,
         };
-        assert_eq!(ty(FileType::Q4_0, "token_embd.weight", 4096, &tied), T::Q6_K);
-        assert_eq!(ty(FileType::Q4_0, "token_embd.weight", 4096, &LLAMA3_8B), T::Q4_0);
+        assert_eq!(
+            ty(FileType::Q4_0, "token_embd.weight", 4096, &tied),
+            T::Q6_K
+        );
+        assert_eq!(
+            ty(FileType::Q4_0, "token_embd.weight", 4096, &LLAMA3_8B),
+            T::Q4_0
+        );
         // Rows of 576 (SmolLM2) do not fill 256-blocks: Q8_0, as llama.cpp.
-        assert_eq!(ty(FileType::Q4_K_M, "token_embd.weight", 576, &tied), T::Q8_0);
+        assert_eq!(
+            ty(FileType::Q4_K_M, "token_embd.weight", 576, &tied),
+            T::Q8_0
+        );
         // They fill Q4_0's 32-blocks, so the rule picks Q6_K, and its fallback is Q8_0.
         assert_eq!(ty(FileType::Q4_0, "token_embd.weight", 576, &tied), T::Q8_0);
     }
@@ -392,11 +403,26 @@ mod tests {
     #[test]
     fn q5_k_m_and_s() {
         let m = &LLAMA3_8B;
-        assert_eq!(ty(FileType::Q5_K_M, "blk.0.attn_v.weight", 4096, m), T::Q6_K);
-        assert_eq!(ty(FileType::Q5_K_M, "blk.4.attn_v.weight", 4096, m), T::Q5_K);
-        assert_eq!(ty(FileType::Q5_K_M, "blk.6.ffn_down.weight", 14336, m), T::Q6_K);
-        assert_eq!(ty(FileType::Q5_K_M, "blk.0.attn_q.weight", 4096, m), T::Q5_K);
-        assert_eq!(ty(FileType::Q5_K_S, "blk.0.attn_v.weight", 4096, m), T::Q5_K);
+        assert_eq!(
+            ty(FileType::Q5_K_M, "blk.0.attn_v.weight", 4096, m),
+            T::Q6_K
+        );
+        assert_eq!(
+            ty(FileType::Q5_K_M, "blk.4.attn_v.weight", 4096, m),
+            T::Q5_K
+        );
+        assert_eq!(
+            ty(FileType::Q5_K_M, "blk.6.ffn_down.weight", 14336, m),
+            T::Q6_K
+        );
+        assert_eq!(
+            ty(FileType::Q5_K_M, "blk.0.attn_q.weight", 4096, m),
+            T::Q5_K
+        );
+        assert_eq!(
+            ty(FileType::Q5_K_S, "blk.0.attn_v.weight", 4096, m),
+            T::Q5_K
+        );
         assert_eq!(ty(FileType::Q5_K_S, "output.weight", 4096, m), T::Q6_K);
         assert_eq!(ty(FileType::Q6_K, "blk.0.attn_v.weight", 4096, m), T::Q6_K);
         assert_eq!(ty(FileType::Q6_K, "output.weight", 4096, m), T::Q6_K);
@@ -447,9 +473,18 @@ mod tests {
             n_gqa: 8,
             has_output: true,
         };
-        assert_eq!(ty(FileType::Q3_K_S, "blk.40.attn_v.weight", 8192, &m), T::Q5_K);
-        assert_eq!(ty(FileType::Q4_K_M, "blk.40.attn_v.weight", 8192, &m), T::Q5_K);
-        assert_eq!(ty(FileType::Q4_K_M, "blk.0.attn_v.weight", 8192, &m), T::Q6_K);
+        assert_eq!(
+            ty(FileType::Q3_K_S, "blk.40.attn_v.weight", 8192, &m),
+            T::Q5_K
+        );
+        assert_eq!(
+            ty(FileType::Q4_K_M, "blk.40.attn_v.weight", 8192, &m),
+            T::Q5_K
+        );
+        assert_eq!(
+            ty(FileType::Q4_K_M, "blk.0.attn_v.weight", 8192, &m),
+            T::Q6_K
+        );
     }
 
     #[test]
@@ -460,7 +495,10 @@ mod tests {
         assert_eq!(ty(FileType::Q4_K_M, "blk.0.attn_v.weight", 64, m), T::Q8_0);
         assert_eq!(ty(FileType::Q5_K_S, "blk.0.attn_q.weight", 64, m), T::Q5_1);
         assert_eq!(ty(FileType::Q6_K, "blk.0.attn_q.weight", 64, m), T::Q8_0);
-        assert_eq!(ty(FileType::Q3_K_S, "blk.0.attn_q.weight", 64, m), T::IQ4_NL);
+        assert_eq!(
+            ty(FileType::Q3_K_S, "blk.0.attn_q.weight", 64, m),
+            T::IQ4_NL
+        );
         assert_eq!(ty(FileType::Q4_0, "output.weight", 64, m), T::Q8_0);
         assert_eq!(ty(FileType::Q4_K_M, "output.weight", 64, m), T::Q8_0);
         // Rows of 48 fit no 32-block either: F16.
@@ -468,6 +506,9 @@ mod tests {
         // llama.cpp refuses a legacy target here; wick uses F16 (stories260K's FFN of 172).
         assert_eq!(ty(FileType::Q4_0, "blk.0.ffn_down.weight", 172, m), T::F16);
         assert_eq!(ty(FileType::Q8_0, "blk.0.ffn_down.weight", 172, m), T::F16);
-        assert_eq!(ty(FileType::Q4_K_M, "blk.0.ffn_down.weight", 172, m), T::F16);
+        assert_eq!(
+            ty(FileType::Q4_K_M, "blk.0.ffn_down.weight", 172, m),
+            T::F16
+        );
     }
 }

@@ -6,11 +6,11 @@
 //! multiply-adds inside each block. The kernels for each type live in one table, chosen
 //! once per process from the CPU's features.
 
-pub mod encode;
-pub mod mix;
 mod block;
+pub mod encode;
 mod float;
 mod legacy;
+pub mod mix;
 mod types;
 
 use std::sync::OnceLock;

@@ -286,7 +286,10 @@ mod tests {
             .map(|t| t.dims.iter().product::<u64>())
             .sum();
         assert_eq!(params, 8_030_261_248);
-        let v = plan.tensors.iter().find(|t| t.name == "blk.0.attn_v.weight");
+        let v = plan
+            .tensors
+            .iter()
+            .find(|t| t.name == "blk.0.attn_v.weight");
         assert_eq!(v.unwrap().dims, [4096, 1024]);
         assert!(plan
             .tensors
