@@ -7,7 +7,11 @@ use super::{quantize_row, GgmlType, QuantError};
 
 /// Output bytes encoded between two writes: big enough to keep every thread busy, small
 /// enough that a multi-gigabyte embedding table never sits in memory whole.
+#[cfg(not(test))]
 const CHUNK_BYTES: usize = 32 << 20;
+/// Small in tests, so that every tensor there spans several chunks.
+#[cfg(test)]
+const CHUNK_BYTES: usize = 200;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EncodeError {
@@ -41,14 +45,26 @@ where
         return Ok(());
     }
     let per_chunk = (CHUNK_BYTES / row_bytes).clamp(1, rows);
-    let mut buf = vec![0u8; per_chunk * row_bytes];
-    let mut start = 0;
-    while start < rows {
+    let n_chunks = rows.div_ceil(per_chunk);
+    // Two buffers: while the workers fill one chunk, this thread writes the one before, so
+    // the disk and the cores are busy at the same time.
+    let mut bufs = [vec![0u8; per_chunk * row_bytes], Vec::new()];
+    if n_chunks > 1 {
+        bufs[1] = vec![0u8; per_chunk * row_bytes];
+    }
+    // Bytes of the previous chunk, waiting in the other buffer.
+    let mut pending = 0;
+    for k in 0..n_chunks {
+        let start = k * per_chunk;
         let n = per_chunk.min(rows - start);
-        let chunk = &mut buf[..n * row_bytes];
+        let [a, b] = &mut bufs;
+        let (cur, prev) = if k % 2 == 0 { (a, &*b) } else { (b, &*a) };
+        let chunk = &mut cur[..n * row_bytes];
+        let prev = &prev[..pending];
         let per_thread = n.div_ceil(threads.clamp(1, n));
         let fill = &fill;
-        std::thread::scope(|s| {
+        let out = &mut *out;
+        std::thread::scope(|s| -> Result<(), EncodeError> {
             let handles: Vec<_> = chunk
                 .chunks_mut(per_thread * row_bytes)
                 .enumerate()
@@ -63,15 +79,19 @@ where
                     })
                 })
                 .collect();
+            let written = out.write_all(prev);
             handles.into_iter().try_for_each(|h| match h.join() {
                 Ok(r) => r,
                 Err(p) => std::panic::resume_unwind(p),
-            })
+            })?;
+            Ok(written?)
         })?;
-        out.write_all(chunk)?;
-        progress(chunk.len() as u64);
-        start += n;
+        progress(pending as u64);
+        pending = n * row_bytes;
     }
+    let last = &bufs[(n_chunks - 1) % 2][..pending];
+    out.write_all(last)?;
+    progress(pending as u64);
     Ok(())
 }
 
