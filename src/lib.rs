@@ -8,4 +8,5 @@ pub mod model;
 pub mod quant;
 pub mod sample;
 pub mod session;
+pub mod synth;
 pub mod tokenizer;

@@ -5,8 +5,11 @@ mod gen;
 mod info;
 mod load;
 mod out;
+mod quantize;
 mod selftest;
+mod synth;
 mod tokenize;
+mod write;
 
 use std::process::ExitCode;
 
@@ -80,6 +83,10 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Check every GPU op against the CPU reference on random inputs.
     Selftest(selftest::SelftestArgs),
+    /// Write a model with a real model's shapes and random weights, for speed tests.
+    Synth(synth::SynthArgs),
+    /// Convert a model's tensors to a quantization mix, as llama-quantize does.
+    Quantize(quantize::QuantizeArgs),
 }
 
 /// Runs the program; returns the process exit code.
@@ -97,6 +104,8 @@ pub fn main() -> ExitCode {
         Command::Info(a) => info::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Selftest(a) => selftest::run(a),
+        Command::Synth(a) => synth::run(a),
+        Command::Quantize(a) => quantize::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

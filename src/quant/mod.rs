@@ -7,9 +7,11 @@
 //! once per process from the CPU's features.
 
 mod block;
+pub mod encode;
 mod float;
 mod kquants;
 mod legacy;
+pub mod mix;
 pub mod simd;
 mod types;
 
