@@ -11,10 +11,11 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use common::{data_dir, fetched, stories260k, wick};
+use wick::backend::cpu::Cpu;
 use wick::gguf::GgufFile;
 use wick::model::Llama;
 use wick::quant::mix::{tensor_type, FileType, ModelShape};
-use wick::quant::{self, GgmlType};
+use wick::quant::{self, GgmlType, Precision};
 use wick::session::Session;
 
 fn tmp_dir() -> PathBuf {
@@ -221,8 +222,8 @@ fn logits_stay_finite() {
         let mut bytes = Vec::new();
         wick::synth::write(&plan, 3, 2, &mut bytes, |_| {}).unwrap();
         let f = GgufFile::from_vec(bytes).unwrap();
-        let model = Llama::load(&f, 2).unwrap();
-        let mut s = Session::new(&model, 128);
+        let model = Llama::load(&f, Cpu::new(2, Precision::Fast)).unwrap();
+        let mut s = Session::new(&model, 128).unwrap();
         let tokens: Vec<u32> = (0..100).map(|i| (i * 7919) % 49152).collect();
         let logits = s.prefill(&tokens).unwrap();
         assert_eq!(logits.len(), 49152);
