@@ -56,7 +56,14 @@ impl Cpu {
                 for b in 0..n_b {
                     // SAFETY: rows r0..r1 of every output row belong to this thread alone.
                     let o = unsafe { out.slice(b * n_rows + r0, r1 - r0) };
-                    for (r, v) in (r0..r1).zip(o) {
+                    let mut r = r0;
+                    // Four weight rows per call share each load of the activations.
+                    while r + 4 <= r1 {
+                        let v = x.dot4(w.ty, [w.row(r), w.row(r + 1), w.row(r + 2), w.row(r + 3)], b);
+                        o[r - r0..r - r0 + 4].copy_from_slice(&v);
+                        r += 4;
+                    }
+                    for (r, v) in (r..r1).zip(&mut o[r - r0..]) {
                         *v = x.dot(w.ty, w.row(r), b);
                     }
                 }
