@@ -1,90 +1,89 @@
 // Causal attention over the f16 KV cache with grouped-query heads.
 //
-// One block per (query row, head): scores for every cached position go to shared memory,
-// then a block-wide softmax, then each thread accumulates one output dimension. Simple
-// and exact; the tiled flash-attention kernels replace it for long contexts.
+// One block per (query row, head). Each warp walks its own share of the cached positions
+// with an online softmax (running max, running sum, running weighted sum of values), so
+// the kernel needs no memory that grows with the context and its launch does not depend
+// on the position: the decode step can be captured into a CUDA graph. At the end the
+// warps' partial results are merged through shared memory.
 #include <cuda_runtime.h>
 
 #include "common.cuh"
+#include "stream.cuh"
 
-constexpr int ATT_THREADS = 128;
+constexpr int ATT_WARPS = 4;
+constexpr int MAX_HEAD_DIM = 256;
+constexpr int PER_LANE = MAX_HEAD_DIM / 32;
 
-__device__ float block_reduce(float v, float *red, bool is_max) {
-    v = is_max ? warp_max(v) : warp_sum(v);
-    if (threadIdx.x % 32 == 0) red[threadIdx.x / 32] = v;
-    __syncthreads();
-    if (threadIdx.x < 32) {
-        float r = threadIdx.x < ATT_THREADS / 32 ? red[threadIdx.x] : (is_max ? -INFINITY : 0.f);
-        r = is_max ? warp_max(r) : warp_sum(r);
-        if (threadIdx.x == 0) red[0] = r;
-    }
-    __syncthreads();
-    float out = red[0];
-    __syncthreads();
-    return out;
-}
-
-__global__ void __launch_bounds__(ATT_THREADS)
-attention_kernel(const float *q, const __half *kc, const __half *vc, int pos0, int n_heads,
-                 int n_kv_heads, int head_dim, int capacity, float *out) {
-    extern __shared__ float smem[];  // head_dim query values, then pos + 1 scores
-    __shared__ float red[32];
+__global__ void __launch_bounds__(ATT_WARPS * 32)
+attention_kernel(const float *q, const __half *kc, const __half *vc, const int *pos0p,
+                 int n_heads, int n_kv_heads, int head_dim, int capacity, float *out) {
+    __shared__ float part_m[ATT_WARPS], part_l[ATT_WARPS];
+    __shared__ float part_acc[ATT_WARPS][MAX_HEAD_DIM];
     int b = blockIdx.y, h = blockIdx.x;
-    int pos = pos0 + b;
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    int pos = *pos0p + b;
     int kv_dim = n_kv_heads * head_dim;
-    int kvh = h / (n_heads / n_kv_heads);
-    float *qs = smem, *scores = smem + head_dim;
+    int kv_off = (h / (n_heads / n_kv_heads)) * head_dim;
+    // Each lane owns values lane, lane + 32, ... of the head (none past head_dim, which
+    // may be smaller than a warp: stories260K's heads are 8 wide).
+
     const float *qr = q + ((size_t)b * n_heads + h) * head_dim;
-    for (int i = threadIdx.x; i < head_dim; i += ATT_THREADS) qs[i] = qr[i];
+    float qv[PER_LANE], acc[PER_LANE];
+#pragma unroll
+    for (int i = 0; i < PER_LANE; i++) {
+        qv[i] = lane + 32 * i < head_dim ? qr[lane + 32 * i] : 0.f;
+        acc[i] = 0.f;
+    }
+    float scale = rsqrtf((float)head_dim);
+    float m = -INFINITY, l = 0.f;
+    for (int t = warp; t <= pos; t += ATT_WARPS) {
+        size_t slot = (size_t)(t % capacity) * kv_dim + kv_off;
+        const __half *kr = kc + slot;
+        float s = 0.f;
+#pragma unroll
+        for (int i = 0; i < PER_LANE; i++)
+            if (lane + 32 * i < head_dim) s += qv[i] * __half2float(kr[lane + 32 * i]);
+        s = warp_sum(s) * scale;
+        float m_new = fmaxf(m, s);
+        float c = __expf(m - m_new), p = __expf(s - m_new);
+        l = l * c + p;
+        const __half *vr = vc + slot;
+#pragma unroll
+        for (int i = 0; i < PER_LANE; i++)
+            if (lane + 32 * i < head_dim) acc[i] = acc[i] * c + p * __half2float(vr[lane + 32 * i]);
+        m = m_new;
+    }
+    if (lane == 0) {
+        part_m[warp] = m;
+        part_l[warp] = l;
+    }
+#pragma unroll
+    for (int i = 0; i < PER_LANE; i++)
+        if (lane + 32 * i < head_dim) part_acc[warp][lane + 32 * i] = acc[i];
     __syncthreads();
 
-    float scale = rsqrtf((float)head_dim);
+    // Merge the warps: rescale each to the overall max.
     float mx = -INFINITY;
-    for (int t = threadIdx.x; t <= pos; t += ATT_THREADS) {
-        const __half2 *kr =
-            reinterpret_cast<const __half2 *>(kc + (size_t)(t % capacity) * kv_dim + kvh * head_dim);
-        float s = 0.f;
-        for (int i = 0; i < head_dim / 2; i++) {
-            float2 kv = __half22float2(kr[i]);
-            s += qs[2 * i] * kv.x + qs[2 * i + 1] * kv.y;
-        }
-        s *= scale;
-        scores[t] = s;
-        mx = fmaxf(mx, s);
-    }
-    mx = block_reduce(mx, red, true);
-    float sum = 0.f;
-    for (int t = threadIdx.x; t <= pos; t += ATT_THREADS) {
-        float e = __expf(scores[t] - mx);
-        scores[t] = e;
-        sum += e;
-    }
-    sum = block_reduce(sum, red, false);
-    float inv = 1.f / sum;
+    for (int w = 0; w < ATT_WARPS; w++) mx = fmaxf(mx, part_m[w]);
+    float total = 0.f;
+    for (int w = 0; w < ATT_WARPS; w++)
+        if (part_l[w] > 0.f) total += part_l[w] * __expf(part_m[w] - mx);
     float *o = out + ((size_t)b * n_heads + h) * head_dim;
-    for (int d = threadIdx.x; d < head_dim; d += ATT_THREADS) {
-        float acc = 0.f;
-        const __half *vcol = vc + kvh * head_dim + d;
-        for (int t = 0; t <= pos; t++) acc += scores[t] * __half2float(vcol[(size_t)(t % capacity) * kv_dim]);
-        o[d] = acc * inv;
+    for (int d = threadIdx.x; d < head_dim; d += ATT_WARPS * 32) {
+        float v = 0.f;
+        for (int w = 0; w < ATT_WARPS; w++)
+            if (part_l[w] > 0.f) v += part_acc[w][d] * __expf(part_m[w] - mx);
+        o[d] = v / total;
     }
 }
 
-extern "C" int wick_attention(const float *q, const uint16_t *kc, const uint16_t *vc, int pos0,
-                              int n, int n_heads, int n_kv_heads, int head_dim, int capacity,
-                              float *out) {
-    size_t shared = (size_t)(head_dim + pos0 + n) * sizeof(float);
-    static size_t raised = 48 * 1024;
-    if (shared > raised) {
-        cudaError_t e = cudaFuncSetAttribute(attention_kernel,
-                                             cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                             (int)shared);
-        if (e != cudaSuccess) return (int)e;
-        raised = shared;
-    }
+extern "C" int wick_attention(const float *q, const uint16_t *kc, const uint16_t *vc,
+                              const int32_t *pos0, int n, int n_heads, int n_kv_heads,
+                              int head_dim, int capacity, float *out) {
+    if (head_dim > MAX_HEAD_DIM) return (int)cudaErrorInvalidValue;
     dim3 grid(n_heads, n);
-    attention_kernel<<<grid, ATT_THREADS, shared>>>(q, (const __half *)kc, (const __half *)vc,
-                                                   pos0, n_heads, n_kv_heads, head_dim,
-                                                   capacity, out);
+    attention_kernel<<<grid, ATT_WARPS * 32, 0, wick_stream>>>(
+        q, (const __half *)kc, (const __half *)vc, pos0, n_heads, n_kv_heads, head_dim,
+        capacity, out);
     return (int)cudaGetLastError();
 }

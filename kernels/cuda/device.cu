@@ -3,6 +3,9 @@
 #include <string.h>
 
 #include "common.cuh"
+#include "stream.cuh"
+
+cudaStream_t wick_stream = nullptr;
 
 extern "C" int wick_cuda_device_count(int *count) {
     return (int)cudaGetDeviceCount(count);
@@ -20,6 +23,10 @@ extern "C" int wick_cuda_init(int device, char *name, int name_len, size_t *tota
         name[name_len - 1] = 0;
     }
     *total_mem = p.totalGlobalMem;
+    if (!wick_stream) {
+        e = cudaStreamCreateWithFlags(&wick_stream, cudaStreamNonBlocking);
+        if (e != cudaSuccess) return (int)e;
+    }
     *sm_major = p.major;
     *sm_minor = p.minor;
     return 0;
@@ -32,17 +39,45 @@ extern "C" const char *wick_cuda_error_string(int err) {
 extern "C" int wick_cuda_malloc(void **p, size_t bytes) { return (int)cudaMalloc(p, bytes); }
 extern "C" int wick_cuda_free(void *p) { return (int)cudaFree(p); }
 extern "C" int wick_cuda_memset(void *p, int v, size_t bytes) {
-    return (int)cudaMemset(p, v, bytes);
+    cudaError_t e = cudaMemsetAsync(p, v, bytes, wick_stream);
+    return (int)(e != cudaSuccess ? e : cudaStreamSynchronize(wick_stream));
 }
+// Host-to-device copies are queued on the stream, so they stay ordered with the kernels;
+// from pageable memory they return once the source has been read.
 extern "C" int wick_cuda_h2d(void *dst, const void *src, size_t bytes) {
-    return (int)cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice);
+    return (int)cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, wick_stream);
 }
 extern "C" int wick_cuda_d2h(void *dst, const void *src, size_t bytes) {
-    return (int)cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost);
+    cudaError_t e = cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, wick_stream);
+    return (int)(e != cudaSuccess ? e : cudaStreamSynchronize(wick_stream));
 }
 extern "C" int wick_cuda_d2d(void *dst, const void *src, size_t bytes) {
-    return (int)cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToDevice);
+    return (int)cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, wick_stream);
 }
-extern "C" int wick_cuda_sync(void) { return (int)cudaDeviceSynchronize(); }
+extern "C" int wick_cuda_sync(void) { return (int)cudaStreamSynchronize(wick_stream); }
+
+extern "C" int wick_graph_begin(void) {
+    return (int)cudaStreamBeginCapture(wick_stream, cudaStreamCaptureModeThreadLocal);
+}
+
+extern "C" int wick_graph_end(void **exec) {
+    cudaGraph_t g;
+    cudaError_t e = cudaStreamEndCapture(wick_stream, &g);
+    if (e != cudaSuccess) return (int)e;
+    cudaGraphExec_t x;
+    e = cudaGraphInstantiate(&x, g, 0);
+    cudaGraphDestroy(g);
+    if (e != cudaSuccess) return (int)e;
+    *exec = (void *)x;
+    return 0;
+}
+
+extern "C" int wick_graph_launch(void *exec) {
+    return (int)cudaGraphLaunch((cudaGraphExec_t)exec, wick_stream);
+}
+
+extern "C" int wick_graph_destroy(void *exec) {
+    return (int)cudaGraphExecDestroy((cudaGraphExec_t)exec);
+}
 
 extern "C" int wick_cuda_supports_type(int type) { return block_bytes(type) != 0; }

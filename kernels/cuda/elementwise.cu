@@ -3,6 +3,7 @@
 #include <cuda_runtime.h>
 
 #include "common.cuh"
+#include "stream.cuh"
 
 template <int TYPE>
 __global__ void embed_kernel(const uint8_t *table, int dim, const int32_t *tokens, float *x) {
@@ -28,7 +29,7 @@ extern "C" int wick_embed(int type, const void *table, int dim, const int32_t *t
     if ((!is_float_type(type) && dim % 32 != 0) || n <= 0) return (int)cudaErrorInvalidValue;
     int n_blk = dim / 32;
     dim3 grid((n_blk + 63) / 64 + 1, n), block(64);
-#define LAUNCH(T) embed_kernel<T><<<grid, block>>>((const uint8_t *)table, dim, tokens, x)
+#define LAUNCH(T) embed_kernel<T><<<grid, block, 0, wick_stream>>>((const uint8_t *)table, dim, tokens, x)
     WICK_DISPATCH_TYPE(type, LAUNCH)
 #undef LAUNCH
     return (int)cudaGetLastError();
@@ -57,17 +58,17 @@ __global__ void rmsnorm_kernel(const float *x, const float *w, float eps, int co
 
 extern "C" int wick_rmsnorm(const float *x, const float *w, float eps, int rows, int cols,
                             float *out) {
-    rmsnorm_kernel<<<rows, 256>>>(x, w, eps, cols, out);
+    rmsnorm_kernel<<<rows, 256, 0, wick_stream>>>(x, w, eps, cols, out);
     return (int)cudaGetLastError();
 }
 
 // One thread per rotated pair of q or k; threads past the rotated dims copy through. The
 // k and v rows then go to the f16 cache.
 __global__ void rope_store_kernel(float *q, float *k, const float *v, __half *kc, __half *vc,
-                                  int pos0, int n_heads, int n_kv_heads, int head_dim,
+                                  const int *pos0p, int n_heads, int n_kv_heads, int head_dim,
                                   int rope_dims, float theta, int capacity) {
     int b = blockIdx.y;
-    int pos = pos0 + b;
+    int pos = *pos0p + b;
     int q_pairs = n_heads * head_dim / 2, kv_pairs = n_kv_heads * head_dim / 2;
     int kv_dim = n_kv_heads * head_dim;
     for (int p = blockIdx.x * blockDim.x + threadIdx.x; p < q_pairs + kv_pairs;
@@ -100,11 +101,11 @@ __global__ void rope_store_kernel(float *q, float *k, const float *v, __half *kc
 }
 
 extern "C" int wick_rope_store(float *q, float *k, const float *v, uint16_t *kc, uint16_t *vc,
-                               int pos0, int n, int n_heads, int n_kv_heads, int head_dim,
+                               const int32_t *pos0, int n, int n_heads, int n_kv_heads, int head_dim,
                                int rope_dims, float theta, int capacity) {
     int pairs = (n_heads + n_kv_heads) * head_dim / 2;
     dim3 grid((pairs + 127) / 128, n), block(128);
-    rope_store_kernel<<<grid, block>>>(q, k, v, (__half *)kc, (__half *)vc, pos0, n_heads,
+    rope_store_kernel<<<grid, block, 0, wick_stream>>>(q, k, v, (__half *)kc, (__half *)vc, pos0, n_heads,
                                        n_kv_heads, head_dim, rope_dims, theta, capacity);
     return (int)cudaGetLastError();
 }
@@ -118,6 +119,6 @@ __global__ void swiglu_kernel(float *g, const float *u, int n) {
 }
 
 extern "C" int wick_swiglu(float *g, const float *u, int n) {
-    swiglu_kernel<<<(n + 255) / 256, 256>>>(g, u, n);
+    swiglu_kernel<<<(n + 255) / 256, 256, 0, wick_stream>>>(g, u, n);
     return (int)cudaGetLastError();
 }

@@ -7,6 +7,7 @@
 #include <cuda_runtime.h>
 
 #include "common.cuh"
+#include "stream.cuh"
 
 constexpr int WARPS = 4;
 constexpr int NB = 8;  // activation rows per pass over a weight row
@@ -72,7 +73,7 @@ extern "C" int wick_matmul(int type, const void *w, int rows, int cols, const fl
     if (is_float_type(type) ? cols % 4 != 0 : cols % 32 != 0) return (int)cudaErrorInvalidValue;
     dim3 grid((rows + WARPS - 1) / WARPS), block(WARPS * 32);
 #define LAUNCH(T)                                                                       \
-    matmul_kernel<T><<<grid, block>>>((const uint8_t *)w, rows, cols, x, nb, y, accumulate)
+    matmul_kernel<T><<<grid, block, 0, wick_stream>>>((const uint8_t *)w, rows, cols, x, nb, y, accumulate)
     WICK_DISPATCH_TYPE(type, LAUNCH)
 #undef LAUNCH
     return (int)cudaGetLastError();

@@ -27,6 +27,11 @@ int wick_cuda_h2d(void *d_dst, const void *src, size_t bytes);
 int wick_cuda_d2h(void *dst, const void *d_src, size_t bytes);
 int wick_cuda_d2d(void *d_dst, const void *d_src, size_t bytes);
 int wick_cuda_sync(void);
+/* CUDA graphs of the stream's work: record between begin and end, then replay. */
+int wick_graph_begin(void);
+int wick_graph_end(void **exec);
+int wick_graph_launch(void *exec);
+int wick_graph_destroy(void *exec);
 /* 1 if kernels for `type` exist. */
 int wick_cuda_supports_type(int type);
 
@@ -42,15 +47,16 @@ int wick_rmsnorm(const float *d_x, const float *d_w, float eps, int rows, int co
 int wick_matmul(int type, const void *d_w, int rows, int cols, const float *d_x, int nb,
                 float *d_y, int accumulate);
 /* Rotates q (n rows of n_heads heads) and k (n rows of n_kv_heads heads) for positions
- * pos0.., llama.cpp's normal mode (adjacent pairs), and stores k and v as f16 in the cache
- * of one layer (capacity slots of n_kv_heads * head_dim, slot = pos % capacity). */
+ * *d_pos0.., llama.cpp's normal mode (adjacent pairs), and stores k and v as f16 in the
+ * cache of one layer (capacity slots of n_kv_heads * head_dim, slot = pos % capacity).
+ * The position is read on the device, so a recorded graph replays at any position. */
 int wick_rope_store(float *d_q, float *d_k, const float *d_v, uint16_t *d_kcache,
-                    uint16_t *d_vcache, int pos0, int n, int n_heads, int n_kv_heads,
+                    uint16_t *d_vcache, const int32_t *d_pos0, int n, int n_heads, int n_kv_heads,
                     int head_dim, int rope_dims, float theta, int capacity);
-/* Causal attention of n query rows at positions pos0.. over cached positions 0..=pos of
- * one layer, with grouped-query heads. */
+/* Causal attention of n query rows at positions *d_pos0.. over cached positions 0..=pos of
+ * one layer, with grouped-query heads; head_dim at most 256. */
 int wick_attention(const float *d_q, const uint16_t *d_kcache, const uint16_t *d_vcache,
-                   int pos0, int n, int n_heads, int n_kv_heads, int head_dim, int capacity,
+                   const int32_t *d_pos0, int n, int n_heads, int n_kv_heads, int head_dim, int capacity,
                    float *d_out);
 /* g = silu(g) * u over n values. */
 int wick_swiglu(float *d_g, const float *d_u, int n);

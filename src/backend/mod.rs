@@ -39,6 +39,8 @@ pub trait Backend<'a> {
     type Weight;
     /// Keys and values of every layer, for positions `0..capacity`.
     type Kv;
+    /// A recorded decode step that can be replayed (a CUDA graph); `()` where none is kept.
+    type Graph;
 
     /// Makes a weight available: borrowed on the CPU, uploaded once on a GPU.
     fn weight(&self, t: Tensor<'a>) -> Result<Self::Weight>;
@@ -46,7 +48,18 @@ pub trait Backend<'a> {
     fn buffer(&self, n: usize) -> Result<Self::Buf>;
     fn kv_cache(&self, n_layers: usize, capacity: usize, kv_dim: usize) -> Result<Self::Kv>;
 
-    /// `x[b] = table[tokens[b]]`.
+    /// Called at the start of every forward pass, before any op, with its tokens and first
+    /// position (a GPU uploads them here, so recorded steps can replay at a new position).
+    fn begin_forward(&self, tokens: &[u32], pos0: usize) -> Result<()>;
+    /// Runs `step`, the ops of one decode step, or replays what an earlier call recorded in
+    /// `graph` for the same buffers.
+    fn run_step(
+        &self,
+        graph: &mut Option<Self::Graph>,
+        step: &mut dyn FnMut() -> Result<()>,
+    ) -> Result<()>;
+
+    /// `x[b] = table[tokens[b]]` (the same tokens as given to `begin_forward`).
     fn embed(&self, table: &Self::Weight, tokens: &[u32], x: &mut Self::Buf) -> Result<()>;
     /// `out[b] = x[b] / rms(x[b]) * w` for rows `0..rows`.
     fn rmsnorm(

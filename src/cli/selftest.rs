@@ -226,6 +226,7 @@ mod gpu {
             let dt = <Cuda as Backend>::weight(g, tensor)?;
             let mut dx = g.buffer(tokens.len() * dim)?;
             g.poison(&mut dx)?;
+            g.begin_forward(&tokens, 0)?;
             g.embed(&dt, &tokens, &mut dx)?;
             let mut want = vec![f32::NAN; tokens.len() * dim];
             cpu.embed(&tensor, &tokens, &mut want)?;
@@ -280,6 +281,7 @@ mod gpu {
             (9, 3, 64, 64, 17, 1, 64),
             (32, 8, 128, 128, 300, 7, 512),
             (4, 4, 64, 32, 60, 3, 64),
+            (8, 4, 8, 8, 40, 2, 64),
         ] {
             let s = AttnShape {
                 n_heads,
@@ -303,6 +305,7 @@ mod gpu {
                 let (mut cq, mut ck) = (q.clone(), k.clone());
                 cpu.rope_store(&mut cq, &mut ck, &v, &mut ckv, 0, start, len, s)?;
                 let (mut dq, mut dk, dv) = (upload(g, &q)?, upload(g, &k)?, upload(g, &v)?);
+                g.begin_forward(&vec![0; len], start)?;
                 g.rope_store(&mut dq, &mut dk, &dv, &mut gkv, 0, start, len, s)?;
                 if start >= pos0 {
                     r.check(

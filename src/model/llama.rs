@@ -52,6 +52,8 @@ pub struct State<'a, B: Backend<'a>> {
     logits: Vec<f32>,
     pub kv: B::Kv,
     capacity: usize,
+    /// The recorded decode step, once one has run.
+    graph: Option<B::Graph>,
 }
 
 impl<'a, B: Backend<'a>> State<'a, B> {
@@ -131,6 +133,7 @@ impl<'a, B: Backend<'a>> Llama<'a, B> {
             logits: vec![0.0; c.vocab_size],
             kv: be.kv_cache(c.n_layers, ctx, c.kv_dim())?,
             capacity: ctx,
+            graph: None,
         })
     }
 
@@ -144,7 +147,7 @@ impl<'a, B: Backend<'a>> Llama<'a, B> {
         pos0: usize,
         want_logits: bool,
     ) -> Result<()> {
-        let (c, be, shape) = (&self.config, &self.backend, self.shape());
+        let be = &self.backend;
         let n = tokens.len();
         if n == 0 || n > MAX_BATCH {
             bail!("a forward pass takes 1 to {MAX_BATCH} tokens, not {n}");
@@ -156,6 +159,32 @@ impl<'a, B: Backend<'a>> Llama<'a, B> {
                 s.capacity
             );
         }
+        be.begin_forward(tokens, pos0)?;
+        if n == 1 && want_logits {
+            // A decode step: the same ops every time, so a backend may record and replay it.
+            let mut graph = s.graph.take();
+            let r = be.run_step(&mut graph, &mut || self.run_ops(s, tokens, pos0, true));
+            s.graph = graph;
+            r?;
+        } else {
+            self.run_ops(s, tokens, pos0, want_logits)?;
+        }
+        if want_logits {
+            be.read(&s.logits_buf, &mut s.logits)?;
+        }
+        Ok(())
+    }
+
+    /// The ops of a forward pass, from the embedding to the logits on the backend.
+    fn run_ops(
+        &self,
+        s: &mut State<'a, B>,
+        tokens: &[u32],
+        pos0: usize,
+        want_logits: bool,
+    ) -> Result<()> {
+        let (c, be, shape) = (&self.config, &self.backend, self.shape());
+        let n = tokens.len();
         be.embed(&self.embed, tokens, &mut s.x)?;
         for (l, w) in self.layers.iter().enumerate() {
             // Attention block.
@@ -186,7 +215,6 @@ impl<'a, B: Backend<'a>> Llama<'a, B> {
             be.rmsnorm(&s.last, &self.output_norm, c.rms_eps, 1, &mut s.xb)?;
             let output = self.output.as_ref().unwrap_or(&self.embed);
             be.matmul(&s.xb, 1, &[output], &mut [&mut s.logits_buf])?;
-            be.read(&s.logits_buf, &mut s.logits)?;
         }
         Ok(())
     }

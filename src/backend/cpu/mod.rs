@@ -59,7 +59,11 @@ impl Cpu {
                     let mut r = r0;
                     // Four weight rows per call share each load of the activations.
                     while r + 4 <= r1 {
-                        let v = x.dot4(w.ty, [w.row(r), w.row(r + 1), w.row(r + 2), w.row(r + 3)], b);
+                        let v = x.dot4(
+                            w.ty,
+                            [w.row(r), w.row(r + 1), w.row(r + 2), w.row(r + 3)],
+                            b,
+                        );
                         o[r - r0..r - r0 + 4].copy_from_slice(&v);
                         r += 4;
                     }
@@ -77,6 +81,19 @@ impl<'a> Backend<'a> for Cpu {
     type Buf = Vec<f32>;
     type Weight = Tensor<'a>;
     type Kv = KvCache;
+    type Graph = ();
+
+    fn begin_forward(&self, _tokens: &[u32], _pos0: usize) -> Result<()> {
+        Ok(())
+    }
+
+    fn run_step(
+        &self,
+        _graph: &mut Option<()>,
+        step: &mut dyn FnMut() -> Result<()>,
+    ) -> Result<()> {
+        step()
+    }
 
     fn weight(&self, t: Tensor<'a>) -> Result<Tensor<'a>> {
         Ok(t)

@@ -121,11 +121,22 @@ impl DeviceKv {
     }
 }
 
+/// A recorded decode step: an instantiated CUDA graph.
+pub struct Graph(*mut std::ffi::c_void);
+
+impl Drop for Graph {
+    fn drop(&mut self) {
+        // SAFETY: instantiated by wick_graph_end and destroyed once.
+        unsafe { ffi::wick_graph_destroy(self.0) };
+    }
+}
+
 pub struct Cuda {
     pub name: String,
     pub total_mem: usize,
-    tokens: DeviceMem,
-    host_tokens: RefCell<Vec<i32>>,
+    /// The current forward pass's first position, then its tokens, on the device.
+    params: DeviceMem,
+    host_params: RefCell<Vec<i32>>,
 }
 
 impl Cuda {
@@ -169,8 +180,8 @@ impl Cuda {
         Ok(Cuda {
             name,
             total_mem: mem,
-            tokens: DeviceMem::new(MAX_BATCH * 4)?,
-            host_tokens: RefCell::new(Vec::with_capacity(MAX_BATCH)),
+            params: DeviceMem::new((MAX_BATCH + 1) * 4)?,
+            host_params: RefCell::new(Vec::with_capacity(MAX_BATCH + 1)),
         })
     }
 
@@ -211,6 +222,50 @@ impl<'a> Backend<'a> for Cuda {
     type Buf = DeviceMem;
     type Weight = DeviceWeight;
     type Kv = DeviceKv;
+    type Graph = Graph;
+
+    fn begin_forward(&self, tokens: &[u32], pos0: usize) -> Result<()> {
+        ensure!(
+            tokens.len() <= MAX_BATCH,
+            "too many tokens for one forward pass"
+        );
+        let mut host = self.host_params.borrow_mut();
+        host.clear();
+        host.push(pos0 as i32);
+        host.extend(tokens.iter().map(|&t| t as i32));
+        // SAFETY: at most MAX_BATCH + 1 values into a buffer of that size.
+        check(
+            unsafe { ffi::wick_cuda_h2d(self.params.ptr, host.as_ptr().cast(), host.len() * 4) },
+            "copy tokens to the GPU",
+        )
+    }
+
+    fn run_step(
+        &self,
+        graph: &mut Option<Graph>,
+        step: &mut dyn FnMut() -> Result<()>,
+    ) -> Result<()> {
+        if graph.is_none() {
+            // SAFETY: starts recording the stream; every op below only enqueues work on it.
+            check(unsafe { ffi::wick_graph_begin() }, "starting a CUDA graph")?;
+            let recorded = step();
+            let mut exec = std::ptr::null_mut();
+            // SAFETY: ends the recording started above, whatever `step` returned.
+            let ended = check(
+                unsafe { ffi::wick_graph_end(&mut exec) },
+                "recording a CUDA graph",
+            );
+            recorded?;
+            ended?;
+            *graph = Some(Graph(exec));
+        }
+        let g = graph.as_ref().map_or(std::ptr::null_mut(), |g| g.0);
+        // SAFETY: an instantiated graph over buffers that live as long as the state holding it.
+        check(
+            unsafe { ffi::wick_graph_launch(g) },
+            "replaying the decode step",
+        )
+    }
 
     fn weight(&self, t: Tensor<'a>) -> Result<DeviceWeight> {
         if t.rows == 1 {
@@ -267,29 +322,21 @@ impl<'a> Backend<'a> for Cuda {
     }
 
     fn embed(&self, table: &DeviceWeight, tokens: &[u32], x: &mut DeviceMem) -> Result<()> {
-        let mut host = self.host_tokens.borrow_mut();
-        host.clear();
         for &t in tokens {
             ensure!(
                 (t as usize) < table.rows,
                 "token id {t} is outside the vocabulary of {}",
                 table.rows
             );
-            host.push(t as i32);
         }
-        // SAFETY: at most MAX_BATCH tokens (checked by the forward pass) into a buffer of that size.
-        check(
-            unsafe { ffi::wick_cuda_h2d(self.tokens.ptr, host.as_ptr().cast(), host.len() * 4) },
-            "copy tokens to the GPU",
-        )?;
-        // SAFETY: device pointers of matching sizes.
+        // SAFETY: the tokens uploaded by begin_forward follow the position in `params`.
         check(
             unsafe {
                 ffi::wick_embed(
                     type_id(table.ty),
                     table.mem.ptr,
                     table.cols as i32,
-                    self.tokens.ptr.cast(),
+                    self.params.ptr.cast::<i32>().add(1),
                     tokens.len() as i32,
                     x.f32(),
                 )
@@ -402,7 +449,7 @@ impl<'a> Backend<'a> for Cuda {
                     v.f32(),
                     kc,
                     vc,
-                    pos0 as i32,
+                    self.params.ptr.cast(),
                     rows as i32,
                     s.n_heads as i32,
                     s.n_kv_heads as i32,
@@ -426,6 +473,10 @@ impl<'a> Backend<'a> for Cuda {
         s: AttnShape,
         out: &mut DeviceMem,
     ) -> Result<()> {
+        ensure!(
+            pos0 + rows <= kv.capacity,
+            "attention past the context size"
+        );
         let (kc, vc) = kv.layer(layer);
         // SAFETY: as in rope_store.
         check(
@@ -434,7 +485,7 @@ impl<'a> Backend<'a> for Cuda {
                     q.f32(),
                     kc,
                     vc,
-                    pos0 as i32,
+                    self.params.ptr.cast(),
                     rows as i32,
                     s.n_heads as i32,
                     s.n_kv_heads as i32,
