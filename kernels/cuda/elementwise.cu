@@ -26,7 +26,8 @@ __global__ void embed_kernel(const uint8_t *table, int dim, const int32_t *token
 
 extern "C" int wick_embed(int type, const void *table, int dim, const int32_t *tokens, int n,
                           float *x) {
-    if ((!is_float_type(type) && dim % 32 != 0) || n <= 0) return (int)cudaErrorInvalidValue;
+    if ((!is_float_type(type) && dim % block_elems(type) != 0) || n <= 0)
+        return (int)cudaErrorInvalidValue;
     int n_blk = dim / 32;
     dim3 grid((n_blk + 63) / 64 + 1, n), block(64);
 #define LAUNCH(T) embed_kernel<T><<<grid, block, 0, wick_stream>>>((const uint8_t *)table, dim, tokens, x)

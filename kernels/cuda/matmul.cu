@@ -69,8 +69,10 @@ matmul_kernel(const uint8_t *__restrict__ w, int rows, int cols, const float *__
 
 extern "C" int wick_matmul(int type, const void *w, int rows, int cols, const float *x, int nb,
                            float *y, int accumulate) {
-    // Quantized rows are whole blocks; float rows need 16-byte aligned activation rows.
-    if (is_float_type(type) ? cols % 4 != 0 : cols % 32 != 0) return (int)cudaErrorInvalidValue;
+    // Quantized rows are whole blocks (256 values for K-quants); float rows need 16-byte
+    // aligned activation rows.
+    if (is_float_type(type) ? cols % 4 != 0 : cols % block_elems(type) != 0)
+        return (int)cudaErrorInvalidValue;
     dim3 grid((rows + WARPS - 1) / WARPS), block(WARPS * 32);
 #define LAUNCH(T)                                                                       \
     matmul_kernel<T><<<grid, block, 0, wick_stream>>>((const uint8_t *)w, rows, cols, x, nb, y, accumulate)

@@ -2,7 +2,8 @@
  *
  * Every function returns a cudaError_t as an int (0 = success) and launches on the
  * default stream unless it says otherwise. Pointers named d_* are device memory. Tensor
- * types are GGUF type ids (0 = F32, 1 = F16, 2 = Q4_0, 3 = Q4_1, 8 = Q8_0, 30 = BF16, ...).
+ * types are GGUF type ids (0 = F32, 1 = F16, 2 = Q4_0, 3 = Q4_1, 6 = Q5_0, 7 = Q5_1,
+ * 8 = Q8_0, 10..=14 = Q2_K..Q6_K, 30 = BF16); quantized rows are whole blocks.
  */
 #ifndef WICK_CUDA_H
 #define WICK_CUDA_H

@@ -292,7 +292,7 @@ impl<'a> Backend<'a> for Cuda {
             if float {
                 t.cols % 4 == 0
             } else {
-                t.cols % 32 == 0
+                t.cols % t.ty.block_len() == 0
             },
             "the CUDA kernels cannot take rows of {} values of {}",
             t.cols,
