@@ -408,9 +408,25 @@ unsafe fn block_q5_0<const VNNI: bool>(w: &BlockQ5_0, a: &BlockQ8_0) -> (__m256,
     (_mm256_broadcastss_ps(scale_product(w.d, a.d)), s)
 }
 
+/// A plain loop, not `avx2_blocks` with a closure: a closure defined here, outside any
+/// `#[target_feature]` function, would not inherit the caller's features, and the
+/// intrinsics inside it would become calls.
 #[inline(always)]
 unsafe fn q5_0_body<const VNNI: bool>(w: &[BlockQ5_0], a: &[BlockQ8_0]) -> f32 {
-    super::avx2_blocks(w, a, |w, a| block_q5_0::<VNNI>(w, a))
+    let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    let mut wp = w.chunks_exact(2);
+    let mut ap = a.chunks_exact(2);
+    for (wc, ac) in (&mut wp).zip(&mut ap) {
+        let (d0, s0) = block_q5_0::<VNNI>(&wc[0], &ac[0]);
+        let (d1, s1) = block_q5_0::<VNNI>(&wc[1], &ac[1]);
+        acc0 = _mm256_fmadd_ps(d0, s0, acc0);
+        acc1 = _mm256_fmadd_ps(d1, s1, acc1);
+    }
+    if let (Some(wb), Some(ab)) = (wp.remainder().first(), ap.remainder().first()) {
+        let (d, s) = block_q5_0::<VNNI>(wb, ab);
+        acc0 = _mm256_fmadd_ps(d, s, acc0);
+    }
+    hsum_ps(_mm256_add_ps(acc0, acc1))
 }
 
 /// As `block_q4_1`: (d_w * d_a broadcast, the i32 sums as f32, lane 1 = m_w * s_a).
