@@ -61,7 +61,14 @@ fn main() {
         for t in [
             GgmlType::Q4_0,
             GgmlType::Q4_1,
+            GgmlType::Q5_0,
+            GgmlType::Q5_1,
             GgmlType::Q8_0,
+            GgmlType::Q2_K,
+            GgmlType::Q3_K,
+            GgmlType::Q4_K,
+            GgmlType::Q5_K,
+            GgmlType::Q6_K,
             GgmlType::F16,
             GgmlType::BF16,
             GgmlType::F32,
@@ -99,8 +106,11 @@ fn main() {
     }
     println!("== activation quantizer, 11008 values");
     let x = values(11008, 3);
-    for t in [GgmlType::Q8_0, GgmlType::Q8_1] {
+    for t in [GgmlType::Q8_0, GgmlType::Q8_1, GgmlType::Q8_K] {
         for level in supported_levels() {
+            if !t.to_string().contains(&filter) && !level.name().contains(&filter) {
+                continue;
+            }
             let k = kernels_at(level, t).unwrap();
             let mut out = vec![0u8; t.bytes_for(x.len() as u64).unwrap() as usize];
             let d = time(min, || (k.from_float)(black_box(&x), black_box(&mut out)));

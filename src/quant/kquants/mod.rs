@@ -39,7 +39,7 @@ fn dot_i8(a: &[i8], b: &[i8]) -> i32 {
 /// their low four bits in the nibbles of bytes 8..12 and their top two bits in the spare
 /// top bits of bytes 0..8.
 #[inline]
-fn scale_min_k4(j: usize, q: &[u8; K_SCALE_SIZE]) -> (u8, u8) {
+pub(crate) fn scale_min_k4(j: usize, q: &[u8; K_SCALE_SIZE]) -> (u8, u8) {
     if j < 4 {
         (q[j] & 63, q[j + 4] & 63)
     } else {

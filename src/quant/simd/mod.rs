@@ -5,8 +5,9 @@
 //! activations are 8-bit blocks, so each block is an exact integer dot and only the float
 //! accumulation across blocks differs from the scalar reference.
 //!
-//! The SIMD dots assume activation bytes are never -128, which the Q8_0 / Q8_1 quantizers
-//! guarantee (|q| <= 127); weight bytes may take any value.
+//! The SIMD dots assume activation bytes are never -128, which the Q8_0 / Q8_1 / Q8_K
+//! quantizers guarantee (|q| <= 127); weight bytes (sub-block scales included) may take
+//! any value.
 //!
 //! `WICK_SIMD` forces a level, for tests and benchmarks: `scalar`, `avx2`, `avxvnni`,
 //! `avx512`, `avx512vnni` on x86-64; `scalar`, `neon`, `dotprod` on aarch64. A level the

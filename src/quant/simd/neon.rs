@@ -3,9 +3,11 @@
 
 use std::arch::aarch64::*;
 
+use super::super::kquants::scale_min_k4;
 use super::super::legacy::{h, to_h};
 use super::super::{
-    blocks, blocks_mut, BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1, GgmlType, Kernels, QK,
+    blocks, blocks_mut, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ6K, BlockQ8K, BlockQ8_0, BlockQ8_1,
+    GgmlType, Kernels, QK,
 };
 use super::Level;
 
@@ -37,6 +39,10 @@ entry!(q4_1_neon: (w: &[u8], a: &[u8]) -> f32 = neon_q4_1(blocks(w), blocks(a)))
 entry!(q4_1_dotprod: (w: &[u8], a: &[u8]) -> f32 = dotprod_q4_1(blocks(w), blocks(a)));
 entry!(q8_0_neon: (w: &[u8], a: &[u8]) -> f32 = neon_q8_0(blocks(w), blocks(a)));
 entry!(q8_0_dotprod: (w: &[u8], a: &[u8]) -> f32 = dotprod_q8_0(blocks(w), blocks(a)));
+entry!(q4_k_neon: (w: &[u8], a: &[u8]) -> f32 = neon_q4_k(blocks(w), blocks(a)));
+entry!(q4_k_dotprod: (w: &[u8], a: &[u8]) -> f32 = dotprod_q4_k(blocks(w), blocks(a)));
+entry!(q6_k_neon: (w: &[u8], a: &[u8]) -> f32 = neon_q6_k(blocks(w), blocks(a)));
+entry!(q6_k_dotprod: (w: &[u8], a: &[u8]) -> f32 = dotprod_q6_k(blocks(w), blocks(a)));
 entry!(f32_neon: (w: &[u8], a: &[u8]) -> f32 = neon_f32(w, a));
 entry!(f16_neon: (w: &[u8], a: &[u8]) -> f32 = neon_f16(w, a));
 entry!(bf16_neon: (w: &[u8], a: &[u8]) -> f32 = neon_bf16(w, a));
@@ -55,6 +61,8 @@ pub(super) fn overlay(level: Level, t: GgmlType, k: &mut Kernels) {
             k.from_float = quantize_q8_0_neon;
         }
         T::Q8_1 => k.from_float = quantize_q8_1_neon,
+        T::Q4_K => k.vec_dot = Some(pick(q4_k_neon, q4_k_dotprod)),
+        T::Q6_K => k.vec_dot = Some(pick(q6_k_neon, q6_k_dotprod)),
         T::F32 => k.vec_dot = Some(f32_neon),
         T::F16 => k.vec_dot = Some(f16_neon),
         T::BF16 => k.vec_dot = Some(bf16_neon),
@@ -159,6 +167,84 @@ macro_rules! neon_dot {
 neon_dot!(neon_q4_0, dotprod_q4_0, q4_0_body, BlockQ4_0, BlockQ8_0);
 neon_dot!(neon_q4_1, dotprod_q4_1, q4_1_body, BlockQ4_1, BlockQ8_1);
 neon_dot!(neon_q8_0, dotprod_q8_0, q8_0_body, BlockQ8_0, BlockQ8_0);
+neon_dot!(neon_q4_k, dotprod_q4_k, q4_k_body, BlockQ4K, BlockQ8K);
+neon_dot!(neon_q6_k, dotprod_q6_k, q6_k_body, BlockQ6K, BlockQ8K);
+
+// K-quants: each sub-block's integer dot (four i32 lanes) takes its scale with one
+// multiply-accumulate; the super-block scales apply once per 256 elements.
+
+#[inline(always)]
+unsafe fn q4_k_body<const SDOT: bool>(w: &[BlockQ4K], a: &[BlockQ8K]) -> f32 {
+    let mut acc = vdupq_n_f32(0.0);
+    let mut mins = 0f32;
+    for (wb, ab) in w.iter().zip(a) {
+        let mut isum = vdupq_n_s32(0);
+        let mut summs = 0i32;
+        for j in 0..4 {
+            let q = wb.qs.as_ptr().add(32 * j);
+            let (q0, q1) = (vld1q_u8(q), vld1q_u8(q.add(16)));
+            let y = ab.qs.as_ptr().add(64 * j);
+            let (lo0, lo1) = (
+                vandq_u8(q0, vdupq_n_u8(0x0f)),
+                vandq_u8(q1, vdupq_n_u8(0x0f)),
+            );
+            let (hi0, hi1) = (vshrq_n_u8::<4>(q0), vshrq_n_u8::<4>(q1));
+            let s = vdupq_n_s32(0);
+            let sl = dot_i8::<SDOT>(s, vreinterpretq_s8_u8(lo0), vld1q_s8(y));
+            let sl = dot_i8::<SDOT>(sl, vreinterpretq_s8_u8(lo1), vld1q_s8(y.add(16)));
+            let sh = dot_i8::<SDOT>(s, vreinterpretq_s8_u8(hi0), vld1q_s8(y.add(32)));
+            let sh = dot_i8::<SDOT>(sh, vreinterpretq_s8_u8(hi1), vld1q_s8(y.add(48)));
+            let (sc0, m0) = scale_min_k4(2 * j, &wb.scales);
+            let (sc1, m1) = scale_min_k4(2 * j + 1, &wb.scales);
+            isum = vmlaq_n_s32(isum, sl, sc0 as i32);
+            isum = vmlaq_n_s32(isum, sh, sc1 as i32);
+            summs += m0 as i32 * (ab.bsum(4 * j) + ab.bsum(4 * j + 1));
+            summs += m1 as i32 * (ab.bsum(4 * j + 2) + ab.bsum(4 * j + 3));
+        }
+        acc = vfmaq_n_f32(acc, vcvtq_f32_s32(isum), h(wb.d) * ab.d());
+        mins += h(wb.dmin) * ab.d() * summs as f32;
+    }
+    vaddvq_f32(acc) - mins
+}
+
+#[inline(always)]
+unsafe fn q6_k_body<const SDOT: bool>(w: &[BlockQ6K], a: &[BlockQ8K]) -> f32 {
+    let mut acc = vdupq_n_f32(0.0);
+    let (lo4, two) = (vdupq_n_u8(0x0f), vdupq_n_u8(3));
+    let off = vdupq_n_s8(32);
+    for (wb, ab) in w.iter().zip(a) {
+        let mut isum = vdupq_n_s32(0);
+        for half in 0..2 {
+            for c in 0..2 {
+                // Sixteen bytes of each run feed elements l, l + 32, l + 64, l + 96 of
+                // this half (l in 16c..16c + 16).
+                let ql0 = vld1q_u8(wb.ql.as_ptr().add(64 * half + 16 * c));
+                let ql1 = vld1q_u8(wb.ql.as_ptr().add(64 * half + 32 + 16 * c));
+                let qh = vld1q_u8(wb.qh.as_ptr().add(32 * half + 16 * c));
+                let q = [
+                    vorrq_u8(vandq_u8(ql0, lo4), vshlq_n_u8::<4>(vandq_u8(qh, two))),
+                    vorrq_u8(
+                        vandq_u8(ql1, lo4),
+                        vshlq_n_u8::<4>(vandq_u8(vshrq_n_u8::<2>(qh), two)),
+                    ),
+                    vorrq_u8(
+                        vshrq_n_u8::<4>(ql0),
+                        vshlq_n_u8::<4>(vandq_u8(vshrq_n_u8::<4>(qh), two)),
+                    ),
+                    vorrq_u8(vshrq_n_u8::<4>(ql1), vshlq_n_u8::<4>(vshrq_n_u8::<6>(qh))),
+                ];
+                for (k, q) in q.into_iter().enumerate() {
+                    let e = 128 * half + 32 * k + 16 * c;
+                    let x = vsubq_s8(vreinterpretq_s8_u8(q), off);
+                    let s = dot_i8::<SDOT>(vdupq_n_s32(0), x, vld1q_s8(ab.qs.as_ptr().add(e)));
+                    isum = vmlaq_n_s32(isum, s, wb.scales[e / 16] as i32);
+                }
+            }
+        }
+        acc = vfmaq_n_f32(acc, vcvtq_f32_s32(isum), h(wb.d) * ab.d());
+    }
+    vaddvq_f32(acc)
+}
 
 /// Four accumulators of four lanes over 16 elements per step, then the scalar tail.
 #[inline(always)]

@@ -37,17 +37,29 @@ fn encode(t: GgmlType, x: &[f32]) -> Vec<u8> {
     q
 }
 
-/// A weight row: quantized values, then (for 8-bit and 4-bit types) every quant byte
-/// randomized, so all nibbles and bytes (-128 included) occur.
+/// The byte range of each block that holds quants and sub-block scales: everything but
+/// the f16 super-block scales, which random bytes could turn into NaN or infinity.
+fn random_part(t: GgmlType) -> Option<std::ops::Range<usize>> {
+    use GgmlType as T;
+    let b = t.block_bytes();
+    Some(match t {
+        T::Q4_0 | T::Q8_0 | T::Q5_0 => 2..b,
+        T::Q4_1 | T::Q5_1 | T::Q4_K | T::Q5_K => 4..b,
+        T::Q2_K => 0..b - 4,
+        T::Q3_K | T::Q6_K => 0..b - 2,
+        _ => return None,
+    })
+}
+
+/// A weight row: quantized values, then (for quantized types) every quant and sub-block
+/// scale byte randomized, so all nibbles, bytes (-128 included) and scales occur.
 fn weight_row(t: GgmlType, n: usize, rng: &mut Rng) -> Vec<u8> {
     let mut q = encode(t, &rng.values(n));
-    let (header, block) = match t {
-        GgmlType::Q4_0 | GgmlType::Q8_0 => (2, t.block_bytes()),
-        GgmlType::Q4_1 => (4, t.block_bytes()),
-        _ => return q,
+    let Some(part) = random_part(t) else {
+        return q;
     };
-    for b in q.chunks_exact_mut(block) {
-        for byte in &mut b[header..] {
+    for b in q.chunks_exact_mut(t.block_bytes()) {
+        for byte in &mut b[part.clone()] {
             *byte = rng.next() as u8;
         }
     }
@@ -67,17 +79,27 @@ fn magnitude(t: GgmlType, w: &[u8], a: &[u8], n: usize) -> f64 {
         .sum()
 }
 
-const DOT_TYPES: [GgmlType; 6] = [
+const DOT_TYPES: [GgmlType; 13] = [
     GgmlType::Q4_0,
     GgmlType::Q4_1,
+    GgmlType::Q5_0,
+    GgmlType::Q5_1,
     GgmlType::Q8_0,
+    GgmlType::Q2_K,
+    GgmlType::Q3_K,
+    GgmlType::Q4_K,
+    GgmlType::Q5_K,
+    GgmlType::Q6_K,
     GgmlType::F32,
     GgmlType::F16,
     GgmlType::BF16,
 ];
 
 fn lengths(t: GgmlType) -> Vec<usize> {
-    let mut n = vec![32, 64, 96, 160, 224, 256, 4096, 11008, 32 * 347];
+    if t.block_len() == 256 {
+        return vec![256, 512, 768, 4096, 11008, 14336];
+    }
+    let mut n = vec![32, 64, 96, 160, 224, 256, 4096, 11008, 14336, 32 * 347];
     if t.block_len() == 1 {
         n.extend([1, 7, 77, 100, 1001, 4097]);
     }
@@ -153,22 +175,31 @@ fn four_row_dots_match_scalar() {
 #[test]
 fn quantizers_match_scalar_bytes() {
     let mut rng = Rng::new(5);
-    let mut inputs: Vec<Vec<f32>> = [32, 64, 96, 4096, 11008]
+    let mut inputs: Vec<Vec<f32>> = [32, 64, 96, 256, 512, 4096, 11008, 14336]
         .iter()
         .map(|&n| rng.values(n))
         .collect();
     // A zero block, and exact ties: amax 127 makes d = 1, so k + 0.5 lands on a tie.
-    inputs.push(vec![0.0; 32]);
+    inputs.push(vec![0.0; 256]);
     inputs.push(
-        (0..64)
+        (0..512)
             .map(|i| match i % 32 {
                 0 => 127.0,
                 j => (j as f32 - 16.0) + 0.5,
             })
             .collect(),
     );
-    for t in [GgmlType::Q8_0, GgmlType::Q8_1] {
-        for x in &inputs {
+    // Q8_K keeps the sign of the first value of largest magnitude: ties of both signs.
+    let mut ties = rng.values(512);
+    ties[3] = -40.0;
+    ties[200] = 40.0;
+    ties[300] = 40.0;
+    ties[400] = -40.0;
+    inputs.push(ties);
+    // Sums of 16 quants at the i16 extremes of a saturating byte.
+    inputs.push((0..256).map(|i| if i < 128 { -1.0 } else { 1.0 }).collect());
+    for t in [GgmlType::Q8_0, GgmlType::Q8_1, GgmlType::Q8_K] {
+        for x in inputs.iter().filter(|x| x.len() % t.block_len() == 0) {
             let want = encode(t, x);
             for level in supported_levels() {
                 let mut got = vec![0u8; want.len()];

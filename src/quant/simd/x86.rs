@@ -46,6 +46,8 @@ macro_rules! entry {
     };
 }
 
+mod kquants;
+
 entry!(q4_0_avx2: (w: &[u8], a: &[u8]) -> f32 = avx2_q4_0(blocks(w), blocks(a)));
 entry!(q4_0_avxvnni: (w: &[u8], a: &[u8]) -> f32 = avxvnni_q4_0(blocks(w), blocks(a)));
 entry!(q4_0_avx512: (w: &[u8], a: &[u8]) -> f32 = avx512_q4_0(blocks(w), blocks(a)));
@@ -77,6 +79,9 @@ pub(super) fn overlay(level: Level, t: GgmlType, k: &mut Kernels) {
         Level::Avx512Vnni => avx512vnni,
         _ => avx2,
     };
+    if kquants::overlay(level, t, k) {
+        return;
+    }
     let (dot, quantize): (Dot, Option<Quantize>) = match t {
         T::Q4_0 => (
             pick(q4_0_avx2, q4_0_avxvnni, q4_0_avx512, q4_0_avx512vnni),

@@ -1,0 +1,566 @@
+//! x86-64 kernels for the K-quants (against Q8_K activations), the Q8_K quantizer, and
+//! Q5_0 / Q5_1.
+//!
+//! One super-block per step on 256-bit vectors. The K-quants scale every 16 or 32 quants
+//! separately, so the products stay in i16 lanes (`vpmaddubsw`) until `vpmaddwd` applies
+//! the scales; `vpdpbusd` would leave i32 sums that need a 32-bit multiply per scale,
+//! which costs more than it saves. The AVX-512 levels run the same bodies compiled with
+//! AVX-512 enabled (EVEX encodings, 32 registers); the weight stream, not the arithmetic,
+//! bounds these kernels.
+//!
+//! Quants are kept unsigned (offsets such as Q6_K's -32 come off afterwards through the
+//! activations' 16-element sums), so `vpmaddubsw` sees u8 <= 63 against s8 in
+//! -127..=127: a pair sums to at most 2 * 63 * 127, no saturation.
+
+use std::arch::x86_64::*;
+
+use super::{bits, dot_ss_256, dot_us_256, hsum_ps, nibbles_256, scale_product, Dot};
+use crate::quant::simd::Level;
+use crate::quant::{
+    blocks, blocks_mut, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K,
+    BlockQ8K, BlockQ8_0, BlockQ8_1, GgmlType, Kernels, QK_K,
+};
+
+entry!(q2_k_avx2: (w: &[u8], a: &[u8]) -> f32 = avx2_q2_k(blocks(w), blocks(a)));
+entry!(q2_k_avx512: (w: &[u8], a: &[u8]) -> f32 = avx512_q2_k(blocks(w), blocks(a)));
+entry!(q3_k_avx2: (w: &[u8], a: &[u8]) -> f32 = avx2_q3_k(blocks(w), blocks(a)));
+entry!(q3_k_avx512: (w: &[u8], a: &[u8]) -> f32 = avx512_q3_k(blocks(w), blocks(a)));
+entry!(q4_k_avx2: (w: &[u8], a: &[u8]) -> f32 = avx2_q4_k(blocks(w), blocks(a)));
+entry!(q4_k_avx512: (w: &[u8], a: &[u8]) -> f32 = avx512_q4_k(blocks(w), blocks(a)));
+entry!(q5_k_avx2: (w: &[u8], a: &[u8]) -> f32 = avx2_q5_k(blocks(w), blocks(a)));
+entry!(q5_k_avx512: (w: &[u8], a: &[u8]) -> f32 = avx512_q5_k(blocks(w), blocks(a)));
+entry!(q6_k_avx2: (w: &[u8], a: &[u8]) -> f32 = avx2_q6_k(blocks(w), blocks(a)));
+entry!(q6_k_avx512: (w: &[u8], a: &[u8]) -> f32 = avx512_q6_k(blocks(w), blocks(a)));
+entry!(q5_0_avx2: (w: &[u8], a: &[u8]) -> f32 = avx2_q5_0(blocks(w), blocks(a)));
+entry!(q5_0_avxvnni: (w: &[u8], a: &[u8]) -> f32 = avxvnni_q5_0(blocks(w), blocks(a)));
+entry!(q5_0_avx512: (w: &[u8], a: &[u8]) -> f32 = avx512_q5_0(blocks(w), blocks(a)));
+entry!(q5_1_avx2: (w: &[u8], a: &[u8]) -> f32 = avx2_q5_1(blocks(w), blocks(a)));
+entry!(q5_1_avxvnni: (w: &[u8], a: &[u8]) -> f32 = avxvnni_q5_1(blocks(w), blocks(a)));
+entry!(q5_1_avx512: (w: &[u8], a: &[u8]) -> f32 = avx512_q5_1(blocks(w), blocks(a)));
+entry!(quantize_q8_k_avx2: (x: &[f32], o: &mut [u8]) -> () = avx2_quantize_q8_k(x, blocks_mut(o)));
+
+/// Installs this module's kernels for `t`; false if it has none.
+pub(super) fn overlay(level: Level, t: GgmlType, k: &mut Kernels) -> bool {
+    use GgmlType as T;
+    let wide = matches!(level, Level::Avx512 | Level::Avx512Vnni);
+    let pick = |avx2: Dot, avx512: Dot| if wide { avx512 } else { avx2 };
+    let dot = match t {
+        T::Q2_K => pick(q2_k_avx2, q2_k_avx512),
+        T::Q3_K => pick(q3_k_avx2, q3_k_avx512),
+        T::Q4_K => pick(q4_k_avx2, q4_k_avx512),
+        T::Q5_K => pick(q5_k_avx2, q5_k_avx512),
+        T::Q6_K => pick(q6_k_avx2, q6_k_avx512),
+        T::Q5_0 if level == Level::AvxVnni => q5_0_avxvnni,
+        T::Q5_0 => pick(q5_0_avx2, q5_0_avx512),
+        T::Q5_1 if level == Level::AvxVnni => q5_1_avxvnni,
+        T::Q5_1 => pick(q5_1_avx2, q5_1_avx512),
+        T::Q8_K => {
+            // Activations only: a faster quantizer, still no dot.
+            k.from_float = quantize_q8_k_avx2;
+            return true;
+        }
+        _ => return false,
+    };
+    k.vec_dot = Some(dot);
+    true
+}
+
+/// Each body once with AVX2 and once with AVX-512 enabled.
+macro_rules! k_dot {
+    ($avx2:ident, $avx512:ident, $body:ident, $wt:ty) => {
+        #[target_feature(enable = "avx2,fma,f16c")]
+        unsafe fn $avx2(w: &[$wt], a: &[BlockQ8K]) -> f32 {
+            $body(w, a)
+        }
+        #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl")]
+        unsafe fn $avx512(w: &[$wt], a: &[BlockQ8K]) -> f32 {
+            $body(w, a)
+        }
+    };
+}
+
+k_dot!(avx2_q2_k, avx512_q2_k, q2_k_body, BlockQ2K);
+k_dot!(avx2_q3_k, avx512_q3_k, q3_k_body, BlockQ3K);
+k_dot!(avx2_q4_k, avx512_q4_k, q4_k_body, BlockQ4K);
+k_dot!(avx2_q5_k, avx512_q5_k, q5_k_body, BlockQ5K);
+k_dot!(avx2_q6_k, avx512_q6_k, q6_k_body, BlockQ6K);
+
+// ---------------------------------------------------------------------------------------
+// Shared pieces.
+
+#[inline(always)]
+unsafe fn load(p: *const u8) -> __m256i {
+    _mm256_loadu_si256(p.cast())
+}
+
+#[inline(always)]
+unsafe fn load_y(a: &BlockQ8K, offset: usize) -> __m256i {
+    _mm256_loadu_si256(a.qs.as_ptr().add(offset).cast())
+}
+
+/// `[d_w * d_a, m_w * d_a]` in lanes 0 and 1, from the weight's f16 scale and minimum
+/// scale and the activations' f32 scale: the products the scalar code rounds.
+#[inline(always)]
+unsafe fn super_scales(d: [u8; 2], dmin: [u8; 2], a: &BlockQ8K) -> __m128 {
+    let v = _mm_cvtph_ps(_mm_cvtsi32_si128((bits(d) | bits(dmin) << 16) as i32));
+    _mm_mul_ps(v, _mm_set1_ps(a.d()))
+}
+
+/// The activations' sixteen 16-element sums as i16 lanes.
+#[inline(always)]
+unsafe fn bsums(a: &BlockQ8K) -> __m256i {
+    _mm256_loadu_si256(a.bsums.as_ptr().cast())
+}
+
+/// Scales `i` and `i + 1` of sixteen signed bytes, each spread over eight i16 lanes of one
+/// half: the factors for a vector of 32 quants that spans two 16-element sub-blocks.
+#[inline(always)]
+unsafe fn scale_pair(sc: __m128i, i: usize) -> __m256i {
+    let lo = i as i64 * 0x0101_0101_0101_0101;
+    let hi = (i as i64 + 1) * 0x0101_0101_0101_0101;
+    _mm256_cvtepi8_epi16(_mm_shuffle_epi8(sc, _mm_set_epi64x(hi, lo)))
+}
+
+/// Eight i32 lanes of `sum(sc * q * y)` over one vector of 32 unsigned quants, whose two
+/// halves belong to sub-blocks with the i16 scales in the halves of `sc`.
+#[inline(always)]
+unsafe fn dot_scaled(q: __m256i, y: __m256i, sc: __m256i) -> __m256i {
+    _mm256_madd_epi16(_mm256_maddubs_epi16(q, y), sc)
+}
+
+// ---------------------------------------------------------------------------------------
+// Sub-blocks of 16: Q2_K, Q3_K, Q6_K. Each 128-element half packs its quants so that
+// byte `l` of a 32-byte run feeds elements `l`, `l + 32`, `l + 64`, `l + 96`: four vectors
+// of 32 quants, each spanning two sub-blocks.
+
+/// `sum_j sc[j] * dot(q_j, y_j)` over the eight sub-blocks of one half (scales `8 * half`..).
+#[inline(always)]
+unsafe fn half_16(q: [__m256i; 4], a: &BlockQ8K, half: usize, sc: __m128i) -> __m256i {
+    let mut s = _mm256_setzero_si256();
+    for (k, q) in q.into_iter().enumerate() {
+        let y = load_y(a, 128 * half + 32 * k);
+        s = _mm256_add_epi32(s, dot_scaled(q, y, scale_pair(sc, 8 * half + 2 * k)));
+    }
+    s
+}
+
+#[inline(always)]
+unsafe fn q6_k_body(w: &[BlockQ6K], a: &[BlockQ8K]) -> f32 {
+    let lo4 = _mm256_set1_epi8(0x0f);
+    let mut acc = _mm256_setzero_ps();
+    for (wb, ab) in w.iter().zip(a) {
+        let d = super_scales(wb.d, [0; 2], ab);
+        let sc = _mm_loadu_si128(wb.scales.as_ptr().cast());
+        // The quants are stored as q + 32: the offset comes off as 32 * sum(sc * bsum).
+        let offset = _mm256_madd_epi16(_mm256_cvtepi8_epi16(sc), bsums(ab));
+        let mut s = _mm256_slli_epi32::<5>(_mm256_sub_epi32(_mm256_setzero_si256(), offset));
+        for half in 0..2 {
+            let ql0 = load(wb.ql.as_ptr().add(64 * half));
+            let ql1 = load(wb.ql.as_ptr().add(64 * half + 32));
+            let qh = load(wb.qh.as_ptr().add(32 * half));
+            // Masks before shifts, so no bits cross into the neighbouring byte.
+            let q = [
+                _mm256_or_si256(
+                    _mm256_and_si256(ql0, lo4),
+                    _mm256_slli_epi16::<4>(_mm256_and_si256(qh, _mm256_set1_epi8(0x03))),
+                ),
+                _mm256_or_si256(
+                    _mm256_and_si256(ql1, lo4),
+                    _mm256_slli_epi16::<2>(_mm256_and_si256(qh, _mm256_set1_epi8(0x0c))),
+                ),
+                _mm256_or_si256(
+                    _mm256_and_si256(_mm256_srli_epi16::<4>(ql0), lo4),
+                    _mm256_and_si256(qh, _mm256_set1_epi8(0x30)),
+                ),
+                _mm256_or_si256(
+                    _mm256_and_si256(_mm256_srli_epi16::<4>(ql1), lo4),
+                    _mm256_srli_epi16::<2>(_mm256_and_si256(qh, _mm256_set1_epi8(0xc0u8 as i8))),
+                ),
+            ];
+            s = _mm256_add_epi32(s, half_16(q, ab, half, sc));
+        }
+        acc = _mm256_fmadd_ps(_mm256_broadcastss_ps(d), _mm256_cvtepi32_ps(s), acc);
+    }
+    hsum_ps(acc)
+}
+
+/// The four 2-bit fields of each byte of `qb`, as four vectors of quants 0..=3.
+#[inline(always)]
+unsafe fn crumbs(qb: __m256i) -> [__m256i; 4] {
+    let m = _mm256_set1_epi8(3);
+    [
+        _mm256_and_si256(qb, m),
+        _mm256_and_si256(_mm256_srli_epi16::<2>(qb), m),
+        _mm256_and_si256(_mm256_srli_epi16::<4>(qb), m),
+        _mm256_and_si256(_mm256_srli_epi16::<6>(qb), m),
+    ]
+}
+
+#[inline(always)]
+unsafe fn q2_k_body(w: &[BlockQ2K], a: &[BlockQ8K]) -> f32 {
+    let lo4 = _mm_set1_epi8(0x0f);
+    let mut acc = _mm256_setzero_ps();
+    for (wb, ab) in w.iter().zip(a) {
+        let d = super_scales(wb.d, wb.dmin, ab);
+        let packed = _mm_loadu_si128(wb.scales.as_ptr().cast());
+        let sc = _mm_and_si128(packed, lo4);
+        let mins = _mm_and_si128(_mm_srli_epi16::<4>(packed), lo4);
+        let m = _mm256_madd_epi16(_mm256_cvtepu8_epi16(mins), bsums(ab));
+        let mut s = _mm256_setzero_si256();
+        for half in 0..2 {
+            let q = crumbs(load(wb.qs.as_ptr().add(32 * half)));
+            s = _mm256_add_epi32(s, half_16(q, ab, half, sc));
+        }
+        acc = _mm256_fmadd_ps(_mm256_broadcastss_ps(d), _mm256_cvtepi32_ps(s), acc);
+        let dmin = _mm256_broadcastss_ps(_mm_movehdup_ps(d));
+        acc = _mm256_fnmadd_ps(dmin, _mm256_cvtepi32_ps(m), acc);
+    }
+    hsum_ps(acc)
+}
+
+/// Q3_K's sixteen 6-bit scales, as stored (0..=63, 32 meaning zero).
+#[inline(always)]
+fn q3_k_scales(s: &[u8; 12]) -> [u8; 16] {
+    let word = |i: usize| u32::from_le_bytes([s[4 * i], s[4 * i + 1], s[4 * i + 2], s[4 * i + 3]]);
+    let (lo, hi) = ((word(0) as u64) | (word(1) as u64) << 32, word(2) as u64);
+    // Low nibbles of scales 0..8 then 8..16; the top bits of scale j sit at bits
+    // 2 * (j / 4) of byte 8 + j % 4, i.e. four bytes of top bits per group of four scales.
+    let nib = 0x0f0f_0f0f_0f0f_0f0f_u64;
+    let tops = |shift: u32| (hi >> shift) & 0x0303_0303;
+    let t0 = tops(0) | tops(2) << 32;
+    let t1 = tops(4) | tops(6) << 32;
+    let a = (lo & nib) | (t0 << 4);
+    let b = ((lo >> 4) & nib) | (t1 << 4);
+    let mut out = [0u8; 16];
+    out[..8].copy_from_slice(&a.to_le_bytes());
+    out[8..].copy_from_slice(&b.to_le_bytes());
+    out
+}
+
+#[inline(always)]
+unsafe fn q3_k_body(w: &[BlockQ3K], a: &[BlockQ8K]) -> f32 {
+    let one = _mm256_set1_epi8(1);
+    let mut acc = _mm256_setzero_ps();
+    for (wb, ab) in w.iter().zip(a) {
+        let d = super_scales(wb.d, [0; 2], ab);
+        let stored = q3_k_scales(&wb.scales);
+        let sc = _mm_sub_epi8(_mm_loadu_si128(stored.as_ptr().cast()), _mm_set1_epi8(32));
+        // Quants taken as q + 4 (0..=7): the offset comes off as 4 * sum(sc * bsum).
+        let offset = _mm256_madd_epi16(_mm256_cvtepi8_epi16(sc), bsums(ab));
+        let mut s = _mm256_slli_epi32::<2>(_mm256_sub_epi32(_mm256_setzero_si256(), offset));
+        // High bit of vector k of half h at bit 4h + k: shifting the whole word right one
+        // step at a time keeps each byte's own next bit at bit 0 for eight steps.
+        let mut hm = load(wb.hmask.as_ptr());
+        for half in 0..2 {
+            let mut q = crumbs(load(wb.qs.as_ptr().add(32 * half)));
+            for q in &mut q {
+                let high = _mm256_slli_epi16::<2>(_mm256_and_si256(hm, one));
+                *q = _mm256_or_si256(*q, high);
+                hm = _mm256_srli_epi16::<1>(hm);
+            }
+            s = _mm256_add_epi32(s, half_16(q, ab, half, sc));
+        }
+        acc = _mm256_fmadd_ps(_mm256_broadcastss_ps(d), _mm256_cvtepi32_ps(s), acc);
+    }
+    hsum_ps(acc)
+}
+
+// ---------------------------------------------------------------------------------------
+// Sub-blocks of 32: Q4_K, Q5_K. Each 64 elements take 32 bytes of nibbles, low nibbles
+// first.
+
+/// Scales 0..8 in bytes 0..8 and minimums 0..8 in bytes 8..16, unpacked from the 12-byte
+/// layout `scale_min_k4` describes, four bytes at a time.
+#[inline(always)]
+fn scales_mins_k4(s: &[u8; 12]) -> [u32; 4] {
+    const LOW6: u32 = 0x3f3f_3f3f;
+    const LOW4: u32 = 0x0f0f_0f0f;
+    const TOP2: u32 = 0x0303_0303;
+    let word = |i: usize| u32::from_le_bytes([s[4 * i], s[4 * i + 1], s[4 * i + 2], s[4 * i + 3]]);
+    let (a, b, c) = (word(0), word(1), word(2));
+    [
+        a & LOW6,
+        (c & LOW4) | ((a >> 6) & TOP2) << 4,
+        b & LOW6,
+        ((c >> 4) & LOW4) | ((b >> 6) & TOP2) << 4,
+    ]
+}
+
+/// The scale and minimum part of a Q4_K/Q5_K super-block: (the scales as i16 in both
+/// halves, the minimums' contribution `-dmin * d_a * sum(m_j * bsums_j)` as four f32).
+#[inline(always)]
+unsafe fn k4_header(
+    d: [u8; 2],
+    dmin: [u8; 2],
+    scales: &[u8; 12],
+    a: &BlockQ8K,
+) -> (__m128, __m256i, __m128) {
+    let ds = super_scales(d, dmin, a);
+    let [s0, s1, s2, s3] = scales_mins_k4(scales);
+    let sm = _mm256_cvtepu8_epi16(_mm_set_epi32(s3 as i32, s2 as i32, s1 as i32, s0 as i32));
+    let bs = bsums(a);
+    // Pairs of 16-element sums: one per 32-element sub-block, in order.
+    let bs32 = _mm_hadd_epi16(
+        _mm256_castsi256_si128(bs),
+        _mm256_extracti128_si256::<1>(bs),
+    );
+    let m = _mm_madd_epi16(_mm256_extracti128_si256::<1>(sm), bs32);
+    let dmin = _mm_shuffle_ps::<0b01_01_01_01>(ds, ds);
+    let min_term = _mm_mul_ps(dmin, _mm_cvtepi32_ps(m));
+    let sc = _mm256_broadcastsi128_si256(_mm256_castsi256_si128(sm));
+    (ds, sc, min_term)
+}
+
+/// i16 scale `j` of `sc` in every lane.
+#[inline(always)]
+unsafe fn scale_k4(sc: __m256i, j: usize) -> __m256i {
+    let idx = (2 * j as i32) | (2 * j as i32 + 1) << 8;
+    _mm256_shuffle_epi8(sc, _mm256_set1_epi16(idx as i16))
+}
+
+#[inline(always)]
+unsafe fn q4_k_body(w: &[BlockQ4K], a: &[BlockQ8K]) -> f32 {
+    let lo4 = _mm256_set1_epi8(0x0f);
+    let mut acc = _mm256_setzero_ps();
+    let mut mins = _mm_setzero_ps();
+    for (wb, ab) in w.iter().zip(a) {
+        let (d, sc, m) = k4_header(wb.d, wb.dmin, &wb.scales, ab);
+        mins = _mm_add_ps(mins, m);
+        let mut s = _mm256_setzero_si256();
+        for j in 0..4 {
+            let qb = load(wb.qs.as_ptr().add(32 * j));
+            let ql = _mm256_and_si256(qb, lo4);
+            let qh = _mm256_and_si256(_mm256_srli_epi16::<4>(qb), lo4);
+            let pl = dot_scaled(ql, load_y(ab, 64 * j), scale_k4(sc, 2 * j));
+            let ph = dot_scaled(qh, load_y(ab, 64 * j + 32), scale_k4(sc, 2 * j + 1));
+            s = _mm256_add_epi32(s, _mm256_add_epi32(pl, ph));
+        }
+        acc = _mm256_fmadd_ps(_mm256_broadcastss_ps(d), _mm256_cvtepi32_ps(s), acc);
+    }
+    hsum_ps(acc) - hsum_128(mins)
+}
+
+#[inline(always)]
+unsafe fn q5_k_body(w: &[BlockQ5K], a: &[BlockQ8K]) -> f32 {
+    let lo4 = _mm256_set1_epi8(0x0f);
+    let one = _mm256_set1_epi8(1);
+    let mut acc = _mm256_setzero_ps();
+    let mut mins = _mm_setzero_ps();
+    for (wb, ab) in w.iter().zip(a) {
+        let (d, sc, m) = k4_header(wb.d, wb.dmin, &wb.scales, ab);
+        mins = _mm_add_ps(mins, m);
+        // The fifth bit of sub-block j at bit j of each byte: as in Q3_K, shifting the
+        // word one step at a time brings each byte's next bit to bit 0.
+        let mut hb = load(wb.qh.as_ptr());
+        let mut s = _mm256_setzero_si256();
+        for j in 0..4 {
+            let qb = load(wb.qs.as_ptr().add(32 * j));
+            let hl = _mm256_slli_epi16::<4>(_mm256_and_si256(hb, one));
+            hb = _mm256_srli_epi16::<1>(hb);
+            let hh = _mm256_slli_epi16::<4>(_mm256_and_si256(hb, one));
+            hb = _mm256_srli_epi16::<1>(hb);
+            let ql = _mm256_or_si256(_mm256_and_si256(qb, lo4), hl);
+            let qh = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(qb), lo4), hh);
+            let pl = dot_scaled(ql, load_y(ab, 64 * j), scale_k4(sc, 2 * j));
+            let ph = dot_scaled(qh, load_y(ab, 64 * j + 32), scale_k4(sc, 2 * j + 1));
+            s = _mm256_add_epi32(s, _mm256_add_epi32(pl, ph));
+        }
+        acc = _mm256_fmadd_ps(_mm256_broadcastss_ps(d), _mm256_cvtepi32_ps(s), acc);
+    }
+    hsum_ps(acc) - hsum_128(mins)
+}
+
+#[inline(always)]
+unsafe fn hsum_128(v: __m128) -> f32 {
+    let s = _mm_add_ps(v, _mm_movehl_ps(v, v));
+    _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
+}
+
+// ---------------------------------------------------------------------------------------
+// Q5_0 and Q5_1: Q4_0 / Q4_1 with a fifth bit per element in a 32-bit mask.
+
+/// 0xff in byte `j` where bit `j` of `mask` is set, else 0.
+#[inline(always)]
+unsafe fn bytes_from_bits(mask: [u8; 4]) -> __m256i {
+    let v = _mm256_set1_epi32(i32::from_le_bytes(mask));
+    // Byte j takes mask byte j / 8, then every bit but j % 8 is forced on.
+    let spread = _mm256_setr_epi64x(
+        0,
+        0x0101_0101_0101_0101,
+        0x0202_0202_0202_0202,
+        0x0303_0303_0303_0303,
+    );
+    let v = _mm256_shuffle_epi8(v, spread);
+    let others = _mm256_set1_epi64x(0x7fbf_dfef_f7fb_fdfe);
+    _mm256_cmpeq_epi8(_mm256_or_si256(v, others), _mm256_set1_epi64x(-1))
+}
+
+#[inline(always)]
+unsafe fn block_q5_0<const VNNI: bool>(w: &BlockQ5_0, a: &BlockQ8_0) -> (__m256, __m256) {
+    // A clear fifth bit means q - 16 is negative: set its top four bits instead.
+    let high = bytes_from_bits(w.qh);
+    let x = _mm256_or_si256(
+        nibbles_256(&w.qs),
+        _mm256_andnot_si256(high, _mm256_set1_epi8(0xf0u8 as i8)),
+    );
+    let y = _mm256_loadu_si256(a.qs.as_ptr().cast());
+    let s = _mm256_cvtepi32_ps(dot_ss_256::<VNNI>(x, y));
+    (_mm256_broadcastss_ps(scale_product(w.d, a.d)), s)
+}
+
+/// A plain loop, not `avx2_blocks` with a closure: a closure defined here, outside any
+/// `#[target_feature]` function, would not inherit the caller's features, and the
+/// intrinsics inside it would become calls.
+#[inline(always)]
+unsafe fn q5_0_body<const VNNI: bool>(w: &[BlockQ5_0], a: &[BlockQ8_0]) -> f32 {
+    let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    let mut wp = w.chunks_exact(2);
+    let mut ap = a.chunks_exact(2);
+    for (wc, ac) in (&mut wp).zip(&mut ap) {
+        let (d0, s0) = block_q5_0::<VNNI>(&wc[0], &ac[0]);
+        let (d1, s1) = block_q5_0::<VNNI>(&wc[1], &ac[1]);
+        acc0 = _mm256_fmadd_ps(d0, s0, acc0);
+        acc1 = _mm256_fmadd_ps(d1, s1, acc1);
+    }
+    if let (Some(wb), Some(ab)) = (wp.remainder().first(), ap.remainder().first()) {
+        let (d, s) = block_q5_0::<VNNI>(wb, ab);
+        acc0 = _mm256_fmadd_ps(d, s, acc0);
+    }
+    hsum_ps(_mm256_add_ps(acc0, acc1))
+}
+
+/// As `block_q4_1`: (d_w * d_a broadcast, the i32 sums as f32, lane 1 = m_w * s_a).
+#[inline(always)]
+unsafe fn block_q5_1<const VNNI: bool>(w: &BlockQ5_1, a: &BlockQ8_1) -> (__m256, __m256, __m128) {
+    let high = _mm256_and_si256(bytes_from_bits(w.qh), _mm256_set1_epi8(0x10));
+    let q = _mm256_or_si256(nibbles_256(&w.qs), high);
+    let y = _mm256_loadu_si256(a.qs.as_ptr().cast());
+    let s = _mm256_cvtepi32_ps(dot_us_256::<VNNI>(q, y));
+    let wh = bits(w.d) | bits(w.m) << 16;
+    let ah = bits(a.d) | bits(a.s) << 16;
+    let v = _mm_cvtph_ps(_mm_cvtsi64_si128((wh | ah << 32) as i64));
+    let p = _mm_mul_ps(v, _mm_movehl_ps(v, v));
+    (_mm256_broadcastss_ps(p), s, p)
+}
+
+#[inline(always)]
+unsafe fn q5_1_body<const VNNI: bool>(w: &[BlockQ5_1], a: &[BlockQ8_1]) -> f32 {
+    let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    let mut ms = _mm_setzero_ps();
+    let mut wp = w.chunks_exact(2);
+    let mut ap = a.chunks_exact(2);
+    for (wc, ac) in (&mut wp).zip(&mut ap) {
+        let (d0, s0, p0) = block_q5_1::<VNNI>(&wc[0], &ac[0]);
+        let (d1, s1, p1) = block_q5_1::<VNNI>(&wc[1], &ac[1]);
+        acc0 = _mm256_fmadd_ps(d0, s0, acc0);
+        acc1 = _mm256_fmadd_ps(d1, s1, acc1);
+        ms = _mm_add_ps(ms, _mm_add_ps(p0, p1));
+    }
+    if let (Some(wb), Some(ab)) = (wp.remainder().first(), ap.remainder().first()) {
+        let (d, s, p) = block_q5_1::<VNNI>(wb, ab);
+        acc0 = _mm256_fmadd_ps(d, s, acc0);
+        ms = _mm_add_ps(ms, p);
+    }
+    hsum_ps(_mm256_add_ps(acc0, acc1)) + _mm_cvtss_f32(_mm_movehdup_ps(ms))
+}
+
+macro_rules! q5_dot {
+    ($avx2:ident, $avxvnni:ident, $avx512:ident, $body:ident, $wt:ty, $at:ty) => {
+        #[target_feature(enable = "avx2,fma,f16c")]
+        unsafe fn $avx2(w: &[$wt], a: &[$at]) -> f32 {
+            $body::<false>(w, a)
+        }
+        #[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+        unsafe fn $avxvnni(w: &[$wt], a: &[$at]) -> f32 {
+            $body::<true>(w, a)
+        }
+        #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl")]
+        unsafe fn $avx512(w: &[$wt], a: &[$at]) -> f32 {
+            $body::<false>(w, a)
+        }
+    };
+}
+
+q5_dot!(
+    avx2_q5_0,
+    avxvnni_q5_0,
+    avx512_q5_0,
+    q5_0_body,
+    BlockQ5_0,
+    BlockQ8_0
+);
+q5_dot!(
+    avx2_q5_1,
+    avxvnni_q5_1,
+    avx512_q5_1,
+    q5_1_body,
+    BlockQ5_1,
+    BlockQ8_1
+);
+
+// ---------------------------------------------------------------------------------------
+// The Q8_K quantizer, byte-exact with the scalar one: the same signed maximum (the first
+// of largest magnitude), the same f32 scale, products rounded to nearest-even.
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn avx2_quantize_q8_k(x: &[f32], out: &mut [BlockQ8K]) {
+    let sign = _mm256_set1_ps(-0.0);
+    for (b, xs) in out.iter_mut().zip(x.chunks_exact(QK_K)) {
+        let p = xs.as_ptr();
+        // `max(|v|, m)` keeps `m` where v is NaN, as the scalar `>` comparison does.
+        let mut m = _mm256_setzero_ps();
+        for i in 0..QK_K / 8 {
+            m = _mm256_max_ps(_mm256_andnot_ps(sign, _mm256_loadu_ps(p.add(8 * i))), m);
+        }
+        let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps::<1>(m));
+        let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+        let amax = _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)));
+        if amax == 0.0 {
+            b.d = [0; 4];
+            b.qs = [0; QK_K];
+            b.bsums = [[0; 2]; QK_K / 16];
+            continue;
+        }
+        let target = _mm256_set1_ps(amax);
+        let mut max = amax;
+        for i in 0..QK_K / 8 {
+            let v = _mm256_loadu_ps(p.add(8 * i));
+            let hit = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_EQ_OQ>(
+                _mm256_andnot_ps(sign, v),
+                target,
+            ));
+            if hit != 0 {
+                max = xs[8 * i + hit.trailing_zeros() as usize];
+                break;
+            }
+        }
+        let iscale = -127.0 / max;
+        let is = _mm256_set1_ps(iscale);
+        let q = b.qs.as_mut_ptr();
+        for g in 0..QK_K / 32 {
+            let mut v = [_mm256_setzero_si256(); 4];
+            for (k, v) in v.iter_mut().enumerate() {
+                let x = _mm256_mul_ps(_mm256_loadu_ps(p.add(32 * g + 8 * k)), is);
+                let r = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(x);
+                *v = _mm256_cvtps_epi32(r);
+            }
+            // Saturating packs clamp at 127 as the scalar `min(127)` does; nothing falls
+            // below -127, since |iscale * v| <= 127.
+            let bq = _mm256_packs_epi16(
+                _mm256_packs_epi32(v[0], v[1]),
+                _mm256_packs_epi32(v[2], v[3]),
+            );
+            let bq = _mm256_permutevar8x32_epi32(bq, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+            _mm256_storeu_si256(q.add(32 * g).cast(), bq);
+            // Sums of 16 bytes: offset to unsigned, `vpsadbw` sums each 8, pairs add up.
+            let u = _mm256_xor_si256(bq, _mm256_set1_epi8(-128));
+            let sad = _mm256_sad_epu8(u, _mm256_setzero_si256());
+            let pairs = _mm256_add_epi64(sad, _mm256_srli_si256::<8>(sad));
+            let s0 = _mm256_extract_epi32::<0>(pairs) - 16 * 128;
+            let s1 = _mm256_extract_epi32::<4>(pairs) - 16 * 128;
+            b.bsums[2 * g] = (s0 as i16).to_le_bytes();
+            b.bsums[2 * g + 1] = (s1 as i16).to_le_bytes();
+        }
+        b.d = (1.0 / iscale).to_le_bytes();
+    }
+}
