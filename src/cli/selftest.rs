@@ -129,6 +129,7 @@ mod gpu {
             lines: 0,
         };
         ops(&g, &cpu, &mut rng, &mut r).generation()?;
+        timings(&g, &mut rng).generation()?;
         eprintln!("selftest: {} checks, {} failed", r.lines, r.failures);
         if r.failures > 0 {
             return Err(Failure::Generation(anyhow::anyhow!(
@@ -137,6 +138,52 @@ mod gpu {
             )));
         }
         println!("{} passed, 0 failed", r.lines);
+        Ok(())
+    }
+
+    /// Times the matrix product on llama3-8b's FFN shape: weight bytes read per second.
+    fn timings(g: &Cuda, rng: &mut Rng) -> Result<()> {
+        let (rows, cols) = (14336, 4096);
+        let w = rng.vec(rows * cols);
+        for t in [
+            GgmlType::Q4_0,
+            GgmlType::Q8_0,
+            GgmlType::Q4_K,
+            GgmlType::Q6_K,
+        ] {
+            if !crate::backend::cuda::supports(t) {
+                continue;
+            }
+            let q = quantized(t, &w);
+            let dw = <Cuda as Backend>::weight(
+                g,
+                Tensor {
+                    ty: t,
+                    rows,
+                    cols,
+                    data: &q,
+                },
+            )?;
+            for nb in [1, 8, 64] {
+                let dx = upload(g, &rng.vec(nb * cols))?;
+                let mut dy = g.buffer(nb * rows)?;
+                g.matmul(&dx, nb, &[&dw], &mut [&mut dy])?;
+                g.sync()?;
+                let reps = 20;
+                let start = std::time::Instant::now();
+                for _ in 0..reps {
+                    g.matmul(&dx, nb, &[&dw], &mut [&mut dy])?;
+                }
+                g.sync()?;
+                let secs = start.elapsed().as_secs_f64() / reps as f64;
+                eprintln!(
+                    "time matmul {t} {rows}x{cols} batch {nb:>2}: {:8.1} us, {:7.1} GB/s of weights, {:6.2} TFLOP/s",
+                    secs * 1e6,
+                    q.len() as f64 / secs / 1e9,
+                    2.0 * (rows * cols * nb) as f64 / secs / 1e12
+                );
+            }
+        }
         Ok(())
     }
 
