@@ -10,58 +10,84 @@
 #include "dequant8.cuh"
 #include "stream.cuh"
 
-constexpr int WARPS = 4;
-constexpr int NB = 8;  // activation rows per pass over a weight row
+constexpr int WARPS = 8;
+constexpr int ROWS_PER_WARP = 2;
+constexpr int BLOCK_ROWS = WARPS * ROWS_PER_WARP;
+constexpr int NB = 8;        // activation rows per pass over a weight row
+constexpr int CHUNK = 1024;  // activation columns staged in shared memory at a time
 
-// One warp per weight row. Lane 4g + p decodes values 8p..8p+7 of unit g, g + 8, ...: a
-// warp reads 8 consecutive units of weights and 256 consecutive activations per step, all
-// coalesced, and each weight byte is decoded once per pass of NB activation rows.
+// Each block owns BLOCK_ROWS weight rows and stages a chunk of the activations in shared
+// memory, so every activation value is read from L2 once per block rather than once per
+// row. Within a warp, lane 4g + p decodes values 8p..8p+7 of units g, g + 8, ...: weight
+// loads are contiguous across the warp and shared-memory reads are conflict-free. Each
+// weight byte is decoded once per pass of NB activation rows.
 template <int TYPE>
 __global__ void __launch_bounds__(WARPS * 32)
 matmul_kernel(const uint8_t *__restrict__ w, int rows, int cols, const float *__restrict__ x,
               int nb, float *__restrict__ y, int accumulate) {
-    int row = blockIdx.x * WARPS + threadIdx.x / 32;
-    int lane = threadIdx.x % 32;
-    if (row >= rows) return;
+    __shared__ __align__(16) float xs[NB][CHUNK];
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     int group = lane / 4, part = lane % 4;
+    int row0 = blockIdx.x * BLOCK_ROWS + warp * ROWS_PER_WARP;
     int n_units = cols / 32;
-    const uint8_t *wr = w + (size_t)row * row_bytes(TYPE, cols);
     for (int b0 = 0; b0 < nb; b0 += NB) {
-        float acc[NB];
+        int nbp = min(NB, nb - b0);
+        float acc[ROWS_PER_WARP][NB];
 #pragma unroll
-        for (int j = 0; j < NB; j++) acc[j] = 0.f;
-        for (int u = group; u < n_units; u += 8) {
-            float v[8];
-            dequant8<TYPE>(wr, u, part, v);
-            int off = u * 32 + part * 8;
+        for (int r = 0; r < ROWS_PER_WARP; r++)
 #pragma unroll
-            for (int j = 0; j < NB; j++) {
-                if (b0 + j < nb) {
-                    const float4 *xr =
-                        reinterpret_cast<const float4 *>(x + (size_t)(b0 + j) * cols + off);
-                    float4 a = xr[0], c = xr[1];
-                    acc[j] += v[0] * a.x + v[1] * a.y + v[2] * a.z + v[3] * a.w +
-                              v[4] * c.x + v[5] * c.y + v[6] * c.z + v[7] * c.w;
+            for (int j = 0; j < NB; j++) acc[r][j] = 0.f;
+        for (int c0 = 0; c0 < n_units * 32; c0 += CHUNK) {
+            int cl = min(CHUNK, n_units * 32 - c0);
+            __syncthreads();
+            for (int i = threadIdx.x; i < nbp * cl / 4; i += WARPS * 32) {
+                int j = i / (cl / 4), k = i % (cl / 4);
+                reinterpret_cast<float4 *>(xs[j])[k] =
+                    reinterpret_cast<const float4 *>(x + (size_t)(b0 + j) * cols + c0)[k];
+            }
+            __syncthreads();
+#pragma unroll
+            for (int r = 0; r < ROWS_PER_WARP; r++) {
+                int row = row0 + r;
+                if (row >= rows) continue;
+                const uint8_t *wr = w + (size_t)row * row_bytes(TYPE, cols);
+                for (int u = group; u < cl / 32; u += 8) {
+                    float v[8];
+                    dequant8<TYPE>(wr, c0 / 32 + u, part, v);
+#pragma unroll
+                    for (int j = 0; j < NB; j++) {
+                        if (j < nbp) {
+                            const float4 *xr = reinterpret_cast<const float4 *>(&xs[j][u * 32 + part * 8]);
+                            float4 a = xr[0], c = xr[1];
+                            acc[r][j] += v[0] * a.x + v[1] * a.y + v[2] * a.z + v[3] * a.w +
+                                         v[4] * c.x + v[5] * c.y + v[6] * c.z + v[7] * c.w;
+                        }
+                    }
                 }
             }
         }
-        // Float rows (such as a 172-wide FFN) may end in a partial unit.
-        if constexpr (is_float_type(TYPE)) {
-            int i = n_units * 32 + lane;
-            if (i < cols) {
-                float wv = float_at<TYPE>(wr, i);
 #pragma unroll
-                for (int j = 0; j < NB; j++)
-                    if (b0 + j < nb) acc[j] += wv * x[(size_t)(b0 + j) * cols + i];
+        for (int r = 0; r < ROWS_PER_WARP; r++) {
+            int row = row0 + r;
+            if (row >= rows) continue;
+            // Float rows (such as a 172-wide FFN) may end in a partial unit.
+            if constexpr (is_float_type(TYPE)) {
+                int i = n_units * 32 + lane;
+                if (i < cols) {
+                    float wv = float_at<TYPE>(w + (size_t)row * row_bytes(TYPE, cols), i);
+#pragma unroll
+                    for (int j = 0; j < NB; j++)
+                        if (j < nbp) acc[r][j] += wv * x[(size_t)(b0 + j) * cols + i];
+                }
             }
-        }
 #pragma unroll
-        for (int j = 0; j < NB; j++) {
-            if (b0 + j < nb) {
-                float s = warp_sum(acc[j]);
-                if (lane == 0) {
-                    float *o = y + (size_t)(b0 + j) * rows + row;
-                    *o = accumulate ? *o + s : s;
+            for (int j = 0; j < NB; j++) {
+                if (j < nbp) {
+                    float s = warp_sum(acc[r][j]);
+                    if (lane == 0) {
+                        float *o = y + (size_t)(b0 + j) * rows + row;
+                        *o = accumulate ? *o + s : s;
+                    }
                 }
             }
         }
@@ -74,7 +100,7 @@ extern "C" int wick_matmul(int type, const void *w, int rows, int cols, const fl
     // aligned activation rows.
     if (is_float_type(type) ? cols % 4 != 0 : cols % block_elems(type) != 0)
         return (int)cudaErrorInvalidValue;
-    dim3 grid((rows + WARPS - 1) / WARPS), block(WARPS * 32);
+    dim3 grid((rows + BLOCK_ROWS - 1) / BLOCK_ROWS), block(WARPS * 32);
 #define LAUNCH(T)                                                                       \
     matmul_kernel<T><<<grid, block, 0, wick_stream>>>((const uint8_t *)w, rows, cols, x, nb, y, accumulate)
     WICK_DISPATCH_TYPE(type, LAUNCH)
