@@ -74,6 +74,9 @@ mod cuda {
         std::env::set_var("NVCC", &nvcc);
         let mut b = cc::Build::new();
         b.cuda(true)
+            // With debug info on (our release profile keeps line tables), cc would pass
+            // nvcc `-G`, which turns off every device-code optimization.
+            .debug(false)
             .include(KERNELS)
             .flag("-O3")
             .flag("-std=c++17")
