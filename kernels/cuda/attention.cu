@@ -10,7 +10,9 @@
 #include "common.cuh"
 #include "stream.cuh"
 
-constexpr int ATT_WARPS = 4;
+// Warps per (row, head): each walks 1/16 of the positions, so a long decode context is
+// covered by 16 independent chains of loads rather than 4.
+constexpr int ATT_WARPS = 16;
 constexpr int MAX_HEAD_DIM = 256;
 constexpr int PER_LANE = MAX_HEAD_DIM / 32;
 

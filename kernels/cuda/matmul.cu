@@ -46,21 +46,42 @@ matmul_kernel(const uint8_t *__restrict__ w, int rows, int cols, const float *__
                     reinterpret_cast<const float4 *>(x + (size_t)(b0 + j) * cols + c0)[k];
             }
             __syncthreads();
+            // Two units of each of the warp's rows per step, all loaded before any math,
+            // so four independent weight loads are in flight per lane.
+            int nu = cl / 32;
+            for (int u = group; u < nu; u += 16) {
+                float v[ROWS_PER_WARP][2][8];
 #pragma unroll
-            for (int r = 0; r < ROWS_PER_WARP; r++) {
-                int row = row0 + r;
-                if (row >= rows) continue;
-                const uint8_t *wr = w + (size_t)row * row_bytes(TYPE, cols);
-                for (int u = group; u < cl / 32; u += 8) {
-                    float v[8];
-                    dequant8<TYPE>(wr, c0 / 32 + u, part, v);
+                for (int r = 0; r < ROWS_PER_WARP; r++) {
+#pragma unroll
+                    for (int k = 0; k < 2; k++) {
+                        int uu = u + 8 * k;
+                        if (row0 + r < rows && uu < nu) {
+                            const uint8_t *wr = w + (size_t)(row0 + r) * row_bytes(TYPE, cols);
+                            dequant8<TYPE>(wr, c0 / 32 + uu, part, v[r][k]);
+                        } else {
+#pragma unroll
+                            for (int i = 0; i < 8; i++) v[r][k][i] = 0.f;
+                        }
+                    }
+                }
+#pragma unroll
+                for (int k = 0; k < 2; k++) {
+                    int uu = u + 8 * k;
+                    if (uu >= nu) break;
 #pragma unroll
                     for (int j = 0; j < NB; j++) {
                         if (j < nbp) {
-                            const float4 *xr = reinterpret_cast<const float4 *>(&xs[j][u * 32 + part * 8]);
+                            const float4 *xr =
+                                reinterpret_cast<const float4 *>(&xs[j][uu * 32 + part * 8]);
                             float4 a = xr[0], c = xr[1];
-                            acc[r][j] += v[0] * a.x + v[1] * a.y + v[2] * a.z + v[3] * a.w +
-                                         v[4] * c.x + v[5] * c.y + v[6] * c.z + v[7] * c.w;
+#pragma unroll
+                            for (int r = 0; r < ROWS_PER_WARP; r++) {
+                                const float *vv = v[r][k];
+                                acc[r][j] += vv[0] * a.x + vv[1] * a.y + vv[2] * a.z +
+                                             vv[3] * a.w + vv[4] * c.x + vv[5] * c.y +
+                                             vv[6] * c.z + vv[7] * c.w;
+                            }
                         }
                     }
                 }
