@@ -69,15 +69,28 @@ mod gpu {
 
     impl Report {
         fn check(&mut self, name: &str, got: &[f32], want: &[f32], bound: f64) {
+            self.check_scaled(name, got, want, want, bound)
+        }
+
+        /// Error relative to `scale`: for sums, the sum of the terms' magnitudes, so that
+        /// a result that cancels to near zero does not inflate the relative error.
+        fn check_scaled(
+            &mut self,
+            name: &str,
+            got: &[f32],
+            want: &[f32],
+            scale: &[f32],
+            bound: f64,
+        ) {
             let mut num = 0f64;
             let mut den = 0f64;
             let mut bad = 0usize;
-            for (g, w) in got.iter().zip(want) {
+            for ((g, w), m) in got.iter().zip(want).zip(scale) {
                 if !g.is_finite() {
                     bad += 1;
                 }
                 num += ((g - w) as f64).powi(2);
-                den += (*w as f64).powi(2);
+                den += (*m as f64).powi(2);
             }
             let rel = (num / den.max(1e-30)).sqrt();
             let ok = bad == 0 && rel <= bound;
@@ -241,10 +254,24 @@ mod gpu {
                 g.matmul(&dx, nb, &[&dw], &mut [&mut dy])?;
                 let mut want = vec![f32::NAN; nb * rows];
                 cpu.matmul(&x, nb, &[&tensor], &mut [&mut want])?;
-                r.check(
+                // Magnitudes of the summed terms: sum |w[r][i] * x[b][i]|.
+                let mut wd = vec![0f32; rows * cols];
+                quant::dequantize_row(t, &q, &mut wd).expect("sizes match");
+                let mut mag = vec![0f32; nb * rows];
+                for b in 0..nb {
+                    for rr in 0..rows {
+                        let (wr, xr) = (
+                            &wd[rr * cols..(rr + 1) * cols],
+                            &x[b * cols..(b + 1) * cols],
+                        );
+                        mag[b * rows + rr] = wr.iter().zip(xr).map(|(a, c)| (a * c).abs()).sum();
+                    }
+                }
+                r.check_scaled(
                     &format!("matmul {t} {rows}x{cols} batch {nb}"),
                     &download(g, &dy, nb * rows)?,
                     &want,
+                    &mag,
                     1e-5,
                 );
 
@@ -253,10 +280,12 @@ mod gpu {
                 g.matmul_add(&dx, nb, &dw, &mut dy)?;
                 let mut want = base.clone();
                 cpu.matmul_add(&x, nb, &tensor, &mut want)?;
-                r.check(
+                let mag: Vec<f32> = mag.iter().zip(&base).map(|(m, b)| m + b.abs()).collect();
+                r.check_scaled(
                     &format!("matmul_add {t} {rows}x{cols} batch {nb}"),
                     &download(g, &dy, nb * rows)?,
                     &want,
+                    &mag,
                     1e-5,
                 );
             }
