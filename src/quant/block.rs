@@ -10,7 +10,7 @@ pub unsafe trait Block: Copy {}
 /// Views `bytes` as blocks. `None` if the length is not a whole number of blocks.
 pub fn as_blocks<T: Block>(bytes: &[u8]) -> Option<&[T]> {
     let size = std::mem::size_of::<T>();
-    if bytes.len() % size != 0 {
+    if !bytes.len().is_multiple_of(size) {
         return None;
     }
     // SAFETY: T has alignment 1 and no invalid bit patterns (the Block contract), and the
@@ -21,7 +21,7 @@ pub fn as_blocks<T: Block>(bytes: &[u8]) -> Option<&[T]> {
 /// Views `bytes` as mutable blocks. `None` if the length is not a whole number of blocks.
 pub fn as_blocks_mut<T: Block>(bytes: &mut [u8]) -> Option<&mut [T]> {
     let size = std::mem::size_of::<T>();
-    if bytes.len() % size != 0 {
+    if !bytes.len().is_multiple_of(size) {
         return None;
     }
     // SAFETY: as in `as_blocks`, and the borrow is unique.

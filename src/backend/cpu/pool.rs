@@ -212,7 +212,7 @@ mod tests {
                 let mut covered = vec![0; n];
                 for i in 0..t {
                     let r = split(n, i, t, 4);
-                    assert!(r.start % 4 == 0 || r.start == n);
+                    assert!(r.start.is_multiple_of(4) || r.start == n);
                     for j in r {
                         covered[j] += 1;
                     }

@@ -290,9 +290,9 @@ impl<'a> Backend<'a> for Cuda {
         let float = matches!(t.ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16);
         ensure!(
             if float {
-                t.cols % 4 == 0
+                t.cols.is_multiple_of(4)
             } else {
-                t.cols % t.ty.block_len() == 0
+                t.cols.is_multiple_of(t.ty.block_len())
             },
             "the CUDA kernels cannot take rows of {} values of {}",
             t.cols,
