@@ -145,8 +145,13 @@ impl Cuda {
         let mut count = 0;
         // SAFETY: writes one int.
         let code = unsafe { ffi::wick_cuda_device_count(&mut count) };
-        if code != 0 {
-            check(code, "cudaGetDeviceCount").context("no usable NVIDIA GPU or driver")?;
+        // cudart reports a missing driver as "insufficient driver" (35) and a machine with
+        // no GPU as "no device" (100); say what the user can act on.
+        match code {
+            0 => {}
+            35 => bail!("--gpu needs an NVIDIA GPU driver, and none is installed (or it is older than CUDA 13)"),
+            100 => bail!("--gpu needs an NVIDIA GPU, and none was found"),
+            _ => check(code, "cudaGetDeviceCount").context("no usable NVIDIA GPU or driver")?,
         }
         ensure!(count > 0, "no NVIDIA GPU found");
         ensure!(
