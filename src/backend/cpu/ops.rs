@@ -54,6 +54,26 @@ pub fn swiglu(gate: &mut [f32], up: &[f32]) {
     }
 }
 
+/// A dot product with eight partial sums: a plain `sum()` of products must add in order,
+/// which keeps the compiler from using vector registers.
+#[inline]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ac
+        .remainder()
+        .iter()
+        .zip(bc.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ac.zip(bc) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
 /// One query head at `pos` over cached positions `0..=pos`. Query head `h` reads KV head
 /// `h / (n_heads / n_kv_heads)` (grouped-query attention).
 #[allow(clippy::too_many_arguments)]
@@ -72,7 +92,7 @@ pub fn attend_head(
     let scores = &mut scores[..=pos];
     for (t, sc) in scores.iter_mut().enumerate() {
         let k = &cache.key(layer, t)[kv..kv + s.head_dim];
-        *sc = q.iter().zip(k).map(|(a, b)| a * b).sum::<f32>() * scale;
+        *sc = dot(q, k) * scale;
     }
     softmax(scores);
     out.fill(0.0);
