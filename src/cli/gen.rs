@@ -443,44 +443,6 @@ impl StopFilter {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::StopFilter;
-
-    fn run(stops: &[&str], pieces: &[&str]) -> (String, bool) {
-        let stops: Vec<String> = stops.iter().map(|s| s.to_string()).collect();
-        let mut f = StopFilter::new(&stops);
-        let mut out = String::new();
-        for p in pieces {
-            let (s, stopped) = f.push(p);
-            out.push_str(&s);
-            if stopped {
-                return (out, true);
-            }
-        }
-        out.push_str(&f.take());
-        (out, false)
-    }
-
-    #[test]
-    fn stop_split_over_pieces() {
-        assert_eq!(run(&["Lily"], &["a L", "il", "y b"]), ("a ".into(), true));
-        assert_eq!(run(&["Lily"], &["a Li", "m"]), ("a Lim".into(), false));
-        assert_eq!(run(&["ab", "b"], &["xa", "b"]), ("x".into(), true));
-        assert_eq!(run(&[], &["a", "b"]), ("ab".into(), false));
-        assert_eq!(run(&["é!"], &["café", "?"]), ("café?".into(), false));
-    }
-
-    #[test]
-    fn held_text_is_released_once_it_cannot_match() {
-        let stops = vec!["END".to_string()];
-        let mut f = StopFilter::new(&stops);
-        assert_eq!(f.push("xE"), ("x".to_string(), false));
-        assert_eq!(f.push("N"), (String::new(), false));
-        assert_eq!(f.push("x"), ("ENx".to_string(), false));
-    }
-}
-
 struct Stats<'a> {
     load: Duration,
     prompt_tokens: usize,
@@ -531,4 +493,42 @@ fn print_stats(s: &Stats) {
         pct(0.99)
     );
     eprintln!("kv cache: {:.1} MiB", s.kv_bytes as f64 / (1 << 20) as f64);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::StopFilter;
+
+    fn run(stops: &[&str], pieces: &[&str]) -> (String, bool) {
+        let stops: Vec<String> = stops.iter().map(|s| s.to_string()).collect();
+        let mut f = StopFilter::new(&stops);
+        let mut out = String::new();
+        for p in pieces {
+            let (s, stopped) = f.push(p);
+            out.push_str(&s);
+            if stopped {
+                return (out, true);
+            }
+        }
+        out.push_str(&f.take());
+        (out, false)
+    }
+
+    #[test]
+    fn stop_split_over_pieces() {
+        assert_eq!(run(&["Lily"], &["a L", "il", "y b"]), ("a ".into(), true));
+        assert_eq!(run(&["Lily"], &["a Li", "m"]), ("a Lim".into(), false));
+        assert_eq!(run(&["ab", "b"], &["xa", "b"]), ("x".into(), true));
+        assert_eq!(run(&[], &["a", "b"]), ("ab".into(), false));
+        assert_eq!(run(&["é!"], &["café", "?"]), ("café?".into(), false));
+    }
+
+    #[test]
+    fn held_text_is_released_once_it_cannot_match() {
+        let stops = vec!["END".to_string()];
+        let mut f = StopFilter::new(&stops);
+        assert_eq!(f.push("xE"), ("x".to_string(), false));
+        assert_eq!(f.push("N"), (String::new(), false));
+        assert_eq!(f.push("x"), ("ENx".to_string(), false));
+    }
 }
