@@ -297,19 +297,22 @@ fn generate<'a, B: Backend<'a>>(
     let decode_steps = n_generated.saturating_sub(1);
 
     if let Some(text) = &out.json {
-        let obj = serde_json::json!({
-            "text": text,
-            "prompt_tokens": tokens.len(),
-            "generated_tokens": n_generated,
-            "stop_reason": reason.as_str(),
-            "timings": {
-                "load_ms": ms(t_load),
-                "prefill_ms": ms(prefill_time),
-                "decode_ms": ms(decode_time),
-                "prefill_tok_s": per_sec(tokens.len(), prefill_time),
-                "decode_tok_s": per_sec(decode_steps, decode_time),
-            },
-        });
+        // Written by hand rather than with json!, whose map sorts keys: this keeps the
+        // documented order, text first.
+        let obj = format!(
+            "{{\"text\":{},\"prompt_tokens\":{},\"generated_tokens\":{},\"stop_reason\":\"{}\",\
+             \"timings\":{{\"load_ms\":{:.3},\"prefill_ms\":{:.3},\"decode_ms\":{:.3},\
+             \"prefill_tok_s\":{:.2},\"decode_tok_s\":{:.2}}}}}",
+            serde_json::Value::String(text.clone()),
+            tokens.len(),
+            n_generated,
+            reason.as_str(),
+            ms(t_load),
+            ms(prefill_time),
+            ms(decode_time),
+            per_sec(tokens.len(), prefill_time),
+            per_sec(decode_steps, decode_time),
+        );
         out.stdout.write(&format!("{obj}\n")).generation()?;
     } else if std::io::stdout().is_terminal() {
         out.stdout.write("\n").generation()?;
