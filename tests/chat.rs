@@ -266,6 +266,35 @@ fn chat_template_choice() {
     );
     let p: serde_json::Value = serde_json::from_str(&ok_stdout(&plain)).unwrap();
     assert_eq!(v["prompt_tokens"], p["prompt_tokens"]);
+    // A template that writes bos_token itself gets no second BOS from the tokenizer.
+    let bos_file = dir.join("bos.jinja");
+    std::fs::write(&bos_file, "{{ bos_token }}{{ messages[0]['content'] }}").unwrap();
+    let chat_tokens = |f: &Path| -> serde_json::Value {
+        let out = run(
+            &[
+                "gen",
+                "--chat",
+                "--chat-template",
+                f.to_str().unwrap(),
+                "--json",
+                "-n",
+                "0",
+                "--prompt",
+                "Once upon a time",
+            ],
+            None,
+            b"",
+        );
+        serde_json::from_str::<serde_json::Value>(&ok_stdout(&out)).unwrap()["prompt_tokens"]
+            .clone()
+    };
+    let plain = run(
+        &["gen", "--json", "-n", "0", "--prompt", "Once upon a time"],
+        None,
+        b"",
+    );
+    let p: serde_json::Value = serde_json::from_str(&ok_stdout(&plain)).unwrap();
+    assert_eq!(chat_tokens(&bos_file), p["prompt_tokens"]);
     // Neither a name nor a file: a usage error, one line.
     let out = run(
         &[
