@@ -437,3 +437,56 @@ fn stdin_is_appended_to_prompt() {
     let v: serde_json::Value = serde_json::from_str(&ok_stdout(&joined)).unwrap();
     assert_eq!(v["prompt_tokens"].as_u64().unwrap(), both);
 }
+
+#[test]
+fn template_errors_are_one_line() {
+    let dir = std::env::temp_dir().join(format!("wick-chat-err-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cases = [
+        (
+            "raise.jinja",
+            "{{ raise_exception('no system role, please') }}",
+            1,
+            "no system role, please",
+        ),
+        ("syntax.jinja", "{% for %}", 1, "does not parse"),
+    ];
+    for (name, src, code, needle) in cases {
+        let f = dir.join(name);
+        std::fs::write(&f, src).unwrap();
+        let out = run(
+            &[
+                "gen",
+                "--chat",
+                "--chat-template",
+                f.to_str().unwrap(),
+                "--prompt",
+                "hi",
+            ],
+            None,
+            b"",
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{name}: {err}");
+        assert_eq!(err.lines().count(), 1, "{name}: {err}");
+        assert!(
+            err.starts_with("wick: error: ") && err.contains(needle),
+            "{name}: {err}"
+        );
+        assert!(out.stdout.is_empty());
+    }
+    // A path that exists but cannot be read as a file: exit 2.
+    let out = run(
+        &[
+            "gen",
+            "--chat",
+            "--chat-template",
+            dir.to_str().unwrap(),
+            "--prompt",
+            "hi",
+        ],
+        None,
+        b"",
+    );
+    assert_eq!(out.status.code(), Some(2));
+}
