@@ -1,6 +1,7 @@
 //! wick: run large language models from GGUF files.
 
 pub mod backend;
+pub mod chat;
 pub mod cli;
 pub mod gguf;
 pub mod kv;

@@ -189,6 +189,8 @@ fn closed_stdout_pipe_is_a_quiet_stop() {
     // Like `wick gen ... | head -c 10`.
     let mut child = wick()
         .args(["gen", "--temp", "0", "--prompt", "Once upon a time"])
+        // An inherited stdin that is an open pipe would be read (and waited on) as more prompt.
+        .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

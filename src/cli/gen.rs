@@ -12,6 +12,8 @@ use super::out::Stdout;
 use super::{read_text, FailWith, Failure};
 use crate::backend::cpu::{default_threads, Cpu};
 use crate::backend::Backend;
+use crate::chat::{self, Message, SelectError};
+use crate::gguf::GgufFile;
 use crate::model::Llama;
 use crate::quant::Precision;
 use crate::sample::{Sampler, SamplerParams};
@@ -69,13 +71,42 @@ pub struct GenArgs {
     /// Run the whole model on the NVIDIA GPU (CUDA builds only).
     #[arg(long)]
     gpu: bool,
+    /// Treat the prompt as a user message and format it with the chat template.
+    #[arg(long)]
+    chat: bool,
+    /// A system message for --chat.
+    #[arg(long, value_name = "TEXT", requires = "chat")]
+    system: Option<String>,
+    /// The chat template for --chat: a built-in name (chatml, llama2, llama3, mistral, phi3,
+    /// gemma, zephyr) or a file of Jinja source (default: the model's own, else chatml).
+    #[arg(long, value_name = "NAME|FILE", requires = "chat")]
+    chat_template: Option<String>,
+    /// Stop when the output ends with this text, which is not printed. Repeatable.
+    #[arg(long, value_name = "STR")]
+    stop: Vec<String>,
+    /// Print one JSON object at the end (text, token counts, stop reason, timings) instead
+    /// of streaming the text.
+    #[arg(long)]
+    json: bool,
 }
 
 pub fn run(a: GenArgs) -> Result<(), Failure> {
-    let prompt = read_text(a.prompt.clone())?;
+    if a.stop.iter().any(String::is_empty) {
+        return Err(Failure::Usage(anyhow!("--stop needs a non-empty string")));
+    }
+    let prompt = prompt_text(&a.prompt)?;
     let t_start = Instant::now();
     let (file, _name) = open_model(a.model.as_deref())?;
     let tok = Tokenizer::from_gguf(&file).file()?;
+    let prompt = if a.chat {
+        chat_prompt(&a, &file, &tok, &prompt)?
+    } else {
+        Prompt {
+            text: prompt,
+            add_special: true,
+            parse_special: a.special,
+        }
+    };
     if a.gpu {
         #[cfg(feature = "cuda")]
         {
@@ -96,19 +127,83 @@ pub fn run(a: GenArgs) -> Result<(), Failure> {
     generate(&a, &model, &tok, &prompt, t_start)
 }
 
+/// The prompt text: `--prompt`, then stdin after a newline when stdin is a pipe or file
+/// (`cat notes.txt | wick gen --prompt "Summarise:"`). Without `--prompt` (or with "-"), stdin
+/// alone, as before.
+fn prompt_text(arg: &Option<String>) -> Result<String, Failure> {
+    let p = match arg {
+        Some(p) if p != "-" => p.clone(),
+        _ => return read_text(None),
+    };
+    // A terminal on stdin means nothing was piped in; reading would wait for typing.
+    if std::io::stdin().is_terminal() {
+        return Ok(p);
+    }
+    // Closed or /dev/null stdin (tests, CI, cron) reads as empty and adds nothing.
+    let extra = read_text(None)?;
+    if extra.is_empty() {
+        Ok(p)
+    } else {
+        Ok(format!("{p}\n{extra}"))
+    }
+}
+
+/// Text to tokenize, and how.
+struct Prompt {
+    text: String,
+    add_special: bool,
+    parse_special: bool,
+}
+
+/// The chat template applied to `--system` and the prompt as the user message.
+fn chat_prompt(
+    a: &GenArgs,
+    file: &GgufFile,
+    tok: &Tokenizer,
+    user: &str,
+) -> Result<Prompt, Failure> {
+    let (template, notice) =
+        chat::select(a.chat_template.as_deref(), file).map_err(|e| match e {
+            SelectError::Unknown(e) => Failure::Usage(e),
+            SelectError::File(e) => Failure::File(e),
+        })?;
+    if let Some(n) = notice {
+        eprintln!("{n}");
+    }
+    let mut messages = Vec::new();
+    if let Some(s) = &a.system {
+        messages.push(Message::new("system", s));
+    }
+    messages.push(Message::new("user", user));
+    let bos = tok.bos().map_or("", |b| tok.piece(b));
+    let eos = tok.eos().map_or("", |e| tok.piece(e));
+    let text = template.render(&messages, true, bos, eos).usage()?;
+    // Templates that write bos_token themselves (Llama 3, Gemma, Mistral) would get a second
+    // BOS from the tokenizer; llama.cpp warns about that, here it is simply not added.
+    let has_bos = !bos.is_empty() && text.starts_with(bos);
+    Ok(Prompt {
+        text,
+        add_special: !has_bos,
+        // The template writes special tokens (<|im_start|>) as text.
+        parse_special: true,
+    })
+}
+
 /// Generation proper, the same on every backend.
 fn generate<'a, B: Backend<'a>>(
     a: &GenArgs,
     model: &Llama<'a, B>,
     tok: &Tokenizer,
-    prompt: &str,
+    prompt: &Prompt,
     t_start: Instant,
 ) -> Result<(), Failure> {
     let ctx = a.ctx.unwrap_or(model.config.train_ctx.min(4096));
     if ctx == 0 {
         return Err(Failure::Usage(anyhow!("--ctx must be at least 1")));
     }
-    let mut tokens = tok.encode(prompt, true, a.special).usage()?;
+    let mut tokens = tok
+        .encode(&prompt.text, prompt.add_special, prompt.parse_special)
+        .usage()?;
     if tokens.is_empty() {
         match tok.bos() {
             Some(b) => tokens.push(b),
@@ -141,7 +236,11 @@ fn generate<'a, B: Backend<'a>>(
     let mut session = Session::new(model, ctx).generation()?;
     let t_load = t_start.elapsed();
 
-    let mut out = Stdout::new();
+    let mut out = Output {
+        stdout: Stdout::new(),
+        json: a.json.then(String::new),
+        stops: StopFilter::new(&a.stop),
+    };
     let mut text = Utf8Stream::new();
     let mut piece = String::new();
     let limit = if a.n_predict < 0 {
@@ -156,25 +255,30 @@ fn generate<'a, B: Backend<'a>>(
     let mut emitted = Vec::<Instant>::new();
     let mut decode_time = Duration::ZERO;
     let mut n_generated = 0usize;
-    let mut context_full = false;
     let mut prev = tokens.last().copied();
+    let mut reason = StopReason::Length;
 
     while n_generated < limit {
         let next = sampler.sample(&logits, session.tokens());
         if tok.is_eog(next) {
+            reason = StopReason::Eos;
             break;
         }
         n_generated += 1;
         piece.clear();
         text.push(tok.token_bytes_after(prev, next), &mut piece);
-        out.write(&piece).generation()?;
+        let stopped = out.push(&piece).generation()?;
         emitted.push(Instant::now());
         prev = Some(next);
-        if out.closed() || n_generated == limit {
+        if stopped {
+            reason = StopReason::Stop;
+            break;
+        }
+        if out.stdout.closed() || n_generated == limit {
             break;
         }
         if session.room() == 0 {
-            context_full = true;
+            reason = StopReason::Context;
             break;
         }
         let t = Instant::now();
@@ -182,13 +286,38 @@ fn generate<'a, B: Backend<'a>>(
         logits.copy_from_slice(l);
         decode_time += t.elapsed();
     }
-    piece.clear();
-    text.finish(&mut piece);
-    if std::io::stdout().is_terminal() {
-        piece.push('\n');
+    if reason != StopReason::Stop {
+        // The last bytes of an incomplete UTF-8 character, and any text held back because
+        // it could have been the start of a stop string.
+        piece.clear();
+        text.finish(&mut piece);
+        out.push(&piece).generation()?;
+        out.flush().generation()?;
     }
-    out.write(&piece).generation()?;
-    if context_full {
+    let decode_steps = n_generated.saturating_sub(1);
+
+    if let Some(text) = &out.json {
+        // Written by hand rather than with json!, whose map sorts keys: this keeps the
+        // documented order, text first.
+        let obj = format!(
+            "{{\"text\":{},\"prompt_tokens\":{},\"generated_tokens\":{},\"stop_reason\":\"{}\",\
+             \"timings\":{{\"load_ms\":{:.3},\"prefill_ms\":{:.3},\"decode_ms\":{:.3},\
+             \"prefill_tok_s\":{:.2},\"decode_tok_s\":{:.2}}}}}",
+            serde_json::Value::String(text.clone()),
+            tokens.len(),
+            n_generated,
+            reason.as_str(),
+            ms(t_load),
+            ms(prefill_time),
+            ms(decode_time),
+            per_sec(tokens.len(), prefill_time),
+            per_sec(decode_steps, decode_time),
+        );
+        out.stdout.write(&format!("{obj}\n")).generation()?;
+    } else if std::io::stdout().is_terminal() {
+        out.stdout.write("\n").generation()?;
+    }
+    if reason == StopReason::Context {
         eprintln!("wick: stopped: the context of {ctx} tokens is full (raise --ctx)");
     }
 
@@ -198,13 +327,123 @@ fn generate<'a, B: Backend<'a>>(
             prompt_tokens: tokens.len(),
             prefill: prefill_time,
             ttft: emitted.first().map(|t| *t - t_prefill),
-            decode_steps: n_generated.saturating_sub(1),
+            decode_steps,
             decode: decode_time,
             emitted: &emitted,
             kv_bytes: model.config.kv_bytes(ctx),
         });
     }
     Ok(())
+}
+
+/// Why generation ended, as `--json` reports it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum StopReason {
+    /// An end-of-generation token.
+    Eos,
+    /// -n tokens, or the reader closed stdout.
+    Length,
+    /// A --stop string.
+    Stop,
+    /// The context filled up.
+    Context,
+}
+
+impl StopReason {
+    fn as_str(self) -> &'static str {
+        match self {
+            StopReason::Eos => "eos",
+            StopReason::Length => "length",
+            StopReason::Stop => "stop",
+            StopReason::Context => "context",
+        }
+    }
+}
+
+/// Where generated text goes: through the stop-string filter, then to stdout as it comes,
+/// or into a string for `--json`.
+struct Output {
+    stdout: Stdout,
+    json: Option<String>,
+    stops: StopFilter,
+}
+
+impl Output {
+    /// Adds generated text; true when a stop string was reached (its text is dropped).
+    fn push(&mut self, s: &str) -> std::io::Result<bool> {
+        let (ready, stopped) = self.stops.push(s);
+        self.emit(&ready)?;
+        Ok(stopped)
+    }
+
+    /// Writes out the text held back as a possible start of a stop string.
+    fn flush(&mut self) -> std::io::Result<()> {
+        let rest = self.stops.take();
+        self.emit(&rest)
+    }
+
+    fn emit(&mut self, s: &str) -> std::io::Result<()> {
+        match &mut self.json {
+            Some(buf) => {
+                buf.push_str(s);
+                Ok(())
+            }
+            None => self.stdout.write(s),
+        }
+    }
+}
+
+/// Holds back the tail of the output that could be the start of a stop string, so that a
+/// stop string split over several tokens is never printed.
+pub(crate) struct StopFilter {
+    stops: Vec<String>,
+    pending: String,
+}
+
+impl StopFilter {
+    pub(crate) fn new(stops: &[String]) -> StopFilter {
+        StopFilter {
+            stops: stops.iter().filter(|s| !s.is_empty()).cloned().collect(),
+            pending: String::new(),
+        }
+    }
+
+    /// Adds `s`; returns the text that is safe to print, and whether a stop string was
+    /// found. After a stop, the returned text is everything before the stop string.
+    pub(crate) fn push(&mut self, s: &str) -> (String, bool) {
+        self.pending.push_str(s);
+        if self.stops.is_empty() {
+            return (std::mem::take(&mut self.pending), false);
+        }
+        // Every stop string that is complete now starts inside `pending`: text is only
+        // released when no suffix of it begins a stop string. The earliest match wins.
+        let hit = self
+            .stops
+            .iter()
+            .filter_map(|st| self.pending.find(st.as_str()))
+            .min();
+        if let Some(at) = hit {
+            self.pending.truncate(at);
+            return (std::mem::take(&mut self.pending), true);
+        }
+        // Keep the longest suffix that is a proper prefix of some stop string.
+        let keep_from = self
+            .pending
+            .char_indices()
+            .map(|(i, _)| i)
+            .find(|&i| {
+                let tail = &self.pending[i..];
+                self.stops.iter().any(|st| st.starts_with(tail))
+            })
+            .unwrap_or(self.pending.len());
+        let rest = self.pending.split_off(keep_from);
+        (std::mem::replace(&mut self.pending, rest), false)
+    }
+
+    /// Everything still held back.
+    pub(crate) fn take(&mut self) -> String {
+        std::mem::take(&mut self.pending)
+    }
 }
 
 struct Stats<'a> {
@@ -257,4 +496,42 @@ fn print_stats(s: &Stats) {
         pct(0.99)
     );
     eprintln!("kv cache: {:.1} MiB", s.kv_bytes as f64 / (1 << 20) as f64);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::StopFilter;
+
+    fn run(stops: &[&str], pieces: &[&str]) -> (String, bool) {
+        let stops: Vec<String> = stops.iter().map(|s| s.to_string()).collect();
+        let mut f = StopFilter::new(&stops);
+        let mut out = String::new();
+        for p in pieces {
+            let (s, stopped) = f.push(p);
+            out.push_str(&s);
+            if stopped {
+                return (out, true);
+            }
+        }
+        out.push_str(&f.take());
+        (out, false)
+    }
+
+    #[test]
+    fn stop_split_over_pieces() {
+        assert_eq!(run(&["Lily"], &["a L", "il", "y b"]), ("a ".into(), true));
+        assert_eq!(run(&["Lily"], &["a Li", "m"]), ("a Lim".into(), false));
+        assert_eq!(run(&["ab", "b"], &["xa", "b"]), ("x".into(), true));
+        assert_eq!(run(&[], &["a", "b"]), ("ab".into(), false));
+        assert_eq!(run(&["é!"], &["café", "?"]), ("café?".into(), false));
+    }
+
+    #[test]
+    fn held_text_is_released_once_it_cannot_match() {
+        let stops = vec!["END".to_string()];
+        let mut f = StopFilter::new(&stops);
+        assert_eq!(f.push("xE"), ("x".to_string(), false));
+        assert_eq!(f.push("N"), (String::new(), false));
+        assert_eq!(f.push("x"), ("ENx".to_string(), false));
+    }
 }
