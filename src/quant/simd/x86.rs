@@ -120,8 +120,14 @@ pub(super) fn overlay(level: Level, t: GgmlType, k: &mut Kernels) {
     }
     if level == Level::Avx512Vnni {
         match t {
-            T::Q4_0 => k.vec_dot_4rows = Some(q4_0_4rows_avx512vnni),
-            T::Q8_0 => k.vec_dot_4rows = Some(q8_0_4rows_avx512vnni),
+            T::Q4_0 => {
+                k.vec_dot_4rows = Some(q4_0_4rows_avx512vnni);
+                k.gemm_4x4 = Some(q4_0_tile_avx512vnni);
+            }
+            T::Q8_0 => {
+                k.vec_dot_4rows = Some(q8_0_4rows_avx512vnni);
+                k.gemm_4x4 = Some(q8_0_tile_avx512vnni);
+            }
             _ => {}
         }
     }
@@ -548,6 +554,110 @@ fn q8_0_4rows_avx512vnni(w: &[&[u8]; 4], a: &[u8]) -> [f32; 4] {
     let w = w.map(blocks::<BlockQ8_0>);
     // SAFETY: installed only for Avx512Vnni, after `supported` detected it.
     unsafe { avx512vnni_q8_0_rows4(w, blocks(a)) }
+}
+
+// ---------------------------------------------------------------------------------------
+// Tiles: R weight rows against T activation rows. Prefill dots every weight row with many
+// tokens; decoding a weight block (nibble unpack, scale conversion) costs as much as its
+// multiply-adds, so each block pair is decoded once and dotted with all T tokens, the R*T
+// sums staying in registers.
+//
+// `vpdpbusd` multiplies unsigned by signed bytes. Here the activations take the unsigned
+// side, offset by +128 (|y| <= 127, so y + 128 fits a byte), and the weights the signed
+// side as they are (Q8_0) or recentred (Q4_0 nibbles - 8). The offset adds 128 * sum(w)
+// to each four-byte group, which depends on the weight row only: it is computed once per
+// row and block pair and seeds the accumulation, rather than once per (row, token).
+
+/// A weight block pair as the tile loop consumes it: signed bytes in element order, the
+/// pair's `-128 * sum(w)` per four-byte group, and its scale (lanes 0-7 block 0, 8-15
+/// block 1).
+#[inline(always)]
+unsafe fn tile_weights(w: __m512i, d0: [u8; 2], d1: [u8; 2]) -> (__m512i, __m512i, __m512) {
+    let c = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_set1_epi8(-128), w);
+    let neg = _mm512_sub_epi32(_mm512_setzero_si512(), c);
+    (w, neg, scale_pair(d0, d1))
+}
+
+/// Two f16 scales spread over the two halves of a 512-bit vector.
+#[inline(always)]
+unsafe fn scale_pair(d0: [u8; 2], d1: [u8; 2]) -> __m512 {
+    let lo = _mm_set1_epi16(i16::from_le_bytes(d0));
+    let hi = _mm_set1_epi16(i16::from_le_bytes(d1));
+    _mm512_cvtph_ps(_mm256_inserti128_si256::<1>(_mm256_castsi128_si256(lo), hi))
+}
+
+/// `wpair` decodes two weight blocks (see `tile_weights`); `tail` dots the blocks past
+/// the last whole pair of one row with one activation row. Returns `out[r][t]`.
+#[inline(always)]
+unsafe fn avx512vnni_tile<W, const R: usize, const T: usize>(
+    w: [&[W]; R],
+    a: [&[BlockQ8_0]; T],
+    wpair: impl Fn(&W, &W) -> (__m512i, __m512i, __m512),
+    tail: impl Fn(&[W], &[BlockQ8_0]) -> f32,
+) -> [[f32; T]; R] {
+    let nb = a[0].len();
+    let n = nb / 2 * 2;
+    let mut acc = [[_mm512_setzero_ps(); T]; R];
+    let flip = _mm512_set1_epi8(-128);
+    let mut i = 0;
+    while i < n {
+        let mut y = [_mm512_setzero_si512(); T];
+        let mut da = [_mm512_setzero_ps(); T];
+        for t in 0..T {
+            let (a0, a1) = (&a[t][i], &a[t][i + 1]);
+            // XOR with 0x80 adds 128 to a signed byte, giving its unsigned offset form.
+            y[t] = _mm512_xor_si512(load_2x32(&a0.qs, &a1.qs), flip);
+            da[t] = scale_pair(a0.d, a1.d);
+        }
+        for r in 0..R {
+            let (q, neg, dw) = wpair(&w[r][i], &w[r][i + 1]);
+            for t in 0..T {
+                let s = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(neg, y[t], q));
+                acc[r][t] = _mm512_fmadd_ps(_mm512_mul_ps(dw, da[t]), s, acc[r][t]);
+            }
+        }
+        i += 2;
+    }
+    let mut out = [[0f32; T]; R];
+    for r in 0..R {
+        for t in 0..T {
+            out[r][t] = _mm512_reduce_add_ps(acc[r][t]) + tail(&w[r][n..], &a[t][n..]);
+        }
+    }
+    out
+}
+
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn avx512vnni_q4_0_tile(w: [&[BlockQ4_0]; 4], a: [&[BlockQ8_0]; 4]) -> [[f32; 4]; 4] {
+    avx512vnni_tile(
+        w,
+        a,
+        |w0, w1| {
+            let q = _mm512_sub_epi8(nibbles_512(&w0.qs, &w1.qs), _mm512_set1_epi8(8));
+            tile_weights(q, w0.d, w1.d)
+        },
+        |w, a| avx2_blocks(w, a, |w, a| block_q4_0::<false>(w, a)),
+    )
+}
+
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn avx512vnni_q8_0_tile(w: [&[BlockQ8_0]; 4], a: [&[BlockQ8_0]; 4]) -> [[f32; 4]; 4] {
+    avx512vnni_tile(
+        w,
+        a,
+        |w0, w1| tile_weights(load_2x32(&w0.qs, &w1.qs), w0.d, w1.d),
+        |w, a| avx2_blocks(w, a, |w, a| block_q8_0::<false>(w, a)),
+    )
+}
+
+fn q4_0_tile_avx512vnni(w: &[&[u8]; 4], a: &[&[u8]; 4]) -> [[f32; 4]; 4] {
+    // SAFETY: installed only for Avx512Vnni, after `supported` detected it.
+    unsafe { avx512vnni_q4_0_tile(w.map(blocks::<BlockQ4_0>), a.map(blocks::<BlockQ8_0>)) }
+}
+
+fn q8_0_tile_avx512vnni(w: &[&[u8]; 4], a: &[&[u8]; 4]) -> [[f32; 4]; 4] {
+    // SAFETY: installed only for Avx512Vnni, after `supported` detected it.
+    unsafe { avx512vnni_q8_0_tile(w.map(blocks::<BlockQ8_0>), a.map(blocks::<BlockQ8_0>)) }
 }
 
 // ---------------------------------------------------------------------------------------
