@@ -128,6 +128,7 @@ pub(super) fn overlay(level: Level, t: GgmlType, k: &mut Kernels) {
                 k.vec_dot_4rows = Some(q8_0_4rows_avx512vnni);
                 k.gemm_4x4 = Some(q8_0_tile_avx512vnni);
             }
+            T::Q4_1 => k.gemm_4x4 = Some(q4_1_tile_avx512vnni),
             _ => {}
         }
     }
@@ -648,6 +649,56 @@ unsafe fn avx512vnni_q8_0_tile(w: [&[BlockQ8_0]; 4], a: [&[BlockQ8_0]; 4]) -> [[
         |w0, w1| tile_weights(load_2x32(&w0.qs, &w1.qs), w0.d, w1.d),
         |w, a| avx2_blocks(w, a, |w, a| block_q8_0::<false>(w, a)),
     )
+}
+
+/// Q4_1 against Q8_1: unsigned nibbles meet signed activations directly, and each block
+/// adds `m_w * s_a`, spread as `m_w / 8` over the block's eight lanes (exact: a power of
+/// two) so that it rides in the same accumulator.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn avx512vnni_q4_1_tile(w: [&[BlockQ4_1]; 4], a: [&[BlockQ8_1]; 4]) -> [[f32; 4]; 4] {
+    const R: usize = 4;
+    const T: usize = 4;
+    let nb = a[0].len();
+    let n = nb / 2 * 2;
+    let mut acc = [[_mm512_setzero_ps(); T]; R];
+    let eighth = _mm512_set1_ps(0.125);
+    let mut i = 0;
+    while i < n {
+        let mut y = [_mm512_setzero_si512(); T];
+        let mut da = [_mm512_setzero_ps(); T];
+        let mut sa = [_mm512_setzero_ps(); T];
+        for t in 0..T {
+            let (a0, a1) = (&a[t][i], &a[t][i + 1]);
+            y[t] = load_2x32(&a0.qs, &a1.qs);
+            da[t] = scale_pair(a0.d, a1.d);
+            sa[t] = scale_pair(a0.s, a1.s);
+        }
+        for r in 0..R {
+            let (w0, w1) = (&w[r][i], &w[r][i + 1]);
+            let q = nibbles_512(&w0.qs, &w1.qs);
+            let dw = scale_pair(w0.d, w1.d);
+            let mw = _mm512_mul_ps(scale_pair(w0.m, w1.m), eighth);
+            for t in 0..T {
+                let s = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), q, y[t]));
+                acc[r][t] = _mm512_fmadd_ps(_mm512_mul_ps(dw, da[t]), s, acc[r][t]);
+                acc[r][t] = _mm512_fmadd_ps(mw, sa[t], acc[r][t]);
+            }
+        }
+        i += 2;
+    }
+    let mut out = [[0f32; T]; R];
+    for r in 0..R {
+        for t in 0..T {
+            let tail = avx2_q4_1_body::<false>(&w[r][n..], &a[t][n..]);
+            out[r][t] = _mm512_reduce_add_ps(acc[r][t]) + tail;
+        }
+    }
+    out
+}
+
+fn q4_1_tile_avx512vnni(w: &[&[u8]; 4], a: &[&[u8]; 4]) -> [[f32; 4]; 4] {
+    // SAFETY: installed only for Avx512Vnni, after `supported` detected it.
+    unsafe { avx512vnni_q4_1_tile(w.map(blocks::<BlockQ4_1>), a.map(blocks::<BlockQ8_1>)) }
 }
 
 fn q4_0_tile_avx512vnni(w: &[&[u8]; 4], a: &[&[u8]; 4]) -> [[f32; 4]; 4] {
