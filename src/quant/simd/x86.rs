@@ -9,7 +9,7 @@ use std::arch::x86_64::*;
 
 use super::super::legacy::to_h;
 use super::super::{
-    blocks, blocks_mut, BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1, GgmlType, Kernels, QK,
+    blocks, blocks_mut, BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1, Gemm4x4, GgmlType, Kernels, QK,
 };
 use super::Level;
 
@@ -117,6 +117,11 @@ pub(super) fn overlay(level: Level, t: GgmlType, k: &mut Kernels) {
     k.vec_dot = Some(dot);
     if let Some(q) = quantize {
         k.from_float = q;
+    }
+    match t {
+        T::Q4_0 => k.gemm_4x4 = q4_0_tile_avx2(level),
+        T::Q8_0 => k.gemm_4x4 = q8_0_tile_avx2(level),
+        _ => {}
     }
     if level == Level::Avx512Vnni {
         match t {
@@ -700,6 +705,78 @@ fn q4_1_tile_avx512vnni(w: &[&[u8]; 4], a: &[&[u8]; 4]) -> [[f32; 4]; 4] {
     // SAFETY: installed only for Avx512Vnni, after `supported` detected it.
     unsafe { avx512vnni_q4_1_tile(w.map(blocks::<BlockQ4_1>), a.map(blocks::<BlockQ8_1>)) }
 }
+
+#[inline(always)]
+unsafe fn broadcast_f16(d: [u8; 2]) -> __m256 {
+    _mm256_cvtph_ps(_mm_set1_epi16(i16::from_le_bytes(d)))
+}
+
+/// The 256-bit tile for CPUs without AVX-512 VNNI: one block per step, the sign trick of
+/// `dot_ss_256` (`|w|` is hoisted out of the token loop), scales converted once per block
+/// and row or token. `wblock` gives a weight block's signed bytes and f16 scale.
+#[inline(always)]
+unsafe fn avx2_tile<W, const VNNI: bool>(
+    w: [&[W]; 4],
+    a: [&[BlockQ8_0]; 4],
+    wblock: impl Fn(&W) -> (__m256i, [u8; 2]),
+) -> [[f32; 4]; 4] {
+    let mut acc = [[_mm256_setzero_ps(); 4]; 4];
+    for i in 0..a[0].len() {
+        let mut y = [_mm256_setzero_si256(); 4];
+        let mut da = [_mm256_setzero_ps(); 4];
+        for t in 0..4 {
+            y[t] = _mm256_loadu_si256(a[t][i].qs.as_ptr().cast());
+            da[t] = broadcast_f16(a[t][i].d);
+        }
+        for r in 0..4 {
+            let (x, d) = wblock(&w[r][i]);
+            let dw = broadcast_f16(d);
+            for t in 0..4 {
+                let s = _mm256_cvtepi32_ps(dot_ss_256::<VNNI>(x, y[t]));
+                acc[r][t] = _mm256_fmadd_ps(_mm256_mul_ps(dw, da[t]), s, acc[r][t]);
+            }
+        }
+    }
+    acc.map(|row| row.map(|v| hsum_ps(v)))
+}
+
+macro_rules! avx2_tiles {
+    ($name:ident, $wt:ty, $wblock:expr) => {
+        fn $name(level: Level) -> Option<Gemm4x4> {
+            #[target_feature(enable = "avx2,fma,f16c")]
+            unsafe fn plain(w: [&[$wt]; 4], a: [&[BlockQ8_0]; 4]) -> [[f32; 4]; 4] {
+                avx2_tile::<_, false>(w, a, $wblock)
+            }
+            #[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+            unsafe fn vnni(w: [&[$wt]; 4], a: [&[BlockQ8_0]; 4]) -> [[f32; 4]; 4] {
+                avx2_tile::<_, true>(w, a, $wblock)
+            }
+            fn plain_entry(w: &[&[u8]; 4], a: &[&[u8]; 4]) -> [[f32; 4]; 4] {
+                // SAFETY: installed only for levels with AVX2, FMA and F16C, after
+                // `supported` detected them.
+                unsafe { plain(w.map(blocks::<$wt>), a.map(blocks::<BlockQ8_0>)) }
+            }
+            fn vnni_entry(w: &[&[u8]; 4], a: &[&[u8]; 4]) -> [[f32; 4]; 4] {
+                // SAFETY: installed only for AvxVnni, after `supported` detected it.
+                unsafe { vnni(w.map(blocks::<$wt>), a.map(blocks::<BlockQ8_0>)) }
+            }
+            match level {
+                Level::Avx2 | Level::Avx512 => Some(plain_entry),
+                Level::AvxVnni => Some(vnni_entry),
+                _ => None,
+            }
+        }
+    };
+}
+
+avx2_tiles!(q4_0_tile_avx2, BlockQ4_0, |w: &BlockQ4_0| (
+    _mm256_sub_epi8(nibbles_256(&w.qs), _mm256_set1_epi8(8)),
+    w.d
+));
+avx2_tiles!(q8_0_tile_avx2, BlockQ8_0, |w: &BlockQ8_0| (
+    _mm256_loadu_si256(w.qs.as_ptr().cast()),
+    w.d
+));
 
 fn q4_0_tile_avx512vnni(w: &[&[u8]; 4], a: &[&[u8]; 4]) -> [[f32; 4]; 4] {
     // SAFETY: installed only for Avx512Vnni, after `supported` detected it.
