@@ -69,12 +69,12 @@ impl Cpu {
                     while r + 4 <= r1 {
                         let rows = [w.row(r), w.row(r + 1), w.row(r + 2), w.row(r + 3)];
                         let v = x.dot4x4(w.ty, rows, b);
-                        for j in 0..4 {
+                        for (j, bj) in (b..b + 4).enumerate() {
                             // SAFETY: rows r0..r1 of every output row belong to this
                             // thread alone.
-                            let dst = unsafe { out.slice((b + j) * n_rows + r, 4) };
-                            for (k, d) in dst.iter_mut().enumerate() {
-                                *d = if accumulate { *d + v[k][j] } else { v[k][j] };
+                            let dst = unsafe { out.slice(bj * n_rows + r, 4) };
+                            for (d, row) in dst.iter_mut().zip(&v) {
+                                *d = if accumulate { *d + row[j] } else { row[j] };
                             }
                         }
                         r += 4;
