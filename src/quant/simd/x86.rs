@@ -584,12 +584,13 @@ unsafe fn tile_weights(w: __m512i, d0: [u8; 2], d1: [u8; 2]) -> (__m512i, __m512
     (w, neg, scale_pair(d0, d1))
 }
 
-/// Two f16 scales spread over the two halves of a 512-bit vector.
+/// Two f16 scales spread over the two halves of a 512-bit vector: both converted in one
+/// 128-bit instruction, then one permute.
 #[inline(always)]
 unsafe fn scale_pair(d0: [u8; 2], d1: [u8; 2]) -> __m512 {
-    let lo = _mm_set1_epi16(i16::from_le_bytes(d0));
-    let hi = _mm_set1_epi16(i16::from_le_bytes(d1));
-    _mm512_cvtph_ps(_mm256_inserti128_si256::<1>(_mm256_castsi128_si256(lo), hi))
+    let v = _mm_cvtph_ps(_mm_cvtsi32_si128((bits(d0) | bits(d1) << 16) as i32));
+    let idx = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+    _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(v))
 }
 
 /// `wpair` decodes two weight blocks (see `tile_weights`); `tail` dots the blocks past
