@@ -595,8 +595,13 @@ unsafe fn scale_pair(d0: [u8; 2], d1: [u8; 2]) -> __m512 {
 
 /// `wpair` decodes two weight blocks (see `tile_weights`); `tail` dots the blocks past
 /// the last whole pair of one row with one activation row. Returns `out[r][t]`.
+///
+/// With `NIBBLES` the weights are instead Q4_0's unsigned nibbles, which take the unsigned
+/// side against the activations as they are; the -8 offset becomes `-8 * sum(y)`, which
+/// depends on the token only, so it seeds the sums per token (`wpair`'s seed is unused).
+/// That saves recentring each weight pair and its offset sum.
 #[inline(always)]
-unsafe fn avx512vnni_tile<W, const R: usize, const T: usize>(
+unsafe fn avx512vnni_tile<W, const R: usize, const T: usize, const NIBBLES: bool>(
     w: [&[W]; R],
     a: [&[BlockQ8_0]; T],
     wpair: impl Fn(&W, &W) -> (__m512i, __m512i, __m512),
@@ -609,17 +614,30 @@ unsafe fn avx512vnni_tile<W, const R: usize, const T: usize>(
     let mut i = 0;
     while i < n {
         let mut y = [_mm512_setzero_si512(); T];
+        let mut seed = [_mm512_setzero_si512(); T];
         let mut da = [_mm512_setzero_ps(); T];
         for t in 0..T {
             let (a0, a1) = (&a[t][i], &a[t][i + 1]);
-            // XOR with 0x80 adds 128 to a signed byte, giving its unsigned offset form.
-            y[t] = _mm512_xor_si512(load_2x32(&a0.qs, &a1.qs), flip);
+            let v = load_2x32(&a0.qs, &a1.qs);
+            if NIBBLES {
+                y[t] = v;
+                let neg = _mm512_sub_epi8(_mm512_setzero_si512(), v);
+                seed[t] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_set1_epi8(8), neg);
+            } else {
+                // XOR with 0x80 adds 128 to a signed byte, giving its unsigned offset form.
+                y[t] = _mm512_xor_si512(v, flip);
+            }
             da[t] = scale_pair(a0.d, a1.d);
         }
         for r in 0..R {
             let (q, neg, dw) = wpair(&w[r][i], &w[r][i + 1]);
             for t in 0..T {
-                let s = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(neg, y[t], q));
+                let s = if NIBBLES {
+                    _mm512_dpbusd_epi32(seed[t], q, y[t])
+                } else {
+                    _mm512_dpbusd_epi32(neg, y[t], q)
+                };
+                let s = _mm512_cvtepi32_ps(s);
                 acc[r][t] = _mm512_fmadd_ps(_mm512_mul_ps(dw, da[t]), s, acc[r][t]);
             }
         }
@@ -636,12 +654,12 @@ unsafe fn avx512vnni_tile<W, const R: usize, const T: usize>(
 
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 unsafe fn avx512vnni_q4_0_tile(w: [&[BlockQ4_0]; 4], a: [&[BlockQ8_0]; 4]) -> [[f32; 4]; 4] {
-    avx512vnni_tile(
+    avx512vnni_tile::<_, 4, 4, true>(
         w,
         a,
         |w0, w1| {
-            let q = _mm512_sub_epi8(nibbles_512(&w0.qs, &w1.qs), _mm512_set1_epi8(8));
-            tile_weights(q, w0.d, w1.d)
+            let q = nibbles_512(&w0.qs, &w1.qs);
+            (q, _mm512_setzero_si512(), scale_pair(w0.d, w1.d))
         },
         |w, a| avx2_blocks(w, a, |w, a| block_q4_0::<false>(w, a)),
     )
@@ -649,7 +667,7 @@ unsafe fn avx512vnni_q4_0_tile(w: [&[BlockQ4_0]; 4], a: [&[BlockQ8_0]; 4]) -> [[
 
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 unsafe fn avx512vnni_q8_0_tile(w: [&[BlockQ8_0]; 4], a: [&[BlockQ8_0]; 4]) -> [[f32; 4]; 4] {
-    avx512vnni_tile(
+    avx512vnni_tile::<_, 4, 4, false>(
         w,
         a,
         |w0, w1| tile_weights(load_2x32(&w0.qs, &w1.qs), w0.d, w1.d),
