@@ -568,11 +568,12 @@ fn q8_0_4rows_avx512vnni(w: &[&[u8]; 4], a: &[u8]) -> [f32; 4] {
 // multiply-adds, so each block pair is decoded once and dotted with all T tokens, the R*T
 // sums staying in registers.
 //
-// `vpdpbusd` multiplies unsigned by signed bytes. Here the activations take the unsigned
-// side, offset by +128 (|y| <= 127, so y + 128 fits a byte), and the weights the signed
-// side as they are (Q8_0) or recentred (Q4_0 nibbles - 8). The offset adds 128 * sum(w)
-// to each four-byte group, which depends on the weight row only: it is computed once per
-// row and block pair and seeds the accumulation, rather than once per (row, token).
+// `vpdpbusd` multiplies unsigned by signed bytes. For Q8_0 the activations take the
+// unsigned side, offset by +128 (|y| <= 127, so y + 128 fits a byte), and the weights the
+// signed side as they are (Q4_0 is the other way round: see `NIBBLES`). The offset adds
+// 128 * sum(w) to each four-byte group, which depends on the weight row only: it is
+// computed once per row and block pair and seeds the accumulation, rather than once per
+// (row, token).
 
 /// A weight block pair as the tile loop consumes it: signed bytes in element order, the
 /// pair's `-128 * sum(w)` per four-byte group, and its scale (lanes 0-7 block 0, 8-15

@@ -579,7 +579,7 @@ unsafe fn avx2_quantize_q8_k(x: &[f32], out: &mut [BlockQ8K]) {
 // scales and accumulates in i32: the super-block's scaled sum stays integer, with one
 // float multiply-add per super-block and token.
 
-/// `_mm512_permutexvar_epi16` indices spreading i16 lane `LANES[j]` over 32 / 8 lanes.
+/// `_mm512_permutexvar_epi16` indices: output lane `j` takes i16 lane `first + j / per`.
 #[inline(always)]
 unsafe fn spread_idx(first: i16, per: usize) -> __m512i {
     let mut idx = [0i16; 32];
