@@ -1,7 +1,8 @@
 //! Matrix-vector products through each dot kernel at each SIMD level this CPU supports.
 //!
 //! `cargo bench --bench dot [-- FILTER]`: FILTER keeps the lines whose type or level name
-//! contains it. Prints weight bytes streamed per second (one thread) and time per block.
+//! contains it. Prints weight bytes streamed per second (one thread) and time per block
+//! (per block and activation row for the 4x4 tiles, which dot four activation rows).
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -100,6 +101,20 @@ fn main() {
                         }
                     });
                     report(&format!("{t} 4 rows"), level, w.len(), blocks, d);
+                }
+                if let Some(tile) = k.gemm_4x4 {
+                    // Four activation rows per pass: ns/block counts block dots, so it
+                    // compares with the lines above.
+                    let acts: Vec<Vec<u8>> =
+                        (0..4).map(|j| encode(at, &values(cols, 10 + j))).collect();
+                    let a = [0, 1, 2, 3].map(|j| &acts[j][..]);
+                    let d = time(min, || {
+                        for r in w.chunks_exact(4 * row_bytes) {
+                            let rs = [0, 1, 2, 3].map(|i| &r[i * row_bytes..(i + 1) * row_bytes]);
+                            black_box(tile(black_box(&rs), black_box(&a)));
+                        }
+                    });
+                    report(&format!("{t} 4x4 tile"), level, 4 * w.len(), 4 * blocks, d);
                 }
             }
         }

@@ -26,6 +26,8 @@ pub use types::GgmlType;
 pub type VecDot = fn(&[u8], &[u8]) -> f32;
 /// Dot products of four weight rows with one activation row.
 pub type VecDot4 = fn(&[&[u8]; 4], &[u8]) -> [f32; 4];
+/// Dot products of four weight rows with four activation rows: `out[r][t] = w[r] · a[t]`.
+pub type Gemm4x4 = fn(&[&[u8]; 4], &[&[u8]; 4]) -> [[f32; 4]; 4];
 
 /// The CPU kernels of one type. All take raw little-endian GGUF bytes.
 #[derive(Clone, Copy)]
@@ -42,6 +44,10 @@ pub struct Kernels {
     /// (up to float summation order), but loading each activation block once. Only where
     /// it beats four `vec_dot` calls.
     pub vec_dot_4rows: Option<VecDot4>,
+    /// A tile of four weight rows by four activation rows, as sixteen `vec_dot` calls
+    /// would (up to float summation order), decoding each weight block once for all four
+    /// activation rows. For prefill, where many activation rows meet each weight row.
+    pub gemm_4x4: Option<Gemm4x4>,
 }
 
 fn blocks<T: Block>(bytes: &[u8]) -> &[T] {
@@ -62,6 +68,7 @@ pub fn scalar_kernels(t: GgmlType) -> Option<Kernels> {
             vec_dot_type,
             vec_dot,
             vec_dot_4rows: None,
+            gemm_4x4: None,
         })
     };
     match t {
@@ -361,6 +368,25 @@ impl DotInput {
             }
         }
         w_rows.map(|w| self.dot(t, w, i))
+    }
+
+    /// True if `dot4x4` has a tile kernel for type `t`, rather than falling back to dots.
+    pub fn has_tile(&self, t: GgmlType) -> bool {
+        self.precision == Precision::Fast && kernels(t).is_some_and(|k| k.gemm_4x4.is_some())
+    }
+
+    /// `out[r][j]`: weight row `w_rows[r]` of type `t` dotted with prepared row `i + j`,
+    /// one `gemm_4x4` call where the type has one, else four `dot4`s.
+    pub fn dot4x4(&self, t: GgmlType, w_rows: [&[u8]; 4], i: usize) -> [[f32; 4]; 4] {
+        if self.precision == Precision::Fast {
+            if let Some(f) = kernels(t).and_then(|k| k.gemm_4x4) {
+                assert!(self.ready_for(t), "activations prepared for another type");
+                let a = [0, 1, 2, 3].map(|j| self.row(i + j));
+                return f(&w_rows, &a);
+            }
+        }
+        let cols = [0, 1, 2, 3].map(|j| self.dot4(t, w_rows, i + j));
+        [0, 1, 2, 3].map(|r| cols.map(|c| c[r]))
     }
 }
 

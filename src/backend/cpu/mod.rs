@@ -61,7 +61,34 @@ impl Cpu {
                 let ahead = (r1 + PREFETCH_ROWS).min(mine.end);
                 let from = (r0 + PREFETCH_ROWS).min(ahead);
                 prefetch(&w.data[from * rb..ahead * rb]);
-                for b in 0..n_b {
+                // Four activation rows at a time through the tile kernel, which decodes
+                // each weight block once for all four; the rest one row at a time.
+                let tiled = if x.has_tile(w.ty) { n_b / 4 * 4 } else { 0 };
+                for b in (0..tiled).step_by(4) {
+                    let mut r = r0;
+                    while r + 4 <= r1 {
+                        let rows = [w.row(r), w.row(r + 1), w.row(r + 2), w.row(r + 3)];
+                        let v = x.dot4x4(w.ty, rows, b);
+                        for (j, bj) in (b..b + 4).enumerate() {
+                            // SAFETY: rows r0..r1 of every output row belong to this
+                            // thread alone.
+                            let dst = unsafe { out.slice(bj * n_rows + r, 4) };
+                            for (d, row) in dst.iter_mut().zip(&v) {
+                                *d = if accumulate { *d + row[j] } else { row[j] };
+                            }
+                        }
+                        r += 4;
+                    }
+                    for r in r..r1 {
+                        for j in 0..4 {
+                            let v = x.dot(w.ty, w.row(r), b + j);
+                            // SAFETY: as above.
+                            let d = unsafe { &mut out.slice((b + j) * n_rows + r, 1)[0] };
+                            *d = if accumulate { *d + v } else { v };
+                        }
+                    }
+                }
+                for b in tiled..n_b {
                     // SAFETY: rows r0..r1 of every output row belong to this thread alone.
                     let o = unsafe { out.slice(b * n_rows + r0, r1 - r0) };
                     let mut r = r0;

@@ -173,6 +173,41 @@ fn four_row_dots_match_scalar() {
 }
 
 #[test]
+fn tile_dots_match_scalar() {
+    let mut rng = Rng::new(13);
+    for t in DOT_TYPES {
+        let reference = scalar_kernels(t).unwrap();
+        // Odd block counts too, for the tail past the last block pair.
+        let mut ns = lengths(t);
+        ns.extend([t.block_len() * 3, t.block_len() * 177]);
+        for n in ns {
+            let rows: Vec<Vec<u8>> = (0..4).map(|_| weight_row(t, n, &mut rng)).collect();
+            let acts: Vec<Vec<u8>> = (0..4)
+                .map(|_| encode(reference.vec_dot_type, &rng.values(n)))
+                .collect();
+            for level in supported_levels() {
+                let Some(f) = kernels_at(level, t).unwrap().gemm_4x4 else {
+                    continue;
+                };
+                let w = [0, 1, 2, 3].map(|r| &rows[r][..]);
+                let a = [0, 1, 2, 3].map(|j| &acts[j][..]);
+                let got = f(&w, &a);
+                for (r, j) in (0..16).map(|k| (k / 4, k % 4)) {
+                    let want = (reference.vec_dot.unwrap())(w[r], a[j]);
+                    let tol = 1e-5 * magnitude(t, w[r], a[j], n) + 1e-30;
+                    assert!(
+                        ((got[r][j] - want) as f64).abs() <= tol,
+                        "{t} n={n} {} row {r} act {j}: {} vs scalar {want}",
+                        level.name(),
+                        got[r][j]
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
 fn quantizers_match_scalar_bytes() {
     let mut rng = Rng::new(5);
     let mut inputs: Vec<Vec<f32>> = [32, 64, 96, 256, 512, 4096, 11008, 14336]

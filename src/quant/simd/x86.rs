@@ -9,7 +9,7 @@ use std::arch::x86_64::*;
 
 use super::super::legacy::to_h;
 use super::super::{
-    blocks, blocks_mut, BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1, GgmlType, Kernels, QK,
+    blocks, blocks_mut, BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1, Gemm4x4, GgmlType, Kernels, QK,
 };
 use super::Level;
 
@@ -118,10 +118,22 @@ pub(super) fn overlay(level: Level, t: GgmlType, k: &mut Kernels) {
     if let Some(q) = quantize {
         k.from_float = q;
     }
+    match t {
+        T::Q4_0 => k.gemm_4x4 = q4_0_tile_avx2(level),
+        T::Q8_0 => k.gemm_4x4 = q8_0_tile_avx2(level),
+        _ => {}
+    }
     if level == Level::Avx512Vnni {
         match t {
-            T::Q4_0 => k.vec_dot_4rows = Some(q4_0_4rows_avx512vnni),
-            T::Q8_0 => k.vec_dot_4rows = Some(q8_0_4rows_avx512vnni),
+            T::Q4_0 => {
+                k.vec_dot_4rows = Some(q4_0_4rows_avx512vnni);
+                k.gemm_4x4 = Some(q4_0_tile_avx512vnni);
+            }
+            T::Q8_0 => {
+                k.vec_dot_4rows = Some(q8_0_4rows_avx512vnni);
+                k.gemm_4x4 = Some(q8_0_tile_avx512vnni);
+            }
+            T::Q4_1 => k.gemm_4x4 = Some(q4_1_tile_avx512vnni),
             _ => {}
         }
     }
@@ -548,6 +560,252 @@ fn q8_0_4rows_avx512vnni(w: &[&[u8]; 4], a: &[u8]) -> [f32; 4] {
     let w = w.map(blocks::<BlockQ8_0>);
     // SAFETY: installed only for Avx512Vnni, after `supported` detected it.
     unsafe { avx512vnni_q8_0_rows4(w, blocks(a)) }
+}
+
+// ---------------------------------------------------------------------------------------
+// Tiles: R weight rows against T activation rows. Prefill dots every weight row with many
+// tokens; decoding a weight block (nibble unpack, scale conversion) costs as much as its
+// multiply-adds, so each block pair is decoded once and dotted with all T tokens, the R*T
+// sums staying in registers.
+//
+// `vpdpbusd` multiplies unsigned by signed bytes. For Q8_0 the activations take the
+// unsigned side, offset by +128 (|y| <= 127, so y + 128 fits a byte), and the weights the
+// signed side as they are (Q4_0 is the other way round: see `NIBBLES`). The offset adds
+// 128 * sum(w) to each four-byte group, which depends on the weight row only: it is
+// computed once per row and block pair and seeds the accumulation, rather than once per
+// (row, token).
+
+/// A weight block pair as the tile loop consumes it: signed bytes in element order, the
+/// pair's `-128 * sum(w)` per four-byte group, and its scale (lanes 0-7 block 0, 8-15
+/// block 1).
+#[inline(always)]
+unsafe fn tile_weights(w: __m512i, d0: [u8; 2], d1: [u8; 2]) -> (__m512i, __m512i, __m512) {
+    let c = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_set1_epi8(-128), w);
+    let neg = _mm512_sub_epi32(_mm512_setzero_si512(), c);
+    (w, neg, scale_pair(d0, d1))
+}
+
+/// Two f16 scales spread over the two halves of a 512-bit vector: both converted in one
+/// 128-bit instruction, then one permute.
+#[inline(always)]
+unsafe fn scale_pair(d0: [u8; 2], d1: [u8; 2]) -> __m512 {
+    let v = _mm_cvtph_ps(_mm_cvtsi32_si128((bits(d0) | bits(d1) << 16) as i32));
+    let idx = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+    _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(v))
+}
+
+/// `wpair` decodes two weight blocks (see `tile_weights`); `tail` dots the blocks past
+/// the last whole pair of one row with one activation row. Returns `out[r][t]`.
+///
+/// With `NIBBLES` the weights are instead Q4_0's unsigned nibbles, which take the unsigned
+/// side against the activations as they are; the -8 offset becomes `-8 * sum(y)`, which
+/// depends on the token only, so it seeds the sums per token (`wpair`'s seed is unused).
+/// That saves recentring each weight pair and its offset sum.
+#[inline(always)]
+unsafe fn avx512vnni_tile<W, const R: usize, const T: usize, const NIBBLES: bool>(
+    w: [&[W]; R],
+    a: [&[BlockQ8_0]; T],
+    wpair: impl Fn(&W, &W) -> (__m512i, __m512i, __m512),
+    tail: impl Fn(&[W], &[BlockQ8_0]) -> f32,
+) -> [[f32; T]; R] {
+    let nb = a[0].len();
+    let n = nb / 2 * 2;
+    let mut acc = [[_mm512_setzero_ps(); T]; R];
+    let flip = _mm512_set1_epi8(-128);
+    let mut i = 0;
+    while i < n {
+        let mut y = [_mm512_setzero_si512(); T];
+        let mut seed = [_mm512_setzero_si512(); T];
+        let mut da = [_mm512_setzero_ps(); T];
+        for t in 0..T {
+            let (a0, a1) = (&a[t][i], &a[t][i + 1]);
+            let v = load_2x32(&a0.qs, &a1.qs);
+            if NIBBLES {
+                y[t] = v;
+                let neg = _mm512_sub_epi8(_mm512_setzero_si512(), v);
+                seed[t] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_set1_epi8(8), neg);
+            } else {
+                // XOR with 0x80 adds 128 to a signed byte, giving its unsigned offset form.
+                y[t] = _mm512_xor_si512(v, flip);
+            }
+            da[t] = scale_pair(a0.d, a1.d);
+        }
+        for r in 0..R {
+            let (q, neg, dw) = wpair(&w[r][i], &w[r][i + 1]);
+            for t in 0..T {
+                let s = if NIBBLES {
+                    _mm512_dpbusd_epi32(seed[t], q, y[t])
+                } else {
+                    _mm512_dpbusd_epi32(neg, y[t], q)
+                };
+                let s = _mm512_cvtepi32_ps(s);
+                acc[r][t] = _mm512_fmadd_ps(_mm512_mul_ps(dw, da[t]), s, acc[r][t]);
+            }
+        }
+        i += 2;
+    }
+    let mut out = [[0f32; T]; R];
+    for r in 0..R {
+        for t in 0..T {
+            out[r][t] = _mm512_reduce_add_ps(acc[r][t]) + tail(&w[r][n..], &a[t][n..]);
+        }
+    }
+    out
+}
+
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn avx512vnni_q4_0_tile(w: [&[BlockQ4_0]; 4], a: [&[BlockQ8_0]; 4]) -> [[f32; 4]; 4] {
+    avx512vnni_tile::<_, 4, 4, true>(
+        w,
+        a,
+        |w0, w1| {
+            let q = nibbles_512(&w0.qs, &w1.qs);
+            (q, _mm512_setzero_si512(), scale_pair(w0.d, w1.d))
+        },
+        |w, a| avx2_blocks(w, a, |w, a| block_q4_0::<false>(w, a)),
+    )
+}
+
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn avx512vnni_q8_0_tile(w: [&[BlockQ8_0]; 4], a: [&[BlockQ8_0]; 4]) -> [[f32; 4]; 4] {
+    avx512vnni_tile::<_, 4, 4, false>(
+        w,
+        a,
+        |w0, w1| tile_weights(load_2x32(&w0.qs, &w1.qs), w0.d, w1.d),
+        |w, a| avx2_blocks(w, a, |w, a| block_q8_0::<false>(w, a)),
+    )
+}
+
+/// Q4_1 against Q8_1: unsigned nibbles meet signed activations directly, and each block
+/// adds `m_w * s_a`, spread as `m_w / 8` over the block's eight lanes (exact: a power of
+/// two) so that it rides in the same accumulator.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn avx512vnni_q4_1_tile(w: [&[BlockQ4_1]; 4], a: [&[BlockQ8_1]; 4]) -> [[f32; 4]; 4] {
+    const R: usize = 4;
+    const T: usize = 4;
+    let nb = a[0].len();
+    let n = nb / 2 * 2;
+    let mut acc = [[_mm512_setzero_ps(); T]; R];
+    let eighth = _mm512_set1_ps(0.125);
+    let mut i = 0;
+    while i < n {
+        let mut y = [_mm512_setzero_si512(); T];
+        let mut da = [_mm512_setzero_ps(); T];
+        let mut sa = [_mm512_setzero_ps(); T];
+        for t in 0..T {
+            let (a0, a1) = (&a[t][i], &a[t][i + 1]);
+            y[t] = load_2x32(&a0.qs, &a1.qs);
+            da[t] = scale_pair(a0.d, a1.d);
+            sa[t] = scale_pair(a0.s, a1.s);
+        }
+        for r in 0..R {
+            let (w0, w1) = (&w[r][i], &w[r][i + 1]);
+            let q = nibbles_512(&w0.qs, &w1.qs);
+            let dw = scale_pair(w0.d, w1.d);
+            let mw = _mm512_mul_ps(scale_pair(w0.m, w1.m), eighth);
+            for t in 0..T {
+                let s = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), q, y[t]));
+                acc[r][t] = _mm512_fmadd_ps(_mm512_mul_ps(dw, da[t]), s, acc[r][t]);
+                acc[r][t] = _mm512_fmadd_ps(mw, sa[t], acc[r][t]);
+            }
+        }
+        i += 2;
+    }
+    let mut out = [[0f32; T]; R];
+    for r in 0..R {
+        for t in 0..T {
+            let tail = avx2_q4_1_body::<false>(&w[r][n..], &a[t][n..]);
+            out[r][t] = _mm512_reduce_add_ps(acc[r][t]) + tail;
+        }
+    }
+    out
+}
+
+fn q4_1_tile_avx512vnni(w: &[&[u8]; 4], a: &[&[u8]; 4]) -> [[f32; 4]; 4] {
+    // SAFETY: installed only for Avx512Vnni, after `supported` detected it.
+    unsafe { avx512vnni_q4_1_tile(w.map(blocks::<BlockQ4_1>), a.map(blocks::<BlockQ8_1>)) }
+}
+
+#[inline(always)]
+unsafe fn broadcast_f16(d: [u8; 2]) -> __m256 {
+    _mm256_cvtph_ps(_mm_set1_epi16(i16::from_le_bytes(d)))
+}
+
+/// The 256-bit tile for CPUs without AVX-512 VNNI: one block per step, the sign trick of
+/// `dot_ss_256` (`|w|` is hoisted out of the token loop), scales converted once per block
+/// and row or token. `wblock` gives a weight block's signed bytes and f16 scale.
+#[inline(always)]
+unsafe fn avx2_tile<W, const VNNI: bool>(
+    w: [&[W]; 4],
+    a: [&[BlockQ8_0]; 4],
+    wblock: impl Fn(&W) -> (__m256i, [u8; 2]),
+) -> [[f32; 4]; 4] {
+    let mut acc = [[_mm256_setzero_ps(); 4]; 4];
+    for i in 0..a[0].len() {
+        let mut y = [_mm256_setzero_si256(); 4];
+        let mut da = [_mm256_setzero_ps(); 4];
+        for t in 0..4 {
+            y[t] = _mm256_loadu_si256(a[t][i].qs.as_ptr().cast());
+            da[t] = broadcast_f16(a[t][i].d);
+        }
+        for r in 0..4 {
+            let (x, d) = wblock(&w[r][i]);
+            let dw = broadcast_f16(d);
+            for t in 0..4 {
+                let s = _mm256_cvtepi32_ps(dot_ss_256::<VNNI>(x, y[t]));
+                acc[r][t] = _mm256_fmadd_ps(_mm256_mul_ps(dw, da[t]), s, acc[r][t]);
+            }
+        }
+    }
+    acc.map(|row| row.map(|v| hsum_ps(v)))
+}
+
+macro_rules! avx2_tiles {
+    ($name:ident, $wt:ty, $wblock:expr) => {
+        fn $name(level: Level) -> Option<Gemm4x4> {
+            #[target_feature(enable = "avx2,fma,f16c")]
+            unsafe fn plain(w: [&[$wt]; 4], a: [&[BlockQ8_0]; 4]) -> [[f32; 4]; 4] {
+                avx2_tile::<_, false>(w, a, $wblock)
+            }
+            #[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+            unsafe fn vnni(w: [&[$wt]; 4], a: [&[BlockQ8_0]; 4]) -> [[f32; 4]; 4] {
+                avx2_tile::<_, true>(w, a, $wblock)
+            }
+            fn plain_entry(w: &[&[u8]; 4], a: &[&[u8]; 4]) -> [[f32; 4]; 4] {
+                // SAFETY: installed only for levels with AVX2, FMA and F16C, after
+                // `supported` detected them.
+                unsafe { plain(w.map(blocks::<$wt>), a.map(blocks::<BlockQ8_0>)) }
+            }
+            fn vnni_entry(w: &[&[u8]; 4], a: &[&[u8]; 4]) -> [[f32; 4]; 4] {
+                // SAFETY: installed only for AvxVnni, after `supported` detected it.
+                unsafe { vnni(w.map(blocks::<$wt>), a.map(blocks::<BlockQ8_0>)) }
+            }
+            match level {
+                Level::Avx2 | Level::Avx512 => Some(plain_entry),
+                Level::AvxVnni => Some(vnni_entry),
+                _ => None,
+            }
+        }
+    };
+}
+
+avx2_tiles!(q4_0_tile_avx2, BlockQ4_0, |w: &BlockQ4_0| (
+    _mm256_sub_epi8(nibbles_256(&w.qs), _mm256_set1_epi8(8)),
+    w.d
+));
+avx2_tiles!(q8_0_tile_avx2, BlockQ8_0, |w: &BlockQ8_0| (
+    _mm256_loadu_si256(w.qs.as_ptr().cast()),
+    w.d
+));
+
+fn q4_0_tile_avx512vnni(w: &[&[u8]; 4], a: &[&[u8]; 4]) -> [[f32; 4]; 4] {
+    // SAFETY: installed only for Avx512Vnni, after `supported` detected it.
+    unsafe { avx512vnni_q4_0_tile(w.map(blocks::<BlockQ4_0>), a.map(blocks::<BlockQ8_0>)) }
+}
+
+fn q8_0_tile_avx512vnni(w: &[&[u8]; 4], a: &[&[u8]; 4]) -> [[f32; 4]; 4] {
+    // SAFETY: installed only for Avx512Vnni, after `supported` detected it.
+    unsafe { avx512vnni_q8_0_tile(w.map(blocks::<BlockQ8_0>), a.map(blocks::<BlockQ8_0>)) }
 }
 
 // ---------------------------------------------------------------------------------------

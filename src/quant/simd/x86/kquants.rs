@@ -62,6 +62,13 @@ pub(super) fn overlay(level: Level, t: GgmlType, k: &mut Kernels) -> bool {
         _ => return false,
     };
     k.vec_dot = Some(dot);
+    if level == Level::Avx512Vnni {
+        match t {
+            T::Q4_K => k.gemm_4x4 = Some(q4_k_tile_avx512vnni),
+            T::Q6_K => k.gemm_4x4 = Some(q6_k_tile_avx512vnni),
+            _ => {}
+        }
+    }
     true
 }
 
@@ -563,4 +570,126 @@ unsafe fn avx2_quantize_q8_k(x: &[f32], out: &mut [BlockQ8K]) {
         }
         b.d = (1.0 / iscale).to_le_bytes();
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Tiles of four weight rows by four activation rows (see the tile section of x86.rs): each
+// super-block is decoded once for the four tokens. A 512-bit vector holds 64 quants that
+// `vpmaddubsw` pairs into i16, and `vpdpwssd` multiplies those pairs by the sub-block
+// scales and accumulates in i32: the super-block's scaled sum stays integer, with one
+// float multiply-add per super-block and token.
+
+/// `_mm512_permutexvar_epi16` indices: output lane `j` takes i16 lane `first + j / per`.
+#[inline(always)]
+unsafe fn spread_idx(first: i16, per: usize) -> __m512i {
+    let mut idx = [0i16; 32];
+    for (j, v) in idx.iter_mut().enumerate() {
+        *v = first + (j / per) as i16;
+    }
+    _mm512_loadu_si512(idx.as_ptr().cast())
+}
+
+/// Q4_K: vector `k` holds chunk `k`'s low nibbles (sub-block 2k) then its high nibbles
+/// (sub-block 2k + 1), which lines up with 64 contiguous activation bytes.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn avx512vnni_q4_k_tile(w: [&[BlockQ4K]; 4], a: [&[BlockQ8K]; 4]) -> [[f32; 4]; 4] {
+    let lo4 = _mm512_set1_epi8(0x0f);
+    let idx = [0, 1, 2, 3].map(|k| spread_idx(2 * k, 16));
+    let mut acc = [[_mm512_setzero_ps(); 4]; 4];
+    for i in 0..a[0].len() {
+        // The activations' 16-element sums paired into one sum per 32-element sub-block.
+        let bs = [0, 1, 2, 3].map(|t| {
+            let b = bsums(&a[t][i]);
+            _mm_hadd_epi16(_mm256_castsi256_si128(b), _mm256_extracti128_si256::<1>(b))
+        });
+        for r in 0..4 {
+            let wb = &w[r][i];
+            let dm = _mm_cvtph_ps(_mm_cvtsi32_si128((bits(wb.d) | bits(wb.dmin) << 16) as i32));
+            let d = _mm512_broadcastss_ps(dm);
+            let dmin = _mm512_broadcastss_ps(_mm_movehdup_ps(dm));
+            let [s0, s1, s2, s3] = scales_mins_k4(&wb.scales);
+            let sm =
+                _mm256_cvtepu8_epi16(_mm_set_epi32(s3 as i32, s2 as i32, s1 as i32, s0 as i32));
+            let mins = _mm256_extracti128_si256::<1>(sm);
+            let sm = _mm512_castsi256_si512(sm);
+            let sc = idx.map(|ix| _mm512_permutexvar_epi16(ix, sm));
+            let q = [0, 1, 2, 3].map(|k| {
+                let v = _mm512_broadcast_i64x4(load(wb.qs.as_ptr().add(32 * k)));
+                _mm512_and_si512(_mm512_mask_srli_epi16::<4>(v, 0xffff_0000, v), lo4)
+            });
+            for t in 0..4 {
+                let ab = &a[t][i];
+                let mut s = _mm512_setzero_si512();
+                for k in 0..4 {
+                    let y = _mm512_loadu_si512(ab.qs.as_ptr().add(64 * k).cast());
+                    s = _mm512_dpwssd_epi32(s, _mm512_maddubs_epi16(q[k], y), sc[k]);
+                }
+                let m = _mm512_cvtepi32_ps(_mm512_zextsi128_si512(_mm_madd_epi16(mins, bs[t])));
+                let da = _mm512_set1_ps(ab.d());
+                acc[r][t] = _mm512_fmadd_ps(_mm512_mul_ps(d, da), _mm512_cvtepi32_ps(s), acc[r][t]);
+                acc[r][t] = _mm512_fnmadd_ps(_mm512_mul_ps(dmin, da), m, acc[r][t]);
+            }
+        }
+    }
+    acc.map(|row| row.map(|v| _mm512_reduce_add_ps(v)))
+}
+
+/// Q6_K: per 128-element half, vector 0 holds elements 0..64 (low nibbles of `ql[0..64]`
+/// with `qh` bits 0-1 / 2-3) and vector 1 elements 64..128 (high nibbles, bits 4-5 / 6-7).
+/// Quants stay unsigned (0..=63); the -32 offset comes off through the activations'
+/// 16-element sums, seeded into the accumulator by one more `vpdpwssd`.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn avx512vnni_q6_k_tile(w: [&[BlockQ6K]; 4], a: [&[BlockQ8K]; 4]) -> [[f32; 4]; 4] {
+    let lo4 = _mm512_set1_epi8(0x0f);
+    // Per 256-bit half of a vector: which `qh` bits, and how far they shift into bits 4-5.
+    let half = |lo: i8, hi: i8| _mm512_inserti64x4::<1>(_mm512_set1_epi8(lo), _mm256_set1_epi8(hi));
+    let (mask0, mask1) = (half(0x03, 0x0c), half(0x30, 0xc0u8 as i8));
+    let shl0 = _mm512_inserti64x4::<1>(_mm512_set1_epi16(4), _mm256_set1_epi16(2));
+    let shr1 = _mm512_inserti64x4::<1>(_mm512_set1_epi16(0), _mm256_set1_epi16(2));
+    let idx = [0, 1, 2, 3].map(|k| spread_idx(4 * k, 8));
+    let mut acc = [[_mm512_setzero_ps(); 4]; 4];
+    for i in 0..a[0].len() {
+        for r in 0..4 {
+            let wb = &w[r][i];
+            let d = _mm512_set1_ps(_mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(
+                bits(wb.d) as i32
+            ))));
+            let sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(wb.scales.as_ptr().cast()));
+            // -32 * sc per 16-element sub-block, against the activations' sums.
+            let off = _mm512_zextsi256_si512(_mm256_mullo_epi16(sc16, _mm256_set1_epi16(-32)));
+            let sc = idx.map(|ix| _mm512_permutexvar_epi16(ix, _mm512_castsi256_si512(sc16)));
+            let mut q = [_mm512_setzero_si512(); 4];
+            for h in 0..2 {
+                let l = _mm512_loadu_si512(wb.ql.as_ptr().add(64 * h).cast());
+                let hb = _mm512_broadcast_i64x4(load(wb.qh.as_ptr().add(32 * h)));
+                let h0 = _mm512_sllv_epi16(_mm512_and_si512(hb, mask0), shl0);
+                let h1 = _mm512_srlv_epi16(_mm512_and_si512(hb, mask1), shr1);
+                q[2 * h] = _mm512_or_si512(_mm512_and_si512(l, lo4), h0);
+                let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(l), lo4);
+                q[2 * h + 1] = _mm512_or_si512(hi, h1);
+            }
+            for t in 0..4 {
+                let ab = &a[t][i];
+                let bs = _mm512_zextsi256_si512(bsums(ab));
+                let mut s = _mm512_dpwssd_epi32(_mm512_setzero_si512(), bs, off);
+                for k in 0..4 {
+                    let y = _mm512_loadu_si512(ab.qs.as_ptr().add(64 * k).cast());
+                    s = _mm512_dpwssd_epi32(s, _mm512_maddubs_epi16(q[k], y), sc[k]);
+                }
+                let dd = _mm512_mul_ps(d, _mm512_set1_ps(ab.d()));
+                acc[r][t] = _mm512_fmadd_ps(dd, _mm512_cvtepi32_ps(s), acc[r][t]);
+            }
+        }
+    }
+    acc.map(|row| row.map(|v| _mm512_reduce_add_ps(v)))
+}
+
+fn q4_k_tile_avx512vnni(w: &[&[u8]; 4], a: &[&[u8]; 4]) -> [[f32; 4]; 4] {
+    // SAFETY: installed only for Avx512Vnni, after `supported` detected it.
+    unsafe { avx512vnni_q4_k_tile(w.map(blocks::<BlockQ4K>), a.map(blocks::<BlockQ8K>)) }
+}
+
+fn q6_k_tile_avx512vnni(w: &[&[u8]; 4], a: &[&[u8]; 4]) -> [[f32; 4]; 4] {
+    // SAFETY: installed only for Avx512Vnni, after `supported` detected it.
+    unsafe { avx512vnni_q6_k_tile(w.map(blocks::<BlockQ6K>), a.map(blocks::<BlockQ8K>)) }
 }
