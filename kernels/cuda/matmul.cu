@@ -11,24 +11,25 @@
 #include "stream.cuh"
 
 constexpr int WARPS = 8;
-constexpr int ROWS_PER_WARP = 2;
-constexpr int BLOCK_ROWS = WARPS * ROWS_PER_WARP;
 constexpr int NB = 8;        // activation rows per pass over a weight row
 constexpr int CHUNK = 1024;  // activation columns staged in shared memory at a time
 
-// Each block owns BLOCK_ROWS weight rows and stages a chunk of the activations in shared
+// Each block owns WARPS * ROWS_PER_WARP weight rows and stages a chunk of the activations in shared
 // memory, so every activation value is read from L2 once per block rather than once per
 // row. Within a warp, lane 4g + p decodes values 8p..8p+7 of units g, g + 8, ...: weight
 // loads are contiguous across the warp and shared-memory reads are conflict-free. Each
 // weight byte is decoded once per pass of NB activation rows.
-template <int TYPE>
+// ROWS_PER_WARP is 1 for single-token products (more warps in flight over the weights,
+// which is what a memory-bound decode needs) and 2 for batches (each staged activation
+// chunk and each decoded unit serve two rows).
+template <int TYPE, int ROWS_PER_WARP>
 __global__ void __launch_bounds__(WARPS * 32)
 matmul_kernel(const uint8_t *__restrict__ w, int rows, int cols, const float *__restrict__ x,
               int nb, float *__restrict__ y, int accumulate) {
     __shared__ __align__(16) float xs[NB][CHUNK];
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     int group = lane / 4, part = lane % 4;
-    int row0 = blockIdx.x * BLOCK_ROWS + warp * ROWS_PER_WARP;
+    int row0 = (blockIdx.x * WARPS + warp) * ROWS_PER_WARP;
     int n_units = cols / 32;
     for (int b0 = 0; b0 < nb; b0 += NB) {
         int nbp = min(NB, nb - b0);
@@ -121,9 +122,15 @@ extern "C" int wick_matmul(int type, const void *w, int rows, int cols, const fl
     // aligned activation rows.
     if (is_float_type(type) ? cols % 4 != 0 : cols % block_elems(type) != 0)
         return (int)cudaErrorInvalidValue;
-    dim3 grid((rows + BLOCK_ROWS - 1) / BLOCK_ROWS), block(WARPS * 32);
-#define LAUNCH(T)                                                                       \
-    matmul_kernel<T><<<grid, block, 0, wick_stream>>>((const uint8_t *)w, rows, cols, x, nb, y, accumulate)
+    int rpw = nb == 1 ? 1 : 2;
+    dim3 grid((rows + WARPS * rpw - 1) / (WARPS * rpw)), block(WARPS * 32);
+#define LAUNCH(T)                                                                          \
+    if (rpw == 1)                                                                          \
+        matmul_kernel<T, 1><<<grid, block, 0, wick_stream>>>((const uint8_t *)w, rows, cols, \
+                                                             x, nb, y, accumulate);        \
+    else                                                                                   \
+        matmul_kernel<T, 2><<<grid, block, 0, wick_stream>>>((const uint8_t *)w, rows, cols, \
+                                                             x, nb, y, accumulate)
     WICK_DISPATCH_TYPE(type, LAUNCH)
 #undef LAUNCH
     return (int)cudaGetLastError();
