@@ -48,6 +48,49 @@ __device__ inline void dequant8(const uint8_t *row, int blk, int part, float v[8
             v[2 * i] = (int8_t)(w & 0xff) * d;
             v[2 * i + 1] = (int8_t)(w >> 8) * d;
         }
+    } else if constexpr (TYPE == T_Q4_K) {
+        // Unit p = blk % 8 of a 144-byte super-block: one 6-bit scale and minimum, and the
+        // low or high nibbles (by p % 2) of qs bytes 32 * (p / 2) ..; this quarter is 8 of
+        // those bytes, 8-byte aligned.
+        const uint8_t *b = row + (size_t)(blk / 8) * 144;
+        int p = blk % 8;
+        float d = f16_at(b), dmin = f16_at(b + 2);
+        const uint8_t *sc = b + 4;
+        int sv, mn;
+        if (p < 4) {
+            sv = sc[p] & 63;
+            mn = sc[p + 4] & 63;
+        } else {
+            sv = (sc[p + 4] & 0xf) | ((sc[p - 4] >> 6) << 4);
+            mn = (sc[p + 4] >> 4) | ((sc[p] >> 6) << 4);
+        }
+        float d1 = d * sv, m1 = dmin * mn;
+        uint2 q = *reinterpret_cast<const uint2 *>(b + 16 + 32 * (p / 2) + 8 * part);
+        int shift = 4 * (p % 2);
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            v[i] = d1 * ((q.x >> (8 * i + shift)) & 0xf) - m1;
+            v[4 + i] = d1 * ((q.y >> (8 * i + shift)) & 0xf) - m1;
+        }
+    } else if constexpr (TYPE == T_Q6_K) {
+        // Unit p of a 210-byte super-block (ql[128], qh[64], scales[16], d): value l's low
+        // nibble is in ql[64 * (p / 4) + 32 * (p % 2) + l] at bit 4 * ((p % 4) / 2), its top
+        // two bits in qh[32 * (p / 4) + l] at bit 2 * (p % 4); one int8 scale per 16 values.
+        const uint8_t *b = row + (size_t)(blk / 8) * 210;
+        int p = blk % 8, half = p / 4, quarter = p % 4;
+        float dl = f16_at(b + 208) * (float)(int8_t)b[192 + 2 * p + part / 2];
+        const uint8_t *ql = b + 64 * half + 32 * (quarter % 2) + 8 * part;
+        const uint8_t *qh = b + 128 + 32 * half + 8 * part;
+        int sl = 4 * (quarter / 2), sh = 2 * quarter;
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            uint32_t lw = u16_at(ql + 2 * i), hw = u16_at(qh + 2 * i);
+#pragma unroll
+            for (int k = 0; k < 2; k++) {
+                int q = (int)(((lw >> (8 * k + sl)) & 0xf) | (((hw >> (8 * k + sh)) & 3) << 4));
+                v[2 * i + k] = dl * (q - 32);
+            }
+        }
     } else {
         // Other types: decode the whole unit and keep this lane's quarter. Four times the
         // decode work, but the loads stay shared through L1.
