@@ -223,6 +223,37 @@ fn type_id(t: GgmlType) -> i32 {
     t.id() as i32
 }
 
+/// `out[b] (+)= w · x[b]` for `rows` activation rows: the one matrix kernel behind both
+/// `matmul` and `matmul_add`.
+fn launch_matmul(
+    w: &DeviceWeight,
+    x: &DeviceMem,
+    rows: usize,
+    out: &mut DeviceMem,
+    accumulate: bool,
+) -> Result<()> {
+    ensure!(
+        rows * w.cols * 4 <= x.bytes && rows * w.rows * 4 <= out.bytes,
+        "matmul buffers too small"
+    );
+    // SAFETY: sizes checked above; the weight holds `w.rows` rows of `w.cols` values.
+    check(
+        unsafe {
+            ffi::wick_matmul(
+                type_id(w.ty),
+                w.mem.ptr,
+                w.rows as i32,
+                w.cols as i32,
+                x.f32(),
+                rows as i32,
+                out.f32(),
+                accumulate as i32,
+            )
+        },
+        "matmul",
+    )
+}
+
 impl<'a> Backend<'a> for Cuda {
     type Buf = DeviceMem;
     type Weight = DeviceWeight;
@@ -382,22 +413,7 @@ impl<'a> Backend<'a> for Cuda {
         outs: &mut [&mut DeviceMem],
     ) -> Result<()> {
         for (w, out) in ws.iter().zip(outs.iter_mut()) {
-            // SAFETY: x holds rows * cols values and out rows * w.rows.
-            check(
-                unsafe {
-                    ffi::wick_matmul(
-                        type_id(w.ty),
-                        w.mem.ptr,
-                        w.rows as i32,
-                        w.cols as i32,
-                        x.f32(),
-                        rows as i32,
-                        out.f32(),
-                        0,
-                    )
-                },
-                "matmul",
-            )?;
+            launch_matmul(w, x, rows, out, false)?;
         }
         Ok(())
     }
@@ -409,22 +425,7 @@ impl<'a> Backend<'a> for Cuda {
         w: &DeviceWeight,
         x: &mut DeviceMem,
     ) -> Result<()> {
-        // SAFETY: as in matmul.
-        check(
-            unsafe {
-                ffi::wick_matmul(
-                    type_id(w.ty),
-                    w.mem.ptr,
-                    w.rows as i32,
-                    w.cols as i32,
-                    y.f32(),
-                    rows as i32,
-                    x.f32(),
-                    1,
-                )
-            },
-            "matmul",
-        )
+        launch_matmul(w, y, rows, x, true)
     }
 
     fn rope_store(
