@@ -56,6 +56,20 @@ impl<'m, 'a, B: Backend<'a>> Session<'m, 'a, B> {
         Ok(self.state.logits())
     }
 
+    /// Forgets every token after the first `len`, so the next one is fed at position `len`.
+    /// The cache needs no clearing: later positions overwrite those slots before attention
+    /// reads them.
+    pub fn rollback(&mut self, len: usize) -> Result<()> {
+        if len > self.tokens.len() {
+            bail!(
+                "cannot roll back to {len} tokens: only {} were fed",
+                self.tokens.len()
+            );
+        }
+        self.tokens.truncate(len);
+        Ok(())
+    }
+
     /// Feeds one token and returns the logits for the next.
     pub fn step(&mut self, token: u32) -> Result<&[f32]> {
         let pos = self.tokens.len();
