@@ -47,6 +47,17 @@ int wick_rmsnorm(const float *d_x, const float *d_w, float eps, int rows, int co
  * in GGUF blocks of `type`. With accumulate, adds to y (the residual connection). */
 int wick_matmul(int type, const void *d_w, int rows, int cols, const float *d_x, int nb,
                 float *d_y, int accumulate);
+/* Rounds n f32 values (n a multiple of 32) to int8 blocks of 32: xq[i] = round(x[i] / d),
+ * xd[i / 32] = d = amax / 127 of the block (rounded through f16, as the CPU's Q8_0). */
+int wick_quantize_q8(const float *d_x, int n, int8_t *d_xq, float *d_xd);
+/* 1 if wick_matvec_q8 takes weights of `type`. */
+int wick_matvec_q8_supports(int type);
+/* As wick_matmul, with x given as wick_quantize_q8's output for nb rows of `cols`: the
+ * bandwidth-bound path for decode and small batches. */
+int wick_matvec_q8(int type, const void *d_w, int rows, int cols, const int8_t *d_xq,
+                   const float *d_xd, int nb, float *d_y, int accumulate);
+/* Selects a launch shape of wick_matvec_q8 (0 = default), for tuning runs. */
+void wick_matvec_q8_variant(int v);
 /* Rotates q (n rows of n_heads heads) and k (n rows of n_kv_heads heads) for positions
  * *d_pos0.., llama.cpp's normal mode (adjacent pairs), and stores k and v as f16 in the
  * cache of one layer (capacity slots of n_kv_heads * head_dim, slot = pos % capacity).

@@ -110,7 +110,13 @@ pub fn run(a: GenArgs) -> Result<(), Failure> {
     if a.gpu {
         #[cfg(feature = "cuda")]
         {
-            let gpu = crate::backend::cuda::Cuda::new(0).file()?;
+            let gpu = crate::backend::cuda::Cuda::new(0)
+                .file()?
+                .with_precision(if a.exact {
+                    Precision::Exact
+                } else {
+                    Precision::Fast
+                });
             let model = Llama::load(&file, gpu).file()?;
             return generate(&a, &model, &tok, &prompt, t_start);
         }

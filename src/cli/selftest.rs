@@ -129,7 +129,11 @@ mod gpu {
     }
 
     pub fn run(seed: u64) -> Result<(), Failure> {
-        let g = Cuda::new(0).file()?;
+        // Exact: f32 activations, the CPU reference's math. Fast: activations rounded to
+        // int8 for small batches, what gen and bench run.
+        let g = Cuda::new(0).file()?.with_precision(Precision::Exact);
+        let gf = Cuda::new(0).file()?;
+
         eprintln!(
             "selftest: {} ({:.1} GiB), seed {seed}",
             g.name,
@@ -142,7 +146,8 @@ mod gpu {
             lines: 0,
         };
         ops(&g, &cpu, &mut rng, &mut r).generation()?;
-        timings(&g, &mut rng).generation()?;
+        fast_matmuls(&gf, &cpu, &mut rng, &mut r).generation()?;
+        timings(&gf, &mut rng).generation()?;
         eprintln!("selftest: {} checks, {} failed", r.lines, r.failures);
         if r.failures > 0 {
             return Err(Failure::Generation(anyhow::anyhow!(
@@ -154,19 +159,24 @@ mod gpu {
         Ok(())
     }
 
-    /// Times the matrix product on llama3-8b's FFN shape: weight bytes read per second.
+    /// Times the matrix products of llama3-8b's decode step (and the FFN shape for batches):
+    /// weight bytes read per second.
     fn timings(g: &Cuda, rng: &mut Rng) -> Result<()> {
-        let (rows, cols) = (14336, 4096);
-        let w = rng.vec(rows * cols);
-        for t in [
-            GgmlType::Q4_0,
-            GgmlType::Q8_0,
-            GgmlType::Q4_K,
-            GgmlType::Q6_K,
-        ] {
+        let shapes: &[(GgmlType, usize, usize, &[usize])] = &[
+            (GgmlType::Q4_0, 14336, 4096, &[1, 2, 8, 16, 64]),
+            (GgmlType::Q4_0, 4096, 14336, &[1]),
+            (GgmlType::Q4_0, 4096, 4096, &[1]),
+            (GgmlType::Q4_0, 1024, 4096, &[1]),
+            (GgmlType::Q6_K, 128256, 4096, &[1]),
+            (GgmlType::Q8_0, 14336, 4096, &[1, 8, 64]),
+            (GgmlType::Q4_K, 14336, 4096, &[1, 8, 64]),
+            (GgmlType::Q6_K, 14336, 4096, &[1, 8]),
+        ];
+        for &(t, rows, cols, batches) in shapes {
             if !crate::backend::cuda::supports(t) {
                 continue;
             }
+            let w = rng.vec(rows * cols);
             let q = quantized(t, &w);
             let dw = <Cuda as Backend>::weight(
                 g,
@@ -177,24 +187,93 @@ mod gpu {
                     data: &q,
                 },
             )?;
-            for nb in [1, 8, 64] {
+            for &nb in batches {
                 let dx = upload(g, &rng.vec(nb * cols))?;
                 let mut dy = g.buffer(nb * rows)?;
-                g.matmul(&dx, nb, &[&dw], &mut [&mut dy])?;
-                g.sync()?;
-                let reps = 20;
-                let start = std::time::Instant::now();
-                for _ in 0..reps {
-                    g.matmul(&dx, nb, &[&dw], &mut [&mut dy])?;
+                let variants: &[i32] = if nb <= 16 { &[0, 1, 2] } else { &[0] };
+                for &variant in variants {
+                    crate::backend::cuda::set_matvec_variant(variant);
+                    // Timed as a recorded graph of launches, as a decode step runs, so
+                    // that host launch costs stay out of the figure.
+                    let reps = 20;
+                    let mut graph = None;
+                    g.run_step(&mut graph, &mut || {
+                        for _ in 0..reps {
+                            g.matmul(&dx, nb, &[&dw], &mut [&mut dy])?;
+                        }
+                        Ok(())
+                    })?;
+                    g.sync()?;
+                    let replays = 5;
+                    let start = std::time::Instant::now();
+                    for _ in 0..replays {
+                        g.run_step(&mut graph, &mut || Ok(()))?;
+                    }
+                    g.sync()?;
+                    let secs = start.elapsed().as_secs_f64() / (reps * replays) as f64;
+                    eprintln!(
+                        "time matmul {t} {rows}x{cols} batch {nb:>2} shape {variant}: {:8.1} us, {:7.1} GB/s of weights, {:6.2} TFLOP/s",
+                        secs * 1e6,
+                        q.len() as f64 / secs / 1e9,
+                        2.0 * (rows * cols * nb) as f64 / secs / 1e12
+                    );
                 }
-                g.sync()?;
-                let secs = start.elapsed().as_secs_f64() / reps as f64;
-                eprintln!(
-                    "time matmul {t} {rows}x{cols} batch {nb:>2}: {:8.1} us, {:7.1} GB/s of weights, {:6.2} TFLOP/s",
-                    secs * 1e6,
-                    q.len() as f64 / secs / 1e9,
-                    2.0 * (rows * cols * nb) as f64 / secs / 1e12
-                );
+                crate::backend::cuda::set_matvec_variant(0);
+            }
+        }
+        Ok(())
+    }
+
+    /// The int8-activation products of decode and small batches. Against the exact CPU
+    /// product the error is the rounding of activations to 8 bits: at most half a step,
+    /// 1/254 of a block's largest value, per activation; the bound is 1 % of the summed
+    /// magnitudes.
+    fn fast_matmuls(g: &Cuda, cpu: &Cpu, rng: &mut Rng, r: &mut Report) -> Result<()> {
+        for t in [
+            GgmlType::Q4_0,
+            GgmlType::Q4_1,
+            GgmlType::Q8_0,
+            GgmlType::Q4_K,
+            GgmlType::Q6_K,
+        ] {
+            for (rows, cols, nb) in [
+                (1, 256, 1),
+                (7, 512, 2),
+                (333, 512, 3),
+                (4096, 4096, 1),
+                (129, 2048, 5),
+                (1000, 4096, 8),
+                (257, 1536, 11),
+                (64, 14336, 16),
+            ] {
+                let w = rng.vec(rows * cols);
+                let q = quantized(t, &w);
+                let tensor = Tensor {
+                    ty: t,
+                    rows,
+                    cols,
+                    data: &q,
+                };
+                let x = rng.vec(nb * cols);
+                let dw = <Cuda as Backend>::weight(g, tensor)?;
+                let dx = upload(g, &x)?;
+                let base = rng.vec(nb * rows);
+                for accumulate in [false, true] {
+                    let mut dy = upload(g, &base)?;
+                    let mut want = base.clone();
+                    if accumulate {
+                        g.matmul_add(&dx, nb, &dw, &mut dy)?;
+                        cpu.matmul_add(&x, nb, &tensor, &mut want)?;
+                    } else {
+                        g.poison(&mut dy)?;
+                        g.matmul(&dx, nb, &[&dw], &mut [&mut dy])?;
+                        cpu.matmul(&x, nb, &[&tensor], &mut [&mut want])?;
+                    }
+                    let got = download(g, &dy, nb * rows)?;
+                    let op = if accumulate { "matmul_add" } else { "matmul" };
+                    let name = format!("int8 {op} {t} {rows}x{cols} batch {nb}");
+                    r.check(&name, &got, &want, 1e-2);
+                }
             }
         }
         Ok(())

@@ -19,7 +19,7 @@ use anyhow::{bail, ensure, Context, Result};
 
 use super::{AttnShape, Backend};
 use crate::model::{Tensor, MAX_BATCH};
-use crate::quant::{self, GgmlType};
+use crate::quant::{self, GgmlType, Precision};
 
 /// Turns a CUDA status into an error that names the call.
 fn check(code: i32, what: &str) -> Result<()> {
@@ -137,6 +137,21 @@ pub struct Cuda {
     /// The current forward pass's first position, then its tokens, on the device.
     params: DeviceMem,
     host_params: RefCell<Vec<i32>>,
+    /// `Fast` rounds activations to int8 for products of up to `Q8_MAX_BATCH` rows, as the
+    /// CPU's fast path does; `Exact` keeps them f32 everywhere.
+    precision: Precision,
+    /// Activations rounded to int8 (values, then one scale per 32), sized for the widest
+    /// weight; allocated while weights load, before any graph records pointers to it.
+    q8: RefCell<Option<Q8Scratch>>,
+}
+
+/// Rows of a product up to which the int8 matrix-vector kernel is used.
+const Q8_MAX_BATCH: usize = 16;
+
+struct Q8Scratch {
+    cols: usize,
+    xq: DeviceMem,
+    xd: DeviceMem,
 }
 
 impl Cuda {
@@ -187,7 +202,88 @@ impl Cuda {
             total_mem: mem,
             params: DeviceMem::new((MAX_BATCH + 1) * 4)?,
             host_params: RefCell::new(Vec::with_capacity(MAX_BATCH + 1)),
+            precision: Precision::Fast,
+            q8: RefCell::new(None),
         })
+        .inspect(|_| {
+            // A tuning hook: WICK_MV picks a launch shape of the int8 kernel.
+            if let Some(v) = std::env::var("WICK_MV").ok().and_then(|v| v.parse().ok()) {
+                set_matvec_variant(v);
+            }
+        })
+    }
+
+    /// Chooses how activations enter matrix products (the default is `Fast`).
+    pub fn with_precision(mut self, p: Precision) -> Cuda {
+        self.precision = p;
+        self
+    }
+
+    /// Makes the int8 activation scratch wide enough for rows of `cols` values.
+    fn reserve_q8(&self, cols: usize) -> Result<()> {
+        let mut q8 = self.q8.borrow_mut();
+        if q8.as_ref().is_some_and(|s| s.cols >= cols) {
+            return Ok(());
+        }
+        let n = Q8_MAX_BATCH * cols.next_multiple_of(32);
+        *q8 = Some(Q8Scratch {
+            cols,
+            xq: DeviceMem::new(n)?,
+            xd: DeviceMem::new(n / 32 * 4)?,
+        });
+        Ok(())
+    }
+
+    /// The int8 path, when it applies to every weight of a product: rounds `x` once and
+    /// runs each weight over it. False when the f32 kernel must be used.
+    fn try_matvec_q8(
+        &self,
+        x: &DeviceMem,
+        rows: usize,
+        ws: &[&DeviceWeight],
+        outs: &mut [&mut DeviceMem],
+        accumulate: bool,
+    ) -> Result<bool> {
+        let cols = ws[0].cols;
+        let usable = self.precision == Precision::Fast
+            && rows <= Q8_MAX_BATCH
+            && ws.iter().all(|w| {
+                w.cols == cols
+                    // SAFETY: pure query.
+                    && unsafe { ffi::wick_matvec_q8_supports(type_id(w.ty)) } != 0
+            });
+        let q8 = self.q8.borrow();
+        let Some(scratch) = q8.as_ref().filter(|s| usable && s.cols >= cols) else {
+            return Ok(false);
+        };
+        ensure!(rows * cols * 4 <= x.bytes, "matmul input too small");
+        let (xq, xd) = (scratch.xq.ptr.cast::<i8>(), scratch.xd.f32());
+        // SAFETY: the scratch holds Q8_MAX_BATCH rows of at least `cols` values.
+        check(
+            unsafe { ffi::wick_quantize_q8(x.f32(), (rows * cols) as i32, xq, xd) },
+            "rounding activations",
+        )?;
+        for (w, out) in ws.iter().zip(outs.iter_mut()) {
+            ensure!(rows * w.rows * 4 <= out.bytes, "matmul output too small");
+            // SAFETY: sizes checked above; the weight holds `w.rows` rows of `cols` values.
+            check(
+                unsafe {
+                    ffi::wick_matvec_q8(
+                        type_id(w.ty),
+                        w.mem.ptr,
+                        w.rows as i32,
+                        cols as i32,
+                        xq,
+                        xd,
+                        rows as i32,
+                        out.f32(),
+                        accumulate as i32,
+                    )
+                },
+                "matmul",
+            )?;
+        }
+        Ok(true)
     }
 
     /// Waits for queued work to finish, reporting an error a kernel raised.
@@ -334,6 +430,10 @@ impl<'a> Backend<'a> for Cuda {
             t.cols,
             t.ty
         );
+        // SAFETY: pure query.
+        if unsafe { ffi::wick_matvec_q8_supports(type_id(t.ty)) } != 0 {
+            self.reserve_q8(t.cols)?;
+        }
         Ok(DeviceWeight {
             ty: t.ty,
             rows: t.rows,
@@ -412,6 +512,9 @@ impl<'a> Backend<'a> for Cuda {
         ws: &[&DeviceWeight],
         outs: &mut [&mut DeviceMem],
     ) -> Result<()> {
+        if self.try_matvec_q8(x, rows, ws, outs, false)? {
+            return Ok(());
+        }
         for (w, out) in ws.iter().zip(outs.iter_mut()) {
             launch_matmul(w, x, rows, out, false)?;
         }
@@ -425,6 +528,9 @@ impl<'a> Backend<'a> for Cuda {
         w: &DeviceWeight,
         x: &mut DeviceMem,
     ) -> Result<()> {
+        if self.try_matvec_q8(y, rows, &[w], &mut [x], true)? {
+            return Ok(());
+        }
         launch_matmul(w, y, rows, x, true)
     }
 
@@ -541,6 +647,12 @@ impl<'a> Backend<'a> for Cuda {
             "copy from the GPU",
         )
     }
+}
+
+/// Selects a launch shape of the int8 matrix-vector kernel (0 = default), for tuning.
+pub fn set_matvec_variant(v: i32) {
+    // SAFETY: sets a plain integer read at launch.
+    unsafe { ffi::wick_matvec_q8_variant(v) }
 }
 
 /// Whether the CUDA backend can run weights of this type.
