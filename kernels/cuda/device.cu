@@ -81,3 +81,15 @@ extern "C" int wick_graph_destroy(void *exec) {
 }
 
 extern "C" int wick_cuda_supports_type(int type) { return block_bytes(type) != 0; }
+
+// Events on the stream, for timing ops one by one (WICK_PROFILE).
+extern "C" int wick_event_create(void **e) {
+    return (int)cudaEventCreate(reinterpret_cast<cudaEvent_t *>(e));
+}
+extern "C" int wick_event_record(void *e) {
+    return (int)cudaEventRecord((cudaEvent_t)e, wick_stream);
+}
+extern "C" int wick_event_elapsed(void *start, void *end, float *ms) {
+    return (int)cudaEventElapsedTime(ms, (cudaEvent_t)start, (cudaEvent_t)end);
+}
+extern "C" int wick_event_destroy(void *e) { return (int)cudaEventDestroy((cudaEvent_t)e); }

@@ -3,6 +3,7 @@
 #include <cuda_runtime.h>
 
 #include "common.cuh"
+#include "quantize_q8.cuh"
 #include "stream.cuh"
 
 template <int TYPE>
@@ -55,6 +56,49 @@ __global__ void rmsnorm_kernel(const float *x, const float *w, float eps, int co
     float scale = rsqrtf(partial[0] / cols + eps);
     float *o = out + (size_t)blockIdx.x * cols;
     for (int i = threadIdx.x; i < cols; i += blockDim.x) o[i] = xr[i] * scale * w[i];
+}
+
+// As rmsnorm_kernel, and each warp writes one whole 32-value block so it can round it to
+// int8 for the matrix product that follows. A decode step has one row: so that more than
+// one SM works on it, blocks split the row's blocks among them, each summing the squares of
+// the whole row itself (16 KB from L2 for a 4096-wide row: cheaper than a second launch).
+constexpr int NORM_Q8_WARPS = 8;
+
+__global__ void __launch_bounds__(NORM_Q8_WARPS * 32)
+rmsnorm_q8_kernel(const float *x, const float *w, float eps, int cols, float *out, int8_t *xq,
+                  float *xd) {
+    __shared__ float partial[NORM_Q8_WARPS];
+    const float *xr = x + (size_t)blockIdx.x * cols;
+    const float4 *x4 = reinterpret_cast<const float4 *>(xr);
+    float ss = 0.f;
+    for (int i = threadIdx.x; i < cols / 4; i += blockDim.x) {
+        float4 v = x4[i];
+        ss += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
+    }
+    ss = warp_sum(ss);
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32, n_blk = cols / 32;
+    if (lane == 0) partial[warp] = ss;
+    __syncthreads();
+    float total = 0.f;
+#pragma unroll
+    for (int i = 0; i < NORM_Q8_WARPS; i++) total += partial[i];
+    float scale = rsqrtf(total / cols + eps);
+    int c = blockIdx.y * NORM_Q8_WARPS + warp;
+    if (c >= n_blk) return;
+    int i = c * 32 + lane;
+    float v = xr[i] * scale * w[i];
+    out[(size_t)blockIdx.x * cols + i] = v;
+    quantize_q8_lane(v, (size_t)blockIdx.x * n_blk + c, lane, xq, xd);
+}
+
+extern "C" int wick_rmsnorm_q8(const float *x, const float *w, float eps, int rows, int cols,
+                               float *out, int8_t *xq, float *xd) {
+    if (cols % 32 != 0) return (int)cudaErrorInvalidValue;
+    int n_blk = cols / 32;
+    dim3 grid(rows, (n_blk + NORM_Q8_WARPS - 1) / NORM_Q8_WARPS);
+    rmsnorm_q8_kernel<<<grid, NORM_Q8_WARPS * 32, 0, wick_stream>>>(x, w, eps, cols, out, xq,
+                                                                    xd);
+    return (int)cudaGetLastError();
 }
 
 extern "C" int wick_rmsnorm(const float *x, const float *w, float eps, int rows, int cols,
@@ -121,5 +165,23 @@ __global__ void swiglu_kernel(float *g, const float *u, int n) {
 
 extern "C" int wick_swiglu(float *g, const float *u, int n) {
     swiglu_kernel<<<(n + 255) / 256, 256, 0, wick_stream>>>(g, u, n);
+    return (int)cudaGetLastError();
+}
+
+// One warp per 32 values, which it also rounds to int8 for the down projection.
+__global__ void swiglu_q8_kernel(float *g, const float *u, int n_blk, int8_t *xq, float *xd) {
+    int blk = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (blk >= n_blk) return;
+    size_t i = (size_t)blk * 32 + lane;
+    float x = g[i];
+    float v = x / (1.f + __expf(-x)) * u[i];
+    g[i] = v;
+    quantize_q8_lane(v, blk, lane, xq, xd);
+}
+
+extern "C" int wick_swiglu_q8(float *g, const float *u, int n, int8_t *xq, float *xd) {
+    if (n % 32 != 0) return (int)cudaErrorInvalidValue;
+    int n_blk = n / 32;
+    swiglu_q8_kernel<<<(n_blk + 7) / 8, 256, 0, wick_stream>>>(g, u, n_blk, xq, xd);
     return (int)cudaGetLastError();
 }

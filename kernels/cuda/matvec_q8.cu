@@ -12,22 +12,19 @@
 #include <cuda_runtime.h>
 
 #include "common.cuh"
+#include "quantize_q8.cuh"
 #include "stream.cuh"
+#include "wick_cuda.h"
 
 constexpr int MV_WARPS = 4;  // rows per block; small blocks keep every SM busy
 constexpr int MV_NB = 8;     // activation rows per pass over the weights
 
-// One warp per 32 values: q = round(x / d), d = amax / 127 stored through f16.
+// One warp per 32 values.
 __global__ void quantize_q8_kernel(const float *__restrict__ x, int n_blocks,
                                    int8_t *__restrict__ xq, float *__restrict__ xd) {
     int blk = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
     if (blk >= n_blocks) return;
-    float v = x[(size_t)blk * 32 + lane];
-    float amax = warp_max(fabsf(v));
-    float d = amax / 127.f;
-    float id = d != 0.f ? 1.f / d : 0.f;
-    xq[(size_t)blk * 32 + lane] = (int8_t)roundf(v * id);
-    if (lane == 0) xd[blk] = __half2float(__float2half(d));
+    quantize_q8_lane(x[(size_t)blk * 32 + lane], blk, lane, xq, xd);
 }
 
 __device__ inline int load_u32_2(const uint8_t *p) {
@@ -120,12 +117,26 @@ __host__ __device__ constexpr bool has_min() {
 // ...), so a warp's loads cover 32 contiguous units and each lane has a whole unit's bytes
 // in flight per step: decode is bound by how many bytes are in flight, and quarter units
 // per lane left the memory system idle. No block ever waits at a barrier.
+// Up to three weights that share the input (q/k/v, gate/up) go in one launch: the
+// grid's blocks are dealt out to them in order, which saves launches and lets the small
+// K and V products fill the GPU alongside Q.
+struct MvTargets {
+    const uint8_t *w[3];
+    float *y[3];
+    int rows[3];
+    int first_block[4];
+};
+
 template <int TYPE, int NB, int UNR>
 __global__ void __launch_bounds__(MV_WARPS * 32)
-matvec_q8_kernel(const uint8_t *__restrict__ w, int rows, int cols, const int8_t *__restrict__ xq,
-                 const float *__restrict__ xd, int nb, float *__restrict__ y, int accumulate) {
+matvec_q8_kernel(MvTargets t, int cols, const int8_t *__restrict__ xq,
+                 const float *__restrict__ xd, int nb, int accumulate) {
+    int ti = blockIdx.x >= t.first_block[1] ? (blockIdx.x >= t.first_block[2] ? 2 : 1) : 0;
+    const uint8_t *__restrict__ w = t.w[ti];
+    float *__restrict__ y = t.y[ti];
+    int rows = t.rows[ti];
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    int row = blockIdx.x * MV_WARPS + warp;
+    int row = (blockIdx.x - t.first_block[ti]) * MV_WARPS + warp;
     if (row >= rows) return;
     int n_units = cols / 32;
     const uint8_t *wr = w + (size_t)row * row_bytes(TYPE, cols);
@@ -191,43 +202,52 @@ static int mv_variant = 0;
 extern "C" void wick_matvec_q8_variant(int v) { mv_variant = v; }
 
 template <int TYPE, int NB, int UNR>
-static void launch_mv(const uint8_t *w, int rows, int cols, const int8_t *xq, const float *xd,
-                      int nb, float *y, int accumulate) {
-    matvec_q8_kernel<TYPE, NB, UNR><<<(rows + MV_WARPS - 1) / MV_WARPS, MV_WARPS * 32, 0,
-                                      wick_stream>>>(w, rows, cols, xq, xd, nb, y, accumulate);
+static void launch_mv(const MvTargets &t, int cols, const int8_t *xq, const float *xd, int nb,
+                      int accumulate) {
+    int n = t.first_block[3];
+    matvec_q8_kernel<TYPE, NB, UNR><<<n, MV_WARPS * 32, 0, wick_stream>>>(t, cols, xq, xd, nb,
+                                                                          accumulate);
 }
 
 template <int TYPE, int NB>
-static void launch_shape(const uint8_t *w, int rows, int cols, const int8_t *xq, const float *xd,
-                         int nb, float *y, int accumulate) {
+static void launch_shape(const MvTargets &t, int cols, const int8_t *xq, const float *xd, int nb,
+                         int accumulate) {
     switch (mv_variant) {
         // Unrolling the unit loop further measured slower on an H200 (PERF.md).
-        case 1: launch_mv<TYPE, NB, 2>(w, rows, cols, xq, xd, nb, y, accumulate); break;
-        case 2: launch_mv<TYPE, NB, 4>(w, rows, cols, xq, xd, nb, y, accumulate); break;
-        default: launch_mv<TYPE, NB, 1>(w, rows, cols, xq, xd, nb, y, accumulate); break;
+        case 1: launch_mv<TYPE, NB, 2>(t, cols, xq, xd, nb, accumulate); break;
+        case 2: launch_mv<TYPE, NB, 4>(t, cols, xq, xd, nb, accumulate); break;
+        default: launch_mv<TYPE, NB, 1>(t, cols, xq, xd, nb, accumulate); break;
     }
 }
 
 template <int TYPE>
-static void launch_type(const uint8_t *w, int rows, int cols, const int8_t *xq, const float *xd,
-                        int nb, float *y, int accumulate) {
-    if (nb == 1) launch_shape<TYPE, 1>(w, rows, cols, xq, xd, nb, y, accumulate);
-    else if (nb == 2) launch_shape<TYPE, 2>(w, rows, cols, xq, xd, nb, y, accumulate);
-    else if (nb <= 4) launch_shape<TYPE, 4>(w, rows, cols, xq, xd, nb, y, accumulate);
-    else launch_shape<TYPE, MV_NB>(w, rows, cols, xq, xd, nb, y, accumulate);
+static void launch_type(const MvTargets &t, int cols, const int8_t *xq, const float *xd, int nb,
+                        int accumulate) {
+    if (nb == 1) launch_shape<TYPE, 1>(t, cols, xq, xd, nb, accumulate);
+    else if (nb == 2) launch_shape<TYPE, 2>(t, cols, xq, xd, nb, accumulate);
+    else if (nb <= 4) launch_shape<TYPE, 4>(t, cols, xq, xd, nb, accumulate);
+    else launch_shape<TYPE, MV_NB>(t, cols, xq, xd, nb, accumulate);
 }
 
-extern "C" int wick_matvec_q8(int type, const void *w, int rows, int cols, const int8_t *xq,
-                              const float *xd, int nb, float *y, int accumulate) {
-    if (!wick_matvec_q8_supports(type) || cols % block_elems(type) != 0)
+extern "C" int wick_matvec_q8(int type, const wick_mv_target *targets, int n_targets, int cols,
+                              const int8_t *xq, const float *xd, int nb, int accumulate) {
+    if (!wick_matvec_q8_supports(type) || cols % block_elems(type) != 0 || n_targets < 1 ||
+        n_targets > 3)
         return (int)cudaErrorInvalidValue;
-    const uint8_t *wb = (const uint8_t *)w;
+    MvTargets t = {};
+    for (int i = 0; i < 3; i++) {
+        const wick_mv_target &g = targets[i < n_targets ? i : n_targets - 1];
+        t.w[i] = (const uint8_t *)g.w;
+        t.y[i] = g.y;
+        t.rows[i] = i < n_targets ? g.rows : 0;
+        t.first_block[i + 1] = t.first_block[i] + (t.rows[i] + MV_WARPS - 1) / MV_WARPS;
+    }
     switch (type) {
-        case T_Q4_0: launch_type<T_Q4_0>(wb, rows, cols, xq, xd, nb, y, accumulate); break;
-        case T_Q4_1: launch_type<T_Q4_1>(wb, rows, cols, xq, xd, nb, y, accumulate); break;
-        case T_Q8_0: launch_type<T_Q8_0>(wb, rows, cols, xq, xd, nb, y, accumulate); break;
-        case T_Q4_K: launch_type<T_Q4_K>(wb, rows, cols, xq, xd, nb, y, accumulate); break;
-        case T_Q6_K: launch_type<T_Q6_K>(wb, rows, cols, xq, xd, nb, y, accumulate); break;
+        case T_Q4_0: launch_type<T_Q4_0>(t, cols, xq, xd, nb, accumulate); break;
+        case T_Q4_1: launch_type<T_Q4_1>(t, cols, xq, xd, nb, accumulate); break;
+        case T_Q8_0: launch_type<T_Q8_0>(t, cols, xq, xd, nb, accumulate); break;
+        case T_Q4_K: launch_type<T_Q4_K>(t, cols, xq, xd, nb, accumulate); break;
+        case T_Q6_K: launch_type<T_Q6_K>(t, cols, xq, xd, nb, accumulate); break;
         default: return (int)cudaErrorInvalidValue;
     }
     return (int)cudaGetLastError();

@@ -33,6 +33,11 @@ int wick_graph_begin(void);
 int wick_graph_end(void **exec);
 int wick_graph_launch(void *exec);
 int wick_graph_destroy(void *exec);
+/* Events recorded on the stream, for timing single ops. */
+int wick_event_create(void **event);
+int wick_event_record(void *event);
+int wick_event_elapsed(void *start, void *end, float *ms);
+int wick_event_destroy(void *event);
 /* 1 if kernels for `type` exist. */
 int wick_cuda_supports_type(int type);
 
@@ -52,10 +57,22 @@ int wick_matmul(int type, const void *d_w, int rows, int cols, const float *d_x,
 int wick_quantize_q8(const float *d_x, int n, int8_t *d_xq, float *d_xd);
 /* 1 if wick_matvec_q8 takes weights of `type`. */
 int wick_matvec_q8_supports(int type);
-/* As wick_matmul, with x given as wick_quantize_q8's output for nb rows of `cols`: the
- * bandwidth-bound path for decode and small batches. */
-int wick_matvec_q8(int type, const void *d_w, int rows, int cols, const int8_t *d_xq,
-                   const float *d_xd, int nb, float *d_y, int accumulate);
+/* One weight of a wick_matvec_q8 launch: `rows` rows in d_w, results in d_y. */
+typedef struct {
+    const void *w;
+    float *y;
+    int rows;
+} wick_mv_target;
+/* As wick_matmul for 1 to 3 weights of one type that share the input x (rows of `cols`),
+ * given as wick_quantize_q8's output for nb rows: the bandwidth-bound path for decode and
+ * small batches. */
+int wick_matvec_q8(int type, const wick_mv_target *targets, int n_targets, int cols,
+                   const int8_t *d_xq, const float *d_xd, int nb, int accumulate);
+/* wick_rmsnorm, also writing its output as wick_quantize_q8 does (cols a multiple of 32). */
+int wick_rmsnorm_q8(const float *d_x, const float *d_w, float eps, int rows, int cols,
+                    float *d_out, int8_t *d_xq, float *d_xd);
+/* wick_swiglu, also writing the result as wick_quantize_q8 does (n a multiple of 32). */
+int wick_swiglu_q8(float *d_g, const float *d_u, int n, int8_t *d_xq, float *d_xd);
 /* Selects a launch shape of wick_matvec_q8 (0 = default), for tuning runs. */
 void wick_matvec_q8_variant(int v);
 /* Rotates q (n rows of n_heads heads) and k (n rows of n_kv_heads heads) for positions

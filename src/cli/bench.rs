@@ -61,6 +61,9 @@ pub fn run(a: BenchArgs) -> Result<(), Failure> {
             let device = gpu.name.clone();
             let model = Llama::load(&file, gpu).file()?;
             let results = measure(&a, &model)?;
+            if let Some(table) = model.backend.profile_report() {
+                eprint!("{table}");
+            }
             return report(
                 &a,
                 &file,

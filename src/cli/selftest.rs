@@ -1,5 +1,8 @@
 //! `wick selftest --gpu`: every CUDA op against the CPU reference op, on random inputs drawn
-//! fresh each run, at several sizes including odd ones, with outputs poisoned first.
+//! fresh each run, at several sizes including odd ones, with outputs poisoned first. With
+//! `-m MODEL`, a whole model instead: greedy decoding on both backends, step by step.
+
+use std::path::PathBuf;
 
 use clap::Args;
 
@@ -13,6 +16,20 @@ pub struct SelftestArgs {
     /// Seed for the random inputs (default: drawn from the clock, and printed).
     #[arg(long)]
     seed: Option<u64>,
+    /// Instead of single ops, run this model greedily on the GPU and the CPU and compare
+    /// their choices at every step (both fed the CPU's token), reporting the logit gap
+    /// wherever they part.
+    #[arg(short = 'm', long = "model")]
+    model: Option<PathBuf>,
+    /// Greedy steps for -m.
+    #[arg(long, default_value_t = 64)]
+    steps: usize,
+    /// The prompt for -m.
+    #[arg(long, default_value = "The quick brown fox")]
+    prompt: String,
+    /// f32 activations on both backends (default: both round them to 8 bits).
+    #[arg(long)]
+    exact: bool,
 }
 
 pub fn run(a: SelftestArgs) -> Result<(), Failure> {
@@ -28,11 +45,14 @@ pub fn run(a: SelftestArgs) -> Result<(), Failure> {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(1, |d| d.as_nanos() as u64)
         });
-        gpu::run(seed)
+        match &a.model {
+            Some(m) => gpu::compare_model(m, a.steps, &a.prompt, a.exact),
+            None => gpu::run(seed),
+        }
     }
     #[cfg(not(feature = "cuda"))]
     {
-        let _ = a.seed;
+        let _ = (a.seed, a.model, a.steps, a.prompt, a.exact);
         Err(super::no_cuda())
     }
 }
@@ -126,6 +146,88 @@ mod gpu {
         let mut q = vec![0u8; t.bytes_for(w.len() as u64).unwrap_or(0) as usize];
         quant::quantize_row(t, w, &mut q).expect("sizes match");
         q
+    }
+
+    /// Greedy decoding of a whole model on both backends. At every step each picks its
+    /// argmax; where they differ, the CPU's logits say how close the two tokens were, and
+    /// both go on with the CPU's token so that every later step is compared too. A pick
+    /// that differs is explained by rounding when the CPU's gap between the two tokens is
+    /// under 1e-3, or under the largest difference between the two backends' logits seen
+    /// in the run (the GPU keeps its KV cache in f16, the CPU in f32); otherwise it fails.
+    pub fn compare_model(
+        path: &std::path::Path,
+        steps: usize,
+        prompt: &str,
+        exact: bool,
+    ) -> Result<(), Failure> {
+        use crate::model::Llama;
+        use crate::session::Session;
+        const MAX_GAP: f32 = 1e-3;
+        let precision = if exact {
+            Precision::Exact
+        } else {
+            Precision::Fast
+        };
+        let (file, _) = super::super::load::open_model(Some(path))?;
+        let tok = crate::tokenizer::Tokenizer::from_gguf(&file).file()?;
+        let tokens = tok.encode(prompt, true, false).usage()?;
+        let cpu = Llama::load(
+            &file,
+            Cpu::new(crate::backend::cpu::default_threads(), precision),
+        )
+        .file()?;
+        let gpu = Llama::load(&file, Cuda::new(0).file()?.with_precision(precision)).file()?;
+        let ctx = tokens.len() + steps + 1;
+        let mut cs = Session::new(&cpu, ctx).generation()?;
+        let mut gs = Session::new(&gpu, ctx).generation()?;
+        let mut cl = cs.prefill(&tokens).generation()?.to_vec();
+        let mut gl = gs.prefill(&tokens).generation()?.to_vec();
+        let argmax = |l: &[f32]| {
+            l.iter()
+                .enumerate()
+                .max_by(|a, b| a.1.total_cmp(b.1))
+                .map_or(0, |(i, _)| i)
+        };
+        let mut gaps = Vec::new();
+        let mut max_diff = 0f32;
+        for step in 0..steps {
+            let (c, g) = (argmax(&cl), argmax(&gl));
+            let diff = cl
+                .iter()
+                .zip(&gl)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            max_diff = max_diff.max(diff);
+            if c != g {
+                let gap = cl[c] - cl[g];
+                gaps.push(gap);
+                eprintln!(
+                    "step {step}: cpu picks {c} ({:.5}), gpu picks {g} ({:.5}); cpu logit gap {gap:.2e}, gpu {:.2e}",
+                    cl[c],
+                    gl[g],
+                    gl[g] - gl[c]
+                );
+            }
+            cl.copy_from_slice(cs.step(c as u32).generation()?);
+            gl.copy_from_slice(gs.step(c as u32).generation()?);
+        }
+        let noise = max_diff.max(MAX_GAP);
+        let beyond = gaps.iter().filter(|&&g| g > noise).count();
+        eprintln!(
+            "selftest -m: {steps} greedy steps ({}), {} picks differ, {beyond} of them with a cpu logit gap over {noise:.3e} (the largest logit difference between the backends, at least {MAX_GAP:e})",
+            if exact { "exact" } else { "int8 activations" },
+            gaps.len()
+        );
+        if beyond > 0 {
+            return Err(Failure::Generation(anyhow::anyhow!(
+                "{beyond} greedy picks differ by more than rounding"
+            )));
+        }
+        println!(
+            "{steps} steps, {} near-tie differences, 0 failed",
+            gaps.len()
+        );
+        Ok(())
     }
 
     pub fn run(seed: u64) -> Result<(), Failure> {
@@ -276,6 +378,100 @@ mod gpu {
                 }
             }
         }
+        fused_chains(g, cpu, rng, r)
+    }
+
+    /// RMSNorm then three products in one launch (two of one type, one of another), and
+    /// SwiGLU then the down projection: the int8 activations come from the first op of
+    /// each pair instead of a rounding launch of their own.
+    fn fused_chains(g: &Cuda, cpu: &Cpu, rng: &mut Rng, r: &mut Report) -> Result<()> {
+        let (rows, dim, ffn) = (3, 512, 1536);
+        let weight = |t: GgmlType, n_rows: usize, cols: usize, rng: &mut Rng| {
+            quantized(t, &rng.vec(n_rows * cols))
+        };
+        let norm: Vec<u8> = rng.vec(dim).iter().flat_map(|v| v.to_le_bytes()).collect();
+        let norm_t = Tensor {
+            ty: GgmlType::F32,
+            rows: 1,
+            cols: dim,
+            data: &norm,
+        };
+        let shapes = [
+            (GgmlType::Q4_K, 512),
+            (GgmlType::Q4_K, 128),
+            (GgmlType::Q6_K, 128),
+        ];
+        let data: Vec<Vec<u8>> = shapes
+            .iter()
+            .map(|&(t, n)| weight(t, n, dim, rng))
+            .collect();
+        let tensors: Vec<Tensor> = shapes
+            .iter()
+            .zip(&data)
+            .map(|(&(ty, n), d)| Tensor {
+                ty,
+                rows: n,
+                cols: dim,
+                data: d,
+            })
+            .collect();
+        let x: Vec<f32> = rng.vec(rows * dim).iter().map(|v| v * 4.0).collect();
+        let dn = <Cuda as Backend>::weight(g, norm_t)?;
+        let dws = tensors
+            .iter()
+            .map(|t| <Cuda as Backend>::weight(g, *t))
+            .collect::<Result<Vec<_>>>()?;
+        let dx = upload(g, &x)?;
+        let mut dxb = g.buffer(rows * dim)?;
+        g.rmsnorm(&dx, &dn, 1e-5, rows, &mut dxb)?;
+        let mut douts = shapes
+            .iter()
+            .map(|&(_, n)| g.buffer(rows * n))
+            .collect::<Result<Vec<_>>>()?;
+        for o in douts.iter_mut() {
+            g.poison(o)?;
+        }
+        {
+            let ws: Vec<&_> = dws.iter().collect();
+            let mut outs: Vec<&mut DeviceMem> = douts.iter_mut().collect();
+            g.matmul(&dxb, rows, &ws, &mut outs)?;
+        }
+        let mut xb = vec![0f32; rows * dim];
+        cpu.rmsnorm(&x, &norm_t, 1e-5, rows, &mut xb)?;
+        for ((t, d), &(ty, n)) in tensors.iter().zip(&douts).zip(&shapes) {
+            let mut want = vec![f32::NAN; rows * n];
+            cpu.matmul(&xb, rows, &[t], &mut [&mut want])?;
+            r.check(
+                &format!("int8 rmsnorm then matmul {ty} {n}x{dim} of 3"),
+                &download(g, d, rows * n)?,
+                &want,
+                2e-2,
+            );
+        }
+
+        let down_q = weight(GgmlType::Q4_0, dim, ffn, rng);
+        let down = Tensor {
+            ty: GgmlType::Q4_0,
+            rows: dim,
+            cols: ffn,
+            data: &down_q,
+        };
+        let (gate, up) = (rng.vec(rows * ffn), rng.vec(rows * ffn));
+        let base = rng.vec(rows * dim);
+        let dd = <Cuda as Backend>::weight(g, down)?;
+        let (mut dg, du, mut dy) = (upload(g, &gate)?, upload(g, &up)?, upload(g, &base)?);
+        g.swiglu(&mut dg, &du, rows * ffn)?;
+        g.matmul_add(&dg, rows, &dd, &mut dy)?;
+        let mut hg = gate.clone();
+        cpu.swiglu(&mut hg, &up, rows * ffn)?;
+        let mut want = base.clone();
+        cpu.matmul_add(&hg, rows, &down, &mut want)?;
+        r.check(
+            "int8 swiglu then matmul_add Q4_0",
+            &download(g, &dy, rows * dim)?,
+            &want,
+            2e-2,
+        );
         Ok(())
     }
 

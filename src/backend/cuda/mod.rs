@@ -2,6 +2,8 @@
 //! called through bindgen's bindings of their C header. Weights are uploaded once, in their
 //! GGUF blocks; activations stay on the device between ops.
 
+mod profile;
+
 mod ffi {
     #![allow(
         non_upper_case_globals,
@@ -12,7 +14,7 @@ mod ffi {
     include!(concat!(env!("OUT_DIR"), "/cuda_bindings.rs"));
 }
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::ffi::CStr;
 
 use anyhow::{bail, ensure, Context, Result};
@@ -143,6 +145,12 @@ pub struct Cuda {
     /// Activations rounded to int8 (values, then one scale per 32), sized for the widest
     /// weight; allocated while weights load, before any graph records pointers to it.
     q8: RefCell<Option<Q8Scratch>>,
+    /// Which buffer's values (pointer, count) the int8 scratch holds now. RMSNorm and SwiGLU
+    /// write it as they go, so the product that follows them skips its own rounding; any
+    /// op that writes that buffer forgets it.
+    q8_holds: Cell<Option<(usize, usize)>>,
+    /// Per-op timings, with WICK_PROFILE set.
+    profile: Option<RefCell<profile::Profiler>>,
 }
 
 /// Rows of a product up to which the int8 matrix-vector kernel is used.
@@ -204,6 +212,8 @@ impl Cuda {
             host_params: RefCell::new(Vec::with_capacity(MAX_BATCH + 1)),
             precision: Precision::Fast,
             q8: RefCell::new(None),
+            q8_holds: Cell::new(None),
+            profile: std::env::var_os("WICK_PROFILE").map(|_| RefCell::default()),
         })
         .inspect(|_| {
             // A tuning hook: WICK_MV picks a launch shape of the int8 kernel.
@@ -234,8 +244,29 @@ impl Cuda {
         Ok(())
     }
 
-    /// The int8 path, when it applies to every weight of a product: rounds `x` once and
-    /// runs each weight over it. False when the f32 kernel must be used.
+    /// The int8 scratch, when `n` values of activations fit it and products over them may
+    /// round activations to 8 bits.
+    fn q8_scratch(&self, n: usize) -> Option<(*mut i8, *mut f32)> {
+        let q8 = self.q8.borrow();
+        let s = q8.as_ref()?;
+        (self.precision == Precision::Fast && n.is_multiple_of(32) && n <= Q8_MAX_BATCH * s.cols)
+            .then(|| (s.xq.ptr.cast::<i8>(), s.xd.f32()))
+    }
+
+    /// Notes that `buf` was written, so the int8 scratch no longer holds its values.
+    fn wrote(&self, buf: &DeviceMem) {
+        if self
+            .q8_holds
+            .get()
+            .is_some_and(|(p, _)| p == buf.ptr as usize)
+        {
+            self.q8_holds.set(None);
+        }
+    }
+
+    /// The int8 path, when it applies to every weight of a product: rounds `x` once (unless
+    /// the op that wrote it already did) and runs the weights over it, those of one type in
+    /// one launch. False when the f32 kernel must be used.
     fn try_matvec_q8(
         &self,
         x: &DeviceMem,
@@ -245,45 +276,79 @@ impl Cuda {
         accumulate: bool,
     ) -> Result<bool> {
         let cols = ws[0].cols;
-        let usable = self.precision == Precision::Fast
-            && rows <= Q8_MAX_BATCH
+        let usable = rows <= Q8_MAX_BATCH
             && ws.iter().all(|w| {
                 w.cols == cols
                     // SAFETY: pure query.
                     && unsafe { ffi::wick_matvec_q8_supports(type_id(w.ty)) } != 0
             });
-        let q8 = self.q8.borrow();
-        let Some(scratch) = q8.as_ref().filter(|s| usable && s.cols >= cols) else {
+        let n = rows * cols;
+        let Some((xq, xd)) = self.q8_scratch(n).filter(|_| usable) else {
             return Ok(false);
         };
-        ensure!(rows * cols * 4 <= x.bytes, "matmul input too small");
-        let (xq, xd) = (scratch.xq.ptr.cast::<i8>(), scratch.xd.f32());
-        // SAFETY: the scratch holds Q8_MAX_BATCH rows of at least `cols` values.
-        check(
-            unsafe { ffi::wick_quantize_q8(x.f32(), (rows * cols) as i32, xq, xd) },
-            "rounding activations",
-        )?;
-        for (w, out) in ws.iter().zip(outs.iter_mut()) {
-            ensure!(rows * w.rows * 4 <= out.bytes, "matmul output too small");
-            // SAFETY: sizes checked above; the weight holds `w.rows` rows of `cols` values.
+        ensure!(n * 4 <= x.bytes, "matmul input too small");
+        let key = (x.ptr as usize, n);
+        if self.q8_holds.get() != Some(key) {
+            // SAFETY: the scratch holds at least n values (q8_scratch checked).
+            check(
+                unsafe { ffi::wick_quantize_q8(x.f32(), n as i32, xq, xd) },
+                "rounding activations",
+            )?;
+            self.q8_holds.set(Some(key));
+        }
+        let mut done = vec![false; ws.len()];
+        for i in 0..ws.len() {
+            if done[i] {
+                continue;
+            }
+            let mut targets = Vec::with_capacity(3);
+            for j in i..ws.len() {
+                if !done[j] && ws[j].ty == ws[i].ty && targets.len() < 3 {
+                    ensure!(
+                        rows * ws[j].rows * 4 <= outs[j].bytes,
+                        "matmul output too small"
+                    );
+                    targets.push(ffi::wick_mv_target {
+                        w: ws[j].mem.ptr,
+                        y: outs[j].f32(),
+                        rows: ws[j].rows as i32,
+                    });
+                    done[j] = true;
+                }
+            }
+            // SAFETY: sizes checked above; each weight holds `rows` rows of `cols` values.
             check(
                 unsafe {
                     ffi::wick_matvec_q8(
-                        type_id(w.ty),
-                        w.mem.ptr,
-                        w.rows as i32,
+                        type_id(ws[i].ty),
+                        targets.as_ptr(),
+                        targets.len() as i32,
                         cols as i32,
                         xq,
                         xd,
                         rows as i32,
-                        out.f32(),
                         accumulate as i32,
                     )
                 },
                 "matmul",
             )?;
         }
+        for out in outs.iter() {
+            self.wrote(out);
+        }
         Ok(true)
+    }
+
+    /// Times the op that runs until the returned span drops (with WICK_PROFILE).
+    fn span(&self, name: impl FnOnce() -> String) -> Option<profile::Span<'_>> {
+        self.profile
+            .as_ref()
+            .and_then(|p| profile::Profiler::span(p, name()))
+    }
+
+    /// The per-op timings so far, as a table, when WICK_PROFILE is set.
+    pub fn profile_report(&self) -> Option<String> {
+        self.profile.as_ref().map(|p| p.borrow().report())
     }
 
     /// Waits for queued work to finish, reporting an error a kernel raised.
@@ -298,6 +363,7 @@ impl Cuda {
             src.len() * 4 <= dst.bytes,
             "write past the end of a device buffer"
         );
+        self.wrote(dst);
         // SAFETY: bounds checked above.
         check(
             unsafe { ffi::wick_cuda_h2d(dst.ptr, src.as_ptr().cast(), src.len() * 4) },
@@ -307,6 +373,7 @@ impl Cuda {
 
     /// Fills a buffer with NaN bytes, so a value a kernel failed to write shows up.
     pub fn poison(&self, dst: &mut DeviceMem) -> Result<()> {
+        self.wrote(dst);
         // SAFETY: the whole allocation.
         check(
             unsafe { ffi::wick_cuda_memset(dst.ptr, 0xff, dst.bytes) },
@@ -377,6 +444,9 @@ impl<'a> Backend<'a> for Cuda {
         graph: &mut Option<Graph>,
         step: &mut dyn FnMut() -> Result<()>,
     ) -> Result<()> {
+        if self.profile.is_some() {
+            return step();
+        }
         if graph.is_none() {
             // SAFETY: starts recording the stream; every op below only enqueues work on it.
             check(unsafe { ffi::wick_graph_begin() }, "starting a CUDA graph")?;
@@ -443,7 +513,10 @@ impl<'a> Backend<'a> for Cuda {
     }
 
     fn buffer(&self, n: usize) -> Result<DeviceMem> {
-        DeviceMem::zeroed(n * 4)
+        let m = DeviceMem::zeroed(n * 4)?;
+        // A freed buffer's address may come back with new values.
+        self.wrote(&m);
+        Ok(m)
     }
 
     fn kv_cache(&self, n_layers: usize, capacity: usize, kv_dim: usize) -> Result<DeviceKv> {
@@ -458,6 +531,8 @@ impl<'a> Backend<'a> for Cuda {
     }
 
     fn embed(&self, table: &DeviceWeight, tokens: &[u32], x: &mut DeviceMem) -> Result<()> {
+        let _t = self.span(|| "embed".into());
+        self.wrote(x);
         for &t in tokens {
             ensure!(
                 (t as usize) < table.rows,
@@ -489,6 +564,32 @@ impl<'a> Backend<'a> for Cuda {
         rows: usize,
         out: &mut DeviceMem,
     ) -> Result<()> {
+        let _t = self.span(|| format!("rmsnorm x{rows}"));
+        let cols = w.cols;
+        if let Some((xq, xd)) = self
+            .q8_scratch(rows * cols)
+            .filter(|_| rows <= Q8_MAX_BATCH)
+        {
+            // SAFETY: device buffers hold at least rows * cols values, the scratch too.
+            check(
+                unsafe {
+                    ffi::wick_rmsnorm_q8(
+                        x.f32(),
+                        w.mem.f32(),
+                        eps,
+                        rows as i32,
+                        cols as i32,
+                        out.f32(),
+                        xq,
+                        xd,
+                    )
+                },
+                "rmsnorm",
+            )?;
+            self.q8_holds.set(Some((out.ptr as usize, rows * cols)));
+            return Ok(());
+        }
+        self.wrote(out);
         // SAFETY: device buffers hold at least rows * cols values.
         check(
             unsafe {
@@ -512,10 +613,18 @@ impl<'a> Backend<'a> for Cuda {
         ws: &[&DeviceWeight],
         outs: &mut [&mut DeviceMem],
     ) -> Result<()> {
+        let _t = self.span(|| {
+            let shapes: Vec<String> = ws
+                .iter()
+                .map(|w| format!("{} {}x{}", w.ty, w.rows, w.cols))
+                .collect();
+            format!("matmul x{rows} {}", shapes.join(" + "))
+        });
         if self.try_matvec_q8(x, rows, ws, outs, false)? {
             return Ok(());
         }
         for (w, out) in ws.iter().zip(outs.iter_mut()) {
+            self.wrote(out);
             launch_matmul(w, x, rows, out, false)?;
         }
         Ok(())
@@ -528,9 +637,11 @@ impl<'a> Backend<'a> for Cuda {
         w: &DeviceWeight,
         x: &mut DeviceMem,
     ) -> Result<()> {
+        let _t = self.span(|| format!("matmul_add x{rows} {} {}x{}", w.ty, w.rows, w.cols));
         if self.try_matvec_q8(y, rows, &[w], &mut [x], true)? {
             return Ok(());
         }
+        self.wrote(x);
         launch_matmul(w, y, rows, x, true)
     }
 
@@ -545,6 +656,9 @@ impl<'a> Backend<'a> for Cuda {
         rows: usize,
         s: AttnShape,
     ) -> Result<()> {
+        let _t = self.span(|| format!("rope_store x{rows}"));
+        self.wrote(q);
+        self.wrote(k);
         ensure!(
             pos0 + rows <= kv.capacity,
             "position {} is past the context size {}",
@@ -589,6 +703,8 @@ impl<'a> Backend<'a> for Cuda {
             pos0 + rows <= kv.capacity,
             "attention past the context size"
         );
+        let _t = self.span(|| format!("attention x{rows}"));
+        self.wrote(out);
         let (kc, vc) = kv.layer(layer);
         // SAFETY: as in rope_store.
         check(
@@ -611,6 +727,17 @@ impl<'a> Backend<'a> for Cuda {
     }
 
     fn swiglu(&self, gate: &mut DeviceMem, up: &DeviceMem, n: usize) -> Result<()> {
+        let _t = self.span(|| "swiglu".into());
+        if let Some((xq, xd)) = self.q8_scratch(n) {
+            // SAFETY: both hold at least n values, the scratch too.
+            check(
+                unsafe { ffi::wick_swiglu_q8(gate.f32(), up.f32(), n as i32, xq, xd) },
+                "swiglu",
+            )?;
+            self.q8_holds.set(Some((gate.ptr as usize, n)));
+            return Ok(());
+        }
+        self.wrote(gate);
         // SAFETY: both hold at least n values.
         check(
             unsafe { ffi::wick_swiglu(gate.f32(), up.f32(), n as i32) },
@@ -629,6 +756,7 @@ impl<'a> Backend<'a> for Cuda {
             (row + 1) * width * 4 <= src.bytes && width * 4 <= dst.bytes,
             "copy_row out of bounds"
         );
+        self.wrote(dst);
         // SAFETY: bounds checked above.
         check(
             unsafe { ffi::wick_cuda_d2d(dst.ptr, src.f32().add(row * width).cast(), width * 4) },
@@ -645,7 +773,11 @@ impl<'a> Backend<'a> for Cuda {
         check(
             unsafe { ffi::wick_cuda_d2h(out.as_mut_ptr().cast(), src.ptr, out.len() * 4) },
             "copy from the GPU",
-        )
+        )?;
+        if let Some(p) = &self.profile {
+            p.borrow_mut().collect();
+        }
+        Ok(())
     }
 }
 
