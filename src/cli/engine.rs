@@ -147,13 +147,16 @@ fn load<'a, B: Backend<'a>>(
     log: &Log,
     what: &'static str,
 ) -> Result<Llama<'a, B>, Failure> {
-    let bar = log.bar(0, what);
+    // Made on the first tensor, which brings the total.
+    let bar = std::cell::OnceCell::new();
     let model = Llama::load_with_progress(file, backend, |done, total| {
-        bar.set_length(total as u64);
-        bar.set_position(done as u64);
+        bar.get_or_init(|| log.bar(total, what))
+            .set_position(done as u64);
     })
     .file()?;
-    bar.finish_and_clear();
+    if let Some(b) = bar.get() {
+        b.finish_and_clear();
+    }
     let c = &model.config;
     log.info(format_args!(
         "model: {}, {} layers, dim {}, {} heads ({} KV), vocab {}, trained with {} tokens of context",
@@ -243,9 +246,7 @@ impl ChatFormat {
 
     /// The prompt for the assistant's next reply to `messages`.
     pub fn prompt(&self, messages: &[Message]) -> anyhow::Result<Prompt> {
-        let text = self
-            .template
-            .render(messages, true, &self.bos, &self.eos)?;
+        let text = self.template.render(messages, true, &self.bos, &self.eos)?;
         // Templates that write bos_token themselves (Llama 3, Gemma, Mistral) would get a
         // second BOS from the tokenizer; llama.cpp warns about that, here it is simply not
         // added.

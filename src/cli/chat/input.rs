@@ -193,7 +193,10 @@ mod tests {
             join(&["\"\"\"", "one\\", "  two", "\"\"\"", "x"]),
             ("one\\\n  two".into(), 4)
         );
-        assert_eq!(join(&["\"\"\"first", "last\"\"\""]), ("first\nlast".into(), 2));
+        assert_eq!(
+            join(&["\"\"\"first", "last\"\"\""]),
+            ("first\nlast".into(), 2)
+        );
         assert_eq!(join(&["\"\"\"inline\"\"\"", "x"]), ("inline".into(), 1));
         // Quotes later in a line are text.
         assert_eq!(join(&["say \"\"\"", "x"]), ("say \"\"\"".into(), 1));

@@ -72,7 +72,8 @@ pub fn run(a: ChatArgs) -> Result<(), Failure> {
                 "stdin is empty: pipe in a message, or run wick chat in a terminal"
             )));
         }
-        Some(text)
+        // `echo question |` ends it with a newline, which typed turns do not have.
+        Some(text.trim_end().to_string())
     };
     let (file, name) = open_model(a.model.model.as_deref())?;
     log.info(format_args!("model file: {name}"));
@@ -123,7 +124,11 @@ impl Job for ChatJob<'_> {
 }
 
 /// One user turn from stdin, its answer on stdout.
-fn answer<'a, B: Backend<'a>>(chat: &mut Chat<'_, 'a, B>, text: &str, log: &Log) -> Result<(), Failure> {
+fn answer<'a, B: Backend<'a>>(
+    chat: &mut Chat<'_, 'a, B>,
+    text: &str,
+    log: &Log,
+) -> Result<(), Failure> {
     chat.messages.push(Message::new("user", text));
     let mut out = Stdout::new();
     let ended = chat.reply(&mut out, &|| false)?;
@@ -140,8 +145,8 @@ fn answer<'a, B: Backend<'a>>(chat: &mut Chat<'_, 'a, B>, text: &str, log: &Log)
 }
 
 fn repl<'a, B: Backend<'a>>(chat: &mut Chat<'_, 'a, B>, log: &Log) -> Result<(), Failure> {
-    let mut reader =
-        LineReader::new(log).map_err(|e| Failure::Usage(anyhow!("cannot read the terminal: {e}")))?;
+    let mut reader = LineReader::new(log)
+        .map_err(|e| Failure::Usage(anyhow!("cannot read the terminal: {e}")))?;
     let mut out = Stdout::new();
     loop {
         let text = match reader.read(log) {
