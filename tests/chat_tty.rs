@@ -190,6 +190,43 @@ fn ctrl_c_stops_the_reply_and_the_chat_goes_on() {
 }
 
 #[test]
+fn full_context_stops_the_reply_and_the_chat_goes_on() {
+    let data = temp_dir("full");
+    let mut p = spawn_chat(&data, &["--ctx", "80"]);
+    let out = ask(&mut p, "Write a long story about a dragon.");
+    assert!(out.contains("context of 80 tokens is full"), "{out:?}");
+    // The next turn cannot fit: an error at the prompt, and the conversation is unchanged.
+    let out = ask(&mut p, "Go on.");
+    assert!(
+        out.contains("wick: error: the conversation is") && out.contains("/reset"),
+        "{out:?}"
+    );
+    ask(&mut p, "/reset");
+    let answer = ask(&mut p, "What is the capital of France?");
+    assert!(answer.contains("Paris"), "{answer:?}");
+    quit(p);
+    // Piped: the reply stops at the full context with a notice, and wick exits 0.
+    let m = smollm2();
+    let out = piped(
+        &[
+            "chat",
+            "-m",
+            m.to_str().unwrap(),
+            "--temp",
+            "0",
+            "--ctx",
+            "60",
+        ],
+        b"Write a long story about a dragon.",
+        &data,
+    );
+    assert!(out.status.success());
+    assert!(!out.stdout.is_empty());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("context of 60 tokens is full"), "{err}");
+}
+
+#[test]
 fn multi_line_input_and_commands() {
     let data = temp_dir("multi");
     let mut p = spawn_chat(&data, &["-n", "8"]);
