@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use rustyline::error::ReadlineError;
 use rustyline::history::FileHistory;
-use rustyline::{Config, Editor};
+use rustyline::{Behavior, Config, Editor};
 
 use crate::cli::log::Log;
 
@@ -33,6 +33,9 @@ impl LineReader {
             .auto_add_history(false)
             .history_ignore_dups(true)?
             .max_history_size(1000)?
+            // The prompt and the echo of typing go to the terminal even when stdout is
+            // redirected (`wick chat > log.txt`), which then holds the replies only.
+            .behavior(Behavior::PreferTerm)
             .build();
         let mut editor = Editor::with_config(config)?;
         let history = history_path();
