@@ -1,76 +1,42 @@
 //! `wick gen`: generate a continuation of a prompt and stream it to stdout.
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::anyhow;
 use clap::Args;
 
+use super::engine::{
+    ms, per_sec, prefill, with_model, ChatFormat, Job, ModelArgs, Prompt, SamplingArgs,
+};
 use super::load::open_model;
+use super::log::{Log, LogArgs};
 use super::out::Stdout;
 use super::{read_text, FailWith, Failure};
-use crate::backend::cpu::{default_threads, Cpu};
 use crate::backend::Backend;
-use crate::chat::{self, Message, SelectError};
-use crate::gguf::GgufFile;
+use crate::chat::Message;
 use crate::model::Llama;
-use crate::quant::Precision;
-use crate::sample::{Sampler, SamplerParams};
 use crate::session::Session;
 use crate::tokenizer::{Tokenizer, Utf8Stream};
 
 #[derive(Args)]
 pub struct GenArgs {
-    /// The GGUF model (default: the embedded stories260K).
-    #[arg(short = 'm', long = "model")]
-    model: Option<PathBuf>,
+    #[command(flatten)]
+    model: ModelArgs,
     /// The prompt. Read from stdin when absent or "-".
     #[arg(short = 'p', long)]
     prompt: Option<String>,
     /// Tokens to generate; -1 means until end of generation or a full context.
     #[arg(short = 'n', long = "n-predict", default_value_t = -1, allow_negative_numbers = true)]
     n_predict: i64,
-    /// Context size in tokens (default: the model's, at most 4096).
-    #[arg(short = 'c', long = "ctx", visible_alias = "ctx-size")]
-    ctx: Option<usize>,
-    /// Temperature; 0 means greedy.
-    #[arg(long, default_value_t = 0.8)]
-    temp: f32,
-    /// Keep only the K most likely tokens (0 = off).
-    #[arg(long, default_value_t = 40)]
-    top_k: usize,
-    /// Keep the most likely tokens up to this cumulative probability (1.0 = off).
-    #[arg(long, default_value_t = 0.95)]
-    top_p: f32,
-    /// Drop tokens less likely than this fraction of the most likely one (0 = off).
-    #[arg(long, default_value_t = 0.05)]
-    min_p: f32,
-    /// Penalize tokens seen in the last --repeat-last-n tokens (1.0 = off).
-    #[arg(long, default_value_t = 1.0)]
-    repeat_penalty: f32,
-    /// How many recent tokens the repeat penalty looks at.
-    #[arg(long, default_value_t = 64)]
-    repeat_last_n: usize,
-    /// Random seed, for reproducible sampling (default: a fresh one each run).
-    #[arg(short = 's', long)]
-    seed: Option<u64>,
+    #[command(flatten)]
+    sampling: SamplingArgs,
     /// Turn the text of special tokens in the prompt (such as <|im_start|>) into those tokens.
     #[arg(long)]
     special: bool,
     /// Print timings to stderr: load, time to first token, prefill and decode speed.
     #[arg(long)]
     stats: bool,
-    /// Threads (default: the number of physical cores).
-    #[arg(short = 't', long)]
-    threads: Option<usize>,
-    /// Keep activations in f32 in matrix products instead of rounding them to 8 bits:
-    /// slower, and the same math as an exact dequantized reference.
-    #[arg(long)]
-    exact: bool,
-    /// Run the whole model on the NVIDIA GPU (CUDA builds only).
-    #[arg(long)]
-    gpu: bool,
     /// Treat the prompt as a user message and format it with the chat template.
     #[arg(long)]
     chat: bool,
@@ -88,6 +54,8 @@ pub struct GenArgs {
     /// of streaming the text.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    log: LogArgs,
 }
 
 pub fn run(a: GenArgs) -> Result<(), Failure> {
@@ -96,10 +64,12 @@ pub fn run(a: GenArgs) -> Result<(), Failure> {
     }
     let prompt = prompt_text(&a.prompt)?;
     let t_start = Instant::now();
-    let (file, _name) = open_model(a.model.as_deref())?;
+    let log = Log::new(a.log);
+    let (file, name) = open_model(a.model.model.as_deref())?;
+    log.info(format_args!("model file: {name}"));
     let tok = Tokenizer::from_gguf(&file).file()?;
     let prompt = if a.chat {
-        chat_prompt(&a, &file, &tok, &prompt)?
+        chat_prompt(&a, &file, &tok, &log, &prompt)?
     } else {
         Prompt {
             text: prompt,
@@ -107,30 +77,29 @@ pub fn run(a: GenArgs) -> Result<(), Failure> {
             parse_special: a.special,
         }
     };
-    if a.gpu {
-        #[cfg(feature = "cuda")]
-        {
-            let gpu = crate::backend::cuda::Cuda::new(0)
-                .file()?
-                .with_precision(if a.exact {
-                    Precision::Exact
-                } else {
-                    Precision::Fast
-                });
-            let model = Llama::load(&file, gpu).file()?;
-            return generate(&a, &model, &tok, &prompt, t_start);
-        }
-        #[cfg(not(feature = "cuda"))]
-        return Err(super::no_cuda());
-    }
-    let threads = a.threads.unwrap_or_else(default_threads).max(1);
-    let precision = if a.exact {
-        Precision::Exact
-    } else {
-        Precision::Fast
+    let job = Gen {
+        a: &a,
+        tok: &tok,
+        prompt: &prompt,
+        log: &log,
+        t_start,
     };
-    let model = Llama::load(&file, Cpu::new(threads, precision)).file()?;
-    generate(&a, &model, &tok, &prompt, t_start)
+    with_model(&a.model, &log, &file, job)
+}
+
+/// Generation once the model is loaded.
+struct Gen<'r> {
+    a: &'r GenArgs,
+    tok: &'r Tokenizer,
+    prompt: &'r Prompt,
+    log: &'r Log,
+    t_start: Instant,
+}
+
+impl Job for Gen<'_> {
+    fn run<'a, B: Backend<'a>>(self, model: &Llama<'a, B>) -> Result<(), Failure> {
+        generate(self.a, model, self.tok, self.prompt, self.log, self.t_start)
+    }
 }
 
 /// The prompt text: `--prompt`, then stdin after a newline when stdin is a pipe or file
@@ -154,45 +123,21 @@ fn prompt_text(arg: &Option<String>) -> Result<String, Failure> {
     }
 }
 
-/// Text to tokenize, and how.
-struct Prompt {
-    text: String,
-    add_special: bool,
-    parse_special: bool,
-}
-
 /// The chat template applied to `--system` and the prompt as the user message.
 fn chat_prompt(
     a: &GenArgs,
-    file: &GgufFile,
+    file: &crate::gguf::GgufFile,
     tok: &Tokenizer,
+    log: &Log,
     user: &str,
 ) -> Result<Prompt, Failure> {
-    let (template, notice) =
-        chat::select(a.chat_template.as_deref(), file).map_err(|e| match e {
-            SelectError::Unknown(e) => Failure::Usage(e),
-            SelectError::File(e) => Failure::File(e),
-        })?;
-    if let Some(n) = notice {
-        eprintln!("{n}");
-    }
+    let format = ChatFormat::select(a.chat_template.as_deref(), file, tok, log)?;
     let mut messages = Vec::new();
     if let Some(s) = &a.system {
         messages.push(Message::new("system", s));
     }
     messages.push(Message::new("user", user));
-    let bos = tok.bos().map_or("", |b| tok.piece(b));
-    let eos = tok.eos().map_or("", |e| tok.piece(e));
-    let text = template.render(&messages, true, bos, eos).usage()?;
-    // Templates that write bos_token themselves (Llama 3, Gemma, Mistral) would get a second
-    // BOS from the tokenizer; llama.cpp warns about that, here it is simply not added.
-    let has_bos = !bos.is_empty() && text.starts_with(bos);
-    Ok(Prompt {
-        text,
-        add_special: !has_bos,
-        // The template writes special tokens (<|im_start|>) as text.
-        parse_special: true,
-    })
+    format.prompt(&messages).usage()
 }
 
 /// Generation proper, the same on every backend.
@@ -201,15 +146,11 @@ fn generate<'a, B: Backend<'a>>(
     model: &Llama<'a, B>,
     tok: &Tokenizer,
     prompt: &Prompt,
+    log: &Log,
     t_start: Instant,
 ) -> Result<(), Failure> {
-    let ctx = a.ctx.unwrap_or(model.config.train_ctx.min(4096));
-    if ctx == 0 {
-        return Err(Failure::Usage(anyhow!("--ctx must be at least 1")));
-    }
-    let mut tokens = tok
-        .encode(&prompt.text, prompt.add_special, prompt.parse_special)
-        .usage()?;
+    let ctx = a.model.ctx(&model.config, log)?;
+    let mut tokens = prompt.tokens(tok)?;
     if tokens.is_empty() {
         match tok.bos() {
             Some(b) => tokens.push(b),
@@ -226,19 +167,7 @@ fn generate<'a, B: Backend<'a>>(
             tokens.len()
         )));
     }
-    let mut params = SamplerParams {
-        temp: a.temp,
-        top_k: a.top_k,
-        top_p: a.top_p,
-        min_p: a.min_p,
-        repeat_penalty: a.repeat_penalty,
-        repeat_last_n: a.repeat_last_n,
-        ..SamplerParams::default()
-    };
-    if let Some(s) = a.seed {
-        params.seed = s;
-    }
-    let mut sampler = Sampler::new(params, model.config.vocab_size);
+    let mut sampler = a.sampling.sampler(model.config.vocab_size);
     let mut session = Session::new(model, ctx).generation()?;
     let t_load = t_start.elapsed();
 
@@ -256,7 +185,7 @@ fn generate<'a, B: Backend<'a>>(
     };
 
     let t_prefill = Instant::now();
-    let mut logits = session.prefill(&tokens).generation()?.to_vec();
+    let mut logits = prefill(&mut session, &tokens, log).generation()?;
     let prefill_time = t_prefill.elapsed();
     let mut emitted = Vec::<Instant>::new();
     let mut decode_time = Duration::ZERO;
@@ -324,7 +253,9 @@ fn generate<'a, B: Backend<'a>>(
         out.stdout.write("\n").generation()?;
     }
     if reason == StopReason::Context {
-        eprintln!("wick: stopped: the context of {ctx} tokens is full (raise --ctx)");
+        log.notice(format_args!(
+            "wick: stopped: the context of {ctx} tokens is full (raise --ctx)"
+        ));
     }
 
     if a.stats {
@@ -461,18 +392,6 @@ struct Stats<'a> {
     decode: Duration,
     emitted: &'a [Instant],
     kv_bytes: usize,
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
-
-fn per_sec(n: usize, d: Duration) -> f64 {
-    if d.is_zero() {
-        0.0
-    } else {
-        n as f64 / d.as_secs_f64()
-    }
 }
 
 fn print_stats(s: &Stats) {

@@ -1,9 +1,12 @@
 //! The `wick` command line: argument parsing, exit codes, and one-line errors.
 
 mod bench;
+mod chat;
+mod engine;
 mod gen;
 mod info;
 mod load;
+mod log;
 mod out;
 mod quantize;
 mod selftest;
@@ -75,6 +78,8 @@ struct Cli {
 enum Command {
     /// Generate text from a prompt; only the generated text goes to stdout.
     Gen(gen::GenArgs),
+    /// Chat with an instruct model; with stdin not a terminal, answer it as one message.
+    Chat(chat::ChatArgs),
     /// Print the token ids of a text, space-separated on one line.
     Tokenize(tokenize::TokenizeArgs),
     /// Describe a GGUF file: architecture, parameters, tensor types and metadata.
@@ -100,6 +105,7 @@ pub fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Gen(a) => gen::run(a),
+        Command::Chat(a) => chat::run(a),
         Command::Tokenize(a) => tokenize::run(a),
         Command::Info(a) => info::run(a),
         Command::Bench(a) => bench::run(a),

@@ -69,9 +69,26 @@ impl<'a, B: Backend<'a>> State<'a, B> {
 
 impl<'a, B: Backend<'a>> Llama<'a, B> {
     pub fn load(f: &'a GgufFile, backend: B) -> Result<Llama<'a, B>> {
+        Self::load_with_progress(f, backend, |_, _| {})
+    }
+
+    /// `load`, calling `progress(done, total)` after each tensor: uploading to a GPU takes
+    /// long enough on big models to deserve a progress bar.
+    pub fn load_with_progress(
+        f: &'a GgufFile,
+        backend: B,
+        progress: impl Fn(usize, usize),
+    ) -> Result<Llama<'a, B>> {
         let c = Config::from_gguf(f)?;
         let (dim, kv_dim, ffn) = (c.dim, c.kv_dim(), c.ffn_dim);
-        let w = |name: &str, cols, rows| backend.weight(Tensor::load(f, name, cols, rows)?);
+        let total = c.n_layers * 9 + 2 + usize::from(!c.tied_embeddings);
+        let done = std::cell::Cell::new(0);
+        let w = |name: &str, cols, rows| -> Result<B::Weight> {
+            let weight = backend.weight(Tensor::load(f, name, cols, rows)?)?;
+            done.set(done.get() + 1);
+            progress(done.get(), total);
+            Ok(weight)
+        };
         let mut layers = Vec::with_capacity(c.n_layers);
         for i in 0..c.n_layers {
             let t = |name: &str, cols, rows| w(&format!("blk.{i}.{name}.weight"), cols, rows);

@@ -1,0 +1,263 @@
+//! What `gen` and `chat` share: the model and sampling options, loading the model on the
+//! chosen backend, formatting messages with the chat template, and prefill with progress.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::anyhow;
+use clap::Args;
+
+use super::log::Log;
+use super::{FailWith, Failure};
+use crate::backend::cpu::{default_threads, Cpu};
+use crate::backend::Backend;
+use crate::chat::{self, ChatTemplate, Message, SelectError};
+use crate::gguf::GgufFile;
+use crate::model::{Config, Llama, MAX_BATCH};
+use crate::quant::Precision;
+use crate::sample::{Sampler, SamplerParams};
+use crate::session::Session;
+use crate::tokenizer::Tokenizer;
+
+/// Prompts longer than this get a progress bar for their prefill.
+const PREFILL_BAR_TOKENS: usize = 1000;
+
+#[derive(Args)]
+pub struct ModelArgs {
+    /// The GGUF model (default: the embedded stories260K).
+    #[arg(short = 'm', long = "model")]
+    pub model: Option<PathBuf>,
+    /// Context size in tokens (default: the model's, at most 4096).
+    #[arg(short = 'c', long = "ctx", visible_alias = "ctx-size")]
+    ctx: Option<usize>,
+    /// Threads (default: the number of physical cores).
+    #[arg(short = 't', long)]
+    threads: Option<usize>,
+    /// Keep activations in f32 in matrix products instead of rounding them to 8 bits:
+    /// slower, and the same math as an exact dequantized reference.
+    #[arg(long)]
+    exact: bool,
+    /// Run the whole model on the NVIDIA GPU (CUDA builds only).
+    #[arg(long)]
+    gpu: bool,
+}
+
+impl ModelArgs {
+    /// The context size for a model: `--ctx`, else its training context capped at 4096.
+    pub fn ctx(&self, c: &Config, log: &Log) -> Result<usize, Failure> {
+        let n = self.ctx.unwrap_or(c.train_ctx.min(4096));
+        if n == 0 {
+            return Err(Failure::Usage(anyhow!("--ctx must be at least 1")));
+        }
+        log.info(format_args!(
+            "context: {n} tokens, KV cache {:.1} MiB",
+            c.kv_bytes(n) as f64 / (1 << 20) as f64
+        ));
+        Ok(n)
+    }
+}
+
+#[derive(Args)]
+pub struct SamplingArgs {
+    /// Temperature; 0 means greedy.
+    #[arg(long, default_value_t = 0.8)]
+    temp: f32,
+    /// Keep only the K most likely tokens (0 = off).
+    #[arg(long, default_value_t = 40)]
+    top_k: usize,
+    /// Keep the most likely tokens up to this cumulative probability (1.0 = off).
+    #[arg(long, default_value_t = 0.95)]
+    top_p: f32,
+    /// Drop tokens less likely than this fraction of the most likely one (0 = off).
+    #[arg(long, default_value_t = 0.05)]
+    min_p: f32,
+    /// Penalize tokens seen in the last --repeat-last-n tokens (1.0 = off).
+    #[arg(long, default_value_t = 1.0)]
+    repeat_penalty: f32,
+    /// How many recent tokens the repeat penalty looks at.
+    #[arg(long, default_value_t = 64)]
+    repeat_last_n: usize,
+    /// Random seed, for reproducible sampling (default: a fresh one each run).
+    #[arg(short = 's', long)]
+    seed: Option<u64>,
+}
+
+impl SamplingArgs {
+    pub fn sampler(&self, vocab_size: usize) -> Sampler {
+        let mut params = SamplerParams {
+            temp: self.temp,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            min_p: self.min_p,
+            repeat_penalty: self.repeat_penalty,
+            repeat_last_n: self.repeat_last_n,
+            ..SamplerParams::default()
+        };
+        if let Some(s) = self.seed {
+            params.seed = s;
+        }
+        Sampler::new(params, vocab_size)
+    }
+}
+
+/// Work to do with a loaded model, whichever backend it runs on.
+pub trait Job {
+    fn run<'a, B: Backend<'a>>(self, model: &Llama<'a, B>) -> Result<(), Failure>;
+}
+
+/// Loads the model from `file` on the backend `args` chooses, and runs `job` with it.
+pub fn with_model(
+    args: &ModelArgs,
+    log: &Log,
+    file: &GgufFile,
+    job: impl Job,
+) -> Result<(), Failure> {
+    let precision = if args.exact {
+        Precision::Exact
+    } else {
+        Precision::Fast
+    };
+    if args.gpu {
+        #[cfg(feature = "cuda")]
+        {
+            let gpu = crate::backend::cuda::Cuda::new(0)
+                .file()?
+                .with_precision(precision);
+            log.info(format_args!(
+                "backend: CUDA on {} ({:.1} GiB)",
+                gpu.name,
+                gpu.total_mem as f64 / (1u64 << 30) as f64
+            ));
+            let model = load(file, gpu, log, "uploading to the GPU")?;
+            return job.run(&model);
+        }
+        #[cfg(not(feature = "cuda"))]
+        return Err(super::no_cuda());
+    }
+    let threads = args.threads.unwrap_or_else(default_threads).max(1);
+    log.info(format_args!(
+        "backend: CPU, {threads} threads, {} activations",
+        if args.exact { "f32" } else { "8-bit" }
+    ));
+    let model = load(file, Cpu::new(threads, precision), log, "loading weights")?;
+    job.run(&model)
+}
+
+fn load<'a, B: Backend<'a>>(
+    file: &'a GgufFile,
+    backend: B,
+    log: &Log,
+    what: &'static str,
+) -> Result<Llama<'a, B>, Failure> {
+    // Made on the first tensor, which brings the total.
+    let bar = std::cell::OnceCell::new();
+    let model = Llama::load_with_progress(file, backend, |done, total| {
+        bar.get_or_init(|| log.bar(total, what))
+            .set_position(done as u64);
+    })
+    .file()?;
+    if let Some(b) = bar.get() {
+        b.finish_and_clear();
+    }
+    let c = &model.config;
+    log.info(format_args!(
+        "model: {}, {} layers, dim {}, {} heads ({} KV), vocab {}, trained with {} tokens of context",
+        c.arch, c.n_layers, c.dim, c.n_heads, c.n_kv_heads, c.vocab_size, c.train_ctx
+    ));
+    Ok(model)
+}
+
+/// Feeds `tokens` and returns the logits after the last one, with a progress bar when the
+/// prompt is long enough to make the user wait.
+pub fn prefill<'a, B: Backend<'a>>(
+    session: &mut Session<'_, 'a, B>,
+    tokens: &[u32],
+    log: &Log,
+) -> anyhow::Result<Vec<f32>> {
+    if tokens.len() <= PREFILL_BAR_TOKENS || !log.shows_progress() {
+        return Ok(session.prefill(tokens)?.to_vec());
+    }
+    // Whole batches per call, so chunking for the bar changes no batch boundary; the extra
+    // logits computed at the end of each chunk cost one output row product per 256 tokens.
+    let bar = log.bar(tokens.len(), "prefill");
+    let mut logits = Vec::new();
+    for chunk in tokens.chunks(4 * MAX_BATCH) {
+        logits = session.prefill(chunk)?.to_vec();
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish_and_clear();
+    Ok(logits)
+}
+
+pub fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// Tokens per second; 0 for no time at all.
+pub fn per_sec(n: usize, d: Duration) -> f64 {
+    if d.is_zero() {
+        0.0
+    } else {
+        n as f64 / d.as_secs_f64()
+    }
+}
+
+/// Text to tokenize, and how.
+pub struct Prompt {
+    pub text: String,
+    pub add_special: bool,
+    pub parse_special: bool,
+}
+
+impl Prompt {
+    pub fn tokens(&self, tok: &Tokenizer) -> Result<Vec<u32>, Failure> {
+        tok.encode(&self.text, self.add_special, self.parse_special)
+            .usage()
+    }
+}
+
+/// A chat template with the model's BOS and EOS text, ready to format conversations.
+pub struct ChatFormat {
+    template: ChatTemplate,
+    bos: String,
+    eos: String,
+}
+
+impl ChatFormat {
+    /// The template `--chat-template` names, else the model's, else chatml with a notice.
+    pub fn select(
+        choice: Option<&str>,
+        file: &GgufFile,
+        tok: &Tokenizer,
+        log: &Log,
+    ) -> Result<ChatFormat, Failure> {
+        let (template, notice) = chat::select(choice, file).map_err(|e| match e {
+            SelectError::Unknown(e) => Failure::Usage(e),
+            SelectError::File(e) => Failure::File(e),
+        })?;
+        if let Some(n) = notice {
+            log.notice(n);
+        }
+        log.info(format_args!("chat template: {}", template.origin()));
+        Ok(ChatFormat {
+            template,
+            bos: tok.bos().map_or("", |b| tok.piece(b)).to_string(),
+            eos: tok.eos().map_or("", |e| tok.piece(e)).to_string(),
+        })
+    }
+
+    /// The prompt for the assistant's next reply to `messages`.
+    pub fn prompt(&self, messages: &[Message]) -> anyhow::Result<Prompt> {
+        let text = self.template.render(messages, true, &self.bos, &self.eos)?;
+        // Templates that write bos_token themselves (Llama 3, Gemma, Mistral) would get a
+        // second BOS from the tokenizer; llama.cpp warns about that, here it is simply not
+        // added.
+        let has_bos = !self.bos.is_empty() && text.starts_with(&self.bos);
+        Ok(Prompt {
+            text,
+            add_special: !has_bos,
+            // The template writes special tokens (<|im_start|>) as text.
+            parse_special: true,
+        })
+    }
+}
