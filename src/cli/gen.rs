@@ -14,6 +14,7 @@ use crate::backend::cpu::{default_threads, Cpu};
 use crate::backend::Backend;
 use crate::chat::{self, Message, SelectError};
 use crate::gguf::GgufFile;
+use crate::kv::{self, check_kv_dim, KvSettings, KvType};
 use crate::model::Llama;
 use crate::quant::Precision;
 use crate::sample::{Sampler, SamplerParams};
@@ -28,7 +29,8 @@ pub struct GenArgs {
     /// The prompt. Read from stdin when absent or "-".
     #[arg(short = 'p', long)]
     prompt: Option<String>,
-    /// Tokens to generate; -1 means until end of generation or a full context.
+    /// Tokens to generate; -1 means until end of generation (or a full context, with
+    /// --no-context-shift).
     #[arg(short = 'n', long = "n-predict", default_value_t = -1, allow_negative_numbers = true)]
     n_predict: i64,
     /// Context size in tokens (default: the model's, at most 4096).
@@ -84,6 +86,28 @@ pub struct GenArgs {
     /// Stop when the output ends with this text, which is not printed. Repeatable.
     #[arg(long, value_name = "STR")]
     stop: Vec<String>,
+    /// How keys and values are stored: f32, f16 or q8_0 (8-bit blocks, half of f16's
+    /// memory; needs the model's KV rows to be a multiple of 32 values).
+    #[arg(long, value_name = "TYPE", default_value = "f16")]
+    kv_type: String,
+    /// Tokens from the start of the context that a context shift keeps (attention sinks).
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    keep: usize,
+    /// Stop when the context is full instead of shifting it. By default, when the context
+    /// fills up, the first --keep tokens stay and the older half of the rest is dropped;
+    /// the remaining keys are re-rotated to their new positions (nothing is recomputed),
+    /// and generation goes on, as llama.cpp's context shift does.
+    #[arg(long)]
+    no_context_shift: bool,
+    /// Give every layer a sliding attention window of W tokens, overriding the model's
+    /// (for experiments and tests).
+    #[arg(long, value_name = "W")]
+    window: Option<usize>,
+    /// Save the prompt's KV cache to FILE after prefill; a later run whose prompt starts
+    /// with the same tokens loads it and computes only the rest. A file made with another
+    /// model or other cache settings is ignored with a notice.
+    #[arg(long, value_name = "FILE")]
+    prompt_cache: Option<PathBuf>,
     /// Print one JSON object at the end (text, token counts, stop reason, timings) instead
     /// of streaming the text.
     #[arg(long)]
@@ -112,7 +136,7 @@ pub fn run(a: GenArgs) -> Result<(), Failure> {
         {
             let gpu = crate::backend::cuda::Cuda::new(0).file()?;
             let model = Llama::load(&file, gpu).file()?;
-            return generate(&a, &model, &tok, &prompt, t_start);
+            return generate(&a, &file, &model, &tok, &prompt, t_start);
         }
         #[cfg(not(feature = "cuda"))]
         return Err(super::no_cuda());
@@ -124,7 +148,7 @@ pub fn run(a: GenArgs) -> Result<(), Failure> {
         Precision::Fast
     };
     let model = Llama::load(&file, Cpu::new(threads, precision)).file()?;
-    generate(&a, &model, &tok, &prompt, t_start)
+    generate(&a, &file, &model, &tok, &prompt, t_start)
 }
 
 /// The prompt text: `--prompt`, then stdin after a newline when stdin is a pipe or file
@@ -192,6 +216,7 @@ fn chat_prompt(
 /// Generation proper, the same on every backend.
 fn generate<'a, B: Backend<'a>>(
     a: &GenArgs,
+    file: &GgufFile,
     model: &Llama<'a, B>,
     tok: &Tokenizer,
     prompt: &Prompt,
@@ -233,7 +258,14 @@ fn generate<'a, B: Backend<'a>>(
         params.seed = s;
     }
     let mut sampler = Sampler::new(params, model.config.vocab_size);
-    let mut session = Session::new(model, ctx).generation()?;
+    let settings = KvSettings {
+        ctx,
+        keep: a.keep,
+        ty: KvType::parse(&a.kv_type).usage()?,
+        window: a.window.filter(|&w| w > 0),
+    };
+    check_kv_dim(settings.ty, model.config.kv_dim()).usage()?;
+    let mut session = Session::with_settings(model, &settings).generation()?;
     let t_load = t_start.elapsed();
 
     let mut out = Output {
@@ -250,8 +282,36 @@ fn generate<'a, B: Backend<'a>>(
     };
 
     let t_prefill = Instant::now();
-    let mut logits = session.prefill(&tokens).generation()?.to_vec();
+    let mut logits = match &a.prompt_cache {
+        Some(path) => {
+            let stamp = kv::file::stamp(file, &settings);
+            let reused = match reuse_prompt_cache(&mut session, path, stamp, &tokens) {
+                Ok(n) => n,
+                Err(e) => {
+                    eprintln!(
+                        "wick: notice: not using the prompt cache {}: {e:#}; computing the prompt",
+                        path.display()
+                    );
+                    session = Session::with_settings(model, &settings).generation()?;
+                    0
+                }
+            };
+            let logits = session.prefill(&tokens[reused..]).generation()?.to_vec();
+            if reused < tokens.len() - 1 || !path.exists() {
+                let saved = session
+                    .save_kv()
+                    .and_then(|rows| kv::file::save(path, stamp, session.tokens(), &rows));
+                if let Err(e) = saved {
+                    eprintln!("wick: notice: the prompt cache was not saved: {e:#}");
+                }
+            }
+            logits
+        }
+        None => session.prefill(&tokens).generation()?.to_vec(),
+    };
     let prefill_time = t_prefill.elapsed();
+    let mut rss_first = None;
+    let mut shifts = 0usize;
     let mut emitted = Vec::<Instant>::new();
     let mut decode_time = Duration::ZERO;
     let mut n_generated = 0usize;
@@ -269,6 +329,9 @@ fn generate<'a, B: Backend<'a>>(
         text.push(tok.token_bytes_after(prev, next), &mut piece);
         let stopped = out.push(&piece).generation()?;
         emitted.push(Instant::now());
+        if rss_first.is_none() && a.stats {
+            rss_first = rss_bytes();
+        }
         prev = Some(next);
         if stopped {
             reason = StopReason::Stop;
@@ -278,8 +341,12 @@ fn generate<'a, B: Backend<'a>>(
             break;
         }
         if session.room() == 0 {
-            reason = StopReason::Context;
-            break;
+            if a.no_context_shift {
+                reason = StopReason::Context;
+                break;
+            }
+            session.shift().generation()?;
+            shifts += 1;
         }
         let t = Instant::now();
         let l = session.step(next).generation()?;
@@ -318,7 +385,10 @@ fn generate<'a, B: Backend<'a>>(
         out.stdout.write("\n").generation()?;
     }
     if reason == StopReason::Context {
-        eprintln!("wick: stopped: the context of {ctx} tokens is full (raise --ctx)");
+        eprintln!(
+            "wick: stopped: the context of {ctx} tokens is full and context shift is off \
+             (raise --ctx, or drop --no-context-shift)"
+        );
     }
 
     if a.stats {
@@ -330,7 +400,11 @@ fn generate<'a, B: Backend<'a>>(
             decode_steps,
             decode: decode_time,
             emitted: &emitted,
-            kv_bytes: model.config.kv_bytes(ctx),
+            kv_bytes: model.config.kv_bytes(&settings),
+            kv_type: settings.ty,
+            ctx,
+            shifts,
+            rss: (rss_first, rss_bytes()),
         });
     }
     Ok(())
@@ -455,6 +529,11 @@ struct Stats<'a> {
     decode: Duration,
     emitted: &'a [Instant],
     kv_bytes: usize,
+    kv_type: KvType,
+    ctx: usize,
+    shifts: usize,
+    /// Resident memory at the first token and at the end.
+    rss: (Option<usize>, Option<usize>),
 }
 
 fn ms(d: Duration) -> f64 {
@@ -495,7 +574,49 @@ fn print_stats(s: &Stats) {
         pct(0.5),
         pct(0.99)
     );
-    eprintln!("kv cache: {:.1} MiB", s.kv_bytes as f64 / (1 << 20) as f64);
+    eprintln!(
+        "kv cache: {:.2} MiB ({} bytes, {}, ctx {}); context shifts: {}",
+        s.kv_bytes as f64 / (1 << 20) as f64,
+        s.kv_bytes,
+        s.kv_type.name(),
+        s.ctx,
+        s.shifts
+    );
+    if let (Some(first), Some(end)) = s.rss {
+        eprintln!("memory:  rss {first} bytes at the first token, {end} bytes at the end");
+    }
+}
+
+/// Resident memory of this process, from /proc (Linux only).
+fn rss_bytes() -> Option<usize> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: usize = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Loads the prompt cache at `path` into `session` and rolls it back to the part it shares
+/// with `tokens`, leaving at least the last prompt token to compute (its logits are not
+/// saved). Returns how many prompt tokens are reused (0 with no file yet).
+fn reuse_prompt_cache<'a, B: Backend<'a>>(
+    session: &mut Session<'_, 'a, B>,
+    path: &std::path::Path,
+    stamp: u64,
+    tokens: &[u32],
+) -> anyhow::Result<usize> {
+    if !path.exists() {
+        return Ok(0);
+    }
+    let (cached, rows) = kv::file::load(path, stamp)?;
+    session.restore(&cached, &rows)?;
+    let common = cached
+        .iter()
+        .zip(tokens)
+        .take_while(|(a, b)| a == b)
+        .count();
+    let reuse = common.min(tokens.len() - 1);
+    session.rollback(reuse)?;
+    Ok(reuse)
 }
 
 #[cfg(test)]

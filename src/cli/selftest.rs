@@ -46,6 +46,7 @@ mod gpu {
     use crate::backend::cuda::{Cuda, DeviceMem};
     use crate::backend::{AttnShape, Backend};
     use crate::cli::FailWith;
+    use crate::kv::{KvLayout, KvSettings};
     use crate::model::Tensor;
     use crate::quant::{self, GgmlType, Precision};
 
@@ -367,8 +368,9 @@ mod gpu {
                 rope_theta: 10000.0,
             };
             let (qd, kd) = (s.q_dim(), s.kv_dim());
-            let mut ckv = <Cpu as Backend>::kv_cache(cpu, 1, cap, kd)?;
-            let mut gkv = <Cuda as Backend>::kv_cache(g, 1, cap, kd)?;
+            let layouts = [KvLayout::new(&KvSettings::new(cap), None)];
+            let mut ckv = <Cpu as Backend>::kv_cache(cpu, &layouts, kd)?;
+            let mut gkv = <Cuda as Backend>::kv_cache(g, &layouts, kd)?;
             // Fill positions 0..pos0 + n through the op itself, in chunks, as a prefill would.
             let mut start = 0;
             while start < pos0 + n {

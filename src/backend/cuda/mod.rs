@@ -18,6 +18,7 @@ use std::ffi::CStr;
 use anyhow::{bail, ensure, Context, Result};
 
 use super::{AttnShape, Backend};
+use crate::kv::{KvLayout, KvType};
 use crate::model::{Tensor, MAX_BATCH};
 use crate::quant::{self, GgmlType};
 
@@ -346,7 +347,21 @@ impl<'a> Backend<'a> for Cuda {
         DeviceMem::zeroed(n * 4)
     }
 
-    fn kv_cache(&self, n_layers: usize, capacity: usize, kv_dim: usize) -> Result<DeviceKv> {
+    fn kv_cache(&self, layouts: &[KvLayout], kv_dim: usize) -> Result<DeviceKv> {
+        // The kernels index slot = pos % capacity in f16, one capacity for every layer:
+        // anything else would be computed wrong, so it is refused.
+        let capacity = layouts.first().map_or(0, |l| l.capacity);
+        for l in layouts {
+            ensure!(
+                l.ty == KvType::F16,
+                "the CUDA backend keeps its KV cache in f16 only: use --kv-type f16 with --gpu"
+            );
+            ensure!(
+                l.window.is_none() && l.capacity == capacity,
+                "the CUDA backend has no sliding-window attention yet"
+            );
+        }
+        let n_layers = layouts.len();
         let layer_elems = capacity * kv_dim;
         let bytes = n_layers * layer_elems * 2;
         Ok(DeviceKv {
@@ -355,6 +370,25 @@ impl<'a> Backend<'a> for Cuda {
             capacity,
             layer_elems,
         })
+    }
+
+    fn kv_shift(
+        &self,
+        _kv: &mut DeviceKv,
+        _start: usize,
+        _d: usize,
+        _len: usize,
+        _s: AttnShape,
+    ) -> Result<()> {
+        bail!("context shift is not implemented on the GPU yet: use --no-context-shift or a larger --ctx")
+    }
+
+    fn kv_save(&self, _kv: &DeviceKv, _len: usize, _out: &mut Vec<u8>) -> Result<()> {
+        bail!("--prompt-cache is not implemented on the GPU yet")
+    }
+
+    fn kv_load(&self, _kv: &mut DeviceKv, _len: usize, _data: &[u8]) -> Result<()> {
+        bail!("--prompt-cache is not implemented on the GPU yet")
     }
 
     fn embed(&self, table: &DeviceWeight, tokens: &[u32], x: &mut DeviceMem) -> Result<()> {
