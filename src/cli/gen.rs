@@ -108,6 +108,9 @@ pub struct GenArgs {
     /// model or other cache settings is ignored with a notice.
     #[arg(long, value_name = "FILE")]
     prompt_cache: Option<PathBuf>,
+    /// Keep generating past end-of-generation tokens (they are never sampled).
+    #[arg(long)]
+    ignore_eos: bool,
     /// Print one JSON object at the end (text, token counts, stop reason, timings) instead
     /// of streaming the text.
     #[arg(long)]
@@ -319,6 +322,13 @@ fn generate<'a, B: Backend<'a>>(
     let mut reason = StopReason::Length;
 
     while n_generated < limit {
+        if a.ignore_eos {
+            for &t in tok.eog_tokens() {
+                if let Some(l) = logits.get_mut(t as usize) {
+                    *l = f32::NEG_INFINITY;
+                }
+            }
+        }
         let next = sampler.sample(&logits, session.tokens());
         if tok.is_eog(next) {
             reason = StopReason::Eos;
