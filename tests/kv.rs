@@ -515,3 +515,49 @@ fn prompt_cache_gives_the_same_tokens_and_refuses_bad_files() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn info_and_stats_print_the_cache_size_for_the_settings() {
+    let file = load(&smollm2());
+    let config = wick::model::Config::from_gguf(&file).unwrap();
+    for (ctx, ty) in [(256, KvType::Q8_0), (1000, KvType::F16), (64, KvType::F32)] {
+        let settings = KvSettings {
+            ctx,
+            ty,
+            ..KvSettings::new(1)
+        };
+        let bytes = config.kv_bytes(&settings);
+        // 30 layers, 3 KV heads of 64, keys and values.
+        let per_value = match ty {
+            KvType::F32 => 4.0,
+            KvType::F16 => 2.0,
+            KvType::Q8_0 => 34.0 / 32.0,
+        };
+        assert_eq!(bytes as f64, (30 * 2 * 192 * ctx) as f64 * per_value);
+        let out = wick()
+            .args(["info", "--ctx", &ctx.to_string(), "--kv-type", ty.name()])
+            .arg(smollm2())
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        let want = format!("kv cache:     {bytes} bytes");
+        assert!(stdout.contains(&want), "{want} not in {stdout}");
+        let (_, err) = gen_stats(
+            &smollm2(),
+            &[
+                "--ctx",
+                &ctx.to_string(),
+                "--kv-type",
+                ty.name(),
+                "-n",
+                "2",
+                "--prompt",
+                "Hi",
+            ],
+        );
+        assert!(
+            err.contains(&format!("({bytes} bytes, {}, ctx {ctx})", ty.name())),
+            "{err}"
+        );
+    }
+}

@@ -285,10 +285,11 @@ fn generate<'a, B: Backend<'a>>(
     };
 
     let t_prefill = Instant::now();
+    let mut reused = 0;
     let mut logits = match &a.prompt_cache {
         Some(path) => {
             let stamp = kv::file::stamp(file, &settings);
-            let reused = match reuse_prompt_cache(&mut session, path, stamp, &tokens) {
+            reused = match reuse_prompt_cache(&mut session, path, stamp, &tokens) {
                 Ok(n) => n,
                 Err(e) => {
                     eprintln!(
@@ -405,6 +406,7 @@ fn generate<'a, B: Backend<'a>>(
         print_stats(&Stats {
             load: t_load,
             prompt_tokens: tokens.len(),
+            reused,
             prefill: prefill_time,
             ttft: emitted.first().map(|t| *t - t_prefill),
             decode_steps,
@@ -533,6 +535,8 @@ impl StopFilter {
 struct Stats<'a> {
     load: Duration,
     prompt_tokens: usize,
+    /// Prompt tokens taken from the prompt cache rather than computed.
+    reused: usize,
     prefill: Duration,
     ttft: Option<Duration>,
     decode_steps: usize,
@@ -569,13 +573,17 @@ fn print_stats(s: &Stats) {
         ms(gaps[i])
     };
     eprintln!("load:    {:.1} ms", ms(s.load));
+    let computed = s.prompt_tokens - s.reused;
     eprintln!(
         "prefill: {} tokens in {:.1} ms, {:.1} tok/s; time to first token {:.1} ms",
-        s.prompt_tokens,
+        computed,
         ms(s.prefill),
-        per_sec(s.prompt_tokens, s.prefill),
+        per_sec(computed, s.prefill),
         s.ttft.map(ms).unwrap_or(0.0)
     );
+    if s.reused > 0 {
+        eprintln!("prompt cache: {} tokens reused", s.reused);
+    }
     eprintln!(
         "decode:  {} tokens in {:.1} ms, {:.1} tok/s; inter-token latency p50 {:.2} ms, p99 {:.2} ms",
         s.decode_steps,
