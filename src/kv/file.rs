@@ -94,9 +94,8 @@ pub fn save(path: &Path, stamp: u64, tokens: &[u32], rows: &[u8]) -> Result<()> 
         std::fs::rename(&tmp, path)
     };
     write()
-        .map_err(|e| {
+        .inspect_err(|_| {
             let _ = std::fs::remove_file(&tmp);
-            e
         })
         .with_context(|| format!("cannot write the prompt cache {}", path.display()))
 }
