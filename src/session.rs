@@ -128,7 +128,7 @@ impl<'m, 'a, B: Backend<'a>> Session<'m, 'a, B> {
 
     /// Sinks a context shift keeps.
     fn keep(&self) -> usize {
-        self.state.settings().keep.min(self.ctx())
+        self.state.settings().keep.min(self.ctx() - 1)
     }
 
     /// A context shift, as llama.cpp does it: drops the older half of the tokens after the

@@ -116,7 +116,8 @@ impl KvLayout {
             },
             _ => KvLayout {
                 capacity: s.ctx,
-                keep: s.keep.min(s.ctx),
+                // At least one slot rotates, so the ring is never empty.
+                keep: s.keep.min(s.ctx.saturating_sub(1)),
                 window: None,
                 ty: s.ty,
                 offset: 0,
@@ -249,7 +250,7 @@ mod tests {
         assert_eq!((l.keep, l.capacity), (0, 8 + WINDOW_SLACK));
         assert_eq!(l.live(3), (0..0, 0..4));
         assert_eq!(l.live(30), (0..0, 23..31));
-        assert!(l.can_roll_back(30 - WINDOW_SLACK, 30));
-        assert!(!l.can_roll_back(30 - WINDOW_SLACK - 1, 30));
+        assert!(l.can_roll_back(100 - WINDOW_SLACK, 100));
+        assert!(!l.can_roll_back(100 - WINDOW_SLACK - 1, 100));
     }
 }
