@@ -288,7 +288,12 @@ fn generate<'a, B: Backend<'a>>(
     let mut reused = 0;
     let mut logits = match &a.prompt_cache {
         Some(path) => {
-            let stamp = kv::file::stamp(file, &settings);
+            let compute = match (a.gpu, a.exact) {
+                (true, _) => "cuda",
+                (false, true) => "cpu exact",
+                (false, false) => "cpu",
+            };
+            let stamp = kv::file::stamp(file, &settings, compute);
             reused = match reuse_prompt_cache(&mut session, path, stamp, &tokens) {
                 Ok(n) => n,
                 Err(e) => {

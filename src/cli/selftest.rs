@@ -403,7 +403,8 @@ mod gpu {
                     let mut dout = g.buffer(len * qd)?;
                     g.poison(&mut dout)?;
                     g.attention(&dq, &gkv, 0, start, len, s, &mut dout)?;
-                    // The GPU cache holds f16, the CPU's f32.
+                    // Both caches hold f16 (the default); keys rotated on either side may
+                    // round to neighbouring f16 values.
                     r.check(
                         &format!("attention {n_heads}/{n_kv}x{head_dim} pos {start} rows {len}"),
                         &download(g, &dout, len * qd)?,

@@ -55,8 +55,10 @@ impl Default for Hasher {
 }
 
 /// What a cache file must match: the model (its size and everything before the tensor
-/// data) and the cache settings.
-pub fn stamp(model: &GgufFile, s: &KvSettings) -> u64 {
+/// data), the cache settings, and `compute`, which names how the rows were computed
+/// (backend and precision: rows from elsewhere would round differently, and the tokens
+/// would no longer be exactly those of a run without the cache).
+pub fn stamp(model: &GgufFile, s: &KvSettings, compute: &str) -> u64 {
     let bytes = model.bytes();
     let header = &bytes[..(model.data_offset as usize).min(bytes.len())];
     Hasher::new()
@@ -66,6 +68,7 @@ pub fn stamp(model: &GgufFile, s: &KvSettings) -> u64 {
         .add(&(s.keep as u64).to_le_bytes())
         .add(&[s.ty.id()])
         .add(&(s.window.map_or(0, |w| w as u64 + 1)).to_le_bytes())
+        .add(compute.as_bytes())
         .finish()
 }
 
@@ -117,7 +120,7 @@ fn parse(buf: &[u8], want_stamp: u64) -> Result<(Vec<u32>, Vec<u8>)> {
     }
     let u64_at = |i: usize| u64::from_le_bytes(body[i..i + 8].try_into().unwrap());
     if u64_at(8) != want_stamp {
-        bail!("it was made with another model or other --ctx/--keep/--kv-type/--window settings");
+        bail!("it was made with another model or other --ctx/--keep/--kv-type/--window/--exact/--gpu settings");
     }
     let n = u32::from_le_bytes(body[16..20].try_into().unwrap()) as usize;
     let rows_at = 20 + n * 4;
