@@ -286,6 +286,15 @@ fn q8_0_halves_the_cache_and_greedy_output_follows_f16() {
     );
     // 34 bytes per 32 values against 64.
     assert_eq!(q8 * 64, f16 * 34, "q8_0 {q8} bytes, f16 {f16}");
+    // And that is what is allocated.
+    for (ty, bytes) in [(KvType::F16, f16), (KvType::Q8_0, q8)] {
+        let layouts = model.config.kv_layouts(&settings(ty));
+        let kv = model
+            .backend
+            .kv_cache(&layouts, model.config.kv_dim())
+            .unwrap();
+        assert_eq!(kv.size_bytes(), bytes);
+    }
 
     let tok = wick::tokenizer::Tokenizer::from_gguf(&file).unwrap();
     let prompt = tok

@@ -87,14 +87,7 @@ impl KvCache {
         encode(ty, v, &mut l.v[r]);
     }
 
-    /// The raw stored rows of `pos` (keys, values), for saving.
-    pub fn raw(&self, layer: usize, pos: usize) -> (&[u8], &[u8]) {
-        let r = self.range(layer, pos);
-        let l = &self.layers[layer];
-        (&l.k[r.clone()], &l.v[r])
-    }
-
-    /// Overwrites the stored rows of `pos` with raw bytes from `raw`.
+    /// Overwrites the stored rows of `pos` with rows from [`KvCache::rows`].
     pub fn set_raw(&mut self, layer: usize, pos: usize, k: &[u8], v: &[u8]) {
         let r = self.range(layer, pos);
         let l = &mut self.layers[layer];
@@ -105,23 +98,9 @@ impl KvCache {
     /// The stored key and value rows of `pos`, in the cache's type.
     #[inline]
     pub fn rows(&self, layer: usize, pos: usize) -> (&[u8], &[u8]) {
-        self.raw(layer, pos)
-    }
-
-    /// Values `off..off + out.len()` of the key row of `pos`.
-    #[inline]
-    pub fn key(&self, layer: usize, pos: usize, off: usize, out: &mut [f32]) {
-        let l = &self.layers[layer];
         let r = self.range(layer, pos);
-        decode(l.layout.ty, &l.k[r], off, out);
-    }
-
-    /// Values `off..off + out.len()` of the value row of `pos`.
-    #[inline]
-    pub fn value(&self, layer: usize, pos: usize, off: usize, out: &mut [f32]) {
         let l = &self.layers[layer];
-        let r = self.range(layer, pos);
-        decode(l.layout.ty, &l.v[r], off, out);
+        (&l.k[r.clone()], &l.v[r])
     }
 
     /// Applies `f` to the key row of `pos` in f32 and stores it back (a context shift's

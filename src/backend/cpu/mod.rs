@@ -195,7 +195,7 @@ impl<'a> Backend<'a> for Cpu {
     fn kv_save(&self, kv: &KvCache, len: usize, out: &mut Vec<u8>) -> Result<()> {
         for layer in 0..kv.n_layers() {
             for p in kv.layout(layer).stored(len) {
-                let (k, v) = kv.raw(layer, p);
+                let (k, v) = kv.rows(layer, p);
                 out.extend_from_slice(k);
                 out.extend_from_slice(v);
             }
