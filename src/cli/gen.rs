@@ -93,7 +93,8 @@ pub struct GenArgs {
     /// Tokens from the start of the context that a context shift keeps (attention sinks).
     #[arg(long, value_name = "N", default_value_t = 4)]
     keep: usize,
-    /// Stop when the context is full instead of shifting it. By default, when the context
+    /// Stop when the context is full instead of shifting it (a notice on stderr, stop reason
+    /// "context" in --json, exit status 0). By default, when the context
     /// fills up, the first --keep tokens stay and the older half of the rest is dropped;
     /// the remaining keys are re-rotated to their new positions (nothing is recomputed),
     /// and generation goes on, as llama.cpp's context shift does.
