@@ -1,23 +1,36 @@
 //! A running sequence: a model, its state, and the tokens it has seen so far.
+//!
+//! The cache holds positions `0..len()`. After a context shift these are no longer the
+//! whole history: the first `keep` tokens, then everything after the discarded ones.
+//! `tokens()` stays the full history (the repeat penalty looks at it).
 
-use anyhow::{bail, Result};
+use anyhow::{bail, ensure, Result};
 
 use crate::backend::Backend;
+use crate::kv::KvSettings;
 use crate::model::{Llama, State, MAX_BATCH};
 
 pub struct Session<'m, 'a, B: Backend<'a>> {
     model: &'m Llama<'a, B>,
     state: State<'a, B>,
-    /// Every token fed so far; `tokens.len()` is the next position.
+    /// Every token fed so far.
     tokens: Vec<u32>,
+    /// Tokens after the first `keep` that context shifts dropped from the cache.
+    discarded: usize,
 }
 
 impl<'m, 'a, B: Backend<'a>> Session<'m, 'a, B> {
     pub fn new(model: &'m Llama<'a, B>, ctx: usize) -> Result<Session<'m, 'a, B>> {
+        Self::with_settings(model, &KvSettings::new(ctx))
+    }
+
+    pub fn with_settings(model: &'m Llama<'a, B>, s: &KvSettings) -> Result<Session<'m, 'a, B>> {
+        ensure!(s.ctx > 0, "the context must hold at least one token");
         Ok(Session {
             model,
-            state: model.new_state(ctx)?,
-            tokens: Vec::with_capacity(ctx),
+            state: model.new_state_with(s)?,
+            tokens: Vec::with_capacity(s.ctx),
+            discarded: 0,
         })
     }
 
@@ -25,13 +38,34 @@ impl<'m, 'a, B: Backend<'a>> Session<'m, 'a, B> {
         self.state.capacity()
     }
 
+    /// Every token fed so far, including those a context shift dropped from the cache.
     pub fn tokens(&self) -> &[u32] {
         &self.tokens
     }
 
-    /// Positions left in the context.
+    /// Positions in the cache; the next token goes to this position.
+    pub fn len(&self) -> usize {
+        self.tokens.len() - self.discarded
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tokens.is_empty()
+    }
+
+    /// The tokens whose keys and values are in the cache at positions `0..`, when they
+    /// are a prefix of the history (no context shift happened).
+    pub fn cached_prefix(&self) -> Option<&[u32]> {
+        (self.discarded == 0).then_some(&self.tokens[..])
+    }
+
+    /// Context shifts so far dropped this many tokens.
+    pub fn discarded(&self) -> usize {
+        self.discarded
+    }
+
+    /// Positions left before the context is full.
     pub fn room(&self) -> usize {
-        self.ctx() - self.tokens.len()
+        self.ctx() - self.len()
     }
 
     /// Feeds `tokens` and returns the logits after the last one.
@@ -48,7 +82,7 @@ impl<'m, 'a, B: Backend<'a>> Session<'m, 'a, B> {
         }
         let n_chunks = tokens.len().div_ceil(MAX_BATCH);
         for (i, chunk) in tokens.chunks(MAX_BATCH).enumerate() {
-            let pos = self.tokens.len();
+            let pos = self.len();
             self.model
                 .forward(&mut self.state, chunk, pos, i + 1 == n_chunks)?;
             self.tokens.extend_from_slice(chunk);
@@ -56,25 +90,98 @@ impl<'m, 'a, B: Backend<'a>> Session<'m, 'a, B> {
         Ok(self.state.logits())
     }
 
-    /// Forgets every token after the first `len`, so the next one is fed at position `len`.
-    /// The cache needs no clearing: later positions overwrite those slots before attention
-    /// reads them.
+    /// Forgets every token after the first `len` of the history, so the next one follows
+    /// them. The cache needs no clearing: later positions overwrite those slots before
+    /// attention reads them. A sliding-window layer has overwritten older positions, so it
+    /// can only go back as far as its slack; nor can a rollback reach into tokens a context
+    /// shift dropped (except back into the kept first tokens).
     pub fn rollback(&mut self, len: usize) -> Result<()> {
-        if len > self.tokens.len() {
+        let (cur, fed) = (self.len(), self.tokens.len());
+        if len > fed {
+            bail!("cannot roll back to {len} tokens: only {fed} were fed");
+        }
+        let keep = self.keep();
+        let (pos, discarded) = if len >= keep + self.discarded {
+            (len - self.discarded, self.discarded)
+        } else if len <= keep {
+            (len, 0)
+        } else {
+            bail!("cannot roll back to {len} tokens: a context shift dropped tokens after {keep}")
+        };
+        if let Some(l) = self
+            .state
+            .layouts()
+            .iter()
+            .find(|l| !l.can_roll_back(pos, cur))
+        {
             bail!(
-                "cannot roll back to {len} tokens: only {} were fed",
-                self.tokens.len()
+                "cannot roll back {} tokens: the sliding window of {} keeps only {} more",
+                cur - pos,
+                l.window.unwrap_or(0),
+                l.capacity - l.window.unwrap_or(0)
             );
         }
         self.tokens.truncate(len);
+        self.discarded = discarded;
         Ok(())
+    }
+
+    /// Sinks a context shift keeps.
+    fn keep(&self) -> usize {
+        self.state.settings().keep.min(self.ctx() - 1)
+    }
+
+    /// A context shift, as llama.cpp does it: drops the older half of the tokens after the
+    /// first `keep` and moves the rest down, re-rotating their keys, without recomputing
+    /// anything. Returns how many tokens were dropped.
+    pub fn shift(&mut self) -> Result<usize> {
+        let keep = self.keep();
+        let len = self.len();
+        let d = (len.saturating_sub(keep)) / 2;
+        ensure!(
+            d > 0,
+            "no room for a context shift: --keep {keep} leaves no tokens to drop from a context of {}",
+            self.ctx()
+        );
+        self.model.shift(&mut self.state, keep, d, len)?;
+        self.discarded += d;
+        Ok(d)
     }
 
     /// Feeds one token and returns the logits for the next.
     pub fn step(&mut self, token: u32) -> Result<&[f32]> {
-        let pos = self.tokens.len();
+        let pos = self.len();
         self.model.forward(&mut self.state, &[token], pos, true)?;
         self.tokens.push(token);
         Ok(self.state.logits())
+    }
+
+    /// The cache's rows for positions `0..len()`, as [`Backend::kv_save`] writes them.
+    pub fn save_kv(&self) -> Result<Vec<u8>> {
+        ensure!(
+            self.discarded == 0,
+            "cannot save the cache after a context shift"
+        );
+        let mut out = Vec::new();
+        self.model
+            .backend
+            .kv_save(&self.state.kv, self.len(), &mut out)?;
+        Ok(out)
+    }
+
+    /// Replaces everything with `tokens` and their cached rows, from `save_kv` of a session
+    /// with the same model and settings.
+    pub fn restore(&mut self, tokens: &[u32], kv: &[u8]) -> Result<()> {
+        ensure!(
+            tokens.len() <= self.ctx(),
+            "the saved tokens do not fit in the context"
+        );
+        self.model
+            .backend
+            .kv_load(&mut self.state.kv, tokens.len(), kv)?;
+        self.tokens.clear();
+        self.tokens.extend_from_slice(tokens);
+        self.discarded = 0;
+        Ok(())
     }
 }

@@ -396,7 +396,10 @@ fn json_output() {
     let v = stop(&["--stop", "Lily"]);
     assert_eq!(v["stop_reason"], "stop");
     assert_eq!(v["text"], ", there was a little girl named ");
-    assert_eq!(stop(&["--ctx", "12"])["stop_reason"], "context");
+    assert_eq!(
+        stop(&["--ctx", "12", "--no-context-shift"])["stop_reason"],
+        "context"
+    );
 }
 
 #[test]

@@ -1,4 +1,5 @@
-// Causal attention over the f16 KV cache with grouped-query heads.
+// Causal attention over the KV cache (f16 or Q8_0, laid out as kv.cuh says) with
+// grouped-query heads.
 //
 // One block per (query row, head). Each warp walks its own share of the cached positions
 // with an online softmax (running max, running sum, running weighted sum of values), so
@@ -8,6 +9,7 @@
 #include <cuda_runtime.h>
 
 #include "common.cuh"
+#include "kv.cuh"
 #include "stream.cuh"
 
 // Warps per (row, head): each walks 1/16 of the positions, so a long decode context is
@@ -16,9 +18,11 @@ constexpr int ATT_WARPS = 16;
 constexpr int MAX_HEAD_DIM = 256;
 constexpr int PER_LANE = MAX_HEAD_DIM / 32;
 
+template <int TYPE>
 __global__ void __launch_bounds__(ATT_WARPS * 32)
-attention_kernel(const float *q, const __half *kc, const __half *vc, const int *pos0p,
-                 int n_heads, int n_kv_heads, int head_dim, int capacity, float *out) {
+attention_kernel(const float *q, const uint8_t *kc, const uint8_t *vc, const int *pos0p,
+                 const int32_t *state, int n_heads, int n_kv_heads, int head_dim, int capacity,
+                 int keep, int window, float *out) {
     __shared__ float part_m[ATT_WARPS], part_l[ATT_WARPS];
     __shared__ float part_acc[ATT_WARPS][MAX_HEAD_DIM];
     int b = blockIdx.y, h = blockIdx.x;
@@ -37,22 +41,36 @@ attention_kernel(const float *q, const __half *kc, const __half *vc, const int *
         acc[i] = 0.f;
     }
     float scale = rsqrtf((float)head_dim);
+    // The live positions: sinks 0..n_sink, then lo..=pos (src/kv/layout.rs, `live`).
+    int offset = state[0], floor = state[1];
+    int n_sink, lo;
+    if (window > 0) {
+        n_sink = 0;
+        lo = max(max(pos + 1 - window, 0), floor);
+    } else {
+        n_sink = min(keep, pos + 1);
+        lo = max(n_sink, pos + 1 - (capacity - keep));
+    }
+    int n_live = n_sink + pos + 1 - lo;
+    size_t rb = kv_row_bytes(TYPE, kv_dim);
     float m = -INFINITY, l = 0.f;
-    for (int t = warp; t <= pos; t += ATT_WARPS) {
-        size_t slot = (size_t)(t % capacity) * kv_dim + kv_off;
-        const __half *kr = kc + slot;
+    for (int j = warp; j < n_live; j += ATT_WARPS) {
+        int t = j < n_sink ? j : lo + (j - n_sink);
+        size_t slot = (size_t)kv_slot(t, capacity, keep, offset) * rb;
+        const uint8_t *kr = kc + slot;
         float s = 0.f;
 #pragma unroll
         for (int i = 0; i < PER_LANE; i++)
-            if (lane + 32 * i < head_dim) s += qv[i] * __half2float(kr[lane + 32 * i]);
+            if (lane + 32 * i < head_dim) s += qv[i] * kv_at<TYPE>(kr, kv_off + lane + 32 * i);
         s = warp_sum(s) * scale;
         float m_new = fmaxf(m, s);
         float c = __expf(m - m_new), p = __expf(s - m_new);
         l = l * c + p;
-        const __half *vr = vc + slot;
+        const uint8_t *vr = vc + slot;
 #pragma unroll
         for (int i = 0; i < PER_LANE; i++)
-            if (lane + 32 * i < head_dim) acc[i] = acc[i] * c + p * __half2float(vr[lane + 32 * i]);
+            if (lane + 32 * i < head_dim)
+                acc[i] = acc[i] * c + p * kv_at<TYPE>(vr, kv_off + lane + 32 * i);
         m = m_new;
     }
     if (lane == 0) {
@@ -79,13 +97,22 @@ attention_kernel(const float *q, const __half *kc, const __half *vc, const int *
     }
 }
 
-extern "C" int wick_attention(const float *q, const uint16_t *kc, const uint16_t *vc,
-                              const int32_t *pos0, int n, int n_heads, int n_kv_heads,
-                              int head_dim, int capacity, float *out) {
-    if (head_dim > MAX_HEAD_DIM) return (int)cudaErrorInvalidValue;
+extern "C" int wick_attention(int type, const float *q, const void *kc, const void *vc,
+                              const int32_t *pos0, const int32_t *state, int n, int n_heads,
+                              int n_kv_heads, int head_dim, int capacity, int keep, int window,
+                              float *out) {
+    if (head_dim > MAX_HEAD_DIM || capacity <= keep) return (int)cudaErrorInvalidValue;
     dim3 grid(n_heads, n);
-    attention_kernel<<<grid, ATT_WARPS * 32, 0, wick_stream>>>(
-        q, (const __half *)kc, (const __half *)vc, pos0, n_heads, n_kv_heads, head_dim,
-        capacity, out);
+#define LAUNCH(T)                                                                          \
+    attention_kernel<T><<<grid, ATT_WARPS * 32, 0, wick_stream>>>(                          \
+        q, (const uint8_t *)kc, (const uint8_t *)vc, pos0, state, n_heads, n_kv_heads,      \
+        head_dim, capacity, keep, window, out)
+    if (type == T_Q8_0)
+        LAUNCH(T_Q8_0);
+    else if (type == T_F16)
+        LAUNCH(T_F16);
+    else
+        return (int)cudaErrorInvalidValue;
+#undef LAUNCH
     return (int)cudaGetLastError();
 }

@@ -1,5 +1,4 @@
-// The small ops of a forward pass: embedding lookup, RMSNorm, RoPE with the KV-cache
-// write, and SwiGLU.
+// The small ops of a forward pass: embedding lookup, RMSNorm, RoPE, and SwiGLU.
 #include <cuda_runtime.h>
 
 #include "common.cuh"
@@ -107,11 +106,9 @@ extern "C" int wick_rmsnorm(const float *x, const float *w, float eps, int rows,
     return (int)cudaGetLastError();
 }
 
-// One thread per rotated pair of q or k; threads past the rotated dims copy through. The
-// k and v rows then go to the f16 cache.
-__global__ void rope_store_kernel(float *q, float *k, const float *v, __half *kc, __half *vc,
-                                  const int *pos0p, int n_heads, int n_kv_heads, int head_dim,
-                                  int rope_dims, float theta, int capacity) {
+// One thread per rotated pair of q or k; pairs past the rotated dims are left alone.
+__global__ void rope_kernel(float *q, float *k, const int *pos0p, int n_heads, int n_kv_heads,
+                            int head_dim, int rope_dims, float theta) {
     int b = blockIdx.y;
     int pos = *pos0p + b;
     int q_pairs = n_heads * head_dim / 2, kv_pairs = n_kv_heads * head_dim / 2;
@@ -121,37 +118,24 @@ __global__ void rope_store_kernel(float *q, float *k, const float *v, __half *kc
         bool is_q = p < q_pairs;
         int pp = is_q ? p : p - q_pairs;
         int i = pp % (head_dim / 2);  // pair index inside the head
+        if (2 * i >= rope_dims) continue;
         float *row = is_q ? q + (size_t)b * n_heads * head_dim : k + (size_t)b * kv_dim;
         float a = row[2 * pp], c = row[2 * pp + 1];
-        if (2 * i < rope_dims) {
-            // Same formula as the CPU (powf of theta), so both round alike.
-            float f = powf(theta, -2.0f * i / rope_dims);
-            float s, co;
-            sincosf(pos * f, &s, &co);
-            float a2 = a * co - c * s, c2 = a * s + c * co;
-            a = a2;
-            c = c2;
-            row[2 * pp] = a;
-            row[2 * pp + 1] = c;
-        }
-        if (!is_q) {
-            size_t slot = (size_t)(pos % capacity) * kv_dim;
-            kc[slot + 2 * pp] = __float2half(a);
-            kc[slot + 2 * pp + 1] = __float2half(c);
-            const float *vr = v + (size_t)b * kv_dim;
-            vc[slot + 2 * pp] = __float2half(vr[2 * pp]);
-            vc[slot + 2 * pp + 1] = __float2half(vr[2 * pp + 1]);
-        }
+        // Same formula as the CPU (powf of theta), so both round alike.
+        float f = powf(theta, -2.0f * i / rope_dims);
+        float s, co;
+        sincosf(pos * f, &s, &co);
+        row[2 * pp] = a * co - c * s;
+        row[2 * pp + 1] = a * s + c * co;
     }
 }
 
-extern "C" int wick_rope_store(float *q, float *k, const float *v, uint16_t *kc, uint16_t *vc,
-                               const int32_t *pos0, int n, int n_heads, int n_kv_heads, int head_dim,
-                               int rope_dims, float theta, int capacity) {
+extern "C" int wick_rope(float *q, float *k, const int32_t *pos0, int n, int n_heads,
+                         int n_kv_heads, int head_dim, int rope_dims, float theta) {
     int pairs = (n_heads + n_kv_heads) * head_dim / 2;
     dim3 grid((pairs + 127) / 128, n), block(128);
-    rope_store_kernel<<<grid, block, 0, wick_stream>>>(q, k, v, (__half *)kc, (__half *)vc, pos0, n_heads,
-                                       n_kv_heads, head_dim, rope_dims, theta, capacity);
+    rope_kernel<<<grid, block, 0, wick_stream>>>(q, k, pos0, n_heads, n_kv_heads, head_dim,
+                                                 rope_dims, theta);
     return (int)cudaGetLastError();
 }
 

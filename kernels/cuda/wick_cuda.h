@@ -75,17 +75,28 @@ int wick_rmsnorm_q8(const float *d_x, const float *d_w, float eps, int rows, int
 int wick_swiglu_q8(float *d_g, const float *d_u, int n, int8_t *d_xq, float *d_xd);
 /* Selects a launch shape of wick_matvec_q8 (0 = default), for tuning runs. */
 void wick_matvec_q8_variant(int v);
-/* Rotates q (n rows of n_heads heads) and k (n rows of n_kv_heads heads) for positions
- * *d_pos0.., llama.cpp's normal mode (adjacent pairs), and stores k and v as f16 in the
- * cache of one layer (capacity slots of n_kv_heads * head_dim, slot = pos % capacity).
- * The position is read on the device, so a recorded graph replays at any position. */
-int wick_rope_store(float *d_q, float *d_k, const float *d_v, uint16_t *d_kcache,
-                    uint16_t *d_vcache, const int32_t *d_pos0, int n, int n_heads, int n_kv_heads,
-                    int head_dim, int rope_dims, float theta, int capacity);
-/* Causal attention of n query rows at positions *d_pos0.. over cached positions 0..=pos of
- * one layer, with grouped-query heads; head_dim at most 256. */
-int wick_attention(const float *d_q, const uint16_t *d_kcache, const uint16_t *d_vcache,
-                   const int32_t *d_pos0, int n, int n_heads, int n_kv_heads, int head_dim, int capacity,
+/* Rotates q (n rows of n_heads heads) and k (n rows of n_kv_heads heads) in place for
+ * positions *d_pos0.., llama.cpp's normal mode (adjacent pairs). The position is read on
+ * the device, so a recorded graph replays at any position. */
+int wick_rope(float *d_q, float *d_k, const int32_t *d_pos0, int n, int n_heads,
+              int n_kv_heads, int head_dim, int rope_dims, float theta);
+/* KV caches: `type` is F16 or Q8_0 (blocks of 32 along each row of kv_dim values). The
+ * layout is src/kv/layout.rs's: capacity slots, the first `keep` positions fixed, the rest
+ * at keep + (p - keep + offset) % (capacity - keep); window > 0 is a sliding window (keep
+ * 0). d_state holds the layer's {offset, floor}, read on the device. */
+/* Stores n rows of k and v for positions *d_pos0.. into one layer's caches. */
+int wick_kv_store(int type, const float *d_k, const float *d_v, void *d_kcache,
+                  void *d_vcache, const int32_t *d_pos0, const int32_t *d_state, int n,
+                  int kv_dim, int capacity, int keep);
+/* Rotates the stored keys of positions p0..p0+count by `by` positions (a context shift),
+ * with the layout's `offset` before the shift. */
+int wick_kv_shift(int type, void *d_kcache, int p0, int count, int kv_dim, int head_dim,
+                  int rope_dims, float theta, float by, int capacity, int keep, int offset);
+/* Causal attention of n query rows at positions *d_pos0.. over the live cached positions
+ * of one layer, with grouped-query heads; head_dim at most 256. */
+int wick_attention(int type, const float *d_q, const void *d_kcache, const void *d_vcache,
+                   const int32_t *d_pos0, const int32_t *d_state, int n, int n_heads,
+                   int n_kv_heads, int head_dim, int capacity, int keep, int window,
                    float *d_out);
 /* g = silu(g) * u over n values. */
 int wick_swiglu(float *d_g, const float *d_u, int n);

@@ -8,6 +8,7 @@ pub mod cuda;
 
 use anyhow::Result;
 
+use crate::kv::KvLayout;
 use crate::model::Tensor;
 
 /// The shape of attention, shared by every op that touches heads.
@@ -37,7 +38,7 @@ pub trait Backend<'a> {
     type Buf;
     /// A weight, in its GGUF blocks, where this backend computes.
     type Weight;
-    /// Keys and values of every layer, for positions `0..capacity`.
+    /// Keys and values of every layer.
     type Kv;
     /// A recorded decode step that can be replayed (a CUDA graph); `()` where none is kept.
     type Graph;
@@ -46,7 +47,25 @@ pub trait Backend<'a> {
     fn weight(&self, t: Tensor<'a>) -> Result<Self::Weight>;
     /// A zeroed buffer of `n` values.
     fn buffer(&self, n: usize) -> Result<Self::Buf>;
-    fn kv_cache(&self, n_layers: usize, capacity: usize, kv_dim: usize) -> Result<Self::Kv>;
+    /// Keys and values of every layer, each laid out as its [`KvLayout`] says.
+    fn kv_cache(&self, layouts: &[KvLayout], kv_dim: usize) -> Result<Self::Kv>;
+    /// A context shift: forgets positions `start..start + d` of the `len` stored, renumbers
+    /// the later ones down by `d` (re-rotating their keys), and moves every layer to
+    /// [`KvLayout::shifted`].
+    fn kv_shift(
+        &self,
+        kv: &mut Self::Kv,
+        start: usize,
+        d: usize,
+        len: usize,
+        shape: AttnShape,
+    ) -> Result<()>;
+    /// Appends the stored rows of positions `0..len` (those each layer still holds, in
+    /// layer and position order, key row then value row) to `out`, in the cache's type.
+    fn kv_save(&self, kv: &Self::Kv, len: usize, out: &mut Vec<u8>) -> Result<()>;
+    /// Stores rows written by `kv_save` for positions `0..len` in a cache of the same
+    /// layouts.
+    fn kv_load(&self, kv: &mut Self::Kv, len: usize, data: &[u8]) -> Result<()>;
 
     /// Called at the start of every forward pass, before any op, with its tokens and first
     /// position (a GPU uploads them here, so recorded steps can replay at a new position).
@@ -101,7 +120,8 @@ pub trait Backend<'a> {
         rows: usize,
         shape: AttnShape,
     ) -> Result<()>;
-    /// Causal attention of query rows at `pos0..` over cached positions `0..=pos`.
+    /// Causal attention of query rows at `pos0..` over the cached positions that the
+    /// layer's layout keeps live for each ([`KvLayout::live`]).
     #[allow(clippy::too_many_arguments)]
     fn attention(
         &self,

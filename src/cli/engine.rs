@@ -36,10 +36,10 @@ pub struct ModelArgs {
     /// Keep activations in f32 in matrix products instead of rounding them to 8 bits:
     /// slower, and the same math as an exact dequantized reference.
     #[arg(long)]
-    exact: bool,
+    pub exact: bool,
     /// Run the whole model on the NVIDIA GPU (CUDA builds only).
     #[arg(long)]
-    gpu: bool,
+    pub gpu: bool,
 }
 
 impl ModelArgs {
@@ -49,10 +49,7 @@ impl ModelArgs {
         if n == 0 {
             return Err(Failure::Usage(anyhow!("--ctx must be at least 1")));
         }
-        log.info(format_args!(
-            "context: {n} tokens, KV cache {:.1} MiB",
-            c.kv_bytes(n) as f64 / (1 << 20) as f64
-        ));
+        log.info(format_args!("context: {n} tokens"));
         Ok(n)
     }
 }

@@ -1,6 +1,7 @@
 //! `wick gen`: generate a continuation of a prompt and stream it to stdout.
 
 use std::io::IsTerminal;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::anyhow;
@@ -15,6 +16,8 @@ use super::out::Stdout;
 use super::{read_text, FailWith, Failure};
 use crate::backend::Backend;
 use crate::chat::Message;
+use crate::gguf::GgufFile;
+use crate::kv::{self, check_kv_dim, KvSettings, KvType};
 use crate::model::Llama;
 use crate::session::Session;
 use crate::tokenizer::{Tokenizer, Utf8Stream};
@@ -26,7 +29,8 @@ pub struct GenArgs {
     /// The prompt. Read from stdin when absent or "-".
     #[arg(short = 'p', long)]
     prompt: Option<String>,
-    /// Tokens to generate; -1 means until end of generation or a full context.
+    /// Tokens to generate; -1 means until end of generation (or a full context, with
+    /// --no-context-shift).
     #[arg(short = 'n', long = "n-predict", default_value_t = -1, allow_negative_numbers = true)]
     n_predict: i64,
     #[command(flatten)]
@@ -50,6 +54,32 @@ pub struct GenArgs {
     /// Stop when the output ends with this text, which is not printed. Repeatable.
     #[arg(long, value_name = "STR")]
     stop: Vec<String>,
+    /// How keys and values are stored: f32, f16 or q8_0 (8-bit blocks, half of f16's
+    /// memory; needs the model's KV rows to be a multiple of 32 values).
+    #[arg(long, value_name = "TYPE", default_value = "f16")]
+    kv_type: String,
+    /// Tokens from the start of the context that a context shift keeps (attention sinks).
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    keep: usize,
+    /// Stop when the context is full instead of shifting it (a notice on stderr, stop reason
+    /// "context" in --json, exit status 0). By default, when the context
+    /// fills up, the first --keep tokens stay and the older half of the rest is dropped;
+    /// the remaining keys are re-rotated to their new positions (nothing is recomputed),
+    /// and generation goes on, as llama.cpp's context shift does.
+    #[arg(long)]
+    no_context_shift: bool,
+    /// Give every layer a sliding attention window of W tokens, overriding the model's
+    /// (for experiments and tests).
+    #[arg(long, value_name = "W")]
+    window: Option<usize>,
+    /// Save the prompt's KV cache to FILE after prefill; a later run whose prompt starts
+    /// with the same tokens loads it and computes only the rest. A file made with another
+    /// model or other cache settings is ignored with a notice.
+    #[arg(long, value_name = "FILE")]
+    prompt_cache: Option<PathBuf>,
+    /// Keep generating past end-of-generation tokens (they are never sampled).
+    #[arg(long)]
+    ignore_eos: bool,
     /// Print one JSON object at the end (text, token counts, stop reason, timings) instead
     /// of streaming the text.
     #[arg(long)]
@@ -82,6 +112,7 @@ pub fn run(a: GenArgs) -> Result<(), Failure> {
         tok: &tok,
         prompt: &prompt,
         log: &log,
+        file: &file,
         t_start,
     };
     with_model(&a.model, &log, &file, job)
@@ -93,12 +124,21 @@ struct Gen<'r> {
     tok: &'r Tokenizer,
     prompt: &'r Prompt,
     log: &'r Log,
+    file: &'r GgufFile,
     t_start: Instant,
 }
 
 impl Job for Gen<'_> {
     fn run<'a, B: Backend<'a>>(self, model: &Llama<'a, B>) -> Result<(), Failure> {
-        generate(self.a, model, self.tok, self.prompt, self.log, self.t_start)
+        generate(
+            self.a,
+            self.file,
+            model,
+            self.tok,
+            self.prompt,
+            self.log,
+            self.t_start,
+        )
     }
 }
 
@@ -143,6 +183,7 @@ fn chat_prompt(
 /// Generation proper, the same on every backend.
 fn generate<'a, B: Backend<'a>>(
     a: &GenArgs,
+    file: &GgufFile,
     model: &Llama<'a, B>,
     tok: &Tokenizer,
     prompt: &Prompt,
@@ -168,7 +209,14 @@ fn generate<'a, B: Backend<'a>>(
         )));
     }
     let mut sampler = a.sampling.sampler(model.config.vocab_size);
-    let mut session = Session::new(model, ctx).generation()?;
+    let settings = KvSettings {
+        ctx,
+        keep: a.keep,
+        ty: KvType::parse(&a.kv_type).usage()?,
+        window: a.window.filter(|&w| w > 0),
+    };
+    check_kv_dim(settings.ty, model.config.kv_dim()).usage()?;
+    let mut session = Session::with_settings(model, &settings).generation()?;
     let t_load = t_start.elapsed();
 
     let mut out = Output {
@@ -185,8 +233,42 @@ fn generate<'a, B: Backend<'a>>(
     };
 
     let t_prefill = Instant::now();
-    let mut logits = prefill(&mut session, &tokens, log).generation()?;
+    let mut reused = 0;
+    let mut logits = match &a.prompt_cache {
+        Some(path) => {
+            let compute = match (a.model.gpu, a.model.exact) {
+                (true, _) => "cuda",
+                (false, true) => "cpu exact",
+                (false, false) => "cpu",
+            };
+            let stamp = kv::file::stamp(file, &settings, compute);
+            reused = match reuse_prompt_cache(&mut session, path, stamp, &tokens) {
+                Ok(n) => n,
+                Err(e) => {
+                    eprintln!(
+                        "wick: notice: not using the prompt cache {}: {e:#}; computing the prompt",
+                        path.display()
+                    );
+                    session = Session::with_settings(model, &settings).generation()?;
+                    0
+                }
+            };
+            let logits = prefill(&mut session, &tokens[reused..], log).generation()?;
+            if reused < tokens.len() - 1 || !path.exists() {
+                let saved = session
+                    .save_kv()
+                    .and_then(|rows| kv::file::save(path, stamp, session.tokens(), &rows));
+                if let Err(e) = saved {
+                    eprintln!("wick: notice: the prompt cache was not saved: {e:#}");
+                }
+            }
+            logits
+        }
+        None => prefill(&mut session, &tokens, log).generation()?,
+    };
     let prefill_time = t_prefill.elapsed();
+    let mut rss_first = None;
+    let mut shifts = 0usize;
     let mut emitted = Vec::<Instant>::new();
     let mut decode_time = Duration::ZERO;
     let mut n_generated = 0usize;
@@ -194,6 +276,13 @@ fn generate<'a, B: Backend<'a>>(
     let mut reason = StopReason::Length;
 
     while n_generated < limit {
+        if a.ignore_eos {
+            for &t in tok.eog_tokens() {
+                if let Some(l) = logits.get_mut(t as usize) {
+                    *l = f32::NEG_INFINITY;
+                }
+            }
+        }
         let next = sampler.sample(&logits, session.tokens());
         if tok.is_eog(next) {
             reason = StopReason::Eos;
@@ -204,6 +293,9 @@ fn generate<'a, B: Backend<'a>>(
         text.push(tok.token_bytes_after(prev, next), &mut piece);
         let stopped = out.push(&piece).generation()?;
         emitted.push(Instant::now());
+        if rss_first.is_none() && a.stats {
+            rss_first = rss_bytes();
+        }
         prev = Some(next);
         if stopped {
             reason = StopReason::Stop;
@@ -213,8 +305,12 @@ fn generate<'a, B: Backend<'a>>(
             break;
         }
         if session.room() == 0 {
-            reason = StopReason::Context;
-            break;
+            if a.no_context_shift {
+                reason = StopReason::Context;
+                break;
+            }
+            session.shift().generation()?;
+            shifts += 1;
         }
         let t = Instant::now();
         let l = session.step(next).generation()?;
@@ -254,7 +350,8 @@ fn generate<'a, B: Backend<'a>>(
     }
     if reason == StopReason::Context {
         log.notice(format_args!(
-            "wick: stopped: the context of {ctx} tokens is full (raise --ctx)"
+            "wick: stopped: the context of {ctx} tokens is full and context shift is off \
+             (raise --ctx, or drop --no-context-shift)"
         ));
     }
 
@@ -262,12 +359,17 @@ fn generate<'a, B: Backend<'a>>(
         print_stats(&Stats {
             load: t_load,
             prompt_tokens: tokens.len(),
+            reused,
             prefill: prefill_time,
             ttft: emitted.first().map(|t| *t - t_prefill),
             decode_steps,
             decode: decode_time,
             emitted: &emitted,
-            kv_bytes: model.config.kv_bytes(ctx),
+            kv_bytes: model.config.kv_bytes(&settings),
+            kv_type: settings.ty,
+            ctx,
+            shifts,
+            rss: (rss_first, rss_bytes()),
         });
     }
     Ok(())
@@ -386,12 +488,19 @@ impl StopFilter {
 struct Stats<'a> {
     load: Duration,
     prompt_tokens: usize,
+    /// Prompt tokens taken from the prompt cache rather than computed.
+    reused: usize,
     prefill: Duration,
     ttft: Option<Duration>,
     decode_steps: usize,
     decode: Duration,
     emitted: &'a [Instant],
     kv_bytes: usize,
+    kv_type: KvType,
+    ctx: usize,
+    shifts: usize,
+    /// Resident memory at the first token and at the end.
+    rss: (Option<usize>, Option<usize>),
 }
 
 fn print_stats(s: &Stats) {
@@ -405,13 +514,17 @@ fn print_stats(s: &Stats) {
         ms(gaps[i])
     };
     eprintln!("load:    {:.1} ms", ms(s.load));
+    let computed = s.prompt_tokens - s.reused;
     eprintln!(
         "prefill: {} tokens in {:.1} ms, {:.1} tok/s; time to first token {:.1} ms",
-        s.prompt_tokens,
+        computed,
         ms(s.prefill),
-        per_sec(s.prompt_tokens, s.prefill),
+        per_sec(computed, s.prefill),
         s.ttft.map(ms).unwrap_or(0.0)
     );
+    if s.reused > 0 {
+        eprintln!("prompt cache: {} tokens reused", s.reused);
+    }
     eprintln!(
         "decode:  {} tokens in {:.1} ms, {:.1} tok/s; inter-token latency p50 {:.2} ms, p99 {:.2} ms",
         s.decode_steps,
@@ -420,7 +533,49 @@ fn print_stats(s: &Stats) {
         pct(0.5),
         pct(0.99)
     );
-    eprintln!("kv cache: {:.1} MiB", s.kv_bytes as f64 / (1 << 20) as f64);
+    eprintln!(
+        "kv cache: {:.2} MiB ({} bytes, {}, ctx {}); context shifts: {}",
+        s.kv_bytes as f64 / (1 << 20) as f64,
+        s.kv_bytes,
+        s.kv_type.name(),
+        s.ctx,
+        s.shifts
+    );
+    if let (Some(first), Some(end)) = s.rss {
+        eprintln!("memory:  rss {first} bytes at the first token, {end} bytes at the end");
+    }
+}
+
+/// Resident memory of this process, from /proc (Linux only).
+fn rss_bytes() -> Option<usize> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: usize = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Loads the prompt cache at `path` into `session` and rolls it back to the part it shares
+/// with `tokens`, leaving at least the last prompt token to compute (its logits are not
+/// saved). Returns how many prompt tokens are reused (0 with no file yet).
+fn reuse_prompt_cache<'a, B: Backend<'a>>(
+    session: &mut Session<'_, 'a, B>,
+    path: &std::path::Path,
+    stamp: u64,
+    tokens: &[u32],
+) -> anyhow::Result<usize> {
+    if !path.exists() {
+        return Ok(0);
+    }
+    let (cached, rows) = kv::file::load(path, stamp)?;
+    session.restore(&cached, &rows)?;
+    let common = cached
+        .iter()
+        .zip(tokens)
+        .take_while(|(a, b)| a == b)
+        .count();
+    let reuse = common.min(tokens.len() - 1);
+    session.rollback(reuse)?;
+    Ok(reuse)
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ use super::load::open_model;
 use super::out::Stdout;
 use super::{FailWith, Failure};
 use crate::gguf::Abbrev;
+use crate::kv::{KvSettings, KvType};
 use crate::model::Config;
 
 #[derive(Args)]
@@ -19,6 +20,13 @@ pub struct InfoArgs {
     /// Print arrays in full instead of their first items.
     #[arg(long)]
     full: bool,
+    /// The context to size the KV cache for (default: as `wick gen`, the model's, at most
+    /// 4096).
+    #[arg(short = 'c', long = "ctx")]
+    ctx: Option<usize>,
+    /// The KV cache type to size it for: f32, f16 or q8_0.
+    #[arg(long, value_name = "TYPE", default_value = "f16")]
+    kv_type: String,
 }
 
 pub fn run(a: InfoArgs) -> Result<(), Failure> {
@@ -49,6 +57,27 @@ pub fn run(a: InfoArgs) -> Result<(), Failure> {
                 c.n_layers, c.dim, c.ffn_dim, c.n_heads, c.n_kv_heads, c.head_dim,
                 c.vocab_size, c.train_ctx,
                 if c.tied_embeddings { ", tied embeddings" } else { "" }
+            );
+            if let Some(w) = c.sliding_window {
+                let n = c.swa_layers.iter().filter(|&&b| b).count();
+                let _ = writeln!(
+                    s,
+                    "window:       {w} tokens in {n} of {} layers",
+                    c.n_layers
+                );
+            }
+            let settings = KvSettings {
+                ctx: a.ctx.unwrap_or(c.train_ctx.min(4096)).max(1),
+                ty: KvType::parse(&a.kv_type).usage()?,
+                ..KvSettings::new(1)
+            };
+            let bytes = c.kv_bytes(&settings);
+            let _ = writeln!(
+                s,
+                "kv cache:     {bytes} bytes ({:.2} MiB) for ctx {}, {}",
+                bytes as f64 / (1 << 20) as f64,
+                settings.ctx,
+                settings.ty.name()
             );
         }
         Err(e) => {

@@ -66,6 +66,7 @@ mod gpu {
     use crate::backend::cuda::{Cuda, DeviceMem};
     use crate::backend::{AttnShape, Backend};
     use crate::cli::FailWith;
+    use crate::kv::{KvLayout, KvSettings, KvType};
     use crate::model::Tensor;
     use crate::quant::{self, GgmlType, Precision};
 
@@ -642,8 +643,9 @@ mod gpu {
                 rope_theta: 10000.0,
             };
             let (qd, kd) = (s.q_dim(), s.kv_dim());
-            let mut ckv = <Cpu as Backend>::kv_cache(cpu, 1, cap, kd)?;
-            let mut gkv = <Cuda as Backend>::kv_cache(g, 1, cap, kd)?;
+            let layouts = [KvLayout::new(&KvSettings::new(cap), None)];
+            let mut ckv = <Cpu as Backend>::kv_cache(cpu, &layouts, kd)?;
+            let mut gkv = <Cuda as Backend>::kv_cache(g, &layouts, kd)?;
             // Fill positions 0..pos0 + n through the op itself, in chunks, as a prefill would.
             let mut start = 0;
             while start < pos0 + n {
@@ -676,7 +678,8 @@ mod gpu {
                     let mut dout = g.buffer(len * qd)?;
                     g.poison(&mut dout)?;
                     g.attention(&dq, &gkv, 0, start, len, s, &mut dout)?;
-                    // The GPU cache holds f16, the CPU's f32.
+                    // Both caches hold f16 (the default); keys rotated on either side may
+                    // round to neighbouring f16 values.
                     r.check(
                         &format!("attention {n_heads}/{n_kv}x{head_dim} pos {start} rows {len}"),
                         &download(g, &dout, len * qd)?,
@@ -687,8 +690,98 @@ mod gpu {
                 start += len;
             }
         }
+
+        kv_layouts(g, cpu, rng, r)?;
         g.sync()?;
         ensure!(r.lines > 0, "no checks ran");
+        Ok(())
+    }
+
+    /// The cache layouts of src/kv/layout.rs, f16 and Q8_0: a full-attention layer
+    /// through several context shifts (sinks kept, keys re-rotated), and a sliding window
+    /// whose ring wraps, in batches up to MAX_BATCH; then a save and load of the GPU cache.
+    fn kv_layouts(g: &Cuda, cpu: &Cpu, rng: &mut Rng, r: &mut Report) -> Result<()> {
+        for ty in [KvType::F16, KvType::Q8_0] {
+            for (n_heads, n_kv, head_dim, rope_dims) in [(8, 2, 64, 64), (4, 4, 32, 16)] {
+                let s = AttnShape {
+                    n_heads,
+                    n_kv_heads: n_kv,
+                    head_dim,
+                    rope_dims,
+                    rope_theta: 10000.0,
+                };
+                let (qd, kd) = (s.q_dim(), s.kv_dim());
+                for window in [None, Some(20)] {
+                    let settings = KvSettings {
+                        ctx: if window.is_some() { 1000 } else { 96 },
+                        keep: 4,
+                        ty,
+                        window,
+                    };
+                    let layouts = [KvLayout::new(&settings, None)];
+                    let mut ckv = <Cpu as Backend>::kv_cache(cpu, &layouts, kd)?;
+                    let mut gkv = <Cuda as Backend>::kv_cache(g, &layouts, kd)?;
+                    let name = format!(
+                        "kv {} {n_heads}/{n_kv}x{head_dim} {}",
+                        ty.name(),
+                        window.map_or("shifts".to_string(), |w| format!("window {w}"))
+                    );
+                    let (mut len, mut shifts) = (0usize, 0);
+                    let mut worst = (Vec::new(), Vec::new());
+                    for batch in [1usize, 64, 7, 1, 33, 64, 2, 1, 50, 64, 1, 1, 30, 64, 9] {
+                        if window.is_none() && len + batch > settings.ctx {
+                            let d = (len - 4) / 2;
+                            cpu.kv_shift(&mut ckv, 4, d, len, s)?;
+                            g.kv_shift(&mut gkv, 4, d, len, s)?;
+                            len -= d;
+                            shifts += 1;
+                        }
+                        let batch = batch.min(settings.ctx - len);
+                        let (q, k, v) = (
+                            rng.vec(batch * qd),
+                            rng.vec(batch * kd),
+                            rng.vec(batch * kd),
+                        );
+                        let (mut cq, mut ck) = (q.clone(), k.clone());
+                        cpu.rope_store(&mut cq, &mut ck, &v, &mut ckv, 0, len, batch, s)?;
+                        let mut want = vec![f32::NAN; batch * qd];
+                        cpu.attention(&cq, &ckv, 0, len, batch, s, &mut want)?;
+                        let (mut dq, mut dk, dv) = (upload(g, &q)?, upload(g, &k)?, upload(g, &v)?);
+                        g.begin_forward(&vec![0; batch], len)?;
+                        g.rope_store(&mut dq, &mut dk, &dv, &mut gkv, 0, len, batch, s)?;
+                        let mut dout = g.buffer(batch * qd)?;
+                        g.poison(&mut dout)?;
+                        g.attention(&dq, &gkv, 0, len, batch, s, &mut dout)?;
+                        worst.0.extend(download(g, &dout, batch * qd)?);
+                        worst.1.extend(want);
+                        len += batch;
+                    }
+                    ensure!(window.is_some() || shifts >= 2, "the test did not shift");
+                    // Both round keys and values alike, but a rotation that differs in the
+                    // last bit can move a Q8_0 value by one step.
+                    let bound = if ty == KvType::Q8_0 { 1e-2 } else { 2e-3 };
+                    r.check(&name, &worst.0, &worst.1, bound);
+
+                    // A save and load on the GPU gives the same attention.
+                    let mut saved = Vec::new();
+                    g.kv_save(&gkv, len, &mut saved)?;
+                    let mut gkv2 = <Cuda as Backend>::kv_cache(g, &layouts, kd)?;
+                    // (After shifts too: the rows go back by position, whatever the offset.)
+                    g.kv_load(&mut gkv2, len, &saved)?;
+                    let q = upload(g, &rng.vec(qd))?;
+                    g.begin_forward(&[0], len - 1)?;
+                    let (mut a, mut b) = (g.buffer(qd)?, g.buffer(qd)?);
+                    g.attention(&q, &gkv, 0, len - 1, 1, s, &mut a)?;
+                    g.attention(&q, &gkv2, 0, len - 1, 1, s, &mut b)?;
+                    r.check(
+                        &format!("{name} save/load"),
+                        &download(g, &b, qd)?,
+                        &download(g, &a, qd)?,
+                        1e-6,
+                    );
+                }
+            }
+        }
         Ok(())
     }
 }

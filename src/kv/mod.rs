@@ -1,55 +1,202 @@
-//! The key/value cache: preallocated per layer, with position `p` stored in slot
-//! `p % capacity` so that later work can turn it into a rolling window without changing
-//! the layout.
+//! The key/value cache. [`layout`] says which slot holds each position (shared by every
+//! backend); this module holds the CPU's storage: per layer, preallocated rows of keys and
+//! of values in f32, f16 or Q8_0, read by attention where they lie.
+
+pub mod file;
+pub mod layout;
+
+use half::f16;
+use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
+
+pub use layout::{KvLayout, KvSettings, KvType, WINDOW_SLACK};
+
+use crate::quant::{as_blocks, BlockQ8_0, GgmlType, QK};
+
+/// The widest head attention handles; rows of a head are decoded into stack buffers.
+pub const MAX_HEAD_DIM: usize = 256;
+
+struct LayerKv {
+    layout: KvLayout,
+    k: Vec<u8>,
+    v: Vec<u8>,
+}
 
 pub struct KvCache {
-    n_layers: usize,
-    capacity: usize,
     kv_dim: usize,
-    k: Vec<f32>,
-    v: Vec<f32>,
+    row_bytes: usize,
+    layers: Vec<LayerKv>,
 }
 
 impl KvCache {
-    pub fn new(n_layers: usize, capacity: usize, kv_dim: usize) -> KvCache {
-        let n = n_layers * capacity * kv_dim;
-        KvCache {
-            n_layers,
-            capacity,
+    /// Fails when a row of `kv_dim` values cannot be stored as the layouts' type.
+    pub fn new(layouts: &[KvLayout], kv_dim: usize) -> anyhow::Result<KvCache> {
+        let ty = layouts.first().map_or(KvType::F32, |l| l.ty);
+        anyhow::ensure!(
+            layouts.iter().all(|l| l.ty == ty),
+            "every layer's KV cache must have the same type"
+        );
+        check_kv_dim(ty, kv_dim)?;
+        let row_bytes = ty.row_bytes(kv_dim);
+        let layers = layouts
+            .iter()
+            .map(|&layout| LayerKv {
+                layout,
+                k: vec![0; layout.capacity * row_bytes],
+                v: vec![0; layout.capacity * row_bytes],
+            })
+            .collect();
+        Ok(KvCache {
             kv_dim,
-            k: vec![0.0; n],
-            v: vec![0.0; n],
-        }
+            row_bytes,
+            layers,
+        })
     }
 
-    pub fn capacity(&self) -> usize {
-        self.capacity
+    pub fn kv_dim(&self) -> usize {
+        self.kv_dim
+    }
+
+    pub fn n_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    pub fn layout(&self, layer: usize) -> &KvLayout {
+        &self.layers[layer].layout
+    }
+
+    pub fn set_layout(&mut self, layer: usize, l: KvLayout) {
+        self.layers[layer].layout = l;
     }
 
     /// Bytes of memory the cache holds.
     pub fn size_bytes(&self) -> usize {
-        (self.k.len() + self.v.len()) * std::mem::size_of::<f32>()
+        self.layers.iter().map(|l| l.k.len() + l.v.len()).sum()
     }
 
-    fn index(&self, layer: usize, pos: usize) -> usize {
-        debug_assert!(layer < self.n_layers);
-        (layer * self.capacity + pos % self.capacity) * self.kv_dim
+    fn range(&self, layer: usize, pos: usize) -> std::ops::Range<usize> {
+        let i = self.layers[layer].layout.slot(pos) * self.row_bytes;
+        i..i + self.row_bytes
     }
 
-    /// Key and value rows for `pos`, to be written.
-    pub fn slot_mut(&mut self, layer: usize, pos: usize) -> (&mut [f32], &mut [f32]) {
-        let i = self.index(layer, pos);
-        let d = self.kv_dim;
-        (&mut self.k[i..i + d], &mut self.v[i..i + d])
+    /// Stores the key and value rows of `pos`.
+    pub fn store(&mut self, layer: usize, pos: usize, k: &[f32], v: &[f32]) {
+        let r = self.range(layer, pos);
+        let l = &mut self.layers[layer];
+        let ty = l.layout.ty;
+        encode(ty, k, &mut l.k[r.clone()]);
+        encode(ty, v, &mut l.v[r]);
     }
 
-    pub fn key(&self, layer: usize, pos: usize) -> &[f32] {
-        let i = self.index(layer, pos);
-        &self.k[i..i + self.kv_dim]
+    /// Overwrites the stored rows of `pos` with rows from [`KvCache::rows`].
+    pub fn set_raw(&mut self, layer: usize, pos: usize, k: &[u8], v: &[u8]) {
+        let r = self.range(layer, pos);
+        let l = &mut self.layers[layer];
+        l.k[r.clone()].copy_from_slice(k);
+        l.v[r].copy_from_slice(v);
     }
 
-    pub fn value(&self, layer: usize, pos: usize) -> &[f32] {
-        let i = self.index(layer, pos);
-        &self.v[i..i + self.kv_dim]
+    /// The stored key and value rows of `pos`, in the cache's type.
+    #[inline]
+    pub fn rows(&self, layer: usize, pos: usize) -> (&[u8], &[u8]) {
+        let r = self.range(layer, pos);
+        let l = &self.layers[layer];
+        (&l.k[r.clone()], &l.v[r])
+    }
+
+    /// Applies `f` to the key row of `pos` in f32 and stores it back (a context shift's
+    /// re-rotation: quantized rows are decoded and encoded again).
+    pub fn update_key(
+        &mut self,
+        layer: usize,
+        pos: usize,
+        row: &mut [f32],
+        f: impl Fn(&mut [f32]),
+    ) {
+        let r = self.range(layer, pos);
+        let l = &mut self.layers[layer];
+        let ty = l.layout.ty;
+        decode(ty, &l.k[r.clone()], 0, row);
+        f(row);
+        encode(ty, row, &mut l.k[r]);
+    }
+}
+
+/// Q8_0 rows are whole blocks.
+pub fn check_kv_dim(ty: KvType, kv_dim: usize) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        ty != KvType::Q8_0 || kv_dim.is_multiple_of(QK),
+        "a q8_0 KV cache needs rows that are a multiple of {QK} values, and this model's are \
+         {kv_dim}: use --kv-type f16"
+    );
+    Ok(())
+}
+
+fn encode(ty: KvType, x: &[f32], out: &mut [u8]) {
+    match ty {
+        KvType::F32 => {
+            for (v, c) in x.iter().zip(out.chunks_exact_mut(4)) {
+                c.copy_from_slice(&v.to_le_bytes());
+            }
+        }
+        KvType::F16 => {
+            for (v, c) in x.iter().zip(out.chunks_exact_mut(2)) {
+                c.copy_from_slice(&f16::from_f32(*v).to_bits().to_le_bytes());
+            }
+        }
+        KvType::Q8_0 => {
+            crate::quant::quantize_row(GgmlType::Q8_0, x, out).expect("whole Q8_0 blocks");
+        }
+    }
+}
+
+/// Decodes values `off..off + out.len()` of a stored row.
+#[inline]
+pub fn decode(ty: KvType, row: &[u8], off: usize, out: &mut [f32]) {
+    match ty {
+        KvType::F32 => {
+            for (c, y) in row[off * 4..].chunks_exact(4).zip(out.iter_mut()) {
+                *y = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+            }
+        }
+        KvType::F16 => {
+            let bytes = &row[off * 2..(off + out.len()) * 2];
+            // SAFETY: every bit pattern is a valid u16.
+            let (pre, bits, _) = unsafe { bytes.align_to::<u16>() };
+            if pre.is_empty() && cfg!(target_endian = "little") {
+                // Eight at a time with F16C where the CPU has it (half checks at run time);
+                // one by one, the check and call cost more than the conversion.
+                bits.reinterpret_cast::<f16>().convert_to_f32_slice(out);
+            } else {
+                for (c, y) in bytes.chunks_exact(2).zip(out.iter_mut()) {
+                    *y = f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32();
+                }
+            }
+        }
+        KvType::Q8_0 => {
+            let blocks = as_blocks::<BlockQ8_0>(row).expect("whole Q8_0 blocks");
+            if off.is_multiple_of(QK) && out.len().is_multiple_of(QK) {
+                // Whole blocks: the common case (heads of 64 or 128), one vector loop each.
+                for (o, b) in out.chunks_exact_mut(QK).zip(&blocks[off / QK..]) {
+                    let d = f16::from_bits(u16::from_le_bytes(b.d)).to_f32_const();
+                    for (y, &q) in o.iter_mut().zip(&b.qs) {
+                        *y = q as f32 * d;
+                    }
+                }
+                return;
+            }
+            let mut i = off;
+            let end = off + out.len();
+            let mut o = 0;
+            while i < end {
+                let b = &blocks[i / QK];
+                let d = f16::from_bits(u16::from_le_bytes(b.d)).to_f32();
+                let stop = end.min((i / QK + 1) * QK);
+                for j in i..stop {
+                    out[o] = b.qs[j % QK] as f32 * d;
+                    o += 1;
+                }
+                i = stop;
+            }
+        }
     }
 }

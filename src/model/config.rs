@@ -3,6 +3,7 @@
 use anyhow::{bail, Context, Result};
 
 use crate::gguf::GgufFile;
+use crate::kv::{KvLayout, KvSettings};
 
 /// Architectures whose forward pass wick implements.
 pub const SUPPORTED_ARCHS: &[&str] = &["llama"];
@@ -25,6 +26,12 @@ pub struct Config {
     pub vocab_size: usize,
     /// True when there is no `output.weight` and the embedding table doubles as the output.
     pub tied_embeddings: bool,
+    /// `{arch}.attention.sliding_window`: layers that have a window attend only to that
+    /// many of the latest positions.
+    pub sliding_window: Option<usize>,
+    /// Which layers have the window (`{arch}.attention.sliding_window_pattern`; all of
+    /// them when the key is absent).
+    pub swa_layers: Vec<bool>,
 }
 
 impl Config {
@@ -87,7 +94,15 @@ impl Config {
         let vocab_size = embd.dims[1] as usize;
         let tied_embeddings = f.tensor("output.weight").is_none();
 
+        let sliding_window = f
+            .get_u64(&format!("{arch}.attention.sliding_window"))
+            .filter(|&w| w > 0)
+            .map(|w| w as usize);
+        let swa_layers = swa_pattern(f, &arch, n_layers)?;
+
         Ok(Config {
+            sliding_window,
+            swa_layers,
             arch,
             n_layers,
             dim,
@@ -108,8 +123,41 @@ impl Config {
         self.n_kv_heads * self.head_dim
     }
 
-    /// Bytes of KV cache for `ctx` positions (f32 keys and values).
-    pub fn kv_bytes(&self, ctx: usize) -> usize {
-        2 * self.n_layers * ctx * self.kv_dim() * std::mem::size_of::<f32>()
+    /// The window of layer `l`, if it has one.
+    pub fn layer_window(&self, l: usize) -> Option<usize> {
+        self.sliding_window.filter(|_| self.swa_layers[l])
     }
+
+    /// The cache layout of every layer under the user's settings.
+    pub fn kv_layouts(&self, s: &KvSettings) -> Vec<KvLayout> {
+        (0..self.n_layers)
+            .map(|l| KvLayout::new(s, self.layer_window(l)))
+            .collect()
+    }
+
+    /// Bytes of KV cache under the user's settings.
+    pub fn kv_bytes(&self, s: &KvSettings) -> usize {
+        self.kv_layouts(s)
+            .iter()
+            .map(|l| l.bytes(self.kv_dim()))
+            .sum()
+    }
+}
+
+/// llama.cpp's two spellings of the pattern: an integer `n` (in every `n` layers, all but
+/// the last have the window), or one bool per layer.
+fn swa_pattern(f: &GgufFile, arch: &str, n_layers: usize) -> Result<Vec<bool>> {
+    let key = format!("{arch}.attention.sliding_window_pattern");
+    if let Some(n) = f.get_u64(&key) {
+        let n = n as usize;
+        return Ok((0..n_layers).map(|l| n == 0 || l % n < n - 1).collect());
+    }
+    if let Some(items) = f.get_array(&key) {
+        let v: Option<Vec<bool>> = items.iter().map(|v| v.as_bool()).collect();
+        match v {
+            Some(v) if v.len() == n_layers => return Ok(v),
+            _ => bail!("metadata key {key} is not one bool per layer"),
+        }
+    }
+    Ok(vec![true; n_layers])
 }

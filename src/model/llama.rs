@@ -9,6 +9,7 @@ use anyhow::{bail, Result};
 use super::{Config, Tensor};
 use crate::backend::{AttnShape, Backend};
 use crate::gguf::GgufFile;
+use crate::kv::{KvLayout, KvSettings};
 
 /// Tokens per forward pass during prefill. Big enough that each weight row is reused from
 /// cache many times, small enough that the activations stay in L2.
@@ -51,7 +52,9 @@ pub struct State<'a, B: Backend<'a>> {
     logits_buf: B::Buf,
     logits: Vec<f32>,
     pub kv: B::Kv,
-    capacity: usize,
+    /// The layout of each layer's cache, as the backend's `kv` has it.
+    layouts: Vec<KvLayout>,
+    settings: KvSettings,
     /// The recorded decode step, once one has run.
     graph: Option<B::Graph>,
 }
@@ -62,8 +65,17 @@ impl<'a, B: Backend<'a>> State<'a, B> {
         &self.logits
     }
 
+    /// Positions a sequence can hold before it needs a context shift: `--ctx`.
     pub fn capacity(&self) -> usize {
-        self.capacity
+        self.settings.ctx
+    }
+
+    pub fn settings(&self) -> &KvSettings {
+        &self.settings
+    }
+
+    pub fn layouts(&self) -> &[KvLayout] {
+        &self.layouts
     }
 }
 
@@ -132,9 +144,15 @@ impl<'a, B: Backend<'a>> Llama<'a, B> {
         }
     }
 
-    /// Allocates the state for one sequence of up to `ctx` tokens.
+    /// Allocates the state for one sequence of up to `ctx` tokens, with the default cache.
     pub fn new_state(&self, ctx: usize) -> Result<State<'a, B>> {
+        self.new_state_with(&KvSettings::new(ctx))
+    }
+
+    /// Allocates the state for one sequence with the cache `settings` describe.
+    pub fn new_state_with(&self, settings: &KvSettings) -> Result<State<'a, B>> {
         let c = &self.config;
+        let layouts = c.kv_layouts(settings);
         let (b, be) = (MAX_BATCH, &self.backend);
         Ok(State {
             x: be.buffer(b * c.dim)?,
@@ -148,8 +166,9 @@ impl<'a, B: Backend<'a>> Llama<'a, B> {
             last: be.buffer(c.dim)?,
             logits_buf: be.buffer(c.vocab_size)?,
             logits: vec![0.0; c.vocab_size],
-            kv: be.kv_cache(c.n_layers, ctx, c.kv_dim())?,
-            capacity: ctx,
+            kv: be.kv_cache(&layouts, c.kv_dim())?,
+            layouts,
+            settings: *settings,
             graph: None,
         })
     }
@@ -169,11 +188,11 @@ impl<'a, B: Backend<'a>> Llama<'a, B> {
         if n == 0 || n > MAX_BATCH {
             bail!("a forward pass takes 1 to {MAX_BATCH} tokens, not {n}");
         }
-        if pos0 + n > s.capacity {
+        if pos0 + n > s.capacity() {
             bail!(
                 "position {} is past the context size {}",
                 pos0 + n - 1,
-                s.capacity
+                s.capacity()
             );
         }
         be.begin_forward(tokens, pos0)?;
@@ -188,6 +207,17 @@ impl<'a, B: Backend<'a>> Llama<'a, B> {
         }
         if want_logits {
             be.read(&s.logits_buf, &mut s.logits)?;
+        }
+        Ok(())
+    }
+
+    /// Forgets positions `start..start + d` of the `len` in the cache and renumbers the
+    /// later ones down by `d`, so that `len - d` positions remain.
+    pub fn shift(&self, s: &mut State<'a, B>, start: usize, d: usize, len: usize) -> Result<()> {
+        self.backend
+            .kv_shift(&mut s.kv, start, d, len, self.shape())?;
+        for l in &mut s.layouts {
+            *l = l.shifted(start, d, len);
         }
         Ok(())
     }

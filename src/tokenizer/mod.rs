@@ -449,6 +449,11 @@ impl Tokenizer {
 
     /// End-of-generation: eos, eot, eom, and control tokens llama.cpp treats as EOG (e.g.
     /// "<|im_end|>", "<|eot_id|>", "<|endoftext|>").
+    /// Every end-of-generation token.
+    pub fn eog_tokens(&self) -> &[u32] {
+        &self.eog
+    }
+
     pub fn is_eog(&self, id: u32) -> bool {
         self.eog.binary_search(&id).is_ok()
     }

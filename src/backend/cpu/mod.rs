@@ -8,10 +8,10 @@ use std::cell::RefCell;
 
 use anyhow::{ensure, Result};
 
-pub use ops::{rmsnorm_row, rope, rope_inv_freq, softmax, swiglu};
+pub use ops::{rmsnorm_row, rope, rope_by, rope_inv_freq, softmax, swiglu};
 
 use super::{AttnShape, Backend};
-use crate::kv::KvCache;
+use crate::kv::{KvCache, KvLayout};
 use crate::model::Tensor;
 use crate::quant::{DotInput, Precision};
 use pool::{split, SharedMut, ThreadPool};
@@ -157,13 +157,66 @@ impl<'a> Backend<'a> for Cpu {
         Ok(vec![0.0; n])
     }
 
-    fn kv_cache(&self, n_layers: usize, capacity: usize, kv_dim: usize) -> Result<KvCache> {
+    fn kv_cache(&self, layouts: &[KvLayout], kv_dim: usize) -> Result<KvCache> {
         let mut scores = self.scores.borrow_mut();
+        let capacity = layouts.iter().map(|l| l.capacity).max().unwrap_or(0);
         let need = capacity * self.pool.n_threads();
         if scores.len() < need {
             scores.resize(need, 0.0);
         }
-        Ok(KvCache::new(n_layers, capacity, kv_dim))
+        KvCache::new(layouts, kv_dim)
+    }
+
+    fn kv_shift(
+        &self,
+        kv: &mut KvCache,
+        start: usize,
+        d: usize,
+        len: usize,
+        s: AttnShape,
+    ) -> Result<()> {
+        let mut inv_freq = [0f32; 256];
+        let inv_freq = &mut inv_freq[..s.rope_dims / 2];
+        rope_inv_freq(s.rope_theta, s.rope_dims, inv_freq);
+        let mut row = vec![0f32; kv.kv_dim()];
+        for layer in 0..kv.n_layers() {
+            let old = *kv.layout(layer);
+            let new = old.shifted(start, d, len);
+            for p in old.stored(len).filter(|&p| p >= start + d) {
+                kv.update_key(layer, p, &mut row, |k| {
+                    rope_by(k, s.head_dim, inv_freq, -(d as f32))
+                });
+            }
+            kv.set_layout(layer, new);
+        }
+        Ok(())
+    }
+
+    fn kv_save(&self, kv: &KvCache, len: usize, out: &mut Vec<u8>) -> Result<()> {
+        for layer in 0..kv.n_layers() {
+            for p in kv.layout(layer).stored(len) {
+                let (k, v) = kv.rows(layer, p);
+                out.extend_from_slice(k);
+                out.extend_from_slice(v);
+            }
+        }
+        Ok(())
+    }
+
+    fn kv_load(&self, kv: &mut KvCache, len: usize, data: &[u8]) -> Result<()> {
+        let rb = kv.layout(0).ty.row_bytes(kv.kv_dim());
+        let need: usize = (0..kv.n_layers())
+            .map(|l| kv.layout(l).stored(len).len() * 2 * rb)
+            .sum();
+        ensure!(data.len() == need, "the saved cache has the wrong size");
+        let mut rows = data.chunks_exact(rb);
+        for layer in 0..kv.n_layers() {
+            for p in kv.layout(layer).stored(len) {
+                let (k, v) = (rows.next().unwrap(), rows.next().unwrap());
+                kv.set_raw(layer, p, k, v);
+            }
+        }
+        Ok(())
     }
 
     fn embed(&self, table: &Tensor<'a>, tokens: &[u32], x: &mut Vec<f32>) -> Result<()> {
@@ -238,12 +291,7 @@ impl<'a> Backend<'a> for Cpu {
         rows: usize,
         s: AttnShape,
     ) -> Result<()> {
-        ensure!(
-            pos0 + rows <= kv.capacity(),
-            "position {} is past the context size {}",
-            pos0 + rows - 1,
-            kv.capacity()
-        );
+        kv.layout(layer).check_store(pos0, rows)?;
         let mut inv_freq = [0f32; 256];
         let inv_freq = &mut inv_freq[..s.rope_dims / 2];
         rope_inv_freq(s.rope_theta, s.rope_dims, inv_freq);
@@ -253,9 +301,7 @@ impl<'a> Backend<'a> for Cpu {
             rope(&mut q[b * qd..(b + 1) * qd], s.head_dim, inv_freq, pos);
             let kb = &mut k[b * kd..(b + 1) * kd];
             rope(kb, s.head_dim, inv_freq, pos);
-            let (ks, vs) = kv.slot_mut(layer, pos);
-            ks.copy_from_slice(kb);
-            vs.copy_from_slice(&v[b * kd..(b + 1) * kd]);
+            kv.store(layer, pos, kb, &v[b * kd..(b + 1) * kd]);
         }
         Ok(())
     }
@@ -274,8 +320,9 @@ impl<'a> Backend<'a> for Cpu {
         let mut scores = self.scores.borrow_mut();
         let t = self.pool.n_threads();
         let stride = scores.len() / t;
+        let l = kv.layout(layer);
         ensure!(
-            stride >= pos0 + rows,
+            stride >= l.capacity && s.head_dim <= crate::kv::MAX_HEAD_DIM,
             "attention scratch smaller than the context"
         );
         let out = SharedMut::new(&mut out[..rows * dim]);

@@ -1,7 +1,7 @@
 //! Single-threaded building blocks of the CPU ops.
 
 use super::AttnShape;
-use crate::kv::KvCache;
+use crate::kv::{decode, KvCache, KvType, MAX_HEAD_DIM};
 use crate::model::Tensor;
 
 /// `out = x / rms(x) * w` for one row, with `w` a 1-D weight of the row's length.
@@ -21,6 +21,20 @@ pub fn rope(x: &mut [f32], head_dim: usize, inv_freq: &[f32], pos: usize) {
     for head in x.chunks_exact_mut(head_dim) {
         for (pair, &f) in head.chunks_exact_mut(2).zip(inv_freq) {
             let (sin, cos) = (pos as f32 * f).sin_cos();
+            let (a, b) = (pair[0], pair[1]);
+            pair[0] = a * cos - b * sin;
+            pair[1] = a * sin + b * cos;
+        }
+    }
+}
+
+/// Rotates every RoPE pair of `x` (one token's heads) by a further `by` positions, which
+/// may be negative: rotations compose, so a key stored at position `p` becomes the key
+/// at `p + by`.
+pub fn rope_by(x: &mut [f32], head_dim: usize, inv_freq: &[f32], by: f32) {
+    for head in x.chunks_exact_mut(head_dim) {
+        for (pair, &f) in head.chunks_exact_mut(2).zip(inv_freq) {
+            let (sin, cos) = (by * f).sin_cos();
             let (a, b) = (pair[0], pair[1]);
             pair[0] = a * cos - b * sin;
             pair[1] = a * sin + b * cos;
@@ -74,8 +88,9 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
-/// One query head at `pos` over cached positions `0..=pos`. Query head `h` reads KV head
-/// `h / (n_heads / n_kv_heads)` (grouped-query attention).
+/// One query head at `pos` over the cached positions its layer's layout keeps live. Query
+/// head `h` reads KV head `h / (n_heads / n_kv_heads)` (grouped-query attention). Keys
+/// and values are read where they lie, in the cache's type.
 #[allow(clippy::too_many_arguments)]
 pub fn attend_head(
     out: &mut [f32],
@@ -89,17 +104,39 @@ pub fn attend_head(
 ) {
     let kv = (h / (s.n_heads / s.n_kv_heads)) * s.head_dim;
     let scale = 1.0 / (s.head_dim as f32).sqrt();
-    let scores = &mut scores[..=pos];
-    for (t, sc) in scores.iter_mut().enumerate() {
-        let k = &cache.key(layer, t)[kv..kv + s.head_dim];
-        *sc = dot(q, k) * scale;
+    let (sinks, rest) = cache.layout(layer).live(pos);
+    let ty = cache.layout(layer).ty;
+    let n = sinks.len() + rest.len();
+    let positions = || sinks.clone().chain(rest.clone());
+    let scores = &mut scores[..n];
+    let mut buf = [0f32; MAX_HEAD_DIM];
+    let buf = &mut buf[..s.head_dim];
+    for (t, sc) in positions().zip(scores.iter_mut()) {
+        let (k, _) = cache.rows(layer, t);
+        *sc = row_dot(ty, k, kv, q, buf) * scale;
     }
     softmax(scores);
     out.fill(0.0);
-    for (t, &p) in scores.iter().enumerate() {
-        let v = &cache.value(layer, t)[kv..kv + s.head_dim];
-        for (o, x) in out.iter_mut().zip(v) {
-            *o += p * x;
-        }
+    for (t, &p) in positions().zip(scores.iter()) {
+        let (_, v) = cache.rows(layer, t);
+        row_axpy(ty, v, kv, p, out, buf);
+    }
+}
+
+/// `q · row[off..off + q.len()]` for a stored row, decoded into `buf` first: measured
+/// faster than dotting Q8_0 blocks in place (the decode loop and the f32 dot each stay in
+/// vector registers).
+#[inline]
+fn row_dot(ty: KvType, row: &[u8], off: usize, q: &[f32], buf: &mut [f32]) -> f32 {
+    decode(ty, row, off, buf);
+    dot(q, buf)
+}
+
+/// `out += p * row[off..off + out.len()]` for a stored row; `buf` is scratch.
+#[inline]
+fn row_axpy(ty: KvType, row: &[u8], off: usize, p: f32, out: &mut [f32], buf: &mut [f32]) {
+    decode(ty, row, off, buf);
+    for (o, x) in out.iter_mut().zip(buf.iter()) {
+        *o += p * x;
     }
 }

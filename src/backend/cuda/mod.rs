@@ -20,6 +20,7 @@ use std::ffi::CStr;
 use anyhow::{bail, ensure, Context, Result};
 
 use super::{AttnShape, Backend};
+use crate::kv::{KvLayout, KvType};
 use crate::model::{Tensor, MAX_BATCH};
 use crate::quant::{self, GgmlType, Precision};
 
@@ -102,24 +103,74 @@ pub struct DeviceWeight {
     mem: DeviceMem,
 }
 
-/// The KV cache of every layer, as f16: `[layer][slot][kv_dim]` for keys and for values.
+/// The KV cache of every layer, in f16 or Q8_0 rows, each layer as its [`KvLayout`] says:
+/// `[layer][slot][row]` for keys and for values.
 pub struct DeviceKv {
     k: DeviceMem,
     v: DeviceMem,
-    capacity: usize,
-    layer_elems: usize,
+    layouts: Vec<KvLayout>,
+    /// Byte offset of each layer's slots.
+    layer_off: Vec<usize>,
+    row_bytes: usize,
+    /// Each layer's `{offset mod ring, floor}`, which the kernels read on the device so
+    /// that a recorded decode step follows context shifts.
+    state: DeviceMem,
 }
 
 impl DeviceKv {
-    fn layer(&self, l: usize) -> (*mut u16, *mut u16) {
-        let off = l * self.layer_elems;
+    fn layer(&self, l: usize) -> (*mut std::ffi::c_void, *mut std::ffi::c_void) {
+        let off = self.layer_off[l];
         // SAFETY: pointer arithmetic inside the allocations, l < n_layers.
         unsafe {
             (
-                self.k.ptr.cast::<u16>().add(off),
-                self.v.ptr.cast::<u16>().add(off),
+                self.k.ptr.cast::<u8>().add(off).cast(),
+                self.v.ptr.cast::<u8>().add(off).cast(),
             )
         }
+    }
+
+    fn state(&self, l: usize) -> *const i32 {
+        // SAFETY: two i32 per layer.
+        unsafe { self.state.ptr.cast::<i32>().add(2 * l) }
+    }
+
+    /// Uploads every layer's offset and floor.
+    fn upload_state(&self) -> Result<()> {
+        let host: Vec<i32> = self
+            .layouts
+            .iter()
+            .flat_map(|l| {
+                let ring = l.capacity - l.keep;
+                [(l.offset % ring) as i32, l.floor as i32]
+            })
+            .collect();
+        // SAFETY: the buffer holds two i32 per layer.
+        check(
+            unsafe { ffi::wick_cuda_h2d(self.state.ptr, host.as_ptr().cast(), host.len() * 4) },
+            "copy the KV layout to the GPU",
+        )
+    }
+
+    /// Both caches, whole, on the host.
+    fn download(&self) -> Result<(Vec<u8>, Vec<u8>)> {
+        let mut k = vec![0u8; self.k.bytes];
+        let mut v = vec![0u8; self.v.bytes];
+        // SAFETY: the host buffers have the allocations' sizes.
+        check(
+            unsafe { ffi::wick_cuda_d2h(k.as_mut_ptr().cast(), self.k.ptr, k.len()) },
+            "copy the KV cache from the GPU",
+        )?;
+        // SAFETY: as above.
+        check(
+            unsafe { ffi::wick_cuda_d2h(v.as_mut_ptr().cast(), self.v.ptr, v.len()) },
+            "copy the KV cache from the GPU",
+        )?;
+        Ok((k, v))
+    }
+
+    /// Where the row of position `p` of layer `l` starts in either cache.
+    fn row_at(&self, l: usize, p: usize) -> usize {
+        self.layer_off[l] + self.layouts[l].slot(p) * self.row_bytes
     }
 }
 
@@ -519,15 +570,118 @@ impl<'a> Backend<'a> for Cuda {
         Ok(m)
     }
 
-    fn kv_cache(&self, n_layers: usize, capacity: usize, kv_dim: usize) -> Result<DeviceKv> {
-        let layer_elems = capacity * kv_dim;
-        let bytes = n_layers * layer_elems * 2;
-        Ok(DeviceKv {
+    fn kv_cache(&self, layouts: &[KvLayout], kv_dim: usize) -> Result<DeviceKv> {
+        let ty = layouts.first().map_or(KvType::F16, |l| l.ty);
+        ensure!(
+            layouts.iter().all(|l| l.ty == ty),
+            "every layer's KV cache must have the same type"
+        );
+        ensure!(
+            matches!(ty, KvType::F16 | KvType::Q8_0),
+            "the CUDA backend keeps its KV cache in f16 or q8_0, not {}",
+            ty.name()
+        );
+        crate::kv::check_kv_dim(ty, kv_dim)?;
+        let row_bytes = ty.row_bytes(kv_dim);
+        let mut layer_off = Vec::with_capacity(layouts.len());
+        let mut bytes = 0;
+        for l in layouts {
+            layer_off.push(bytes);
+            bytes += l.capacity * row_bytes;
+        }
+        let kv = DeviceKv {
             k: DeviceMem::zeroed(bytes).context("allocating the KV cache")?,
             v: DeviceMem::zeroed(bytes).context("allocating the KV cache")?,
-            capacity,
-            layer_elems,
-        })
+            layouts: layouts.to_vec(),
+            layer_off,
+            row_bytes,
+            state: DeviceMem::zeroed(layouts.len() * 8)?,
+        };
+        kv.upload_state()?;
+        Ok(kv)
+    }
+
+    fn kv_shift(
+        &self,
+        kv: &mut DeviceKv,
+        start: usize,
+        d: usize,
+        len: usize,
+        s: AttnShape,
+    ) -> Result<()> {
+        ensure!(
+            s.kv_dim().is_multiple_of(32),
+            "context shift on the GPU needs KV rows that are a multiple of 32 values"
+        );
+        for layer in 0..kv.layouts.len() {
+            let old = kv.layouts[layer];
+            let from = old.stored(len).start.max(start + d);
+            let (kc, _) = kv.layer(layer);
+            // SAFETY: positions from..len are stored in this layer's slots.
+            check(
+                unsafe {
+                    ffi::wick_kv_shift(
+                        old.ty.id() as i32,
+                        kc,
+                        from as i32,
+                        len.saturating_sub(from) as i32,
+                        s.kv_dim() as i32,
+                        s.head_dim as i32,
+                        s.rope_dims as i32,
+                        s.rope_theta,
+                        -(d as f32),
+                        old.capacity as i32,
+                        old.keep as i32,
+                        (old.offset % (old.capacity - old.keep)) as i32,
+                    )
+                },
+                "kv shift",
+            )?;
+            kv.layouts[layer] = old.shifted(start, d, len);
+        }
+        kv.upload_state()
+    }
+
+    fn kv_save(&self, kv: &DeviceKv, len: usize, out: &mut Vec<u8>) -> Result<()> {
+        let (k, v) = kv.download()?;
+        let rb = kv.row_bytes;
+        for (layer, l) in kv.layouts.iter().enumerate() {
+            for p in l.stored(len) {
+                let i = kv.row_at(layer, p);
+                out.extend_from_slice(&k[i..i + rb]);
+                out.extend_from_slice(&v[i..i + rb]);
+            }
+        }
+        Ok(())
+    }
+
+    fn kv_load(&self, kv: &mut DeviceKv, len: usize, data: &[u8]) -> Result<()> {
+        let rb = kv.row_bytes;
+        let need: usize = kv
+            .layouts
+            .iter()
+            .map(|l| l.stored(len).len() * 2 * rb)
+            .sum();
+        ensure!(data.len() == need, "the saved cache has the wrong size");
+        let (mut k, mut v) = kv.download()?;
+        let mut rows = data.chunks_exact(rb);
+        for (layer, l) in kv.layouts.iter().enumerate() {
+            for p in l.stored(len) {
+                let i = kv.row_at(layer, p);
+                k[i..i + rb].copy_from_slice(rows.next().unwrap());
+                v[i..i + rb].copy_from_slice(rows.next().unwrap());
+            }
+        }
+        // SAFETY: the host buffers have the allocations' sizes.
+        check(
+            unsafe { ffi::wick_cuda_h2d(kv.k.ptr, k.as_ptr().cast(), k.len()) },
+            "copy the KV cache to the GPU",
+        )?;
+        // SAFETY: as above.
+        check(
+            unsafe { ffi::wick_cuda_h2d(kv.v.ptr, v.as_ptr().cast(), v.len()) },
+            "copy the KV cache to the GPU",
+        )
     }
 
     fn embed(&self, table: &DeviceWeight, tokens: &[u32], x: &mut DeviceMem) -> Result<()> {
@@ -659,22 +813,19 @@ impl<'a> Backend<'a> for Cuda {
         let _t = self.span(|| format!("rope_store x{rows}"));
         self.wrote(q);
         self.wrote(k);
+        let l = kv.layouts[layer];
+        l.check_store(pos0, rows)?;
         ensure!(
-            pos0 + rows <= kv.capacity,
-            "position {} is past the context size {}",
-            pos0 + rows - 1,
-            kv.capacity
+            rows * s.q_dim() * 4 <= q.bytes && rows * s.kv_dim() * 4 <= k.bytes.min(v.bytes),
+            "rope buffers too small"
         );
-        let (kc, vc) = kv.layer(layer);
-        // SAFETY: buffers sized by the forward pass; the cache slot index is taken modulo capacity.
+        // SAFETY: buffers sized by the forward pass (checked above); positions come from
+        // `params`, written by begin_forward.
         check(
             unsafe {
-                ffi::wick_rope_store(
+                ffi::wick_rope(
                     q.f32(),
                     k.f32(),
-                    v.f32(),
-                    kc,
-                    vc,
                     self.params.ptr.cast(),
                     rows as i32,
                     s.n_heads as i32,
@@ -682,10 +833,29 @@ impl<'a> Backend<'a> for Cuda {
                     s.head_dim as i32,
                     s.rope_dims as i32,
                     s.rope_theta,
-                    kv.capacity as i32,
                 )
             },
             "rope",
+        )?;
+        let (kc, vc) = kv.layer(layer);
+        // SAFETY: the slots of every position lie inside this layer's part of the caches.
+        check(
+            unsafe {
+                ffi::wick_kv_store(
+                    l.ty.id() as i32,
+                    k.f32(),
+                    v.f32(),
+                    kc,
+                    vc,
+                    self.params.ptr.cast(),
+                    kv.state(layer),
+                    rows as i32,
+                    s.kv_dim() as i32,
+                    l.capacity as i32,
+                    l.keep as i32,
+                )
+            },
+            "kv store",
         )
     }
 
@@ -699,10 +869,8 @@ impl<'a> Backend<'a> for Cuda {
         s: AttnShape,
         out: &mut DeviceMem,
     ) -> Result<()> {
-        ensure!(
-            pos0 + rows <= kv.capacity,
-            "attention past the context size"
-        );
+        let l = kv.layouts[layer];
+        l.check_store(pos0, rows)?;
         let _t = self.span(|| format!("attention x{rows}"));
         self.wrote(out);
         let (kc, vc) = kv.layer(layer);
@@ -710,15 +878,19 @@ impl<'a> Backend<'a> for Cuda {
         check(
             unsafe {
                 ffi::wick_attention(
+                    l.ty.id() as i32,
                     q.f32(),
                     kc,
                     vc,
                     self.params.ptr.cast(),
+                    kv.state(layer),
                     rows as i32,
                     s.n_heads as i32,
                     s.n_kv_heads as i32,
                     s.head_dim as i32,
-                    kv.capacity as i32,
+                    l.capacity as i32,
+                    l.keep as i32,
+                    l.window.unwrap_or(0) as i32,
                     out.f32(),
                 )
             },
