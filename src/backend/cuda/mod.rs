@@ -137,21 +137,33 @@ pub struct Cuda {
     /// The current forward pass's first position, then its tokens, on the device.
     params: DeviceMem,
     host_params: RefCell<Vec<i32>>,
-    /// `Fast` rounds activations to int8 for products of up to `Q8_MAX_BATCH` rows, as the
-    /// CPU's fast path does; `Exact` keeps them f32 everywhere.
+    /// `Fast` rounds activations to int8 for products of any batch (matrix-vector kernel up
+    /// to `Q8_MAX_BATCH` rows, tensor cores above), as the CPU's fast path does; `Exact`
+    /// keeps them f32 everywhere.
     precision: Precision,
     /// Activations rounded to int8 (values, then one scale per 32), sized for the widest
     /// weight; allocated while weights load, before any graph records pointers to it.
     q8: RefCell<Option<Q8Scratch>>,
 }
 
-/// Rows of a product up to which the int8 matrix-vector kernel is used.
+/// Rows of a product up to which the int8 matrix-vector kernel is used; larger batches (up
+/// to MAX_BATCH) go to the int8 tensor-core kernel.
 const Q8_MAX_BATCH: usize = 16;
+
+/// Partial sums of the tensor-core kernel when it splits a product along the weight rows
+/// (to give small matrices enough blocks): room for this many splits of an output, up to
+/// `GEMM_WS_ROWS` rows of MAX_BATCH values in all. Matrices tall enough to need more are
+/// tall enough not to be split (the kernel splits less when the room is short).
+const GEMM_SPLITS: usize = 8;
+const GEMM_WS_ROWS: usize = 65536;
 
 struct Q8Scratch {
     cols: usize,
+    /// Rows of the largest weight seen, which sizes `ws`.
+    rows: usize,
     xq: DeviceMem,
     xd: DeviceMem,
+    ws: DeviceMem,
 }
 
 impl Cuda {
@@ -219,24 +231,34 @@ impl Cuda {
         self
     }
 
-    /// Makes the int8 activation scratch wide enough for rows of `cols` values.
-    fn reserve_q8(&self, cols: usize) -> Result<()> {
+    /// Makes the int8 activation scratch wide enough for MAX_BATCH rows of `cols` values,
+    /// and the partial-sum workspace for weights of `rows` rows.
+    fn reserve_q8(&self, rows: usize, cols: usize) -> Result<()> {
         let mut q8 = self.q8.borrow_mut();
-        if q8.as_ref().is_some_and(|s| s.cols >= cols) {
+        if q8
+            .as_ref()
+            .is_some_and(|s| s.cols >= cols && s.rows >= rows)
+        {
             return Ok(());
         }
-        let n = Q8_MAX_BATCH * cols.next_multiple_of(32);
+        let (cols, rows) = q8
+            .as_ref()
+            .map_or((cols, rows), |s| (s.cols.max(cols), s.rows.max(rows)));
+        let n = MAX_BATCH * cols.next_multiple_of(32);
         *q8 = Some(Q8Scratch {
             cols,
+            rows,
             xq: DeviceMem::new(n)?,
             xd: DeviceMem::new(n / 32 * 4)?,
+            ws: DeviceMem::new(MAX_BATCH * (GEMM_SPLITS * rows).min(GEMM_WS_ROWS) * 4)?,
         });
         Ok(())
     }
 
     /// The int8 path, when it applies to every weight of a product: rounds `x` once and
-    /// runs each weight over it. False when the f32 kernel must be used.
-    fn try_matvec_q8(
+    /// runs each weight over it, with the matrix-vector kernel for small batches and
+    /// tensor cores for larger ones. False when the f32 kernel must be used.
+    fn try_matmul_q8(
         &self,
         x: &DeviceMem,
         rows: usize,
@@ -245,12 +267,19 @@ impl Cuda {
         accumulate: bool,
     ) -> Result<bool> {
         let cols = ws[0].cols;
+        let matvec = rows <= Q8_MAX_BATCH;
         let usable = self.precision == Precision::Fast
-            && rows <= Q8_MAX_BATCH
+            && rows <= MAX_BATCH
             && ws.iter().all(|w| {
                 w.cols == cols
-                    // SAFETY: pure query.
-                    && unsafe { ffi::wick_matvec_q8_supports(type_id(w.ty)) } != 0
+                    // SAFETY: pure queries.
+                    && unsafe {
+                        if matvec {
+                            ffi::wick_matvec_q8_supports(type_id(w.ty))
+                        } else {
+                            ffi::wick_gemm_q8_supports(type_id(w.ty))
+                        }
+                    } != 0
             });
         let q8 = self.q8.borrow();
         let Some(scratch) = q8.as_ref().filter(|s| usable && s.cols >= cols) else {
@@ -258,30 +287,36 @@ impl Cuda {
         };
         ensure!(rows * cols * 4 <= x.bytes, "matmul input too small");
         let (xq, xd) = (scratch.xq.ptr.cast::<i8>(), scratch.xd.f32());
-        // SAFETY: the scratch holds Q8_MAX_BATCH rows of at least `cols` values.
+        // SAFETY: the scratch holds MAX_BATCH rows of at least `cols` values.
         check(
             unsafe { ffi::wick_quantize_q8(x.f32(), (rows * cols) as i32, xq, xd) },
             "rounding activations",
         )?;
         for (w, out) in ws.iter().zip(outs.iter_mut()) {
             ensure!(rows * w.rows * 4 <= out.bytes, "matmul output too small");
-            // SAFETY: sizes checked above; the weight holds `w.rows` rows of `cols` values.
-            check(
-                unsafe {
-                    ffi::wick_matvec_q8(
-                        type_id(w.ty),
+            let (ty, n, y, acc) = (type_id(w.ty), w.rows as i32, out.f32(), accumulate as i32);
+            // SAFETY: sizes checked above; the weight holds `w.rows` rows of `cols` values;
+            // the workspace is passed with its true size, and the kernel uses no more.
+            let code = unsafe {
+                if matvec {
+                    ffi::wick_matvec_q8(ty, w.mem.ptr, n, cols as i32, xq, xd, rows as i32, y, acc)
+                } else {
+                    ffi::wick_gemm_q8(
+                        ty,
                         w.mem.ptr,
-                        w.rows as i32,
+                        n,
                         cols as i32,
                         xq,
                         xd,
                         rows as i32,
-                        out.f32(),
-                        accumulate as i32,
+                        y,
+                        acc,
+                        scratch.ws.f32(),
+                        scratch.ws.bytes / 4,
                     )
-                },
-                "matmul",
-            )?;
+                }
+            };
+            check(code, "matmul")?;
         }
         Ok(true)
     }
@@ -430,9 +465,13 @@ impl<'a> Backend<'a> for Cuda {
             t.cols,
             t.ty
         );
-        // SAFETY: pure query.
-        if unsafe { ffi::wick_matvec_q8_supports(type_id(t.ty)) } != 0 {
-            self.reserve_q8(t.cols)?;
+        // SAFETY: pure queries.
+        let int8 = unsafe {
+            ffi::wick_matvec_q8_supports(type_id(t.ty)) != 0
+                || ffi::wick_gemm_q8_supports(type_id(t.ty)) != 0
+        };
+        if int8 {
+            self.reserve_q8(t.rows, t.cols)?;
         }
         Ok(DeviceWeight {
             ty: t.ty,
@@ -512,7 +551,7 @@ impl<'a> Backend<'a> for Cuda {
         ws: &[&DeviceWeight],
         outs: &mut [&mut DeviceMem],
     ) -> Result<()> {
-        if self.try_matvec_q8(x, rows, ws, outs, false)? {
+        if self.try_matmul_q8(x, rows, ws, outs, false)? {
             return Ok(());
         }
         for (w, out) in ws.iter().zip(outs.iter_mut()) {
@@ -528,7 +567,7 @@ impl<'a> Backend<'a> for Cuda {
         w: &DeviceWeight,
         x: &mut DeviceMem,
     ) -> Result<()> {
-        if self.try_matvec_q8(y, rows, &[w], &mut [x], true)? {
+        if self.try_matmul_q8(y, rows, &[w], &mut [x], true)? {
             return Ok(());
         }
         launch_matmul(w, y, rows, x, true)
