@@ -12,6 +12,7 @@
 #include <cuda_runtime.h>
 
 #include "common.cuh"
+#include "q8_unit.cuh"
 #include "quantize_q8.cuh"
 #include "stream.cuh"
 #include "wick_cuda.h"
@@ -25,91 +26,6 @@ __global__ void quantize_q8_kernel(const float *__restrict__ x, int n_blocks,
     int blk = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
     if (blk >= n_blocks) return;
     quantize_q8_lane(x[(size_t)blk * 32 + lane], blk, lane, xq, xd);
-}
-
-__device__ inline int load_u32_2(const uint8_t *p) {
-    // Two-byte aligned: GGUF blocks of 18, 34 and 210 bytes leave wider loads misaligned.
-    const uint16_t *h = reinterpret_cast<const uint16_t *>(p);
-    return (int)((uint32_t)h[0] | ((uint32_t)h[1] << 16));
-}
-
-// One lane's 32-value unit: 8 words of 4 int8 weights, word k pairing with activations
-// 4k..4k+3; scales for the unit's first and second 16 values (equal except in Q6_K), and
-// the weight offset per value (`m`, multiplied by the activation sum; 0 where none).
-struct Unit {
-    int w[8];
-    float d0, d1, m;
-};
-
-template <int TYPE>
-__device__ inline void load_unit(const uint8_t *row, int u, Unit &q) {
-    if constexpr (TYPE == T_Q4_0 || TYPE == T_Q4_1) {
-        // Byte i holds value i (low nibble) and value i + 16 (high nibble).
-        constexpr int BYTES = TYPE == T_Q4_0 ? 18 : 20, QS = TYPE == T_Q4_0 ? 2 : 4;
-        const uint8_t *b = row + (size_t)u * BYTES;
-#pragma unroll
-        for (int i = 0; i < 4; i++) {
-            int v = TYPE == T_Q4_0 ? load_u32_2(b + QS + 4 * i)
-                                   : *reinterpret_cast<const int *>(b + QS + 4 * i);
-            int lo = v & 0x0f0f0f0f, hi = (v >> 4) & 0x0f0f0f0f;
-            q.w[i] = TYPE == T_Q4_0 ? __vsubss4(lo, 0x08080808) : lo;
-            q.w[4 + i] = TYPE == T_Q4_0 ? __vsubss4(hi, 0x08080808) : hi;
-        }
-        q.d0 = q.d1 = f16_at(b);
-        q.m = TYPE == T_Q4_0 ? 0.f : f16_at(b + 2);
-    } else if constexpr (TYPE == T_Q8_0) {
-        const uint8_t *b = row + (size_t)u * 34;
-#pragma unroll
-        for (int i = 0; i < 8; i++) q.w[i] = load_u32_2(b + 2 + 4 * i);
-        q.d0 = q.d1 = f16_at(b);
-        q.m = 0.f;
-    } else if constexpr (TYPE == T_Q4_K) {
-        // Unit p of a 144-byte super-block: a 6-bit scale and minimum, and the low or high
-        // nibbles of 32 bytes.
-        const uint8_t *b = row + (size_t)(u / 8) * 144;
-        int p = u % 8;
-        const uint8_t *sc = b + 4;
-        int sv, mn;
-        if (p < 4) {
-            sv = sc[p] & 63;
-            mn = sc[p + 4] & 63;
-        } else {
-            sv = (sc[p + 4] & 0xf) | ((sc[p - 4] >> 6) << 4);
-            mn = (sc[p + 4] >> 4) | ((sc[p] >> 6) << 4);
-        }
-        const uint4 *qs = reinterpret_cast<const uint4 *>(b + 16 + 32 * (p / 2));
-        uint4 a = qs[0], c = qs[1];
-        uint32_t words[8] = {a.x, a.y, a.z, a.w, c.x, c.y, c.z, c.w};
-        int shift = 4 * (p % 2);
-#pragma unroll
-        for (int i = 0; i < 8; i++) q.w[i] = (int)((words[i] >> shift) & 0x0f0f0f0f);
-        q.d0 = q.d1 = f16_at(b) * sv;
-        q.m = -f16_at(b + 2) * mn;
-    } else if constexpr (TYPE == T_Q6_K) {
-        // Unit p of a 210-byte super-block: value l's low nibble in
-        // ql[64 * (p / 4) + 32 * (p % 2) + l] at bit 4 * ((p % 4) / 2), its top two bits in
-        // qh[32 * (p / 4) + l] at bit 2 * (p % 4); one int8 scale per 16 values.
-        const uint8_t *b = row + (size_t)(u / 8) * 210;
-        int p = u % 8, half = p / 4, qr = p % 4;
-        const uint8_t *ql = b + 64 * half + 32 * (qr % 2);
-        const uint8_t *qh = b + 128 + 32 * half;
-        int sl = 4 * (qr / 2), sh = 2 * qr;
-#pragma unroll
-        for (int i = 0; i < 8; i++) {
-            uint32_t l = load_u32_2(ql + 4 * i), h = load_u32_2(qh + 4 * i);
-            q.w[i] = __vsubss4((int)(((l >> sl) & 0x0f0f0f0f) | (((h >> sh) & 0x03030303) << 4)),
-                               0x20202020);
-        }
-        float d = f16_at(b + 208);
-        q.d0 = d * (float)(int8_t)b[192 + 2 * p];
-        q.d1 = d * (float)(int8_t)b[193 + 2 * p];
-        q.m = 0.f;
-    }
-}
-
-template <int TYPE>
-__host__ __device__ constexpr bool has_min() {
-    return TYPE == T_Q4_1 || TYPE == T_Q4_K;
 }
 
 // y[b][r] (+)= W[r] . x[b] for b < nb, with x as int8 blocks (xq, one scale per 32 in xd).

@@ -266,14 +266,15 @@ mod gpu {
     /// weight bytes read per second.
     fn timings(g: &Cuda, rng: &mut Rng) -> Result<()> {
         let shapes: &[(GgmlType, usize, usize, &[usize])] = &[
-            (GgmlType::Q4_0, 14336, 4096, &[1, 2, 8, 16, 64]),
-            (GgmlType::Q4_0, 4096, 14336, &[1]),
-            (GgmlType::Q4_0, 4096, 4096, &[1]),
-            (GgmlType::Q4_0, 1024, 4096, &[1]),
+            (GgmlType::Q4_0, 14336, 4096, &[1, 2, 8, 16, 32, 64]),
+            (GgmlType::Q4_0, 4096, 14336, &[1, 64]),
+            (GgmlType::Q4_0, 4096, 4096, &[1, 64]),
+            (GgmlType::Q4_0, 1024, 4096, &[1, 64]),
             (GgmlType::Q6_K, 128256, 4096, &[1]),
+            (GgmlType::Q4_1, 14336, 4096, &[1, 64]),
             (GgmlType::Q8_0, 14336, 4096, &[1, 8, 64]),
             (GgmlType::Q4_K, 14336, 4096, &[1, 8, 64]),
-            (GgmlType::Q6_K, 14336, 4096, &[1, 8]),
+            (GgmlType::Q6_K, 14336, 4096, &[1, 8, 64]),
         ];
         for &(t, rows, cols, batches) in shapes {
             if !crate::backend::cuda::supports(t) {
@@ -327,10 +328,11 @@ mod gpu {
         Ok(())
     }
 
-    /// The int8-activation products of decode and small batches. Against the exact CPU
-    /// product the error is the rounding of activations to 8 bits: at most half a step,
-    /// 1/254 of a block's largest value, per activation; the bound is 1 % of the summed
-    /// magnitudes.
+    /// The int8-activation products: the matrix-vector kernel (batches up to 16) and the
+    /// tensor-core kernel (17 to 64), at odd row counts, batches that are not multiples of
+    /// 8, and rows whose last 256 values are a partial stage. Against the exact CPU product
+    /// the error is the rounding of activations to 8 bits: at most half a step, 1/254 of a
+    /// block's largest value, per activation; the bound is 1 % of the summed magnitudes.
     fn fast_matmuls(g: &Cuda, cpu: &Cpu, rng: &mut Rng, r: &mut Report) -> Result<()> {
         for t in [
             GgmlType::Q4_0,
@@ -340,7 +342,7 @@ mod gpu {
             GgmlType::Q6_K,
         ] {
             for (rows, cols, nb) in [
-                (1, 256, 1),
+                (1usize, 256usize, 1usize),
                 (7, 512, 2),
                 (333, 512, 3),
                 (4096, 4096, 1),
@@ -348,7 +350,17 @@ mod gpu {
                 (1000, 4096, 8),
                 (257, 1536, 11),
                 (64, 14336, 16),
+                (333, 512, 17),
+                (7, 768, 19),
+                (77, 416, 20),
+                (257, 1536, 24),
+                (129, 2048, 33),
+                (1000, 4096, 64),
+                (4096, 14336, 64),
             ] {
+                if !cols.is_multiple_of(t.block_len()) {
+                    continue;
+                }
                 let w = rng.vec(rows * cols);
                 let q = quantized(t, &w);
                 let tensor = Tensor {

@@ -190,8 +190,9 @@ pub struct Cuda {
     /// The current forward pass's first position, then its tokens, on the device.
     params: DeviceMem,
     host_params: RefCell<Vec<i32>>,
-    /// `Fast` rounds activations to int8 for products of up to `Q8_MAX_BATCH` rows, as the
-    /// CPU's fast path does; `Exact` keeps them f32 everywhere.
+    /// `Fast` rounds activations to int8 for products of any batch (matrix-vector kernel up
+    /// to `Q8_MAX_BATCH` rows, tensor cores above), as the CPU's fast path does; `Exact`
+    /// keeps them f32 everywhere.
     precision: Precision,
     /// Activations rounded to int8 (values, then one scale per 32), sized for the widest
     /// weight; allocated while weights load, before any graph records pointers to it.
@@ -204,13 +205,24 @@ pub struct Cuda {
     profile: Option<RefCell<profile::Profiler>>,
 }
 
-/// Rows of a product up to which the int8 matrix-vector kernel is used.
+/// Rows of a product up to which the int8 matrix-vector kernel is used; larger batches (up
+/// to MAX_BATCH) go to the int8 tensor-core kernel.
 const Q8_MAX_BATCH: usize = 16;
+
+/// Partial sums of the tensor-core kernel when it splits a product along the weight rows
+/// (to give small matrices enough blocks): room for this many splits of an output, up to
+/// `GEMM_WS_ROWS` rows of MAX_BATCH values in all. Matrices tall enough to need more are
+/// tall enough not to be split (the kernel splits less when the room is short).
+const GEMM_SPLITS: usize = 8;
+const GEMM_WS_ROWS: usize = 65536;
 
 struct Q8Scratch {
     cols: usize,
+    /// Rows of the largest weight seen, which sizes `ws`.
+    rows: usize,
     xq: DeviceMem,
     xd: DeviceMem,
+    ws: DeviceMem,
 }
 
 impl Cuda {
@@ -280,17 +292,28 @@ impl Cuda {
         self
     }
 
-    /// Makes the int8 activation scratch wide enough for rows of `cols` values.
-    fn reserve_q8(&self, cols: usize) -> Result<()> {
+    /// Makes the int8 activation scratch wide enough for MAX_BATCH rows of `cols` values,
+    /// and the partial-sum workspace for weights of `rows` rows.
+    fn reserve_q8(&self, rows: usize, cols: usize) -> Result<()> {
         let mut q8 = self.q8.borrow_mut();
-        if q8.as_ref().is_some_and(|s| s.cols >= cols) {
+        if q8
+            .as_ref()
+            .is_some_and(|s| s.cols >= cols && s.rows >= rows)
+        {
             return Ok(());
         }
-        let n = Q8_MAX_BATCH * cols.next_multiple_of(32);
+        let (cols, rows) = q8
+            .as_ref()
+            .map_or((cols, rows), |s| (s.cols.max(cols), s.rows.max(rows)));
+        let n = MAX_BATCH * cols.next_multiple_of(32);
+        // A new scratch holds nobody's values yet.
+        self.q8_holds.set(None);
         *q8 = Some(Q8Scratch {
             cols,
+            rows,
             xq: DeviceMem::new(n)?,
             xd: DeviceMem::new(n / 32 * 4)?,
+            ws: DeviceMem::new(MAX_BATCH * (GEMM_SPLITS * rows).min(GEMM_WS_ROWS) * 4)?,
         });
         Ok(())
     }
@@ -300,7 +323,7 @@ impl Cuda {
     fn q8_scratch(&self, n: usize) -> Option<(*mut i8, *mut f32)> {
         let q8 = self.q8.borrow();
         let s = q8.as_ref()?;
-        (self.precision == Precision::Fast && n.is_multiple_of(32) && n <= Q8_MAX_BATCH * s.cols)
+        (self.precision == Precision::Fast && n.is_multiple_of(32) && n <= MAX_BATCH * s.cols)
             .then(|| (s.xq.ptr.cast::<i8>(), s.xd.f32()))
     }
 
@@ -316,9 +339,10 @@ impl Cuda {
     }
 
     /// The int8 path, when it applies to every weight of a product: rounds `x` once (unless
-    /// the op that wrote it already did) and runs the weights over it, those of one type in
-    /// one launch. False when the f32 kernel must be used.
-    fn try_matvec_q8(
+    /// the op that wrote it already did) and runs the weights over it: the matrix-vector
+    /// kernel for small batches (weights of one type in one launch), tensor cores for
+    /// larger ones. False when the f32 kernel must be used.
+    fn try_matmul_q8(
         &self,
         x: &DeviceMem,
         rows: usize,
@@ -327,11 +351,18 @@ impl Cuda {
         accumulate: bool,
     ) -> Result<bool> {
         let cols = ws[0].cols;
-        let usable = rows <= Q8_MAX_BATCH
+        let matvec = rows <= Q8_MAX_BATCH;
+        let usable = rows <= MAX_BATCH
             && ws.iter().all(|w| {
                 w.cols == cols
-                    // SAFETY: pure query.
-                    && unsafe { ffi::wick_matvec_q8_supports(type_id(w.ty)) } != 0
+                    // SAFETY: pure queries.
+                    && unsafe {
+                        if matvec {
+                            ffi::wick_matvec_q8_supports(type_id(w.ty))
+                        } else {
+                            ffi::wick_gemm_q8_supports(type_id(w.ty))
+                        }
+                    } != 0
             });
         let n = rows * cols;
         let Some((xq, xd)) = self.q8_scratch(n).filter(|_| usable) else {
@@ -347,42 +378,76 @@ impl Cuda {
             )?;
             self.q8_holds.set(Some(key));
         }
-        let mut done = vec![false; ws.len()];
-        for i in 0..ws.len() {
-            if done[i] {
-                continue;
-            }
-            let mut targets = Vec::with_capacity(3);
-            for j in i..ws.len() {
-                if !done[j] && ws[j].ty == ws[i].ty && targets.len() < 3 {
-                    ensure!(
-                        rows * ws[j].rows * 4 <= outs[j].bytes,
-                        "matmul output too small"
-                    );
-                    targets.push(ffi::wick_mv_target {
-                        w: ws[j].mem.ptr,
-                        y: outs[j].f32(),
-                        rows: ws[j].rows as i32,
-                    });
-                    done[j] = true;
+        for (w, out) in ws.iter().zip(outs.iter()) {
+            ensure!(rows * w.rows * 4 <= out.bytes, "matmul output too small");
+        }
+        if matvec {
+            ensure!(ws.len() <= 8, "too many weights in one product");
+            let mut done = [false; 8];
+            for i in 0..ws.len() {
+                if done[i] {
+                    continue;
                 }
+                let mut targets = [ffi::wick_mv_target {
+                    w: std::ptr::null(),
+                    y: std::ptr::null_mut(),
+                    rows: 0,
+                }; 3];
+                let mut n_targets = 0;
+                for j in i..ws.len() {
+                    if !done[j] && ws[j].ty == ws[i].ty && n_targets < 3 {
+                        targets[n_targets] = ffi::wick_mv_target {
+                            w: ws[j].mem.ptr,
+                            y: outs[j].f32(),
+                            rows: ws[j].rows as i32,
+                        };
+                        n_targets += 1;
+                        done[j] = true;
+                    }
+                }
+                // SAFETY: sizes checked above; each weight holds `rows` rows of `cols` values.
+                check(
+                    unsafe {
+                        ffi::wick_matvec_q8(
+                            type_id(ws[i].ty),
+                            targets.as_ptr(),
+                            n_targets as i32,
+                            cols as i32,
+                            xq,
+                            xd,
+                            rows as i32,
+                            accumulate as i32,
+                        )
+                    },
+                    "matmul",
+                )?;
             }
-            // SAFETY: sizes checked above; each weight holds `rows` rows of `cols` values.
-            check(
-                unsafe {
-                    ffi::wick_matvec_q8(
-                        type_id(ws[i].ty),
-                        targets.as_ptr(),
-                        targets.len() as i32,
-                        cols as i32,
-                        xq,
-                        xd,
-                        rows as i32,
-                        accumulate as i32,
-                    )
-                },
-                "matmul",
-            )?;
+        } else {
+            let q8 = self.q8.borrow();
+            let scratch = q8.as_ref().context("no int8 scratch")?;
+            for (w, out) in ws.iter().zip(outs.iter()) {
+                // SAFETY: sizes checked above; the weight holds `w.rows` rows of `cols`
+                // values; the workspace is passed with its true size, and the kernel uses
+                // no more.
+                check(
+                    unsafe {
+                        ffi::wick_gemm_q8(
+                            type_id(w.ty),
+                            w.mem.ptr,
+                            w.rows as i32,
+                            cols as i32,
+                            xq,
+                            xd,
+                            rows as i32,
+                            out.f32(),
+                            accumulate as i32,
+                            scratch.ws.f32(),
+                            scratch.ws.bytes / 4,
+                        )
+                    },
+                    "matmul",
+                )?;
+            }
         }
         for out in outs.iter() {
             self.wrote(out);
@@ -551,9 +616,13 @@ impl<'a> Backend<'a> for Cuda {
             t.cols,
             t.ty
         );
-        // SAFETY: pure query.
-        if unsafe { ffi::wick_matvec_q8_supports(type_id(t.ty)) } != 0 {
-            self.reserve_q8(t.cols)?;
+        // SAFETY: pure queries.
+        let int8 = unsafe {
+            ffi::wick_matvec_q8_supports(type_id(t.ty)) != 0
+                || ffi::wick_gemm_q8_supports(type_id(t.ty)) != 0
+        };
+        if int8 {
+            self.reserve_q8(t.rows, t.cols)?;
         }
         Ok(DeviceWeight {
             ty: t.ty,
@@ -774,7 +843,7 @@ impl<'a> Backend<'a> for Cuda {
                 .collect();
             format!("matmul x{rows} {}", shapes.join(" + "))
         });
-        if self.try_matvec_q8(x, rows, ws, outs, false)? {
+        if self.try_matmul_q8(x, rows, ws, outs, false)? {
             return Ok(());
         }
         for (w, out) in ws.iter().zip(outs.iter_mut()) {
@@ -792,7 +861,7 @@ impl<'a> Backend<'a> for Cuda {
         x: &mut DeviceMem,
     ) -> Result<()> {
         let _t = self.span(|| format!("matmul_add x{rows} {} {}x{}", w.ty, w.rows, w.cols));
-        if self.try_matvec_q8(y, rows, &[w], &mut [x], true)? {
+        if self.try_matmul_q8(y, rows, &[w], &mut [x], true)? {
             return Ok(());
         }
         self.wrote(x);

@@ -1,0 +1,479 @@
+// Matrix-matrix products for prefill (batches of 17..64 tokens) on int8 tensor cores.
+//
+// Decode streams weights once per token and is bound by memory; a 64-token batch does 64
+// times the arithmetic per weight byte, which CUDA cores cannot keep up with (the f32
+// kernel runs prefill two orders of magnitude below the memory limit). Here weights are
+// decoded to int8 once per block and multiplied against the int8 activations of
+// wick_quantize_q8 with mma.sync m16n8k32 (s8 x s8 -> s32), one 32-value unit at a time,
+// so that each unit's integer sum is scaled by its own weight and activation scales, as
+// the matrix-vector kernel and the CPU's fast path do. This is the scheme of llama.cpp's
+// "MMQ" kernels, written afresh.
+//
+// A block owns BM = 64 weight rows and all (up to 64) tokens, and walks its share of the
+// row in stages of 8 units (256 values):
+//   1. raw weight bytes of the next stage and its activations are loaded into registers
+//      (so the loads are in flight during 2 and 3),
+//   2. the current stage's raw bytes in shared memory are decoded to int8 words plus
+//      per-unit scales (load_unit, shared with matvec_q8.cu),
+//   3. each warp multiplies its 16 rows by every token with tensor cores,
+//   4. the registers of step 1 are stored to shared memory for the next stage.
+// Weights are read from DRAM exactly once per call. When the rows alone give too few
+// blocks to fill the GPU (a 1024-row projection is 16 blocks), the stages are also split
+// over gridDim.y; each slice writes partial sums to a workspace that a second kernel adds
+// up in a fixed order, so results do not depend on timing.
+//
+// Fragments of mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 (PTX ISA, "Matrix
+// Fragments for mma.m16n8k32"), for lane = 4 * g + t (g = groupID, t = threadID_in_group),
+// each register holding 4 int8 at consecutive k (lowest k in the lowest byte):
+//   A (16 x 32, rows = weight rows): a0 = row g,     k 4t..4t+3
+//                                    a1 = row g + 8, k 4t..4t+3
+//                                    a2 = row g,     k 16+4t..16+4t+3
+//                                    a3 = row g + 8, k 16+4t..16+4t+3
+//   B (32 x 8, cols = tokens):       b0 = token g,   k 4t..4t+3
+//                                    b1 = token g,   k 16+4t..16+4t+3
+//   C (16 x 8, s32):                 c0 = (row g, token 2t),     c1 = (row g, token 2t+1)
+//                                    c2 = (row g + 8, token 2t), c3 = (row g + 8, token 2t+1)
+// m16n8k16 (s8) is the first half of that: A = {a0, a1}, B = {b0}, same C. Q6_K, with a
+// scale per 16 values, runs it twice per unit: ({a0, a1}, {b0}) and ({a2, a3}, {b1}).
+// A k-word (4 values) of a unit is word t or t + 4 of that unit's 8 words in shared memory,
+// so every fragment register is one aligned 32-bit shared load.
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+
+#include "common.cuh"
+#include "q8_unit.cuh"
+#include "stream.cuh"
+
+namespace {
+
+constexpr int BM = 64;          // weight rows per block: 4 warps of 16
+constexpr int THREADS = 128;
+constexpr int SU = 8;           // units per stage (one K-quant super-block)
+constexpr int WSTRIDE = SU * 8 + 4;  // words per row of a decoded tile; the 4 spare words
+                                     // put the 8 rows of one fragment load in distinct banks
+constexpr int SSTRIDE = BM + 4;      // floats per unit of the weight-scale tables
+
+__host__ __device__ constexpr int unit_bytes(int type) {
+    return type == T_Q4_0 ? 18 : type == T_Q4_1 ? 20 : type == T_Q8_0 ? 34
+         : type == T_Q4_K ? 144 : 210;
+}
+
+// Bytes of one row's stage: 8 blocks of 32-value types, one super-block of K-quants.
+__host__ __device__ constexpr int stage_bytes(int type) {
+    return is_kquant(type) ? unit_bytes(type) : SU * unit_bytes(type);
+}
+
+__host__ __device__ constexpr int round16(int n) { return (n + 15) / 16 * 16; }
+
+// Shared memory of one block, in bytes, laid out in this order.
+template <int TYPE, int NT>
+struct Smem {
+    static constexpr int BN = 8 * NT;
+    static constexpr int XSTRIDE = BN + 4;  // floats per unit of the activation scales
+    static constexpr int RAW = round16(BM * (stage_bytes(TYPE) + 2));  // see raw_stride
+    static constexpr int W = BM * WSTRIDE * 4;
+    static constexpr int X = BN * WSTRIDE * 4;
+    static constexpr int WD = SU * SSTRIDE * 4;
+    static constexpr int WD1 = TYPE == T_Q6_K ? WD : 0;
+    static constexpr int WM = has_min<TYPE>() ? WD : 0;
+    static constexpr int XD = SU * XSTRIDE * 4;
+    static constexpr int XM = has_min<TYPE>() ? XD : 0;
+    static constexpr int TOTAL = RAW + W + X + WD + WD1 + WM + XD + XM;
+};
+
+// |c| < 2^22 (at most 32 * 128 * 128 per unit), so adding c to the bits of 1.5 * 2^23 is
+// exact: two full-rate instructions instead of a quarter-rate I2F.
+__device__ __forceinline__ float i2f(int c) {
+    return __int_as_float(c + 0x4B400000) - 12582912.f;
+}
+
+__device__ __forceinline__ void mma_k32(int c[4], int a0, int a1, int a2, int a3, int b0,
+                                        int b1) {
+    asm("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0, %1, %2, %3}, "
+        "{%4, %5, %6, %7}, {%8, %9}, {%10, %10, %10, %10};"
+        : "=r"(c[0]), "=r"(c[1]), "=r"(c[2]), "=r"(c[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1), "r"(0));
+}
+
+__device__ __forceinline__ void mma_k16(int c[4], int a0, int a1, int b0) {
+    asm("mma.sync.aligned.m16n8k16.row.col.s32.s8.s8.s32 {%0, %1, %2, %3}, "
+        "{%4, %5}, {%6}, {%7, %7, %7, %7};"
+        : "=r"(c[0]), "=r"(c[1]), "=r"(c[2]), "=r"(c[3])
+        : "r"(a0), "r"(a1), "r"(b0), "r"(0));
+}
+
+// Raw weight bytes move in slots, by the alignment of rows (GGUF blocks of 18, 34 and 210
+// bytes are only 2-byte aligned):
+//   V = 16: 16-byte vectors, where rows and stages are 16-byte aligned;
+//   V = 4:  4-byte words, where rows are 4-byte aligned: a stage that starts 2 bytes past
+//           a word is loaded from that word on (`shift` = 2) and decoded from raw + 2, so
+//           a row of the raw tile has S + 2 bytes when S is not a multiple of 4;
+//   V = 2:  4-byte slots filled by two 2-byte loads (any row).
+// Slot p is at byte p * sizeof(slot) of the raw tile, which holds the block's 64 rows back
+// to back, raw_stride bytes each. Only whole words of the row are read (rows end on a
+// word boundary), so no load leaves the weight buffer.
+template <int V>
+struct Slot {
+    using T = uint32_t;
+};
+template <>
+struct Slot<16> {
+    using T = uint4;
+};
+
+template <int V>
+__host__ __device__ constexpr int raw_stride(int type) {
+    return V == 4 && stage_bytes(type) % 4 != 0 ? stage_bytes(type) + 2 : stage_bytes(type);
+}
+
+template <int TYPE, int NT, int V>
+__global__ void __launch_bounds__(THREADS)
+gemm_q8_kernel(const uint8_t *__restrict__ w, int rows, int cols,
+               const int8_t *__restrict__ xq, const float *__restrict__ xd, int nb,
+               float *__restrict__ y, int accumulate, float *__restrict__ part,
+               int n_slices) {
+    using L = Smem<TYPE, NT>;
+    using SlotT = typename Slot<V>::T;
+    constexpr int BN = L::BN, XSTRIDE = L::XSTRIDE;
+    constexpr int S = stage_bytes(TYPE), RS = raw_stride<V>(TYPE);
+    constexpr int SLOT = sizeof(SlotT);
+    constexpr int N_SLOTS = BM * RS / SLOT;  // RS * 64 is a multiple of 16
+    static_assert(N_SLOTS * SLOT == BM * RS && BM * RS <= L::RAW, "raw tile");
+    constexpr int SLOTS_PER_THREAD = (N_SLOTS + THREADS - 1) / THREADS;
+    constexpr int X_CHUNKS = BN * SU * 32 / 16 / THREADS;  // 16-byte activation chunks
+    constexpr int XD_PER_THREAD = BN * SU / THREADS;
+    static_assert(X_CHUNKS * THREADS == BN * SU * 2, "activation chunks per thread");
+    static_assert(XD_PER_THREAD * THREADS == BN * SU, "activation scales per thread");
+
+    extern __shared__ __align__(16) uint8_t smem[];
+    uint8_t *raw = smem;
+    int *sw = reinterpret_cast<int *>(smem + L::RAW);
+    int *sx = reinterpret_cast<int *>(smem + L::RAW + L::W);
+    float *swd = reinterpret_cast<float *>(smem + L::RAW + L::W + L::X);
+    float *swd1 = reinterpret_cast<float *>(smem + L::RAW + L::W + L::X + L::WD);
+    float *swm = reinterpret_cast<float *>(smem + L::RAW + L::W + L::X + L::WD + L::WD1);
+    float *sxd =
+        reinterpret_cast<float *>(smem + L::RAW + L::W + L::X + L::WD + L::WD1 + L::WM);
+    float *sxm = reinterpret_cast<float *>(smem + L::RAW + L::W + L::X + L::WD + L::WD1 +
+                                           L::WM + L::XD);
+
+    const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+    const int g = lane / 4, t = lane % 4;
+    const int r0 = blockIdx.x * BM;
+    const int n_units = cols / 32;
+    const int n_stages = (n_units + SU - 1) / SU;
+    const int st0 = (int)((long)blockIdx.y * n_stages / n_slices);
+    const int st1 = (int)((long)(blockIdx.y + 1) * n_stages / n_slices);
+    const size_t rb = row_bytes(TYPE, cols);
+
+    SlotT wr[SLOTS_PER_THREAD];
+    int4 xr[X_CHUNKS];
+    float xdr[XD_PER_THREAD];
+
+    // Step 1: the raw bytes and activations of stage st into registers. Rows past the
+    // matrix, bytes past the row (a last stage of fewer than 8 units) and tokens past nb
+    // read as zero.
+    auto fetch = [&](int st) {
+#pragma unroll
+        for (int i = 0; i < SLOTS_PER_THREAD; i++) {
+            int p = tid + i * THREADS;
+            if constexpr (V == 16) {
+                uint4 v = make_uint4(0, 0, 0, 0);
+                int f = p * 16, row = f / S, off = f % S;
+                if (p < N_SLOTS && r0 + row < rows && (size_t)st * S + off < rb)
+                    v = *reinterpret_cast<const uint4 *>(w + (size_t)(r0 + row) * rb +
+                                                         (size_t)st * S + off);
+                wr[i] = v;
+            } else if constexpr (V == 4) {
+                uint32_t v = 0;
+                int row = p / (RS / 4);
+                size_t off = (size_t)st * S / 4 * 4 + 4 * (p % (RS / 4));
+                if (p < N_SLOTS && r0 + row < rows && off < rb)
+                    v = *reinterpret_cast<const uint32_t *>(w + (size_t)(r0 + row) * rb + off);
+                wr[i] = v;
+            } else {
+                uint32_t v = 0;
+#pragma unroll
+                for (int h = 0; h < 2; h++) {
+                    int f = p * 4 + 2 * h, row = f / S, off = f % S;
+                    if (p < N_SLOTS && r0 + row < rows && (size_t)st * S + off < rb)
+                        v |= (uint32_t)*reinterpret_cast<const uint16_t *>(
+                                 w + (size_t)(r0 + row) * rb + (size_t)st * S + off)
+                             << (16 * h);
+                }
+                wr[i] = v;
+            }
+        }
+#pragma unroll
+        for (int i = 0; i < X_CHUNKS; i++) {
+            int c = tid + i * THREADS, tok = c / (2 * SU), k = st * SU * 32 + (c % (2 * SU)) * 16;
+            int4 v = make_int4(0, 0, 0, 0);
+            if (tok < nb && k < cols)
+                v = *reinterpret_cast<const int4 *>(xq + (size_t)tok * cols + k);
+            xr[i] = v;
+        }
+#pragma unroll
+        for (int i = 0; i < XD_PER_THREAD; i++) {
+            int c = tid + i * THREADS, tok = c / SU, u = st * SU + c % SU;
+            xdr[i] = tok < nb && u < n_units ? xd[(size_t)tok * n_units + u] : 0.f;
+        }
+    };
+
+    // Step 4: registers to shared memory. Activations go straight to their tile (token
+    // rows of WSTRIDE words), their scales to [unit][token].
+    auto store = [&]() {
+#pragma unroll
+        for (int i = 0; i < SLOTS_PER_THREAD; i++) {
+            int p = tid + i * THREADS;
+            if (p < N_SLOTS) reinterpret_cast<SlotT *>(raw)[p] = wr[i];
+        }
+#pragma unroll
+        for (int i = 0; i < X_CHUNKS; i++) {
+            int c = tid + i * THREADS, tok = c / (2 * SU), q = c % (2 * SU);
+            *reinterpret_cast<int4 *>(sx + tok * WSTRIDE + 4 * q) = xr[i];
+        }
+#pragma unroll
+        for (int i = 0; i < XD_PER_THREAD; i++) {
+            int c = tid + i * THREADS;
+            sxd[(c % SU) * XSTRIDE + c / SU] = xdr[i];
+        }
+    };
+
+    // Step 2: raw bytes to int8 words and scales, one (row, unit) per thread and pass;
+    // for types with an offset, also each (token, unit)'s d_x * sum of its int8 values.
+    auto decode = [&](int st) {
+#pragma unroll
+        for (int i = 0; i < BM * SU / THREADS; i++) {
+            int q = tid + i * THREADS, row = q / SU, u = q % SU;
+            Unit un;
+            if (r0 + row < rows && st * SU + u < n_units) {
+                load_unit<TYPE>(raw + row * RS + (V == 4 ? st * S % 4 : 0), u, un);
+            } else {
+#pragma unroll
+                for (int j = 0; j < 8; j++) un.w[j] = 0;
+                un.d0 = un.d1 = un.m = 0.f;
+            }
+            int4 *dst = reinterpret_cast<int4 *>(sw + row * WSTRIDE + 8 * u);
+            dst[0] = make_int4(un.w[0], un.w[1], un.w[2], un.w[3]);
+            dst[1] = make_int4(un.w[4], un.w[5], un.w[6], un.w[7]);
+            swd[u * SSTRIDE + row] = un.d0;
+            if constexpr (TYPE == T_Q6_K) swd1[u * SSTRIDE + row] = un.d1;
+            if constexpr (has_min<TYPE>()) swm[u * SSTRIDE + row] = un.m;
+        }
+        if constexpr (has_min<TYPE>()) {
+#pragma unroll
+            for (int i = 0; i < XD_PER_THREAD; i++) {
+                int c = tid + i * THREADS, tok = c / SU, u = c % SU;
+                const int4 *src = reinterpret_cast<const int4 *>(sx + tok * WSTRIDE + 8 * u);
+                int4 a = src[0], b = src[1];
+                int s = __dp4a(0x01010101, a.x, __dp4a(0x01010101, a.y,
+                        __dp4a(0x01010101, a.z, __dp4a(0x01010101, a.w, 0))));
+                s = __dp4a(0x01010101, b.x, __dp4a(0x01010101, b.y,
+                    __dp4a(0x01010101, b.z, __dp4a(0x01010101, b.w, s))));
+                sxm[u * XSTRIDE + tok] = sxd[u * XSTRIDE + tok] * (float)s;
+            }
+        }
+    };
+
+    float acc[NT][4];
+#pragma unroll
+    for (int n = 0; n < NT; n++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) acc[n][e] = 0.f;
+
+    // Step 3: this warp's rows wrow, wrow + 8 (per lane: g and g + 8 of the warp's 16).
+    const int wrow = warp * 16 + g;
+    auto compute = [&]() {
+#pragma unroll
+        for (int u = 0; u < SU; u++) {
+            const int *wa = sw + wrow * WSTRIDE + 8 * u + t;
+            int a0 = wa[0], a1 = wa[8 * WSTRIDE], a2 = wa[4], a3 = wa[8 * WSTRIDE + 4];
+            float dw0 = swd[u * SSTRIDE + wrow], dw1 = swd[u * SSTRIDE + wrow + 8];
+            float dh0 = 0.f, dh1 = 0.f, m0 = 0.f, m1 = 0.f;
+            if constexpr (TYPE == T_Q6_K) {
+                dh0 = swd1[u * SSTRIDE + wrow];
+                dh1 = swd1[u * SSTRIDE + wrow + 8];
+            }
+            if constexpr (has_min<TYPE>()) {
+                m0 = swm[u * SSTRIDE + wrow];
+                m1 = swm[u * SSTRIDE + wrow + 8];
+            }
+#pragma unroll
+            for (int n = 0; n < NT; n++) {
+                const int *xb = sx + (8 * n + g) * WSTRIDE + 8 * u + t;
+                int b0 = xb[0], b1 = xb[4];
+                float2 dx = *reinterpret_cast<const float2 *>(sxd + u * XSTRIDE + 8 * n + 2 * t);
+                int c[4];
+                if constexpr (TYPE == T_Q6_K) {
+                    int e[4];
+                    mma_k16(c, a0, a1, b0);
+                    mma_k16(e, a2, a3, b1);
+                    acc[n][0] += dx.x * (dw0 * i2f(c[0]) + dh0 * i2f(e[0]));
+                    acc[n][1] += dx.y * (dw0 * i2f(c[1]) + dh0 * i2f(e[1]));
+                    acc[n][2] += dx.x * (dw1 * i2f(c[2]) + dh1 * i2f(e[2]));
+                    acc[n][3] += dx.y * (dw1 * i2f(c[3]) + dh1 * i2f(e[3]));
+                } else {
+                    mma_k32(c, a0, a1, a2, a3, b0, b1);
+                    acc[n][0] += dw0 * dx.x * i2f(c[0]);
+                    acc[n][1] += dw0 * dx.y * i2f(c[1]);
+                    acc[n][2] += dw1 * dx.x * i2f(c[2]);
+                    acc[n][3] += dw1 * dx.y * i2f(c[3]);
+                    if constexpr (has_min<TYPE>()) {
+                        float2 xm =
+                            *reinterpret_cast<const float2 *>(sxm + u * XSTRIDE + 8 * n + 2 * t);
+                        acc[n][0] += m0 * xm.x;
+                        acc[n][1] += m0 * xm.y;
+                        acc[n][2] += m1 * xm.x;
+                        acc[n][3] += m1 * xm.y;
+                    }
+                }
+            }
+        }
+    };
+
+    // Every branch below is uniform over the block, so the barriers are too.
+    if (st0 < st1) {
+        fetch(st0);
+        store();
+    }
+    __syncthreads();
+    for (int st = st0; st < st1; st++) {
+        bool more = st + 1 < st1;
+        if (more) fetch(st + 1);
+        decode(st);
+        __syncthreads();
+        compute();
+        __syncthreads();
+        if (more) {
+            store();
+            __syncthreads();
+        }
+    }
+
+#pragma unroll
+    for (int n = 0; n < NT; n++) {
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            int row = r0 + wrow + 8 * (e / 2), tok = 8 * n + 2 * t + e % 2;
+            if (row < rows && tok < nb) {
+                if (n_slices == 1) {
+                    float *o = y + (size_t)tok * rows + row;
+                    *o = accumulate ? *o + acc[n][e] : acc[n][e];
+                } else {
+                    part[((size_t)blockIdx.y * nb + tok) * rows + row] = acc[n][e];
+                }
+            }
+        }
+    }
+}
+
+// y (+)= the sum of n_slices partial products, in slice order.
+__global__ void gemm_reduce_kernel(const float *__restrict__ part, int n, int n_slices,
+                                   float *__restrict__ y, int accumulate) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    float s = 0.f;
+    for (int k = 0; k < n_slices; k++) s += part[(size_t)k * n + i];
+    y[i] = accumulate ? y[i] + s : s;
+}
+
+int sm_count() {
+    static int n = 0;
+    if (n == 0) {
+        int dev = 0;
+        if (cudaGetDevice(&dev) != cudaSuccess ||
+            cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess ||
+            n <= 0)
+            n = 100;
+    }
+    return n;
+}
+
+template <int TYPE, int NT, int V>
+int launch(const uint8_t *w, int rows, int cols, const int8_t *xq, const float *xd, int nb,
+           float *y, int accumulate, float *ws, size_t ws_floats) {
+    constexpr int SMEM = Smem<TYPE, NT>::TOTAL;
+    auto kernel = gemm_q8_kernel<TYPE, NT, V>;
+    // Above 48 KiB a block must opt in; once per instantiation (not a stream operation,
+    // so also legal while a graph records).
+    static bool opted = false;
+    if (!opted) {
+        cudaError_t e =
+            cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, SMEM);
+        if (e != cudaSuccess) return (int)e;
+        opted = true;
+    }
+    int row_blocks = (rows + BM - 1) / BM;
+    int n_stages = (cols / 32 + SU - 1) / SU;
+    // Enough blocks for about two per SM, each slice at least two stages long, and the
+    // partial sums must fit the workspace.
+    int target = 2 * sm_count();
+    int slices = row_blocks >= target ? 1 : (target + row_blocks - 1) / row_blocks;
+    slices = std::min(slices, std::max(1, n_stages / 2));
+    size_t per_slice = (size_t)nb * rows;
+    if (ws == nullptr || per_slice == 0) slices = 1;
+    else slices = (int)std::min((size_t)slices, std::max((size_t)1, ws_floats / per_slice));
+    if (slices > 65535) slices = 65535;
+    dim3 grid(row_blocks, slices);
+    kernel<<<grid, THREADS, SMEM, wick_stream>>>(w, rows, cols, xq, xd, nb, y, accumulate, ws,
+                                                 slices);
+    if (slices > 1) {
+        int n = nb * rows;
+        gemm_reduce_kernel<<<(n + 255) / 256, 256, 0, wick_stream>>>(ws, n, slices, y,
+                                                                    accumulate);
+    }
+    return (int)cudaGetLastError();
+}
+
+template <int TYPE, int V>
+int launch_nt(const uint8_t *w, int rows, int cols, const int8_t *xq, const float *xd, int nb,
+              float *y, int accumulate, float *ws, size_t ws_floats) {
+    if (nb <= 32)
+        return launch<TYPE, 4, V>(w, rows, cols, xq, xd, nb, y, accumulate, ws, ws_floats);
+    return launch<TYPE, 8, V>(w, rows, cols, xq, xd, nb, y, accumulate, ws, ws_floats);
+}
+
+// The widest slots the rows' alignment allows (see Slot). Stages of every type but Q6_K
+// (210-byte super-blocks) are multiples of 16 bytes; Q4_K rows always are.
+template <int TYPE>
+int launch_type(const uint8_t *w, int rows, int cols, const int8_t *xq, const float *xd,
+                int nb, float *y, int accumulate, float *ws, size_t ws_floats) {
+    size_t rb = row_bytes(TYPE, cols);
+    if constexpr (stage_bytes(TYPE) % 16 == 0) {
+        if (rb % 16 == 0 && (uintptr_t)w % 16 == 0)
+            return launch_nt<TYPE, 16>(w, rows, cols, xq, xd, nb, y, accumulate, ws, ws_floats);
+    }
+    if constexpr (TYPE == T_Q4_K) {
+        return (int)cudaErrorMisalignedAddress;  // a cudaMalloc buffer is 256-byte aligned
+    } else {
+        if (rb % 4 == 0 && (uintptr_t)w % 4 == 0)
+            return launch_nt<TYPE, 4>(w, rows, cols, xq, xd, nb, y, accumulate, ws, ws_floats);
+        return launch_nt<TYPE, 2>(w, rows, cols, xq, xd, nb, y, accumulate, ws, ws_floats);
+    }
+}
+
+}  // namespace
+
+extern "C" int wick_gemm_q8_supports(int type) {
+    return type == T_Q4_0 || type == T_Q4_1 || type == T_Q8_0 || type == T_Q4_K ||
+           type == T_Q6_K;
+}
+
+extern "C" int wick_gemm_q8(int type, const void *w, int rows, int cols, const int8_t *xq,
+                            const float *xd, int nb, float *y, int accumulate, float *ws,
+                            size_t ws_floats) {
+    if (!wick_gemm_q8_supports(type) || cols % block_elems(type) != 0 || nb < 1 || nb > 64 ||
+        rows < 1)
+        return (int)cudaErrorInvalidValue;
+    const uint8_t *wb = (const uint8_t *)w;
+    switch (type) {
+        case T_Q4_0: return launch_type<T_Q4_0>(wb, rows, cols, xq, xd, nb, y, accumulate, ws, ws_floats);
+        case T_Q4_1: return launch_type<T_Q4_1>(wb, rows, cols, xq, xd, nb, y, accumulate, ws, ws_floats);
+        case T_Q8_0: return launch_type<T_Q8_0>(wb, rows, cols, xq, xd, nb, y, accumulate, ws, ws_floats);
+        case T_Q4_K: return launch_type<T_Q4_K>(wb, rows, cols, xq, xd, nb, y, accumulate, ws, ws_floats);
+        case T_Q6_K: return launch_type<T_Q6_K>(wb, rows, cols, xq, xd, nb, y, accumulate, ws, ws_floats);
+        default: return (int)cudaErrorInvalidValue;
+    }
+}
