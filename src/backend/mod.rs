@@ -125,4 +125,10 @@ pub trait Backend<'a> {
     ) -> Result<()>;
     /// Copies the first `out.len()` values of `src` to the host.
     fn read(&self, src: &Self::Buf, out: &mut [f32]) -> Result<()>;
+
+    /// While on, a multi-row op must compute each row bit for bit as a one-row call would
+    /// (no multi-row kernels that round differently). Verifying a speculative draft turns it
+    /// on, so that speculation never changes which token greedy decoding picks. A backend
+    /// whose multi-row kernels already round like its one-row ones can ignore it.
+    fn set_row_exact(&self, _on: bool) {}
 }
