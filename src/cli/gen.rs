@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::anyhow;
-use clap::Args;
+use clap::{Args, ValueEnum};
 
 use super::load::open_model;
 use super::out::Stdout;
@@ -18,6 +18,7 @@ use crate::model::Llama;
 use crate::quant::Precision;
 use crate::sample::{Sampler, SamplerParams};
 use crate::session::Session;
+use crate::spec::{check_vocab, Decoder, Drafter, Plain, SpecParams, SpecStats, Speculator};
 use crate::tokenizer::{Tokenizer, Utf8Stream};
 
 #[derive(Args)]
@@ -88,6 +89,34 @@ pub struct GenArgs {
     /// of streaming the text.
     #[arg(long)]
     json: bool,
+    /// Speculative decoding: a small model with the same vocabulary drafts tokens that the
+    /// model verifies in one batched pass. The output is the model's own (the same tokens
+    /// when greedy, the same distribution when sampling), only faster when drafts are good.
+    #[arg(long, value_name = "FILE", conflicts_with = "draft")]
+    draft_model: Option<PathBuf>,
+    /// Speculative decoding without a draft model: `ngram` drafts the continuation of the
+    /// last earlier occurrence of the latest tokens (prompt lookup; good for summaries,
+    /// edits and quotes).
+    #[arg(long, value_name = "KIND")]
+    draft: Option<DraftKind>,
+    /// Most tokens drafted per verification. The lookahead K adapts: +2 after a draft
+    /// accepted whole, -1 after a rejection, within [max(--draft-min, 1), --draft-max].
+    #[arg(long, default_value_t = 16)]
+    draft_max: usize,
+    /// Fewest tokens drafted before --draft-p-min may stop a draft. 0 also lets speculation
+    /// turn itself off while it is slower per token than plain decoding (measured; then
+    /// sampled text varies with timings), retrying after 32 to 1024 tokens.
+    #[arg(long, default_value_t = 0)]
+    draft_min: usize,
+    /// Stop drafting when the drafter's most likely token is less likely than this.
+    #[arg(long, default_value_t = 0.75)]
+    draft_p_min: f32,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum DraftKind {
+    /// Prompt lookup: no draft model.
+    Ngram,
 }
 
 pub fn run(a: GenArgs) -> Result<(), Failure> {
@@ -107,12 +136,21 @@ pub fn run(a: GenArgs) -> Result<(), Failure> {
             parse_special: a.special,
         }
     };
+    let draft_file = match &a.draft_model {
+        Some(p) => {
+            let (f, _) = open_model(Some(p))?;
+            check_vocab(&file, &f).file()?;
+            Some(f)
+        }
+        None => None,
+    };
     if a.gpu {
         #[cfg(feature = "cuda")]
         {
             let gpu = crate::backend::cuda::Cuda::new(0).file()?;
-            let model = Llama::load(&file, gpu).file()?;
-            return generate(&a, &model, &tok, &prompt, t_start);
+            let model = Llama::load(&file, &gpu).file()?;
+            let draft = load_draft(draft_file.as_ref(), &gpu)?;
+            return generate(&a, &model, draft.as_ref(), &tok, &prompt, t_start);
         }
         #[cfg(not(feature = "cuda"))]
         return Err(super::no_cuda());
@@ -123,8 +161,20 @@ pub fn run(a: GenArgs) -> Result<(), Failure> {
     } else {
         Precision::Fast
     };
-    let model = Llama::load(&file, Cpu::new(threads, precision)).file()?;
-    generate(&a, &model, &tok, &prompt, t_start)
+    // One backend for both models: one thread pool, not two competing for the cores.
+    let cpu = Cpu::new(threads, precision);
+    let model = Llama::load(&file, &cpu).file()?;
+    let draft = load_draft(draft_file.as_ref(), &cpu)?;
+    generate(&a, &model, draft.as_ref(), &tok, &prompt, t_start)
+}
+
+/// The draft model on the target's backend, whose vocabulary size it must share.
+fn load_draft<'a, B: Backend<'a>>(
+    file: Option<&'a GgufFile>,
+    backend: B,
+) -> Result<Option<Llama<'a, B>>, Failure> {
+    let Some(f) = file else { return Ok(None) };
+    Llama::load(f, backend).file().map(Some)
 }
 
 /// The prompt text: `--prompt`, then stdin after a newline when stdin is a pipe or file
@@ -193,6 +243,7 @@ fn chat_prompt(
 fn generate<'a, B: Backend<'a>>(
     a: &GenArgs,
     model: &Llama<'a, B>,
+    draft: Option<&Llama<'a, B>>,
     tok: &Tokenizer,
     prompt: &Prompt,
     t_start: Instant,
@@ -232,8 +283,41 @@ fn generate<'a, B: Backend<'a>>(
     if let Some(s) = a.seed {
         params.seed = s;
     }
-    let mut sampler = Sampler::new(params, model.config.vocab_size);
-    let mut session = Session::new(model, ctx).generation()?;
+    let sampler = Sampler::new(params.clone(), model.config.vocab_size);
+    let session = Session::new(model, ctx).generation()?;
+    let vocab = model.config.vocab_size;
+    let drafter = match (draft, a.draft) {
+        (Some(d), _) => {
+            if d.config.vocab_size != vocab {
+                return Err(Failure::File(anyhow!(
+                    "the draft model has {} logits, the model {vocab}: they need one vocabulary",
+                    d.config.vocab_size
+                )));
+            }
+            // Its own stream of random numbers, from the same seed.
+            let draft_params = SamplerParams {
+                seed: params.seed ^ 0x5eed_d4af,
+                ..params.clone()
+            };
+            Some(Drafter::Model {
+                session: Session::new(d, ctx).generation()?,
+                sampler: Sampler::new(draft_params, vocab),
+            })
+        }
+        (None, Some(DraftKind::Ngram)) => Some(Drafter::Ngram),
+        (None, None) => None,
+    };
+    let mut decoder: Box<dyn Decoder + '_> = match drafter {
+        Some(drafter) => {
+            let sp = SpecParams {
+                draft_max: a.draft_max,
+                draft_min: a.draft_min,
+                p_min: a.draft_p_min,
+            };
+            Box::new(Speculator::new(session, sampler, drafter, sp, vocab).usage()?)
+        }
+        None => Box::new(Plain::new(session, sampler)),
+    };
     let t_load = t_start.elapsed();
 
     let mut out = Output {
@@ -250,7 +334,7 @@ fn generate<'a, B: Backend<'a>>(
     };
 
     let t_prefill = Instant::now();
-    let mut logits = session.prefill(&tokens).generation()?.to_vec();
+    decoder.prefill(&tokens).generation()?;
     let prefill_time = t_prefill.elapsed();
     let mut emitted = Vec::<Instant>::new();
     let mut decode_time = Duration::ZERO;
@@ -259,7 +343,15 @@ fn generate<'a, B: Backend<'a>>(
     let mut reason = StopReason::Length;
 
     while n_generated < limit {
-        let next = sampler.sample(&logits, session.tokens());
+        let t = Instant::now();
+        let Some(next) = decoder.next().generation()? else {
+            reason = StopReason::Context;
+            break;
+        };
+        if n_generated > 0 {
+            // The first token comes from the prompt's logits; decoding starts after it.
+            decode_time += t.elapsed();
+        }
         if tok.is_eog(next) {
             reason = StopReason::Eos;
             break;
@@ -274,17 +366,9 @@ fn generate<'a, B: Backend<'a>>(
             reason = StopReason::Stop;
             break;
         }
-        if out.stdout.closed() || n_generated == limit {
+        if out.stdout.closed() {
             break;
         }
-        if session.room() == 0 {
-            reason = StopReason::Context;
-            break;
-        }
-        let t = Instant::now();
-        let l = session.step(next).generation()?;
-        logits.copy_from_slice(l);
-        decode_time += t.elapsed();
     }
     if reason != StopReason::Stop {
         // The last bytes of an incomplete UTF-8 character, and any text held back because
@@ -332,6 +416,9 @@ fn generate<'a, B: Backend<'a>>(
             emitted: &emitted,
             kv_bytes: model.config.kv_bytes(ctx),
         });
+        if let Some(s) = decoder.spec_stats() {
+            print_spec_stats(s);
+        }
     }
     Ok(())
 }
@@ -496,6 +583,31 @@ fn print_stats(s: &Stats) {
         pct(0.99)
     );
     eprintln!("kv cache: {:.1} MiB", s.kv_bytes as f64 / (1 << 20) as f64);
+}
+
+fn print_spec_stats(s: &SpecStats) {
+    eprintln!(
+        "speculation: {} drafted, {} accepted (acceptance rate {:.3}); {:.2} accepted per \
+         verification; {:.2} tokens per target forward ({} verifications, {} plain steps)",
+        s.drafted,
+        s.accepted,
+        s.acceptance(),
+        s.accepted_per_verification(),
+        s.tokens_per_target_forward(),
+        s.verifications,
+        s.plain_steps
+    );
+    let per = |secs: f64, n: usize| if n == 0 { 0.0 } else { secs * 1e3 / n as f64 };
+    eprintln!(
+        "speculation time: draft {:.1} ms ({:.2} ms per draft forward), verify {:.1} ms ({:.2} ms \
+         each), plain {:.1} ms ({:.2} ms each)",
+        s.draft_secs * 1e3,
+        per(s.draft_secs, s.draft_forwards),
+        s.verify_secs * 1e3,
+        per(s.verify_secs, s.verifications),
+        s.plain_secs * 1e3,
+        per(s.plain_secs, s.plain_steps)
+    );
 }
 
 #[cfg(test)]
