@@ -73,7 +73,8 @@ impl<'m, 'a, B: Backend<'a>> Session<'m, 'a, B> {
     /// Feeds one token and returns the logits for the next.
     pub fn step(&mut self, token: u32) -> Result<&[f32]> {
         let pos = self.tokens.len();
-        self.model.forward(&mut self.state, &[token], pos, Logits::Last)?;
+        self.model
+            .forward(&mut self.state, &[token], pos, Logits::Last)?;
         self.tokens.push(token);
         Ok(self.state.logits())
     }

@@ -650,7 +650,10 @@ mod tests {
             if want == 0.0 {
                 assert_eq!(c, 0, "token {id} is outside the support: {probs:?}");
             } else {
-                assert!((c as f64 - want).abs() < 5.0 * want.sqrt() + 5.0, "{id}: {c} vs {want}");
+                assert!(
+                    (c as f64 - want).abs() < 5.0 * want.sqrt() + 5.0,
+                    "{id}: {c} vs {want}"
+                );
             }
         }
         // Greedy: all the mass on the penalized argmax.

@@ -83,6 +83,20 @@ impl<'m, 'a, B: Backend<'a>> Speculator<'m, 'a, B> {
         &self.stats
     }
 
+    /// Like `Decoder::prefill`, but holds back the prompt's last token for the first
+    /// verification, so that even the first generated token is drafted and verified.
+    pub fn prefill_drafting(&mut self, prompt: &[u32]) -> Result<()> {
+        let Some((&last, head)) = prompt.split_last() else {
+            bail!("nothing to prefill");
+        };
+        if !head.is_empty() {
+            self.target.prefill(head)?;
+        }
+        self.ready.clear();
+        self.last = Some(last);
+        Ok(())
+    }
+
     /// One plain forward pass of the target for `last`, then a token from its logits.
     fn plain_step(&mut self, last: u32) -> Result<u32> {
         self.target.step(last)?;
@@ -177,7 +191,8 @@ impl<'m, 'a, B: Backend<'a>> Speculator<'m, 'a, B> {
             let t = self.plain_step(last)?;
             self.finish(&[], t);
             self.stats.plain_secs += t1.elapsed().as_secs_f64();
-            self.lookahead.step_done(0, 0, 1, t0.elapsed().as_secs_f64());
+            self.lookahead
+                .step_done(0, 0, 1, t0.elapsed().as_secs_f64());
             return Ok(true);
         }
 
