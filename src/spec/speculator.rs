@@ -12,6 +12,8 @@ use crate::sample::{Probs, Sampler};
 use crate::session::Session;
 
 /// Where drafts come from.
+// Made once per generation, so the size of the model variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Drafter<'m, 'a, B: Backend<'a>> {
     /// A small model with the target's vocabulary, sampled with its own sampler (normally
     /// the target's settings; any settings keep the output exact, closer ones accept more).
