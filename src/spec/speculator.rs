@@ -64,6 +64,7 @@ impl<'m, 'a, B: Backend<'a>> Speculator<'m, 'a, B> {
             );
         }
         target.reserve_rows(params.draft_max + 1)?;
+        let ctx = target.ctx();
         Ok(Speculator {
             target,
             sampler,
@@ -73,7 +74,8 @@ impl<'m, 'a, B: Backend<'a>> Speculator<'m, 'a, B> {
             judge: Judge::new(vocab),
             ready: VecDeque::with_capacity(params.draft_max + 1),
             last: None,
-            batch: Vec::new(),
+            // The n-gram drafter copies the whole context here.
+            batch: Vec::with_capacity(ctx + 1),
             drafted: Vec::with_capacity(params.draft_max),
             q: (0..params.draft_max).map(|_| Probs::new()).collect(),
             p: Probs::new(),
