@@ -9,5 +9,6 @@ pub mod model;
 pub mod quant;
 pub mod sample;
 pub mod session;
+pub mod spec;
 pub mod synth;
 pub mod tokenizer;

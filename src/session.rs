@@ -8,7 +8,7 @@ use anyhow::{bail, ensure, Result};
 
 use crate::backend::Backend;
 use crate::kv::KvSettings;
-use crate::model::{Llama, State, MAX_BATCH};
+use crate::model::{Llama, Logits, State, MAX_BATCH};
 
 pub struct Session<'m, 'a, B: Backend<'a>> {
     model: &'m Llama<'a, B>,
@@ -84,7 +84,7 @@ impl<'m, 'a, B: Backend<'a>> Session<'m, 'a, B> {
         for (i, chunk) in tokens.chunks(MAX_BATCH).enumerate() {
             let pos = self.len();
             self.model
-                .forward(&mut self.state, chunk, pos, i + 1 == n_chunks)?;
+                .forward(&mut self.state, chunk, pos, last_or_none(i + 1 == n_chunks))?;
             self.tokens.extend_from_slice(chunk);
         }
         Ok(self.state.logits())
@@ -151,7 +151,8 @@ impl<'m, 'a, B: Backend<'a>> Session<'m, 'a, B> {
     /// Feeds one token and returns the logits for the next.
     pub fn step(&mut self, token: u32) -> Result<&[f32]> {
         let pos = self.len();
-        self.model.forward(&mut self.state, &[token], pos, true)?;
+        self.model
+            .forward(&mut self.state, &[token], pos, Logits::Last)?;
         self.tokens.push(token);
         Ok(self.state.logits())
     }
@@ -183,5 +184,45 @@ impl<'m, 'a, B: Backend<'a>> Session<'m, 'a, B> {
         self.tokens.extend_from_slice(tokens);
         self.discarded = 0;
         Ok(())
+    }
+
+    /// The logits after the last token fed by `prefill` or `step`.
+    pub fn logits(&self) -> &[f32] {
+        self.state.logits()
+    }
+
+    /// Makes room for `feed_all` batches of up to `rows` tokens.
+    pub fn reserve_rows(&mut self, rows: usize) -> Result<()> {
+        self.model.reserve_rows(&mut self.state, rows)
+    }
+
+    /// Feeds `tokens` in one batched forward pass and keeps the logits after each of them,
+    /// read with `row_logits`: a draft verified in one pass. Does not touch `logits`.
+    pub fn feed_all(&mut self, tokens: &[u32]) -> Result<()> {
+        if tokens.len() > self.room() {
+            bail!(
+                "{} tokens do not fit in the {} positions left of the context",
+                tokens.len(),
+                self.room()
+            );
+        }
+        let pos = self.len();
+        self.model
+            .forward(&mut self.state, tokens, pos, Logits::All)?;
+        self.tokens.extend_from_slice(tokens);
+        Ok(())
+    }
+
+    /// The logits after token `i` of the last `feed_all`.
+    pub fn row_logits(&self, i: usize) -> &[f32] {
+        self.state.row_logits(i)
+    }
+}
+
+fn last_or_none(last: bool) -> Logits {
+    if last {
+        Logits::Last
+    } else {
+        Logits::None
     }
 }

@@ -145,4 +145,129 @@ pub trait Backend<'a> {
     ) -> Result<()>;
     /// Copies the first `out.len()` values of `src` to the host.
     fn read(&self, src: &Self::Buf, out: &mut [f32]) -> Result<()>;
+
+    /// While on, a multi-row op must compute each row bit for bit as a one-row call would
+    /// (no multi-row kernels that round differently). Verifying a speculative draft turns it
+    /// on, so that speculation never changes which token greedy decoding picks. A backend
+    /// whose multi-row kernels already round like its one-row ones can ignore it.
+    fn set_row_exact(&self, _on: bool) {}
+}
+
+/// A borrowed backend is a backend: a draft model and its target share one (one thread
+/// pool on the CPU, one context and stream on a GPU) instead of competing for the device.
+impl<'a, T: Backend<'a>> Backend<'a> for &T {
+    type Buf = T::Buf;
+    type Weight = T::Weight;
+    type Kv = T::Kv;
+    type Graph = T::Graph;
+
+    fn weight(&self, t: Tensor<'a>) -> Result<Self::Weight> {
+        (**self).weight(t)
+    }
+    fn buffer(&self, n: usize) -> Result<Self::Buf> {
+        (**self).buffer(n)
+    }
+    fn kv_cache(&self, layouts: &[KvLayout], kv_dim: usize) -> Result<Self::Kv> {
+        (**self).kv_cache(layouts, kv_dim)
+    }
+    fn kv_shift(
+        &self,
+        kv: &mut Self::Kv,
+        start: usize,
+        d: usize,
+        len: usize,
+        shape: AttnShape,
+    ) -> Result<()> {
+        (**self).kv_shift(kv, start, d, len, shape)
+    }
+    fn kv_save(&self, kv: &Self::Kv, len: usize, out: &mut Vec<u8>) -> Result<()> {
+        (**self).kv_save(kv, len, out)
+    }
+    fn kv_load(&self, kv: &mut Self::Kv, len: usize, data: &[u8]) -> Result<()> {
+        (**self).kv_load(kv, len, data)
+    }
+    fn begin_forward(&self, tokens: &[u32], pos0: usize) -> Result<()> {
+        (**self).begin_forward(tokens, pos0)
+    }
+    fn run_step(
+        &self,
+        graph: &mut Option<Self::Graph>,
+        step: &mut dyn FnMut() -> Result<()>,
+    ) -> Result<()> {
+        (**self).run_step(graph, step)
+    }
+    fn embed(&self, table: &Self::Weight, tokens: &[u32], x: &mut Self::Buf) -> Result<()> {
+        (**self).embed(table, tokens, x)
+    }
+    fn rmsnorm(
+        &self,
+        x: &Self::Buf,
+        w: &Self::Weight,
+        eps: f32,
+        rows: usize,
+        out: &mut Self::Buf,
+    ) -> Result<()> {
+        (**self).rmsnorm(x, w, eps, rows, out)
+    }
+    fn matmul(
+        &self,
+        x: &Self::Buf,
+        rows: usize,
+        ws: &[&Self::Weight],
+        outs: &mut [&mut Self::Buf],
+    ) -> Result<()> {
+        (**self).matmul(x, rows, ws, outs)
+    }
+    fn matmul_add(
+        &self,
+        y: &Self::Buf,
+        rows: usize,
+        w: &Self::Weight,
+        x: &mut Self::Buf,
+    ) -> Result<()> {
+        (**self).matmul_add(y, rows, w, x)
+    }
+    fn rope_store(
+        &self,
+        q: &mut Self::Buf,
+        k: &mut Self::Buf,
+        v: &Self::Buf,
+        kv: &mut Self::Kv,
+        layer: usize,
+        pos0: usize,
+        rows: usize,
+        shape: AttnShape,
+    ) -> Result<()> {
+        (**self).rope_store(q, k, v, kv, layer, pos0, rows, shape)
+    }
+    fn attention(
+        &self,
+        q: &Self::Buf,
+        kv: &Self::Kv,
+        layer: usize,
+        pos0: usize,
+        rows: usize,
+        shape: AttnShape,
+        out: &mut Self::Buf,
+    ) -> Result<()> {
+        (**self).attention(q, kv, layer, pos0, rows, shape, out)
+    }
+    fn swiglu(&self, gate: &mut Self::Buf, up: &Self::Buf, n: usize) -> Result<()> {
+        (**self).swiglu(gate, up, n)
+    }
+    fn copy_row(
+        &self,
+        src: &Self::Buf,
+        row: usize,
+        width: usize,
+        dst: &mut Self::Buf,
+    ) -> Result<()> {
+        (**self).copy_row(src, row, width, dst)
+    }
+    fn read(&self, src: &Self::Buf, out: &mut [f32]) -> Result<()> {
+        (**self).read(src, out)
+    }
+    fn set_row_exact(&self, on: bool) {
+        (**self).set_row_exact(on)
+    }
 }

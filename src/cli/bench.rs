@@ -42,6 +42,14 @@ pub struct BenchArgs {
     /// Run on the NVIDIA GPU (CUDA builds only).
     #[arg(long)]
     gpu: bool,
+    /// Also measure the costs that decide whether speculative decoding pays: a decode step
+    /// of this draft model (c = its time / the model's step), and verifying k+1 tokens in
+    /// one pass (v = its time / the model's step), for each k of --verify-k.
+    #[arg(long, value_name = "FILE")]
+    draft_model: Option<PathBuf>,
+    /// Draft lengths k for the verification test.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,3,4,6,8")]
+    verify_k: Vec<usize>,
 }
 
 struct Result1 {
@@ -53,15 +61,23 @@ struct Result1 {
 
 pub fn run(a: BenchArgs) -> Result<(), Failure> {
     let (file, name) = open_model(a.model.as_deref())?;
+    let draft_file = match &a.draft_model {
+        Some(p) => Some(open_model(Some(p))?.0),
+        None => None,
+    };
     let threads = a.threads.unwrap_or_else(default_threads).max(1);
     if a.gpu {
         #[cfg(feature = "cuda")]
         {
             let gpu = crate::backend::cuda::Cuda::new(0).file()?;
             let device = gpu.name.clone();
-            let model = Llama::load(&file, gpu).file()?;
-            let results = measure(&a, &model)?;
-            if let Some(table) = model.backend.profile_report() {
+            let model = Llama::load(&file, &gpu).file()?;
+            let mut results = measure(&a, &model)?;
+            if let Some(df) = &draft_file {
+                let draft = Llama::load(df, &gpu).file()?;
+                results.extend(measure_spec(&a, &model, &draft)?);
+            }
+            if let Some(table) = gpu.profile_report() {
                 eprint!("{table}");
             }
             return report(
@@ -76,9 +92,109 @@ pub fn run(a: BenchArgs) -> Result<(), Failure> {
         #[cfg(not(feature = "cuda"))]
         return Err(super::no_cuda());
     }
-    let model = Llama::load(&file, Cpu::new(threads, Precision::Fast)).file()?;
-    let results = measure(&a, &model)?;
+    let cpu = Cpu::new(threads, Precision::Fast);
+    let model = Llama::load(&file, &cpu).file()?;
+    let mut results = measure(&a, &model)?;
+    if let Some(df) = &draft_file {
+        let draft = Llama::load(df, &cpu).file()?;
+        results.extend(measure_spec(&a, &model, &draft)?);
+    }
     report(&a, &file, &name, "cpu", threads, &results)
+}
+
+/// Speculation's costs: a draft decode step, and verifications of k+1 tokens, each as
+/// tokens per second (for a verification, verifications per second), then c and v
+/// relative to the model's decode step on stderr.
+fn measure_spec<'a, B: Backend<'a>>(
+    a: &BenchArgs,
+    model: &Llama<'a, B>,
+    draft: &Llama<'a, B>,
+) -> Result<Vec<Result1>, Failure> {
+    let n = a.n_gen.max(1);
+    let reps = a.reps.max(1);
+    let vocab = model.config.vocab_size.min(draft.config.vocab_size) as u64;
+    let kmax = a.verify_k.iter().copied().max().unwrap_or(0);
+    let tokens: Vec<u32> = (0..(n + kmax + 1) as u64)
+        .map(|i| ((i * 2654435761 + 17) % vocab) as u32)
+        .collect();
+    // One pass of n steps (k = None) or n verifications of k+1 tokens, in tokens (or
+    // verifications) per second.
+    let once = |m: &Llama<'a, B>, k: Option<usize>| -> Result<f64, Failure> {
+        let mut s = Session::new(m, n + kmax + 1).generation()?;
+        s.reserve_rows(kmax + 1).generation()?;
+        let t = Instant::now();
+        for i in 0..n {
+            match k {
+                None => {
+                    s.step(tokens[i]).generation()?;
+                }
+                Some(k) => {
+                    // Verify k+1 tokens, then keep one, as a rejected draft does.
+                    s.feed_all(&tokens[i..i + k + 1]).generation()?;
+                    s.rollback(i + 1).generation()?;
+                }
+            }
+        }
+        Ok(n as f64 / t.elapsed().as_secs_f64())
+    };
+    let ks: Vec<usize> = a
+        .verify_k
+        .iter()
+        .copied()
+        .filter(|&k| k < crate::model::MAX_BATCH)
+        .collect();
+    // The tests take turns within each repetition, so that a change in the machine's load
+    // hits the ratios c and v less than it would hit tests run one after another.
+    let (mut target, mut drafts) = (Vec::new(), Vec::new());
+    let mut verify = vec![Vec::new(); ks.len()];
+    for rep in 0..=reps {
+        let t = once(model, None)?;
+        let d = once(draft, None)?;
+        let v: Vec<f64> = ks
+            .iter()
+            .map(|&k| once(model, Some(k)))
+            .collect::<Result<_, _>>()?;
+        if rep > 0 {
+            target.push(t);
+            drafts.push(d);
+            for (acc, x) in verify.iter_mut().zip(v) {
+                acc.push(x);
+            }
+        }
+    }
+    let step = mean_sd(&target).0;
+    eprintln!(
+        "c (draft step / model step) = {:.3}",
+        step / mean_sd(&drafts).0
+    );
+    let mut out = vec![
+        Result1 {
+            test: format!("spec tg{n}"),
+            n_prompt: 0,
+            n_gen: n,
+            samples: target,
+        },
+        Result1 {
+            test: format!("draft tg{n}"),
+            n_prompt: 0,
+            n_gen: n,
+            samples: drafts,
+        },
+    ];
+    for (&k, samples) in ks.iter().zip(verify) {
+        eprintln!(
+            "v (verify {} tokens / model step) = {:.3}",
+            k + 1,
+            step / mean_sd(&samples).0
+        );
+        out.push(Result1 {
+            test: format!("verify{}x{n}", k + 1),
+            n_prompt: 0,
+            n_gen: n,
+            samples,
+        });
+    }
+    Ok(out)
 }
 
 fn measure<'a, B: Backend<'a>>(

@@ -95,18 +95,32 @@ impl SamplingArgs {
         }
         Sampler::new(params, vocab_size)
     }
+
+    /// The sampler of a draft model: the same settings, its own stream of random numbers
+    /// from the same seed.
+    pub fn draft_sampler(&self, vocab_size: usize) -> Sampler {
+        let mut params = self.sampler(vocab_size).params().clone();
+        params.seed ^= 0x5eed_d4af;
+        Sampler::new(params, vocab_size)
+    }
 }
 
 /// Work to do with a loaded model, whichever backend it runs on.
 pub trait Job {
-    fn run<'a, B: Backend<'a>>(self, model: &Llama<'a, B>) -> Result<(), Failure>;
+    /// `draft` is the draft model for speculative decoding, on the same backend.
+    fn run<'a, B: Backend<'a>>(
+        self,
+        model: &Llama<'a, B>,
+        draft: Option<&Llama<'a, B>>,
+    ) -> Result<(), Failure>;
 }
 
 /// Loads the model from `file` on the backend `args` chooses, and runs `job` with it.
-pub fn with_model(
+pub fn with_model<'f>(
     args: &ModelArgs,
     log: &Log,
-    file: &GgufFile,
+    file: &'f GgufFile,
+    draft: Option<&'f GgufFile>,
     job: impl Job,
 ) -> Result<(), Failure> {
     let precision = if args.exact {
@@ -125,8 +139,11 @@ pub fn with_model(
                 gpu.name,
                 gpu.total_mem as f64 / (1u64 << 30) as f64
             ));
-            let model = load(file, gpu, log, "uploading to the GPU")?;
-            return job.run(&model);
+            let model = load(file, &gpu, log, "uploading to the GPU")?;
+            let draft = draft
+                .map(|f| load(f, &gpu, log, "uploading the draft"))
+                .transpose()?;
+            return job.run(&model, draft.as_ref());
         }
         #[cfg(not(feature = "cuda"))]
         return Err(super::no_cuda());
@@ -136,8 +153,13 @@ pub fn with_model(
         "backend: CPU, {threads} threads, {} activations",
         if args.exact { "f32" } else { "8-bit" }
     ));
-    let model = load(file, Cpu::new(threads, precision), log, "loading weights")?;
-    job.run(&model)
+    // One backend for both models: one thread pool, not two competing for the cores.
+    let cpu = Cpu::new(threads, precision);
+    let model = load(file, &cpu, log, "loading weights")?;
+    let draft = draft
+        .map(|f| load(f, &cpu, log, "loading the draft"))
+        .transpose()?;
+    job.run(&model, draft.as_ref())
 }
 
 fn load<'a, B: Backend<'a>>(

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::anyhow;
-use clap::Args;
+use clap::{Args, ValueEnum};
 
 use super::engine::{
     ms, per_sec, prefill, with_model, ChatFormat, Job, ModelArgs, Prompt, SamplingArgs,
@@ -20,6 +20,7 @@ use crate::gguf::GgufFile;
 use crate::kv::{self, check_kv_dim, KvSettings, KvType};
 use crate::model::Llama;
 use crate::session::Session;
+use crate::spec::{check_vocab, Decoder, Drafter, Plain, SpecParams, SpecStats, Speculator};
 use crate::tokenizer::{Tokenizer, Utf8Stream};
 
 #[derive(Args)]
@@ -86,6 +87,34 @@ pub struct GenArgs {
     json: bool,
     #[command(flatten)]
     log: LogArgs,
+    /// Speculative decoding: a small model with the same vocabulary drafts tokens that the
+    /// model verifies in one batched pass. The output is the model's own (the same tokens
+    /// when greedy, the same distribution when sampling), only faster when drafts are good.
+    #[arg(long, value_name = "FILE", conflicts_with = "draft")]
+    draft_model: Option<PathBuf>,
+    /// Speculative decoding without a draft model: `ngram` drafts the continuation of the
+    /// last earlier occurrence of the latest tokens (prompt lookup; good for summaries,
+    /// edits and quotes).
+    #[arg(long, value_name = "KIND")]
+    draft: Option<DraftKind>,
+    /// Most tokens drafted per verification. The lookahead K adapts: +2 after a draft
+    /// accepted whole, -1 after a rejection, within [max(--draft-min, 1), --draft-max].
+    #[arg(long, default_value_t = 16)]
+    draft_max: usize,
+    /// Fewest tokens drafted before --draft-p-min may stop a draft. 0 also lets speculation
+    /// turn itself off while it is slower per token than plain decoding (measured; then
+    /// sampled text varies with timings), retrying after 32 to 1024 tokens.
+    #[arg(long, default_value_t = 0)]
+    draft_min: usize,
+    /// Stop drafting when the drafter's most likely token is less likely than this.
+    #[arg(long, default_value_t = 0.75)]
+    draft_p_min: f32,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum DraftKind {
+    /// Prompt lookup: no draft model.
+    Ngram,
 }
 
 pub fn run(a: GenArgs) -> Result<(), Failure> {
@@ -107,6 +136,14 @@ pub fn run(a: GenArgs) -> Result<(), Failure> {
             parse_special: a.special,
         }
     };
+    let draft_file = match &a.draft_model {
+        Some(p) => {
+            let (f, _) = open_model(Some(p))?;
+            check_vocab(&file, &f).file()?;
+            Some(f)
+        }
+        None => None,
+    };
     let job = Gen {
         a: &a,
         tok: &tok,
@@ -115,7 +152,7 @@ pub fn run(a: GenArgs) -> Result<(), Failure> {
         file: &file,
         t_start,
     };
-    with_model(&a.model, &log, &file, job)
+    with_model(&a.model, &log, &file, draft_file.as_ref(), job)
 }
 
 /// Generation once the model is loaded.
@@ -129,11 +166,16 @@ struct Gen<'r> {
 }
 
 impl Job for Gen<'_> {
-    fn run<'a, B: Backend<'a>>(self, model: &Llama<'a, B>) -> Result<(), Failure> {
+    fn run<'a, B: Backend<'a>>(
+        self,
+        model: &Llama<'a, B>,
+        draft: Option<&Llama<'a, B>>,
+    ) -> Result<(), Failure> {
         generate(
             self.a,
             self.file,
             model,
+            draft,
             self.tok,
             self.prompt,
             self.log,
@@ -185,6 +227,7 @@ fn generate<'a, B: Backend<'a>>(
     a: &GenArgs,
     file: &GgufFile,
     model: &Llama<'a, B>,
+    draft: Option<&Llama<'a, B>>,
     tok: &Tokenizer,
     prompt: &Prompt,
     log: &Log,
@@ -208,7 +251,7 @@ fn generate<'a, B: Backend<'a>>(
             tokens.len()
         )));
     }
-    let mut sampler = a.sampling.sampler(model.config.vocab_size);
+    let sampler = a.sampling.sampler(model.config.vocab_size);
     let settings = KvSettings {
         ctx,
         keep: a.keep,
@@ -217,6 +260,30 @@ fn generate<'a, B: Backend<'a>>(
     };
     check_kv_dim(settings.ty, model.config.kv_dim()).usage()?;
     let mut session = Session::with_settings(model, &settings).generation()?;
+    let vocab = model.config.vocab_size;
+    let drafter = match (draft, a.draft) {
+        (Some(d), _) => {
+            if d.config.vocab_size != vocab {
+                return Err(Failure::File(anyhow!(
+                    "the draft model has {} logits, the model {vocab}: they need one vocabulary",
+                    d.config.vocab_size
+                )));
+            }
+            check_kv_dim(settings.ty, d.config.kv_dim()).usage()?;
+            Some(Drafter::Model {
+                session: Session::with_settings(d, &settings).generation()?,
+                // Its own stream of random numbers, from the same seed.
+                sampler: a.sampling.draft_sampler(vocab),
+            })
+        }
+        (None, Some(DraftKind::Ngram)) => Some(Drafter::Ngram),
+        (None, None) => None,
+    };
+    if drafter.is_some() && (a.prompt_cache.is_some() || a.ignore_eos) {
+        return Err(Failure::Usage(anyhow!(
+            "--prompt-cache and --ignore-eos do not work with speculative decoding yet"
+        )));
+    }
     let t_load = t_start.elapsed();
 
     let mut out = Output {
@@ -234,41 +301,58 @@ fn generate<'a, B: Backend<'a>>(
 
     let t_prefill = Instant::now();
     let mut reused = 0;
-    let mut logits = match &a.prompt_cache {
-        Some(path) => {
-            let compute = match (a.model.gpu, a.model.exact) {
-                (true, _) => "cuda",
-                (false, true) => "cpu exact",
-                (false, false) => "cpu",
-            };
-            let stamp = kv::file::stamp(file, &settings, compute);
-            reused = match reuse_prompt_cache(&mut session, path, stamp, &tokens) {
-                Ok(n) => n,
-                Err(e) => {
-                    eprintln!(
+    let mut decoder: Box<dyn Decoder + '_> = if let Some(drafter) = drafter {
+        let sp = SpecParams {
+            draft_max: a.draft_max,
+            draft_min: a.draft_min,
+            p_min: a.draft_p_min,
+        };
+        let mut spec = Speculator::new(session, sampler, drafter, sp, vocab).usage()?;
+        spec.prefill(&tokens).generation()?;
+        Box::new(spec)
+    } else {
+        match &a.prompt_cache {
+            Some(path) => {
+                let compute = match (a.model.gpu, a.model.exact) {
+                    (true, _) => "cuda",
+                    (false, true) => "cpu exact",
+                    (false, false) => "cpu",
+                };
+                let stamp = kv::file::stamp(file, &settings, compute);
+                reused = match reuse_prompt_cache(&mut session, path, stamp, &tokens) {
+                    Ok(n) => n,
+                    Err(e) => {
+                        eprintln!(
                         "wick: notice: not using the prompt cache {}: {e:#}; computing the prompt",
                         path.display()
                     );
-                    session = Session::with_settings(model, &settings).generation()?;
-                    0
-                }
-            };
-            let logits = prefill(&mut session, &tokens[reused..], log).generation()?;
-            if reused < tokens.len() - 1 || !path.exists() {
-                let saved = session
-                    .save_kv()
-                    .and_then(|rows| kv::file::save(path, stamp, session.tokens(), &rows));
-                if let Err(e) = saved {
-                    eprintln!("wick: notice: the prompt cache was not saved: {e:#}");
+                        session = Session::with_settings(model, &settings).generation()?;
+                        0
+                    }
+                };
+                prefill(&mut session, &tokens[reused..], log).generation()?;
+                if reused < tokens.len() - 1 || !path.exists() {
+                    let saved = session
+                        .save_kv()
+                        .and_then(|rows| kv::file::save(path, stamp, session.tokens(), &rows));
+                    if let Err(e) = saved {
+                        eprintln!("wick: notice: the prompt cache was not saved: {e:#}");
+                    }
                 }
             }
-            logits
+            None => {
+                prefill(&mut session, &tokens, log).generation()?;
+            }
         }
-        None => prefill(&mut session, &tokens, log).generation()?,
+        let mask = if a.ignore_eos {
+            tok.eog_tokens().to_vec()
+        } else {
+            Vec::new()
+        };
+        Box::new(Plain::new(session, sampler).with_options(mask, !a.no_context_shift))
     };
     let prefill_time = t_prefill.elapsed();
     let mut rss_first = None;
-    let mut shifts = 0usize;
     let mut emitted = Vec::<Instant>::new();
     let mut decode_time = Duration::ZERO;
     let mut n_generated = 0usize;
@@ -276,14 +360,15 @@ fn generate<'a, B: Backend<'a>>(
     let mut reason = StopReason::Length;
 
     while n_generated < limit {
-        if a.ignore_eos {
-            for &t in tok.eog_tokens() {
-                if let Some(l) = logits.get_mut(t as usize) {
-                    *l = f32::NEG_INFINITY;
-                }
-            }
+        let t = Instant::now();
+        let Some(next) = decoder.next().generation()? else {
+            reason = StopReason::Context;
+            break;
+        };
+        if n_generated > 0 {
+            // The first token comes from the prompt's logits; decoding starts after it.
+            decode_time += t.elapsed();
         }
-        let next = sampler.sample(&logits, session.tokens());
         if tok.is_eog(next) {
             reason = StopReason::Eos;
             break;
@@ -301,21 +386,9 @@ fn generate<'a, B: Backend<'a>>(
             reason = StopReason::Stop;
             break;
         }
-        if out.stdout.closed() || n_generated == limit {
+        if out.stdout.closed() {
             break;
         }
-        if session.room() == 0 {
-            if a.no_context_shift {
-                reason = StopReason::Context;
-                break;
-            }
-            session.shift().generation()?;
-            shifts += 1;
-        }
-        let t = Instant::now();
-        let l = session.step(next).generation()?;
-        logits.copy_from_slice(l);
-        decode_time += t.elapsed();
     }
     if reason != StopReason::Stop {
         // The last bytes of an incomplete UTF-8 character, and any text held back because
@@ -326,6 +399,7 @@ fn generate<'a, B: Backend<'a>>(
         out.flush().generation()?;
     }
     let decode_steps = n_generated.saturating_sub(1);
+    let shifts = decoder.shifts();
 
     if let Some(text) = &out.json {
         // Written by hand rather than with json!, whose map sorts keys: this keeps the
@@ -371,6 +445,9 @@ fn generate<'a, B: Backend<'a>>(
             shifts,
             rss: (rss_first, rss_bytes()),
         });
+        if let Some(s) = decoder.spec_stats() {
+            print_spec_stats(s);
+        }
     }
     Ok(())
 }
@@ -576,6 +653,31 @@ fn reuse_prompt_cache<'a, B: Backend<'a>>(
     let reuse = common.min(tokens.len() - 1);
     session.rollback(reuse)?;
     Ok(reuse)
+}
+
+fn print_spec_stats(s: &SpecStats) {
+    eprintln!(
+        "speculation: {} drafted, {} accepted (acceptance rate {:.3}); {:.2} accepted per \
+         verification; {:.2} tokens per target forward ({} verifications, {} plain steps)",
+        s.drafted,
+        s.accepted,
+        s.acceptance(),
+        s.accepted_per_verification(),
+        s.tokens_per_target_forward(),
+        s.verifications,
+        s.plain_steps
+    );
+    let per = |secs: f64, n: usize| if n == 0 { 0.0 } else { secs * 1e3 / n as f64 };
+    eprintln!(
+        "speculation time: draft {:.1} ms ({:.2} ms per draft forward), verify {:.1} ms ({:.2} ms \
+         each), plain {:.1} ms ({:.2} ms each)",
+        s.draft_secs * 1e3,
+        per(s.draft_secs, s.draft_forwards),
+        s.verify_secs * 1e3,
+        per(s.verify_secs, s.verifications),
+        s.plain_secs * 1e3,
+        per(s.plain_secs, s.plain_steps)
+    );
 }
 
 #[cfg(test)]

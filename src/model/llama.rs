@@ -51,6 +51,11 @@ pub struct State<'a, B: Backend<'a>> {
     last: B::Buf,
     logits_buf: B::Buf,
     logits: Vec<f32>,
+    /// Logits of every row of a batch (`Logits::All`), for `rows_cap` rows; empty until
+    /// `Llama::reserve_rows` asks for them, since most sequences never verify drafts.
+    rows_buf: Option<B::Buf>,
+    rows_logits: Vec<f32>,
+    rows_cap: usize,
     pub kv: B::Kv,
     /// The layout of each layer's cache, as the backend's `kv` has it.
     layouts: Vec<KvLayout>,
@@ -77,6 +82,26 @@ impl<'a, B: Backend<'a>> State<'a, B> {
     pub fn layouts(&self) -> &[KvLayout] {
         &self.layouts
     }
+
+    /// The logits of row `i` of the last `Logits::All` forward pass.
+    pub fn row_logits(&self, i: usize) -> &[f32] {
+        let v = self.logits.len();
+        &self.rows_logits[i * v..(i + 1) * v]
+    }
+}
+
+/// Which logits a forward pass computes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Logits {
+    /// None: a prompt chunk before the last.
+    None,
+    /// After the last token only, read with `State::logits`.
+    Last,
+    /// After every token of the batch, read with `State::row_logits`; verifying a draft
+    /// needs the target's prediction at each drafted position. Each row is computed bit
+    /// for bit as a one-token pass would (`Backend::set_row_exact`). Needs
+    /// `Llama::reserve_rows`.
+    All,
 }
 
 impl<'a, B: Backend<'a>> Llama<'a, B> {
@@ -169,19 +194,36 @@ impl<'a, B: Backend<'a>> Llama<'a, B> {
             kv: be.kv_cache(&layouts, c.kv_dim())?,
             layouts,
             settings: *settings,
+            rows_buf: None,
+            rows_logits: Vec::new(),
+            rows_cap: 0,
             graph: None,
         })
     }
 
+    /// Makes room for `Logits::All` over batches of up to `rows` tokens (once; later calls
+    /// with fewer rows keep the buffers).
+    pub fn reserve_rows(&self, s: &mut State<'a, B>, rows: usize) -> Result<()> {
+        if rows > MAX_BATCH {
+            bail!("a forward pass takes at most {MAX_BATCH} tokens, not {rows}");
+        }
+        if rows > s.rows_cap {
+            let v = self.config.vocab_size;
+            s.rows_buf = Some(self.backend.buffer(rows * v)?);
+            s.rows_logits = vec![0.0; rows * v];
+            s.rows_cap = rows;
+        }
+        Ok(())
+    }
+
     /// Runs `tokens` (at most `MAX_BATCH`) at positions `pos0..`, appending their keys and
-    /// values to the cache. With `want_logits`, computes the logits after the last token,
-    /// which `State::logits` then returns.
+    /// values to the cache, and computes the logits `which` asks for.
     pub fn forward(
         &self,
         s: &mut State<'a, B>,
         tokens: &[u32],
         pos0: usize,
-        want_logits: bool,
+        which: Logits,
     ) -> Result<()> {
         let be = &self.backend;
         let n = tokens.len();
@@ -195,18 +237,38 @@ impl<'a, B: Backend<'a>> Llama<'a, B> {
                 s.capacity()
             );
         }
+        if which == Logits::All && n > s.rows_cap {
+            bail!(
+                "logits of {n} rows asked for, but only {} were reserved",
+                s.rows_cap
+            );
+        }
         be.begin_forward(tokens, pos0)?;
-        if n == 1 && want_logits {
+        if n == 1 && which == Logits::Last {
             // A decode step: the same ops every time, so a backend may record and replay it.
             let mut graph = s.graph.take();
-            let r = be.run_step(&mut graph, &mut || self.run_ops(s, tokens, pos0, true));
+            let r = be.run_step(&mut graph, &mut || self.run_ops(s, tokens, pos0, which));
             s.graph = graph;
             r?;
+        } else if which == Logits::All {
+            // Each row as a decode step would compute it, so a verified draft agrees
+            // bit for bit with plain decoding.
+            be.set_row_exact(true);
+            let r = self.run_ops(s, tokens, pos0, which);
+            be.set_row_exact(false);
+            r?;
         } else {
-            self.run_ops(s, tokens, pos0, want_logits)?;
+            self.run_ops(s, tokens, pos0, which)?;
         }
-        if want_logits {
-            be.read(&s.logits_buf, &mut s.logits)?;
+        match which {
+            Logits::None => {}
+            Logits::Last => be.read(&s.logits_buf, &mut s.logits)?,
+            Logits::All => {
+                let v = self.config.vocab_size;
+                if let Some(buf) = &s.rows_buf {
+                    be.read(buf, &mut s.rows_logits[..n * v])?;
+                }
+            }
         }
         Ok(())
     }
@@ -228,7 +290,7 @@ impl<'a, B: Backend<'a>> Llama<'a, B> {
         s: &mut State<'a, B>,
         tokens: &[u32],
         pos0: usize,
-        want_logits: bool,
+        which: Logits,
     ) -> Result<()> {
         let (c, be, shape) = (&self.config, &self.backend, self.shape());
         let n = tokens.len();
@@ -257,11 +319,19 @@ impl<'a, B: Backend<'a>> Llama<'a, B> {
             be.swiglu(&mut s.gate, &s.up, n * c.ffn_dim)?;
             be.matmul_add(&s.gate, n, &w.w_down, &mut s.x)?;
         }
-        if want_logits {
-            be.copy_row(&s.x, n - 1, c.dim, &mut s.last)?;
-            be.rmsnorm(&s.last, &self.output_norm, c.rms_eps, 1, &mut s.xb)?;
-            let output = self.output.as_ref().unwrap_or(&self.embed);
-            be.matmul(&s.xb, 1, &[output], &mut [&mut s.logits_buf])?;
+        let output = self.output.as_ref().unwrap_or(&self.embed);
+        match which {
+            Logits::None => {}
+            Logits::Last => {
+                be.copy_row(&s.x, n - 1, c.dim, &mut s.last)?;
+                be.rmsnorm(&s.last, &self.output_norm, c.rms_eps, 1, &mut s.xb)?;
+                be.matmul(&s.xb, 1, &[output], &mut [&mut s.logits_buf])?;
+            }
+            Logits::All => {
+                let out = s.rows_buf.as_mut().expect("rows reserved, checked above");
+                be.rmsnorm(&s.x, &self.output_norm, c.rms_eps, n, &mut s.xb)?;
+                be.matmul(&s.xb, n, &[output], &mut [out])?;
+            }
         }
         Ok(())
     }

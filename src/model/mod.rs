@@ -5,7 +5,7 @@ mod llama;
 mod weights;
 
 pub use config::{Config, SUPPORTED_ARCHS};
-pub use llama::{Llama, State, MAX_BATCH};
+pub use llama::{Llama, Logits, State, MAX_BATCH};
 pub use weights::Tensor;
 
 /// stories260K, compiled into the binary so that `wick gen` works with no model file.

@@ -113,6 +113,58 @@ fn by_logit_desc(a: &Candidate, b: &Candidate) -> Ordering {
     b.logit.total_cmp(&a.logit).then(a.id.cmp(&b.id))
 }
 
+/// A token distribution after the sampler's transformations: the surviving tokens and
+/// their probabilities, most likely first. Reused across calls, so it allocates only while
+/// it grows to the largest support seen.
+#[derive(Clone, Debug, Default)]
+pub struct Probs {
+    items: Vec<(u32, f32)>,
+}
+
+impl Probs {
+    pub fn new() -> Probs {
+        Probs::default()
+    }
+
+    /// (token, probability) pairs, most likely first; the probabilities sum to 1.
+    pub fn items(&self) -> &[(u32, f32)] {
+        &self.items
+    }
+
+    /// The most likely token and its probability.
+    pub fn top(&self) -> (u32, f32) {
+        self.items.first().copied().unwrap_or((0, 0.0))
+    }
+
+    /// The probability of `id` (0 outside the support). Linear in the support, which the
+    /// filters keep small; callers that need many lookups spread it over a dense table.
+    pub fn get(&self, id: u32) -> f32 {
+        self.items
+            .iter()
+            .find(|&&(t, _)| t == id)
+            .map_or(0.0, |&(_, p)| p)
+    }
+
+    /// Replaces the contents with `items`, normalized and sorted most likely first; zero
+    /// weights are dropped. An all-zero input leaves it empty.
+    pub fn set_weights(&mut self, items: impl Iterator<Item = (u32, f32)>) {
+        self.items.clear();
+        self.items.extend(items.filter(|&(_, w)| w > 0.0));
+        let total: f64 = self.items.iter().map(|&(_, w)| w as f64).sum();
+        for (_, w) in &mut self.items {
+            *w = (*w as f64 / total) as f32;
+        }
+        self.items
+            .sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    }
+
+    /// The distribution that puts all mass on `id`.
+    pub fn set_one_hot(&mut self, id: u32) {
+        self.items.clear();
+        self.items.push((id, 1.0));
+    }
+}
+
 pub struct Sampler {
     params: SamplerParams,
     rng: Rng,
@@ -162,6 +214,65 @@ impl Sampler {
         self.apply_top_p();
         self.apply_min_p();
         self.draw()
+    }
+
+    /// The distribution `sample` draws from, for speculative sampling, which needs the
+    /// probabilities themselves: the same repeat penalty, filters and temperature. Greedy
+    /// (temperature <= 0) gives all the mass to the argmax.
+    pub fn probs(&mut self, logits: &[f32], history: &[u32], out: &mut Probs) {
+        assert!(!logits.is_empty(), "probs: no logits");
+        self.candidates.clear();
+        self.candidates
+            .extend(logits.iter().enumerate().map(|(i, &l)| Candidate {
+                id: i as u32,
+                logit: if l.is_nan() { f32::NEG_INFINITY } else { l },
+            }));
+        self.apply_repeat_penalty(history);
+        if self.params.temp <= 0.0 {
+            out.set_one_hot(self.argmax());
+            return;
+        }
+        self.apply_top_k();
+        self.apply_top_p();
+        self.apply_min_p();
+        let max = self.candidates[0].logit;
+        if max == f32::NEG_INFINITY {
+            out.set_one_hot(self.candidates[0].id);
+            return;
+        }
+        let inv_t = 1.0 / self.params.temp as f64;
+        out.items.clear();
+        let mut total = 0.0f64;
+        for c in &self.candidates {
+            let w = ((c.logit - max) as f64 * inv_t).exp();
+            total += w;
+            out.items.push((c.id, w as f32));
+        }
+        // Candidates are sorted best first, so `out` already is.
+        for (_, w) in &mut out.items {
+            *w = (*w as f64 / total) as f32;
+        }
+    }
+
+    /// One draw from `p` (greedy picks its top token).
+    pub fn draw_from(&mut self, p: &Probs) -> u32 {
+        if self.params.temp <= 0.0 {
+            return p.top().0;
+        }
+        let mut r = self.rng.next_f64();
+        for &(id, w) in &p.items {
+            r -= w as f64;
+            if r < 0.0 {
+                return id;
+            }
+        }
+        // Rounding can leave a sliver past the last probability.
+        p.items.last().map_or(0, |&(id, _)| id)
+    }
+
+    /// Uniform in [0, 1), from the same seeded stream as the draws.
+    pub fn uniform(&mut self) -> f64 {
+        self.rng.next_f64()
     }
 
     /// Positive logits are divided by the penalty and the others multiplied, so either way
@@ -512,6 +623,54 @@ mod tests {
         let d = SamplerParams::default();
         assert_eq!((d.temp, d.top_k, d.top_p, d.min_p), (0.8, 40, 0.95, 0.05));
         assert_eq!((d.repeat_penalty, d.repeat_last_n), (1.0, 64));
+    }
+
+    #[test]
+    fn probs_match_the_draws_of_sample() {
+        let p = SamplerParams {
+            top_k: 5,
+            top_p: 0.9,
+            min_p: 0.02,
+            repeat_penalty: 1.3,
+            ..params(0.7)
+        };
+        let history = [3, 4];
+        let mut s = Sampler::new(p.clone(), LOGITS.len());
+        let mut probs = Probs::new();
+        s.probs(&LOGITS, &history, &mut probs);
+        let sum: f32 = probs.items().iter().map(|x| x.1).sum();
+        assert!((sum - 1.0).abs() < 1e-5, "{probs:?}");
+        const N: usize = 20_000;
+        let mut got = vec![0usize; LOGITS.len()];
+        for _ in 0..N {
+            got[s.sample(&LOGITS, &history) as usize] += 1;
+        }
+        for (id, &c) in got.iter().enumerate() {
+            let want = probs.get(id as u32) as f64 * N as f64;
+            if want == 0.0 {
+                assert_eq!(c, 0, "token {id} is outside the support: {probs:?}");
+            } else {
+                assert!(
+                    (c as f64 - want).abs() < 5.0 * want.sqrt() + 5.0,
+                    "{id}: {c} vs {want}"
+                );
+            }
+        }
+        // Greedy: all the mass on the penalized argmax.
+        let mut g = Sampler::new(SamplerParams { temp: 0.0, ..p }, LOGITS.len());
+        g.probs(&LOGITS, &[3], &mut probs);
+        assert_eq!(probs.items(), &[(4, 1.0)]);
+    }
+
+    #[test]
+    fn draw_from_follows_the_probabilities() {
+        let mut probs = Probs::new();
+        probs.set_weights([(7, 1.0), (2, 3.0), (5, 0.0)].into_iter());
+        assert_eq!(probs.items(), &[(2, 0.75), (7, 0.25)]);
+        let mut s = Sampler::new(params(1.0), 8);
+        let n = 8000;
+        let twos = (0..n).filter(|_| s.draw_from(&probs) == 2).count();
+        assert!((twos as f64 / n as f64 - 0.75).abs() < 0.02, "{twos}");
     }
 
     #[test]

@@ -4,7 +4,7 @@
 mod ops;
 pub mod pool;
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 
 use anyhow::{ensure, Result};
 
@@ -29,6 +29,8 @@ pub struct Cpu {
     dot: RefCell<DotInput>,
     /// One attention-score row per thread, grown when a larger cache is made.
     scores: RefCell<Vec<f32>>,
+    /// `Backend::set_row_exact`: no 4x4 tiles, whose sums round unlike a one-row dot's.
+    row_exact: Cell<bool>,
 }
 
 impl Cpu {
@@ -37,6 +39,7 @@ impl Cpu {
             pool: ThreadPool::new(n_threads),
             dot: RefCell::new(DotInput::new(precision)),
             scores: RefCell::new(Vec::new()),
+            row_exact: Cell::new(false),
         }
     }
 
@@ -53,6 +56,7 @@ impl Cpu {
         let out = SharedMut::new(&mut out[..n_rows * n_b]);
         let t = self.pool.n_threads();
         let rb = w.row_bytes();
+        let tile = x.has_tile(w.ty) && !self.row_exact.get();
         self.pool.run(|i| {
             let mine = split(n_rows, i, t, ROW_STEP);
             let mut r0 = mine.start;
@@ -63,7 +67,7 @@ impl Cpu {
                 prefetch(&w.data[from * rb..ahead * rb]);
                 // Four activation rows at a time through the tile kernel, which decodes
                 // each weight block once for all four; the rest one row at a time.
-                let tiled = if x.has_tile(w.ty) { n_b / 4 * 4 } else { 0 };
+                let tiled = if tile { n_b / 4 * 4 } else { 0 };
                 for b in (0..tiled).step_by(4) {
                     let mut r = r0;
                     while r + 4 <= r1 {
@@ -355,6 +359,10 @@ impl<'a> Backend<'a> for Cpu {
     fn read(&self, src: &Vec<f32>, out: &mut [f32]) -> Result<()> {
         out.copy_from_slice(&src[..out.len()]);
         Ok(())
+    }
+
+    fn set_row_exact(&self, on: bool) {
+        self.row_exact.set(on);
     }
 }
 

@@ -87,7 +87,7 @@ pub fn run(a: ChatArgs) -> Result<(), Failure> {
         piped,
         name: &name,
     };
-    with_model(&a.model, &log, &file, job)
+    with_model(&a.model, &log, &file, None, job)
 }
 
 struct ChatJob<'r> {
@@ -100,7 +100,11 @@ struct ChatJob<'r> {
 }
 
 impl Job for ChatJob<'_> {
-    fn run<'a, B: Backend<'a>>(self, model: &Llama<'a, B>) -> Result<(), Failure> {
+    fn run<'a, B: Backend<'a>>(
+        self,
+        model: &Llama<'a, B>,
+        _draft: Option<&Llama<'a, B>>,
+    ) -> Result<(), Failure> {
         let a = self.a;
         let ctx = a.model.ctx(&model.config, self.log)?;
         let limit = usize::try_from(a.n_predict).unwrap_or(usize::MAX);

@@ -1,0 +1,131 @@
+//! The acceptance rule of speculative sampling (Leviathan et al. 2023; Chen et al. 2023):
+//! a drafted token `x ~ q` is kept with probability `min(1, p(x) / q(x))`; otherwise the
+//! token is drawn from `normalize(max(0, p - q))`. Either way the token follows `p`
+//! exactly. With one-hot `p` and `q` (greedy) it keeps `x` iff it is the target's argmax,
+//! and otherwise replaces it with that argmax.
+
+use crate::sample::{Probs, Sampler};
+
+/// Scratch for `judge`, allocated once for a vocabulary.
+pub struct Judge {
+    /// `q` spread over the vocabulary while a residual is built; zero between calls.
+    dense: Vec<f32>,
+    residual: Probs,
+}
+
+impl Judge {
+    pub fn new(vocab: usize) -> Judge {
+        Judge {
+            dense: vec![0.0; vocab],
+            residual: Probs::new(),
+        }
+    }
+
+    /// `None` keeps the drafted token `x` (drawn from `q`); `Some(t)` rejects it for `t`.
+    /// Randomness comes from `rng`, the target's sampler.
+    pub fn judge(&mut self, p: &Probs, q: &Probs, x: u32, rng: &mut Sampler) -> Option<u32> {
+        let (px, qx) = (p.get(x) as f64, q.get(x) as f64);
+        if px >= qx {
+            return None;
+        }
+        // `u < px / qx`, without dividing by a tiny q.
+        if rng.uniform() * qx < px {
+            return None;
+        }
+        for &(id, w) in q.items() {
+            if let Some(d) = self.dense.get_mut(id as usize) {
+                *d = w;
+            }
+        }
+        let dense = &self.dense;
+        self.residual.set_weights(p.items().iter().map(|&(id, w)| {
+            let qw = dense.get(id as usize).copied().unwrap_or(0.0);
+            (id, (w - qw).max(0.0))
+        }));
+        for &(id, _) in q.items() {
+            if let Some(d) = self.dense.get_mut(id as usize) {
+                *d = 0.0;
+            }
+        }
+        // Empty only when rounding made p <= q everywhere, which the test above all but
+        // rules out; p itself is then the right law.
+        let t = if self.residual.items().is_empty() {
+            rng.draw_from(p)
+        } else {
+            rng.draw_from(&self.residual)
+        };
+        Some(t)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sample::SamplerParams;
+
+    fn probs(w: &[f32]) -> Probs {
+        let mut p = Probs::new();
+        p.set_weights(w.iter().enumerate().map(|(i, &w)| (i as u32, w)));
+        p
+    }
+
+    /// Draft from q, judge against p, many times: the kept tokens must follow p.
+    #[test]
+    fn kept_tokens_follow_the_target() {
+        let p = probs(&[0.5, 0.3, 0.15, 0.05, 0.0]);
+        let q = probs(&[0.1, 0.1, 0.2, 0.3, 0.3]);
+        let params = SamplerParams {
+            temp: 1.0,
+            seed: 11,
+            ..SamplerParams::default()
+        };
+        let mut rng = Sampler::new(params.clone(), 5);
+        let mut drafter = Sampler::new(SamplerParams { seed: 12, ..params }, 5);
+        let mut judge = Judge::new(5);
+        const N: usize = 40_000;
+        let mut counts = [0usize; 5];
+        let mut kept = 0;
+        for _ in 0..N {
+            let x = drafter.draw_from(&q);
+            let t = match judge.judge(&p, &q, x, &mut rng) {
+                None => {
+                    kept += 1;
+                    x
+                }
+                Some(t) => t,
+            };
+            counts[t as usize] += 1;
+        }
+        assert_eq!(counts[4], 0, "{counts:?}");
+        let chi2: f64 = (0..4)
+            .map(|i| {
+                let e = p.get(i) as f64 * N as f64;
+                (counts[i as usize] as f64 - e).powi(2) / e
+            })
+            .sum();
+        // 3 degrees of freedom: P(chi2 > 16.27) = 0.001.
+        assert!(chi2 < 16.27, "chi2 {chi2}, counts {counts:?}");
+        // Acceptance is sum(min(p, q)) = 0.1 + 0.1 + 0.15 + 0.05 = 0.4.
+        let rate = kept as f64 / N as f64;
+        assert!((rate - 0.4).abs() < 0.015, "acceptance {rate}");
+        assert!(judge.dense.iter().all(|&d| d == 0.0));
+    }
+
+    #[test]
+    fn greedy_keeps_only_the_argmax() {
+        let mut rng = Sampler::new(
+            SamplerParams {
+                temp: 0.0,
+                ..SamplerParams::default()
+            },
+            4,
+        );
+        let mut judge = Judge::new(4);
+        let (mut p, mut q) = (Probs::new(), Probs::new());
+        p.set_one_hot(2);
+        q.set_one_hot(2);
+        assert_eq!(judge.judge(&p, &q, 2, &mut rng), None);
+        q.set_one_hot(1);
+        assert_eq!(judge.judge(&p, &q, 1, &mut rng), Some(2));
+    }
+}

@@ -1,0 +1,185 @@
+//! Speculative decoding: a cheap drafter proposes a few tokens, the model verifies them all
+//! in one batched forward pass, and the longest acceptable prefix is kept. The output
+//! follows the model alone exactly: greedy picks the same tokens, and sampling follows the
+//! same distribution (standard speculative sampling).
+//!
+//! Generation asks a [`Decoder`] for one token at a time; [`Plain`] runs one forward pass
+//! per token, [`Speculator`] hands out the tokens of each verified draft.
+
+mod accept;
+mod lookahead;
+mod ngram;
+mod speculator;
+mod vocab;
+
+use anyhow::Result;
+
+use crate::backend::Backend;
+use crate::sample::Sampler;
+use crate::session::Session;
+
+pub use lookahead::Lookahead;
+pub use ngram::ngram_draft;
+pub use speculator::{Drafter, Speculator};
+pub use vocab::check_vocab;
+
+/// Where generation gets its tokens.
+pub trait Decoder {
+    /// Feeds the prompt; the first `next` picks from the logits after it.
+    fn prefill(&mut self, prompt: &[u32]) -> Result<()>;
+    /// The next token, or `None` when the context is full.
+    fn next(&mut self) -> Result<Option<u32>>;
+    /// Draft and acceptance counts, for a speculative decoder.
+    fn spec_stats(&self) -> Option<&SpecStats> {
+        None
+    }
+    /// Context shifts so far.
+    fn shifts(&self) -> usize {
+        0
+    }
+}
+
+/// One forward pass per token.
+pub struct Plain<'m, 'a, B: Backend<'a>> {
+    session: Session<'m, 'a, B>,
+    sampler: Sampler,
+    /// The last token handed out, fed lazily by the next call so that the last token of a
+    /// generation costs no forward pass.
+    pending: Option<u32>,
+    /// Tokens never to sample (--ignore-eos masks the end-of-generation tokens).
+    mask: Vec<u32>,
+    /// Whether a full context shifts (see `Session::shift`) rather than ending the text.
+    shift: bool,
+    shifts: usize,
+    /// The logits with the mask applied, reused every step.
+    masked: Vec<f32>,
+}
+
+impl<'m, 'a, B: Backend<'a>> Plain<'m, 'a, B> {
+    pub fn new(session: Session<'m, 'a, B>, sampler: Sampler) -> Self {
+        Plain {
+            session,
+            sampler,
+            pending: None,
+            mask: Vec::new(),
+            shift: false,
+            shifts: 0,
+            masked: Vec::new(),
+        }
+    }
+
+    /// Masks `mask` out of every choice, and shifts the context when it fills up instead
+    /// of stopping, when `shift` is set.
+    pub fn with_options(mut self, mask: Vec<u32>, shift: bool) -> Self {
+        self.mask = mask;
+        self.shift = shift;
+        self
+    }
+}
+
+impl<'a, B: Backend<'a>> Decoder for Plain<'_, 'a, B> {
+    fn prefill(&mut self, prompt: &[u32]) -> Result<()> {
+        self.session.prefill(prompt)?;
+        self.pending = None;
+        Ok(())
+    }
+
+    fn next(&mut self) -> Result<Option<u32>> {
+        if let Some(t) = self.pending.take() {
+            if self.session.room() == 0 {
+                if !self.shift {
+                    return Ok(None);
+                }
+                self.session.shift()?;
+                self.shifts += 1;
+            }
+            self.session.step(t)?;
+        }
+        let logits = self.session.logits();
+        let t = if self.mask.is_empty() {
+            self.sampler.sample(logits, self.session.tokens())
+        } else {
+            self.masked.clear();
+            self.masked.extend_from_slice(logits);
+            for &m in &self.mask {
+                if let Some(l) = self.masked.get_mut(m as usize) {
+                    *l = f32::NEG_INFINITY;
+                }
+            }
+            self.sampler.sample(&self.masked, self.session.tokens())
+        };
+        self.pending = Some(t);
+        Ok(Some(t))
+    }
+
+    fn shifts(&self) -> usize {
+        self.shifts
+    }
+}
+
+/// Lookahead settings: how many tokens a draft may hold.
+#[derive(Clone, Debug)]
+pub struct SpecParams {
+    /// Most tokens drafted per verification.
+    pub draft_max: usize,
+    /// Fewest tokens drafted per verification before `p_min` may stop the draft. 0 also
+    /// lets speculation switch itself off while it does not pay (see `Lookahead`).
+    pub draft_min: usize,
+    /// Stop drafting when the draft's most likely token is less likely than this.
+    pub p_min: f32,
+}
+
+impl Default for SpecParams {
+    fn default() -> Self {
+        SpecParams {
+            draft_max: 16,
+            draft_min: 0,
+            p_min: 0.75,
+        }
+    }
+}
+
+/// What speculation did, for `--stats`.
+#[derive(Clone, Debug, Default)]
+pub struct SpecStats {
+    /// Batched verifications of a draft.
+    pub verifications: usize,
+    /// One-token forward passes of the model, when there was no draft.
+    pub plain_steps: usize,
+    /// Tokens drafted, and how many of them the model accepted.
+    pub drafted: usize,
+    pub accepted: usize,
+    /// Forward passes of the draft model.
+    pub draft_forwards: usize,
+    /// Tokens produced by verifications and plain steps.
+    pub produced: usize,
+    /// Seconds spent drafting, verifying, and in plain steps.
+    pub draft_secs: f64,
+    pub verify_secs: f64,
+    pub plain_secs: f64,
+}
+
+impl SpecStats {
+    /// Fraction of drafted tokens accepted.
+    pub fn acceptance(&self) -> f64 {
+        ratio(self.accepted, self.drafted)
+    }
+
+    /// Drafted tokens accepted per verification.
+    pub fn accepted_per_verification(&self) -> f64 {
+        ratio(self.accepted, self.verifications)
+    }
+
+    /// Tokens produced per forward pass of the model.
+    pub fn tokens_per_target_forward(&self) -> f64 {
+        ratio(self.produced, self.verifications + self.plain_steps)
+    }
+}
+
+fn ratio(a: usize, b: usize) -> f64 {
+    if b == 0 {
+        0.0
+    } else {
+        a as f64 / b as f64
+    }
+}

@@ -1,0 +1,288 @@
+//! The speculative decoder: draft, verify in one batched pass, accept, roll back.
+
+use std::collections::VecDeque;
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+
+use super::accept::Judge;
+use super::{ngram_draft, Decoder, Lookahead, SpecParams, SpecStats};
+use crate::backend::Backend;
+use crate::sample::{Probs, Sampler};
+use crate::session::Session;
+
+/// Where drafts come from.
+// Made once per generation, so the size of the model variant costs nothing.
+#[allow(clippy::large_enum_variant)]
+pub enum Drafter<'m, 'a, B: Backend<'a>> {
+    /// A small model with the target's vocabulary, sampled with its own sampler (normally
+    /// the target's settings; any settings keep the output exact, closer ones accept more).
+    Model {
+        session: Session<'m, 'a, B>,
+        sampler: Sampler,
+    },
+    /// Prompt lookup: the continuation of the latest earlier occurrence of the context's
+    /// last tokens.
+    Ngram,
+}
+
+/// A target session and a drafter. Invariant between steps: the target has fed every
+/// produced token but the last (`last`), which the next verification feeds first.
+pub struct Speculator<'m, 'a, B: Backend<'a>> {
+    target: Session<'m, 'a, B>,
+    sampler: Sampler,
+    drafter: Drafter<'m, 'a, B>,
+    params: SpecParams,
+    lookahead: Lookahead,
+    stats: SpecStats,
+    judge: Judge,
+    /// Produced tokens not handed out yet.
+    ready: VecDeque<u32>,
+    last: Option<u32>,
+    // Scratch, reused every step.
+    batch: Vec<u32>,
+    drafted: Vec<u32>,
+    /// The distribution each drafted token was drawn from.
+    q: Vec<Probs>,
+    p: Probs,
+}
+
+impl<'m, 'a, B: Backend<'a>> Speculator<'m, 'a, B> {
+    /// `sampler` samples the target; a model drafter brings its own.
+    pub fn new(
+        mut target: Session<'m, 'a, B>,
+        sampler: Sampler,
+        drafter: Drafter<'m, 'a, B>,
+        params: SpecParams,
+        vocab: usize,
+    ) -> Result<Self> {
+        if params.draft_max == 0 || params.draft_max + 1 > crate::model::MAX_BATCH {
+            bail!(
+                "--draft-max must be 1 to {}, not {}",
+                crate::model::MAX_BATCH - 1,
+                params.draft_max
+            );
+        }
+        target.reserve_rows(params.draft_max + 1)?;
+        let ctx = target.ctx();
+        Ok(Speculator {
+            target,
+            sampler,
+            drafter,
+            lookahead: Lookahead::new(params.draft_min, params.draft_max),
+            stats: SpecStats::default(),
+            judge: Judge::new(vocab),
+            ready: VecDeque::with_capacity(params.draft_max + 1),
+            last: None,
+            // The n-gram drafter copies the whole context here.
+            batch: Vec::with_capacity(ctx + 1),
+            drafted: Vec::with_capacity(params.draft_max),
+            q: (0..params.draft_max).map(|_| Probs::new()).collect(),
+            p: Probs::new(),
+            params,
+        })
+    }
+
+    pub fn stats(&self) -> &SpecStats {
+        &self.stats
+    }
+
+    /// Like `Decoder::prefill`, but holds back the prompt's last token for the first
+    /// verification, so that even the first generated token is drafted and verified.
+    pub fn prefill_drafting(&mut self, prompt: &[u32]) -> Result<()> {
+        let Some((&last, head)) = prompt.split_last() else {
+            bail!("nothing to prefill");
+        };
+        if !head.is_empty() {
+            self.target.prefill(head)?;
+        }
+        self.ready.clear();
+        self.last = Some(last);
+        Ok(())
+    }
+
+    /// One plain forward pass of the target for `last`, then a token from its logits.
+    fn plain_step(&mut self, last: u32) -> Result<u32> {
+        self.target.step(last)?;
+        self.stats.plain_steps += 1;
+        Ok(self
+            .sampler
+            .sample(self.target.logits(), self.target.tokens()))
+    }
+
+    /// Drafts up to `k` tokens after the target's tokens and `last` into `self.drafted`
+    /// (and, from a model, their distributions into `self.q`).
+    fn draft(&mut self, last: u32, k: usize) -> Result<()> {
+        self.drafted.clear();
+        let ctx = self.target.tokens();
+        match &mut self.drafter {
+            Drafter::Ngram => {
+                self.batch.clear();
+                self.batch.extend_from_slice(ctx);
+                self.batch.push(last);
+                ngram_draft(&self.batch, k, &mut self.drafted);
+                for (q, &t) in self.q.iter_mut().zip(&self.drafted) {
+                    q.set_one_hot(t);
+                }
+            }
+            Drafter::Model { session, sampler } => {
+                // Catch up: forget the draft's rejected tokens, feed what it lacks.
+                let common = session
+                    .tokens()
+                    .iter()
+                    .zip(ctx)
+                    .take_while(|(a, b)| a == b)
+                    .count();
+                session.rollback(common)?;
+                self.batch.clear();
+                self.batch.extend_from_slice(&ctx[common..]);
+                self.batch.push(last);
+                if self.batch.len() > session.room() {
+                    // The draft's context is full: no more drafts.
+                    return Ok(());
+                }
+                session.prefill(&self.batch)?;
+                self.stats.draft_forwards += 1;
+                let greedy = sampler.params().temp <= 0.0;
+                for i in 0..k {
+                    let q = &mut self.q[i];
+                    sampler.probs(session.logits(), session.tokens(), q);
+                    let top = if greedy {
+                        softmax_top(session.logits())
+                    } else {
+                        q.top().1
+                    };
+                    if i >= self.params.draft_min && top < self.params.p_min {
+                        break;
+                    }
+                    let t = sampler.draw_from(q);
+                    self.drafted.push(t);
+                    if i + 1 == k || session.room() == 0 {
+                        break;
+                    }
+                    session.step(t)?;
+                    self.stats.draft_forwards += 1;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// One speculative step: draft, verify, accept, roll back; produced tokens go to
+    /// `ready`. Returns false when the context is full.
+    fn advance(&mut self) -> Result<bool> {
+        let Some(last) = self.last else {
+            bail!("speculator: no prompt was fed");
+        };
+        if self.target.room() == 0 {
+            return Ok(false);
+        }
+        let t0 = Instant::now();
+        let k = self.lookahead.draft_len().min(self.target.room() - 1);
+        if k == 0 {
+            let t = self.plain_step(last)?;
+            self.finish(&[], t);
+            let secs = t0.elapsed().as_secs_f64();
+            self.stats.plain_secs += secs;
+            self.lookahead.plain_done(secs);
+            return Ok(true);
+        }
+        self.draft(last, k)?;
+        let t1 = Instant::now();
+        self.stats.draft_secs += (t1 - t0).as_secs_f64();
+        let n = self.drafted.len();
+        if n == 0 {
+            let t = self.plain_step(last)?;
+            self.finish(&[], t);
+            self.stats.plain_secs += t1.elapsed().as_secs_f64();
+            self.lookahead
+                .step_done(0, 0, 1, t0.elapsed().as_secs_f64());
+            return Ok(true);
+        }
+
+        let base = self.target.tokens().len();
+        self.batch.clear();
+        self.batch.push(last);
+        self.batch.extend_from_slice(&self.drafted);
+        self.target.feed_all(&self.batch)?;
+        // Row i holds the target's prediction after `last` and i drafted tokens.
+        let mut accepted = 0;
+        let mut next = None;
+        for i in 0..=n {
+            let history = &self.target.tokens()[..base + 1 + i];
+            self.sampler
+                .probs(self.target.row_logits(i), history, &mut self.p);
+            if i == n {
+                // The whole draft stood: a bonus token from the target alone.
+                next = Some(self.sampler.draw_from(&self.p));
+                break;
+            }
+            let x = self.drafted[i];
+            match self.judge.judge(&self.p, &self.q[i], x, &mut self.sampler) {
+                None => accepted += 1,
+                Some(t) => {
+                    next = Some(t);
+                    break;
+                }
+            }
+        }
+        let next = next.expect("the loop always ends with a token");
+        self.target.rollback(base + 1 + accepted)?;
+        let drafted = std::mem::take(&mut self.drafted);
+        self.finish(&drafted[..accepted], next);
+        self.drafted = drafted;
+
+        self.stats.verifications += 1;
+        self.stats.drafted += n;
+        self.stats.accepted += accepted;
+        self.stats.verify_secs += t1.elapsed().as_secs_f64();
+        self.lookahead
+            .step_done(n, accepted, accepted + 1, t0.elapsed().as_secs_f64());
+        Ok(true)
+    }
+
+    fn finish(&mut self, accepted: &[u32], next: u32) {
+        self.ready.extend(accepted);
+        self.ready.push_back(next);
+        self.stats.produced += accepted.len() + 1;
+        self.last = Some(next);
+    }
+}
+
+impl<'a, B: Backend<'a>> Decoder for Speculator<'_, 'a, B> {
+    fn prefill(&mut self, prompt: &[u32]) -> Result<()> {
+        self.target.prefill(prompt)?;
+        if let Drafter::Model { session, .. } = &mut self.drafter {
+            session.rollback(0)?;
+            if prompt.len() < session.room() {
+                session.prefill(prompt)?;
+            }
+        }
+        // The first token comes from the prompt's logits, as without speculation.
+        let t = self
+            .sampler
+            .sample(self.target.logits(), self.target.tokens());
+        self.ready.clear();
+        self.ready.push_back(t);
+        self.last = Some(t);
+        Ok(())
+    }
+
+    fn next(&mut self) -> Result<Option<u32>> {
+        if self.ready.is_empty() && !self.advance()? {
+            return Ok(None);
+        }
+        Ok(self.ready.pop_front())
+    }
+
+    fn spec_stats(&self) -> Option<&SpecStats> {
+        Some(&self.stats)
+    }
+}
+
+/// The probability of the most likely token at temperature 1: how sure a greedy drafter is.
+fn softmax_top(logits: &[f32]) -> f32 {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let total: f64 = logits.iter().map(|&l| ((l - max) as f64).exp()).sum();
+    (1.0 / total) as f32
+}
