@@ -156,6 +156,7 @@ pub fn run(a: GenArgs) -> Result<(), Failure> {
 }
 
 /// Generation once the model is loaded.
+#[derive(Clone, Copy)]
 struct Gen<'r> {
     a: &'r GenArgs,
     tok: &'r Tokenizer,
@@ -171,16 +172,7 @@ impl Job for Gen<'_> {
         model: &Llama<'a, B>,
         draft: Option<&Llama<'a, B>>,
     ) -> Result<(), Failure> {
-        generate(
-            self.a,
-            self.file,
-            model,
-            draft,
-            self.tok,
-            self.prompt,
-            self.log,
-            self.t_start,
-        )
+        generate(&self, model, draft)
     }
 }
 
@@ -224,15 +216,18 @@ fn chat_prompt(
 
 /// Generation proper, the same on every backend.
 fn generate<'a, B: Backend<'a>>(
-    a: &GenArgs,
-    file: &GgufFile,
+    job: &Gen,
     model: &Llama<'a, B>,
     draft: Option<&Llama<'a, B>>,
-    tok: &Tokenizer,
-    prompt: &Prompt,
-    log: &Log,
-    t_start: Instant,
 ) -> Result<(), Failure> {
+    let Gen {
+        a,
+        file,
+        tok,
+        prompt,
+        log,
+        t_start,
+    } = *job;
     let ctx = a.model.ctx(&model.config, log)?;
     let mut tokens = prompt.tokens(tok)?;
     if tokens.is_empty() {
