@@ -297,15 +297,15 @@ impl<'m, 'a, B: Backend<'a>> Chat<'m, 'a, B> {
                 return Ok(reused);
             }
             if tokens.is_empty() || !self.shift || reused == 0 || !session.can_shift() {
-                let what = if reused == 0 {
-                    "the conversation"
+                // Without shifts the whole conversation has to fit; with them, the turn.
+                let (what, n) = if reused == 0 || !self.shift {
+                    ("the conversation", tokens.len())
                 } else {
-                    "the new turn"
+                    ("the new turn", need - 1)
                 };
                 return Err(Failure::Usage(anyhow!(
-                    "{what} is {} tokens, but the context holds {ctx}: /reset it, or \
-                     restart with a larger --ctx",
-                    need - 1
+                    "{what} is {n} tokens, but the context holds {ctx}: /reset it, or \
+                     restart with a larger --ctx"
                 )));
             }
             session.shift().generation()?;
