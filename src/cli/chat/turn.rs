@@ -77,6 +77,8 @@ impl TurnStats {
 }
 
 /// Where a reply's tokens come from: the model alone, or speculative decoding.
+// One per chat, so the size of the larger variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 enum Engine<'m, 'a, B: Backend<'a>> {
     Plain(Plain<'m, 'a, B>),
     Spec(Speculator<'m, 'a, B>),
