@@ -148,6 +148,11 @@ impl<'m, 'a, B: Backend<'a>> Session<'m, 'a, B> {
         Ok(d)
     }
 
+    /// Whether `shift` can drop anything: more than one token after the kept ones.
+    pub fn can_shift(&self) -> bool {
+        self.len().saturating_sub(self.keep()) / 2 > 0
+    }
+
     /// Feeds one token and returns the logits for the next.
     pub fn step(&mut self, token: u32) -> Result<&[f32]> {
         let pos = self.len();

@@ -192,7 +192,7 @@ fn ctrl_c_stops_the_reply_and_the_chat_goes_on() {
 #[test]
 fn full_context_stops_the_reply_and_the_chat_goes_on() {
     let data = temp_dir("full");
-    let mut p = spawn_chat(&data, &["--ctx", "80"]);
+    let mut p = spawn_chat(&data, &["--ctx", "80", "--no-context-shift"]);
     let out = ask(&mut p, "Write a long story about a dragon.");
     assert!(out.contains("context of 80 tokens is full"), "{out:?}");
     // The next turn cannot fit: an error at the prompt, and the conversation is unchanged.
@@ -216,6 +216,7 @@ fn full_context_stops_the_reply_and_the_chat_goes_on() {
             "0",
             "--ctx",
             "60",
+            "--no-context-shift",
         ],
         b"Write a long story about a dragon.",
         &data,
@@ -224,6 +225,161 @@ fn full_context_stops_the_reply_and_the_chat_goes_on() {
     assert!(!out.stdout.is_empty());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("context of 60 tokens is full"), "{err}");
+}
+
+/// The number before " context shifts" in `/stats`.
+fn shift_count(stats: &str) -> usize {
+    let at = stats
+        .find(" context shifts")
+        .unwrap_or_else(|| panic!("no shift count in /stats: {stats:?}"));
+    let digits: String = stats[..at]
+        .chars()
+        .rev()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.chars().rev().collect::<String>().parse().unwrap()
+}
+
+#[test]
+fn context_shift_lets_the_chat_run_past_the_context() {
+    let data = temp_dir("shift");
+    let mut p = spawn_chat(&data, &["--ctx", "96", "-n", "150"]);
+    let story = ask(&mut p, "Write a long story about a dragon.");
+    assert!(!story.contains("is full"), "{story:?}");
+    let stats = ask(&mut p, "/stats");
+    // The reply ran to -n, past the end of the context.
+    assert!(stats.contains("reply:   150 tokens"), "{stats}");
+    let shifts = shift_count(&stats);
+    assert!(shifts >= 1, "{stats}");
+
+    // The next turn keeps going with the shifted cache: the conversation is longer than the
+    // context now, and only the new turn is prefilled.
+    ask(&mut p, "What was the dragon called?");
+    let stats = ask(&mut p, "/stats");
+    let (total, reused, prefilled) = prompt_stats(&stats);
+    assert!(total > 96, "{stats}");
+    assert!(reused + prefilled == total && prefilled < 40, "{stats}");
+    assert!(shift_count(&stats) > shifts, "{stats}");
+
+    // /reset changes the conversation inside the dropped tokens: the turn starts over from
+    // an empty cache, and the model answers from the new conversation alone.
+    ask(&mut p, "/reset");
+    let answer = ask(&mut p, "What is the capital of France?");
+    assert!(answer.contains("Paris"), "{answer:?}");
+    let stats = ask(&mut p, "/stats");
+    let (total, reused, prefilled) = prompt_stats(&stats);
+    assert_eq!((reused, prefilled), (0, total), "{stats}");
+    quit(p);
+}
+
+/// The replies of a greedy two-turn chat, and the `/stats` after it.
+fn two_turns(data: &Path, extra: &[&str]) -> (String, String, String) {
+    let mut p = spawn_chat(data, &[&["-n", "48"], extra].concat());
+    let first = ask(&mut p, REMEMBER);
+    let second = ask(&mut p, RECALL);
+    let stats = ask(&mut p, "/stats");
+    quit(p);
+    (first, second, stats)
+}
+
+#[test]
+fn speculation_gives_the_same_replies_and_reuses_both_caches() {
+    let data = temp_dir("spec");
+    let draft = common::repo_file("models/smollm2-draft.gguf");
+    let (a1, a2, _) = two_turns(&data, &[]);
+    let (b1, b2, stats) = two_turns(&data, &["--draft-model", draft.to_str().unwrap()]);
+    assert_eq!(a1, b1);
+    assert_eq!(a2, b2);
+    assert!(b2.to_lowercase().contains("banana"), "{b2:?}");
+    // The second turn reused the first from the cache, with speculation on.
+    let (total, reused, prefilled) = prompt_stats(&stats);
+    assert!(
+        reused > 20 && prefilled < 30 && reused + prefilled == total,
+        "{stats}"
+    );
+    let line = stats
+        .lines()
+        .find(|l| l.starts_with("speculation:"))
+        .unwrap_or_else(|| panic!("no speculation line in /stats: {stats}"));
+    let nums: Vec<usize> = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    assert!(nums[1] > 10, "drafts were accepted: {line}");
+}
+
+#[test]
+fn piped_speculation_and_context_shift_give_the_same_text() {
+    let data = temp_dir("pipespec");
+    let m = smollm2();
+    let draft = common::repo_file("models/smollm2-draft.gguf");
+    let base = [
+        "chat",
+        "-m",
+        m.to_str().unwrap(),
+        "--temp",
+        "0",
+        "-n",
+        "150",
+        "--ctx",
+        "64",
+    ];
+    let q = b"Write a long story about a dragon.";
+    let plain = piped(&base, q, &data);
+    assert!(plain.status.success());
+    // 150 tokens after a prompt in a context of 64: the context shifted, with no notice.
+    assert!(plain.stderr.is_empty(), "{:?}", plain.stderr);
+    let words = String::from_utf8_lossy(&plain.stdout)
+        .split_whitespace()
+        .count();
+    assert!(words > 80, "{words} words");
+    for extra in [
+        &["--draft-model", draft.to_str().unwrap()][..],
+        &["--draft", "ngram"],
+    ] {
+        let out = piped(&[&base[..], extra].concat(), q, &data);
+        assert!(out.status.success(), "{extra:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&plain.stdout),
+            "{extra:?}"
+        );
+    }
+}
+
+#[test]
+fn chat_takes_the_kv_flags() {
+    let data = temp_dir("kvflags");
+    let m = stories260k();
+    let m = m.to_str().unwrap();
+    let base = ["chat", "-m", m, "--temp", "0", "--quiet"];
+    let out = piped(&[&base[..], &["--kv-type", "q4"]].concat(), b"Hi", &data);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("q4"));
+    for kv in ["f32", "f16"] {
+        let out = piped(
+            &[&base[..], &["-n", "8", "--kv-type", kv]].concat(),
+            b"Hi",
+            &data,
+        );
+        assert!(out.status.success() && !out.stdout.is_empty(), "{kv}");
+    }
+    // A sliding window of 8 tokens and a long reply: the cache stays small, the reply goes on.
+    let out = piped(
+        &[&base[..], &["--window", "8", "-n", "40"]].concat(),
+        b"Hi",
+        &data,
+    );
+    assert!(out.status.success() && !out.stdout.is_empty());
+    // --keep as large as the context leaves nothing to drop: an error, not a loop.
+    let out = piped(
+        &[&base[..], &["--ctx", "60", "--keep", "100", "-n", "100"]].concat(),
+        b"Once upon a time",
+        &data,
+    );
+    assert_eq!(out.status.code(), Some(3));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no room for a context shift"), "{err}");
 }
 
 #[test]

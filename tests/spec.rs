@@ -462,3 +462,66 @@ fn cli_refuses_a_draft_with_another_vocabulary() {
     ]);
     assert_eq!(out.status.code(), Some(1));
 }
+
+/// The count in `--stats`' "context shifts: N".
+fn shifts(stderr: &[u8]) -> usize {
+    let err = String::from_utf8_lossy(stderr);
+    let at = err
+        .find("context shifts: ")
+        .expect("--stats prints the shifts")
+        + 16;
+    err[at..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn cli_speculation_shifts_the_context_like_plain_decoding() {
+    let draft = common::stories260k();
+    let base = [
+        "-p",
+        "Once upon a time",
+        "-n",
+        "120",
+        "--temp",
+        "0",
+        "--ctx",
+        "32",
+        "--stats",
+    ];
+    let want = run_gen(&base);
+    assert!(want.status.success());
+    assert!(shifts(&want.stderr) > 2, "the context shifted");
+    // --draft-min 2: speculation never turns itself off, so every step drafts.
+    for extra in [
+        &["--draft-model", draft.to_str().unwrap(), "--draft-min", "2"][..],
+        &["--draft", "ngram", "--draft-min", "2"],
+    ] {
+        let got = run_gen(&[&base[..], extra].concat());
+        assert!(got.status.success(), "{extra:?}");
+        assert!(
+            String::from_utf8_lossy(&got.stderr).contains("accepted"),
+            "{extra:?}"
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&got.stdout),
+            String::from_utf8_lossy(&want.stdout),
+            "{extra:?}"
+        );
+        assert_eq!(shifts(&got.stderr), shifts(&want.stderr), "{extra:?}");
+    }
+    // With --no-context-shift, speculation stops at the full context as plain decoding does.
+    let stop = |extra: &[&str]| {
+        let out = run_gen(&[&base[..], &["--no-context-shift", "--json"], extra].concat());
+        assert!(out.status.success());
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let plain = stop(&[]);
+    let spec = stop(&["--draft-model", draft.to_str().unwrap()]);
+    let text = |j: &str| serde_json::from_str::<serde_json::Value>(j).unwrap()["text"].clone();
+    assert_eq!(text(&spec), text(&plain));
+    assert!(spec.contains("\"stop_reason\":\"context\""), "{spec}");
+}

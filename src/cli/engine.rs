@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::anyhow;
-use clap::Args;
+use clap::{Args, ValueEnum};
 
 use super::log::Log;
 use super::{FailWith, Failure};
@@ -13,10 +13,12 @@ use crate::backend::cpu::{default_threads, Cpu};
 use crate::backend::Backend;
 use crate::chat::{self, ChatTemplate, Message, SelectError};
 use crate::gguf::GgufFile;
+use crate::kv::{check_kv_dim, KvSettings, KvType};
 use crate::model::{Config, Llama, MAX_BATCH};
 use crate::quant::Precision;
 use crate::sample::{Sampler, SamplerParams};
 use crate::session::Session;
+use crate::spec::{check_vocab, Drafter, SpecParams};
 use crate::tokenizer::Tokenizer;
 
 /// Prompts longer than this get a progress bar for their prefill.
@@ -102,6 +104,131 @@ impl SamplingArgs {
         let mut params = self.sampler(vocab_size).params().clone();
         params.seed ^= 0x5eed_d4af;
         Sampler::new(params, vocab_size)
+    }
+}
+
+/// How the KV cache stores keys and values, and what happens when the context fills up.
+#[derive(Args)]
+pub struct KvArgs {
+    /// How keys and values are stored: f32, f16 or q8_0 (8-bit blocks, half of f16's
+    /// memory; needs the model's KV rows to be a multiple of 32 values).
+    #[arg(long, value_name = "TYPE", default_value = "f16")]
+    kv_type: String,
+    /// Tokens from the start of the context that a context shift keeps (attention sinks).
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    keep: usize,
+    /// Stop when the context is full instead of shifting it (a notice on stderr, stop reason
+    /// "context" in --json, exit status 0). By default, when the context
+    /// fills up, the first --keep tokens stay and the older half of the rest is dropped;
+    /// the remaining keys are re-rotated to their new positions (nothing is recomputed),
+    /// and generation goes on, as llama.cpp's context shift does.
+    #[arg(long)]
+    pub no_context_shift: bool,
+    /// Give every layer a sliding attention window of W tokens, overriding the model's
+    /// (for experiments and tests).
+    #[arg(long, value_name = "W")]
+    window: Option<usize>,
+}
+
+impl KvArgs {
+    /// The cache settings for a context of `ctx` tokens, checked against the model.
+    pub fn settings(&self, ctx: usize, c: &Config) -> Result<KvSettings, Failure> {
+        let settings = KvSettings {
+            ctx,
+            keep: self.keep,
+            ty: KvType::parse(&self.kv_type).usage()?,
+            window: self.window.filter(|&w| w > 0),
+        };
+        check_kv_dim(settings.ty, c.kv_dim()).usage()?;
+        Ok(settings)
+    }
+
+    /// Whether a full context shifts rather than ending the text.
+    pub fn shift(&self) -> bool {
+        !self.no_context_shift
+    }
+}
+
+/// Speculative decoding: where drafts come from and how long they get.
+#[derive(Args)]
+pub struct SpecArgs {
+    /// Speculative decoding: a small model with the same vocabulary drafts tokens that the
+    /// model verifies in one batched pass. The output is the model's own (the same tokens
+    /// when greedy, the same distribution when sampling), only faster when drafts are good.
+    #[arg(long, value_name = "FILE", conflicts_with = "draft")]
+    pub draft_model: Option<PathBuf>,
+    /// Speculative decoding without a draft model: `ngram` drafts the continuation of the
+    /// last earlier occurrence of the latest tokens (prompt lookup; good for summaries,
+    /// edits and quotes).
+    #[arg(long, value_name = "KIND")]
+    draft: Option<DraftKind>,
+    /// Most tokens drafted per verification. The lookahead K adapts: +2 after a draft
+    /// accepted whole, -1 after a rejection, within [max(--draft-min, 1), --draft-max].
+    #[arg(long, default_value_t = 16)]
+    draft_max: usize,
+    /// Fewest tokens drafted before --draft-p-min may stop a draft. 0 also lets speculation
+    /// turn itself off while it is slower per token than plain decoding (measured; then
+    /// sampled text varies with timings), retrying after 32 to 1024 tokens.
+    #[arg(long, default_value_t = 0)]
+    draft_min: usize,
+    /// Stop drafting when the drafter's most likely token is less likely than this.
+    #[arg(long, default_value_t = 0.75)]
+    draft_p_min: f32,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum DraftKind {
+    /// Prompt lookup: no draft model.
+    Ngram,
+}
+
+impl SpecArgs {
+    /// Opens `--draft-model`, refusing one whose vocabulary differs from `file`'s.
+    pub fn open_draft(&self, file: &GgufFile) -> Result<Option<GgufFile>, Failure> {
+        let Some(p) = &self.draft_model else {
+            return Ok(None);
+        };
+        let (f, _) = super::load::open_model(Some(p))?;
+        check_vocab(file, &f).file()?;
+        Ok(Some(f))
+    }
+
+    pub fn params(&self) -> SpecParams {
+        SpecParams {
+            draft_max: self.draft_max,
+            draft_min: self.draft_min,
+            p_min: self.draft_p_min,
+        }
+    }
+
+    /// The drafter for `model`: the loaded draft model with a session of the model's cache
+    /// settings, or prompt lookup; `None` without speculation.
+    pub fn drafter<'m, 'a, B: Backend<'a>>(
+        &self,
+        model: &Llama<'a, B>,
+        draft: Option<&'m Llama<'a, B>>,
+        settings: &KvSettings,
+        sampling: &SamplingArgs,
+    ) -> Result<Option<Drafter<'m, 'a, B>>, Failure> {
+        let vocab = model.config.vocab_size;
+        Ok(match (draft, self.draft) {
+            (Some(d), _) => {
+                if d.config.vocab_size != vocab {
+                    return Err(Failure::File(anyhow!(
+                        "the draft model has {} logits, the model {vocab}: they need one vocabulary",
+                        d.config.vocab_size
+                    )));
+                }
+                check_kv_dim(settings.ty, d.config.kv_dim()).usage()?;
+                Some(Drafter::Model {
+                    session: Session::with_settings(d, settings).generation()?,
+                    // Its own stream of random numbers, from the same seed.
+                    sampler: sampling.draft_sampler(vocab),
+                })
+            }
+            (None, Some(DraftKind::Ngram)) => Some(Drafter::Ngram),
+            (None, None) => None,
+        })
     }
 }
 

@@ -5,10 +5,11 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::anyhow;
-use clap::{Args, ValueEnum};
+use clap::Args;
 
 use super::engine::{
-    ms, per_sec, prefill, with_model, ChatFormat, Job, ModelArgs, Prompt, SamplingArgs,
+    ms, per_sec, prefill, with_model, ChatFormat, Job, KvArgs, ModelArgs, Prompt, SamplingArgs,
+    SpecArgs,
 };
 use super::load::open_model;
 use super::log::{Log, LogArgs};
@@ -17,10 +18,10 @@ use super::{read_text, FailWith, Failure};
 use crate::backend::Backend;
 use crate::chat::Message;
 use crate::gguf::GgufFile;
-use crate::kv::{self, check_kv_dim, KvSettings, KvType};
+use crate::kv::{self, KvType};
 use crate::model::Llama;
 use crate::session::Session;
-use crate::spec::{check_vocab, Decoder, Drafter, Plain, SpecParams, SpecStats, Speculator};
+use crate::spec::{Decoder, Plain, SpecStats, Speculator};
 use crate::tokenizer::{Tokenizer, Utf8Stream};
 
 #[derive(Args)]
@@ -55,24 +56,8 @@ pub struct GenArgs {
     /// Stop when the output ends with this text, which is not printed. Repeatable.
     #[arg(long, value_name = "STR")]
     stop: Vec<String>,
-    /// How keys and values are stored: f32, f16 or q8_0 (8-bit blocks, half of f16's
-    /// memory; needs the model's KV rows to be a multiple of 32 values).
-    #[arg(long, value_name = "TYPE", default_value = "f16")]
-    kv_type: String,
-    /// Tokens from the start of the context that a context shift keeps (attention sinks).
-    #[arg(long, value_name = "N", default_value_t = 4)]
-    keep: usize,
-    /// Stop when the context is full instead of shifting it (a notice on stderr, stop reason
-    /// "context" in --json, exit status 0). By default, when the context
-    /// fills up, the first --keep tokens stay and the older half of the rest is dropped;
-    /// the remaining keys are re-rotated to their new positions (nothing is recomputed),
-    /// and generation goes on, as llama.cpp's context shift does.
-    #[arg(long)]
-    no_context_shift: bool,
-    /// Give every layer a sliding attention window of W tokens, overriding the model's
-    /// (for experiments and tests).
-    #[arg(long, value_name = "W")]
-    window: Option<usize>,
+    #[command(flatten)]
+    kv: KvArgs,
     /// Save the prompt's KV cache to FILE after prefill; a later run whose prompt starts
     /// with the same tokens loads it and computes only the rest. A file made with another
     /// model or other cache settings is ignored with a notice.
@@ -87,34 +72,8 @@ pub struct GenArgs {
     json: bool,
     #[command(flatten)]
     log: LogArgs,
-    /// Speculative decoding: a small model with the same vocabulary drafts tokens that the
-    /// model verifies in one batched pass. The output is the model's own (the same tokens
-    /// when greedy, the same distribution when sampling), only faster when drafts are good.
-    #[arg(long, value_name = "FILE", conflicts_with = "draft")]
-    draft_model: Option<PathBuf>,
-    /// Speculative decoding without a draft model: `ngram` drafts the continuation of the
-    /// last earlier occurrence of the latest tokens (prompt lookup; good for summaries,
-    /// edits and quotes).
-    #[arg(long, value_name = "KIND")]
-    draft: Option<DraftKind>,
-    /// Most tokens drafted per verification. The lookahead K adapts: +2 after a draft
-    /// accepted whole, -1 after a rejection, within [max(--draft-min, 1), --draft-max].
-    #[arg(long, default_value_t = 16)]
-    draft_max: usize,
-    /// Fewest tokens drafted before --draft-p-min may stop a draft. 0 also lets speculation
-    /// turn itself off while it is slower per token than plain decoding (measured; then
-    /// sampled text varies with timings), retrying after 32 to 1024 tokens.
-    #[arg(long, default_value_t = 0)]
-    draft_min: usize,
-    /// Stop drafting when the drafter's most likely token is less likely than this.
-    #[arg(long, default_value_t = 0.75)]
-    draft_p_min: f32,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum DraftKind {
-    /// Prompt lookup: no draft model.
-    Ngram,
+    #[command(flatten)]
+    spec: SpecArgs,
 }
 
 pub fn run(a: GenArgs) -> Result<(), Failure> {
@@ -136,14 +95,7 @@ pub fn run(a: GenArgs) -> Result<(), Failure> {
             parse_special: a.special,
         }
     };
-    let draft_file = match &a.draft_model {
-        Some(p) => {
-            let (f, _) = open_model(Some(p))?;
-            check_vocab(&file, &f).file()?;
-            Some(f)
-        }
-        None => None,
-    };
+    let draft_file = a.spec.open_draft(&file)?;
     let job = Gen {
         a: &a,
         tok: &tok,
@@ -247,33 +199,10 @@ fn generate<'a, B: Backend<'a>>(
         )));
     }
     let sampler = a.sampling.sampler(model.config.vocab_size);
-    let settings = KvSettings {
-        ctx,
-        keep: a.keep,
-        ty: KvType::parse(&a.kv_type).usage()?,
-        window: a.window.filter(|&w| w > 0),
-    };
-    check_kv_dim(settings.ty, model.config.kv_dim()).usage()?;
+    let settings = a.kv.settings(ctx, &model.config)?;
     let mut session = Session::with_settings(model, &settings).generation()?;
     let vocab = model.config.vocab_size;
-    let drafter = match (draft, a.draft) {
-        (Some(d), _) => {
-            if d.config.vocab_size != vocab {
-                return Err(Failure::File(anyhow!(
-                    "the draft model has {} logits, the model {vocab}: they need one vocabulary",
-                    d.config.vocab_size
-                )));
-            }
-            check_kv_dim(settings.ty, d.config.kv_dim()).usage()?;
-            Some(Drafter::Model {
-                session: Session::with_settings(d, &settings).generation()?,
-                // Its own stream of random numbers, from the same seed.
-                sampler: a.sampling.draft_sampler(vocab),
-            })
-        }
-        (None, Some(DraftKind::Ngram)) => Some(Drafter::Ngram),
-        (None, None) => None,
-    };
+    let drafter = a.spec.drafter(model, draft, &settings, &a.sampling)?;
     if drafter.is_some() && (a.prompt_cache.is_some() || a.ignore_eos) {
         return Err(Failure::Usage(anyhow!(
             "--prompt-cache and --ignore-eos do not work with speculative decoding yet"
@@ -297,12 +226,9 @@ fn generate<'a, B: Backend<'a>>(
     let t_prefill = Instant::now();
     let mut reused = 0;
     let mut decoder: Box<dyn Decoder + '_> = if let Some(drafter) = drafter {
-        let sp = SpecParams {
-            draft_max: a.draft_max,
-            draft_min: a.draft_min,
-            p_min: a.draft_p_min,
-        };
-        let mut spec = Speculator::new(session, sampler, drafter, sp, vocab).usage()?;
+        let mut spec = Speculator::new(session, sampler, drafter, a.spec.params(), vocab)
+            .usage()?
+            .with_shift(a.kv.shift());
         spec.prefill(&tokens).generation()?;
         Box::new(spec)
     } else {
@@ -344,7 +270,7 @@ fn generate<'a, B: Backend<'a>>(
         } else {
             Vec::new()
         };
-        Box::new(Plain::new(session, sampler).with_options(mask, !a.no_context_shift))
+        Box::new(Plain::new(session, sampler).with_options(mask, a.kv.shift()))
     };
     let prefill_time = t_prefill.elapsed();
     let mut rss_first = None;

@@ -75,6 +75,22 @@ impl<'m, 'a, B: Backend<'a>> Plain<'m, 'a, B> {
         self.shift = shift;
         self
     }
+
+    /// The session, for a caller that reuses its cache across prompts (chat turns): roll it
+    /// back and prefill it, then `resume`.
+    pub fn session(&self) -> &Session<'m, 'a, B> {
+        &self.session
+    }
+
+    pub fn session_mut(&mut self) -> &mut Session<'m, 'a, B> {
+        &mut self.session
+    }
+
+    /// Starts generating after what the session holds now: the next token comes from the
+    /// logits of its last prefill or step.
+    pub fn resume(&mut self) {
+        self.pending = None;
+    }
 }
 
 impl<'a, B: Backend<'a>> Decoder for Plain<'_, 'a, B> {

@@ -39,6 +39,9 @@ pub struct Speculator<'m, 'a, B: Backend<'a>> {
     /// Produced tokens not handed out yet.
     ready: VecDeque<u32>,
     last: Option<u32>,
+    /// Whether a full context shifts (see `Session::shift`) rather than ending the text.
+    shift: bool,
+    shifts: usize,
     // Scratch, reused every step.
     batch: Vec<u32>,
     drafted: Vec<u32>,
@@ -74,6 +77,8 @@ impl<'m, 'a, B: Backend<'a>> Speculator<'m, 'a, B> {
             judge: Judge::new(vocab),
             ready: VecDeque::with_capacity(params.draft_max + 1),
             last: None,
+            shift: false,
+            shifts: 0,
             // The n-gram drafter copies the whole context here.
             batch: Vec::with_capacity(ctx + 1),
             drafted: Vec::with_capacity(params.draft_max),
@@ -83,8 +88,55 @@ impl<'m, 'a, B: Backend<'a>> Speculator<'m, 'a, B> {
         })
     }
 
+    /// Shifts the context when it fills up instead of stopping, when `shift` is set. The
+    /// model and the draft model shift independently, each when its own cache is full; a
+    /// draft is only a guess, so its context need not match the model's.
+    pub fn with_shift(mut self, shift: bool) -> Self {
+        self.shift = shift;
+        self
+    }
+
     pub fn stats(&self) -> &SpecStats {
         &self.stats
+    }
+
+    /// The model's session, for a caller that reuses its cache across prompts (chat turns):
+    /// roll it back and prefill it, then `resume`.
+    pub fn target(&self) -> &Session<'m, 'a, B> {
+        &self.target
+    }
+
+    pub fn target_mut(&mut self) -> &mut Session<'m, 'a, B> {
+        &mut self.target
+    }
+
+    /// Replaces the model's session, as a fresh start when its cache cannot be rolled back.
+    pub fn set_target(&mut self, mut target: Session<'m, 'a, B>) -> Result<()> {
+        target.reserve_rows(self.params.draft_max + 1)?;
+        self.target = target;
+        Ok(())
+    }
+
+    /// Starts generating after what the model's session holds now (its last feed must have
+    /// been a prefill or a step): the first token comes from its logits, as without
+    /// speculation, and a draft model catches up with the model's tokens.
+    pub fn resume(&mut self) -> Result<()> {
+        if let Drafter::Model { session, .. } = &mut self.drafter {
+            catch_up(
+                session,
+                self.target.tokens(),
+                None,
+                self.shift,
+                &mut self.batch,
+            )?;
+        }
+        let t = self
+            .sampler
+            .sample(self.target.logits(), self.target.tokens());
+        self.ready.clear();
+        self.ready.push_back(t);
+        self.last = Some(t);
+        Ok(())
     }
 
     /// Like `Decoder::prefill`, but holds back the prompt's last token for the first
@@ -126,22 +178,10 @@ impl<'m, 'a, B: Backend<'a>> Speculator<'m, 'a, B> {
                 }
             }
             Drafter::Model { session, sampler } => {
-                // Catch up: forget the draft's rejected tokens, feed what it lacks.
-                let common = session
-                    .tokens()
-                    .iter()
-                    .zip(ctx)
-                    .take_while(|(a, b)| a == b)
-                    .count();
-                session.rollback(common)?;
-                self.batch.clear();
-                self.batch.extend_from_slice(&ctx[common..]);
-                self.batch.push(last);
-                if self.batch.len() > session.room() {
+                if !catch_up(session, ctx, Some(last), self.shift, &mut self.batch)? {
                     // The draft's context is full: no more drafts.
                     return Ok(());
                 }
-                session.prefill(&self.batch)?;
                 self.stats.draft_forwards += 1;
                 let greedy = sampler.params().temp <= 0.0;
                 for i in 0..k {
@@ -175,7 +215,11 @@ impl<'m, 'a, B: Backend<'a>> Speculator<'m, 'a, B> {
             bail!("speculator: no prompt was fed");
         };
         if self.target.room() == 0 {
-            return Ok(false);
+            if !self.shift {
+                return Ok(false);
+            }
+            self.target.shift()?;
+            self.shifts += 1;
         }
         let t0 = Instant::now();
         let k = self.lookahead.draft_len().min(self.target.room() - 1);
@@ -252,20 +296,7 @@ impl<'m, 'a, B: Backend<'a>> Speculator<'m, 'a, B> {
 impl<'a, B: Backend<'a>> Decoder for Speculator<'_, 'a, B> {
     fn prefill(&mut self, prompt: &[u32]) -> Result<()> {
         self.target.prefill(prompt)?;
-        if let Drafter::Model { session, .. } = &mut self.drafter {
-            session.rollback(0)?;
-            if prompt.len() < session.room() {
-                session.prefill(prompt)?;
-            }
-        }
-        // The first token comes from the prompt's logits, as without speculation.
-        let t = self
-            .sampler
-            .sample(self.target.logits(), self.target.tokens());
-        self.ready.clear();
-        self.ready.push_back(t);
-        self.last = Some(t);
-        Ok(())
+        self.resume()
     }
 
     fn next(&mut self) -> Result<Option<u32>> {
@@ -278,6 +309,47 @@ impl<'a, B: Backend<'a>> Decoder for Speculator<'_, 'a, B> {
     fn spec_stats(&self) -> Option<&SpecStats> {
         Some(&self.stats)
     }
+
+    fn shifts(&self) -> usize {
+        self.shifts
+    }
+}
+
+/// Brings a draft model's session to `history` followed by `last`: forgets its tokens past
+/// their common prefix and feeds the rest in one pass, shifting its context when full if
+/// `shift`. False when the rest does not fit: no draft this time.
+fn catch_up<'a, B: Backend<'a>>(
+    session: &mut Session<'_, 'a, B>,
+    history: &[u32],
+    last: Option<u32>,
+    shift: bool,
+    batch: &mut Vec<u32>,
+) -> Result<bool> {
+    let common = session
+        .tokens()
+        .iter()
+        .zip(history)
+        .take_while(|(a, b)| a == b)
+        .count();
+    if session.rollback(common).is_err() {
+        // They part inside tokens that a context shift dropped (a chat turn that rewrote
+        // the conversation): start over.
+        session.rollback(0)?;
+    }
+    batch.clear();
+    batch.extend_from_slice(&history[session.tokens().len()..]);
+    batch.extend(last);
+    if batch.is_empty() {
+        return Ok(true);
+    }
+    while batch.len() > session.room() {
+        if !shift || !session.can_shift() {
+            return Ok(false);
+        }
+        session.shift()?;
+    }
+    session.prefill(batch)?;
+    Ok(true)
 }
 
 /// The probability of the most likely token at temperature 1: how sure a greedy drafter is.

@@ -16,7 +16,7 @@ use std::path::Path;
 use anyhow::anyhow;
 use clap::Args;
 
-use super::engine::{with_model, ChatFormat, Job, ModelArgs, SamplingArgs};
+use super::engine::{with_model, ChatFormat, Job, KvArgs, ModelArgs, SamplingArgs, SpecArgs};
 use super::load::open_model;
 use super::log::{Log, LogArgs};
 use super::out::Stdout;
@@ -27,7 +27,7 @@ use crate::model::Llama;
 use crate::tokenizer::Tokenizer;
 use input::{Input, LineReader};
 use sigint::Sigint;
-use turn::{Chat, Ended};
+use turn::{Chat, ChatSetup, Ended};
 
 #[derive(Args)]
 pub struct ChatArgs {
@@ -35,7 +35,8 @@ pub struct ChatArgs {
     model: ModelArgs,
     #[command(flatten)]
     sampling: SamplingArgs,
-    /// Most tokens per reply; -1 means until the end of the turn or a full context.
+    /// Most tokens per reply; -1 means until the end of the turn (or a full context, with
+    /// --no-context-shift).
     #[arg(short = 'n', long = "n-predict", default_value_t = -1, allow_negative_numbers = true)]
     n_predict: i64,
     /// A system message to start the conversation with (/system changes it).
@@ -46,7 +47,11 @@ pub struct ChatArgs {
     #[arg(long, value_name = "NAME|FILE")]
     chat_template: Option<String>,
     #[command(flatten)]
+    kv: KvArgs,
+    #[command(flatten)]
     log: LogArgs,
+    #[command(flatten)]
+    spec: SpecArgs,
 }
 
 const HELP: &str = "\
@@ -79,6 +84,7 @@ pub fn run(a: ChatArgs) -> Result<(), Failure> {
     log.info(format_args!("model file: {name}"));
     let tok = Tokenizer::from_gguf(&file).file()?;
     let format = ChatFormat::select(a.chat_template.as_deref(), &file, &tok, &log)?;
+    let draft_file = a.spec.open_draft(&file)?;
     let job = ChatJob {
         a: &a,
         tok: &tok,
@@ -87,7 +93,7 @@ pub fn run(a: ChatArgs) -> Result<(), Failure> {
         piped,
         name: &name,
     };
-    with_model(&a.model, &log, &file, None, job)
+    with_model(&a.model, &log, &file, draft_file.as_ref(), job)
 }
 
 struct ChatJob<'r> {
@@ -103,13 +109,23 @@ impl Job for ChatJob<'_> {
     fn run<'a, B: Backend<'a>>(
         self,
         model: &Llama<'a, B>,
-        _draft: Option<&Llama<'a, B>>,
+        draft: Option<&Llama<'a, B>>,
     ) -> Result<(), Failure> {
         let a = self.a;
         let ctx = a.model.ctx(&model.config, self.log)?;
         let limit = usize::try_from(a.n_predict).unwrap_or(usize::MAX);
-        let sampler = a.sampling.sampler(model.config.vocab_size);
-        let mut chat = Chat::new(model, ctx, sampler, self.tok, self.format, self.log, limit)?;
+        let settings = a.kv.settings(ctx, &model.config)?;
+        let spec = a
+            .spec
+            .drafter(model, draft, &settings, &a.sampling)?
+            .map(|d| (d, a.spec.params()));
+        let setup = ChatSetup {
+            shift: a.kv.shift(),
+            sampler: a.sampling.sampler(model.config.vocab_size),
+            spec,
+            settings,
+        };
+        let mut chat = Chat::new(model, setup, self.tok, self.format, self.log, limit)?;
         if let Some(s) = &a.system {
             chat.messages.push(Message::new("system", s));
         }
@@ -141,7 +157,8 @@ fn answer<'a, B: Backend<'a>>(
     }
     if ended == Ended::Context {
         log.notice(format_args!(
-            "wick: stopped: the context of {} tokens is full (raise --ctx)",
+            "wick: stopped: the context of {} tokens is full and context shift is off (raise \
+             --ctx, or drop --no-context-shift)",
             chat.ctx()
         ));
     }
@@ -182,8 +199,8 @@ fn repl<'a, B: Backend<'a>>(chat: &mut Chat<'_, 'a, B>, log: &Log) -> Result<(),
                 match ended {
                     Ended::Interrupted => eprintln!("[stopped]"),
                     Ended::Context => eprintln!(
-                        "wick: the context of {} tokens is full: the reply stops here. /reset \
-                         starts over; a larger --ctx holds more.",
+                        "wick: the context of {} tokens is full and context shift is off: the \
+                         reply stops here. /reset starts over; a larger --ctx holds more.",
                         chat.ctx()
                     ),
                     Ended::Eos | Ended::Length => {}

@@ -3,6 +3,20 @@
 //! Each turn renders the whole conversation through the template and tokenizes it. The
 //! tokens already in the session that match its start stay in the KV cache; only the rest
 //! is prefilled, so a turn costs its new tokens, not the whole conversation again.
+//!
+//! When a reply fills the context, the context shifts (`Session::shift`: the first --keep
+//! tokens stay, the older half of the rest goes) and the reply goes on, unless
+//! --no-context-shift. After a shift the cache no longer holds the whole conversation, and
+//! the next turn keeps going with the shifted cache: the session rolls back to the tokens
+//! its history shares with the rendered conversation (a rollback counts tokens of the
+//! history, whatever was dropped) and only the new turn's tokens are fed, shifting again
+//! first if they do not fit. So a conversation can run on past the context, remembering
+//! its start and its latest turns. When the conversation changed before the dropped
+//! tokens (/reset, /system, /load), no rollback can reach there: the turn starts over
+//! from an empty cache, and then has to fit in the context.
+//!
+//! With speculative decoding, the model's session is handled the same way, and the draft
+//! model's session catches up with it at the start of each reply (`Speculator::resume`).
 
 use std::time::{Duration, Instant};
 
@@ -14,9 +28,11 @@ use crate::cli::engine::{prefill, ChatFormat};
 use crate::cli::log::Log;
 use crate::cli::out::Stdout;
 use crate::cli::{FailWith, Failure};
+use crate::kv::KvSettings;
 use crate::model::Llama;
 use crate::sample::Sampler;
 use crate::session::Session;
+use crate::spec::{Decoder, Drafter, Plain, SpecParams, SpecStats, Speculator};
 use crate::tokenizer::{Tokenizer, Utf8Stream};
 
 /// Why a reply ended.
@@ -60,9 +76,79 @@ impl TurnStats {
     }
 }
 
+/// Where a reply's tokens come from: the model alone, or speculative decoding.
+// One per chat, so the size of the larger variant costs nothing.
+#[allow(clippy::large_enum_variant)]
+enum Engine<'m, 'a, B: Backend<'a>> {
+    Plain(Plain<'m, 'a, B>),
+    Spec(Speculator<'m, 'a, B>),
+}
+
+impl<'m, 'a, B: Backend<'a>> Engine<'m, 'a, B> {
+    fn session(&self) -> &Session<'m, 'a, B> {
+        match self {
+            Engine::Plain(p) => p.session(),
+            Engine::Spec(s) => s.target(),
+        }
+    }
+
+    fn session_mut(&mut self) -> &mut Session<'m, 'a, B> {
+        match self {
+            Engine::Plain(p) => p.session_mut(),
+            Engine::Spec(s) => s.target_mut(),
+        }
+    }
+
+    fn set_session(&mut self, session: Session<'m, 'a, B>) -> anyhow::Result<()> {
+        match self {
+            Engine::Plain(p) => *p.session_mut() = session,
+            Engine::Spec(s) => s.set_target(session)?,
+        }
+        Ok(())
+    }
+
+    /// Starts a reply after the session's last prefill.
+    fn resume(&mut self) -> anyhow::Result<()> {
+        match self {
+            Engine::Plain(p) => {
+                p.resume();
+                Ok(())
+            }
+            Engine::Spec(s) => s.resume(),
+        }
+    }
+
+    fn shifts(&self) -> usize {
+        match self {
+            Engine::Plain(p) => p.shifts(),
+            Engine::Spec(s) => s.shifts(),
+        }
+    }
+
+    fn decoder(&mut self) -> &mut dyn Decoder {
+        match self {
+            Engine::Plain(p) => p,
+            Engine::Spec(s) => s,
+        }
+    }
+}
+
+/// How a chat's cache works: its settings, whether it shifts, and speculation.
+pub struct ChatSetup<'m, 'a, B: Backend<'a>> {
+    pub settings: KvSettings,
+    pub shift: bool,
+    pub sampler: Sampler,
+    /// A drafter and its lookahead, for speculative decoding.
+    pub spec: Option<(Drafter<'m, 'a, B>, SpecParams)>,
+}
+
 pub struct Chat<'m, 'a, B: Backend<'a>> {
-    session: Session<'m, 'a, B>,
-    sampler: Sampler,
+    model: &'m Llama<'a, B>,
+    settings: KvSettings,
+    shift: bool,
+    engine: Engine<'m, 'a, B>,
+    /// Context shifts made to fit a new turn (replies count theirs in the engine).
+    prompt_shifts: usize,
     tok: &'m Tokenizer,
     format: &'m ChatFormat,
     log: &'m Log,
@@ -75,16 +161,36 @@ pub struct Chat<'m, 'a, B: Backend<'a>> {
 impl<'m, 'a, B: Backend<'a>> Chat<'m, 'a, B> {
     pub fn new(
         model: &'m Llama<'a, B>,
-        ctx: usize,
-        sampler: Sampler,
+        setup: ChatSetup<'m, 'a, B>,
         tok: &'m Tokenizer,
         format: &'m ChatFormat,
         log: &'m Log,
         limit: usize,
     ) -> Result<Self, Failure> {
-        Ok(Chat {
-            session: Session::new(model, ctx).generation()?,
+        let ChatSetup {
+            settings,
+            shift,
             sampler,
+            spec,
+        } = setup;
+        let session = Session::with_settings(model, &settings).generation()?;
+        let engine = match spec {
+            None => Engine::Plain(Plain::new(session, sampler).with_options(Vec::new(), shift)),
+            Some((drafter, params)) => {
+                let vocab = model.config.vocab_size;
+                Engine::Spec(
+                    Speculator::new(session, sampler, drafter, params, vocab)
+                        .usage()?
+                        .with_shift(shift),
+                )
+            }
+        };
+        Ok(Chat {
+            model,
+            settings,
+            shift,
+            engine,
+            prompt_shifts: 0,
             tok,
             format,
             log,
@@ -95,12 +201,17 @@ impl<'m, 'a, B: Backend<'a>> Chat<'m, 'a, B> {
     }
 
     pub fn ctx(&self) -> usize {
-        self.session.ctx()
+        self.engine.session().ctx()
     }
 
-    /// Tokens in the cache now.
+    /// Positions of the cache in use now.
     pub fn used(&self) -> usize {
-        self.session.tokens().len()
+        self.engine.session().len()
+    }
+
+    /// Context shifts so far, over all turns.
+    pub fn shifts(&self) -> usize {
+        self.prompt_shifts + self.engine.shifts()
     }
 
     /// Generates the assistant's reply to the conversation, writing it to `out` as it comes,
@@ -110,19 +221,10 @@ impl<'m, 'a, B: Backend<'a>> Chat<'m, 'a, B> {
     pub fn reply(&mut self, out: &mut Stdout, stop: &dyn Fn() -> bool) -> Result<Ended, Failure> {
         let prompt = self.format.prompt(&self.messages).usage()?;
         let tokens = prompt.tokens(self.tok)?;
-        let ctx = self.ctx();
-        if tokens.is_empty() || tokens.len() >= ctx {
-            return Err(Failure::Usage(anyhow!(
-                "the conversation is {} tokens, but the context holds {ctx}: /reset it, or \
-                 restart with a larger --ctx",
-                tokens.len()
-            )));
-        }
-        // At least the last token is fed again, for the logits that start the reply.
-        let reused = common_prefix(self.session.tokens(), &tokens).min(tokens.len() - 1);
-        self.session.rollback(reused).generation()?;
+        let reused = self.rewind(&tokens)?;
         let t = Instant::now();
-        let mut logits = prefill(&mut self.session, &tokens[reused..], self.log).generation()?;
+        prefill(self.engine.session_mut(), &tokens[reused..], self.log).generation()?;
+        self.engine.resume().generation()?;
         let prefill_time = t.elapsed();
 
         let mut text = String::new();
@@ -135,7 +237,14 @@ impl<'m, 'a, B: Backend<'a>> Chat<'m, 'a, B> {
             if stop() {
                 break Ended::Interrupted;
             }
-            let next = self.sampler.sample(&logits, self.session.tokens());
+            let t = Instant::now();
+            let Some(next) = self.engine.decoder().next().generation()? else {
+                break Ended::Context;
+            };
+            if generated > 0 {
+                // The first token comes from the prompt's logits; decoding starts after it.
+                decode += t.elapsed();
+            }
             if self.tok.is_eog(next) {
                 break Ended::Eos;
             }
@@ -148,12 +257,6 @@ impl<'m, 'a, B: Backend<'a>> Chat<'m, 'a, B> {
             if generated >= self.limit || out.closed() {
                 break Ended::Length;
             }
-            if self.session.room() == 0 {
-                break Ended::Context;
-            }
-            let t = Instant::now();
-            logits.copy_from_slice(self.session.step(next).generation()?);
-            decode += t.elapsed();
         };
         piece.clear();
         utf8.finish(&mut piece);
@@ -171,6 +274,55 @@ impl<'m, 'a, B: Backend<'a>> Chat<'m, 'a, B> {
         Ok(ended)
     }
 
+    /// Rolls the session back to the tokens its history shares with the conversation
+    /// `tokens`, and makes room for the rest (shifting the context if it may). Returns how
+    /// many of `tokens` the cache keeps.
+    fn rewind(&mut self, tokens: &[u32]) -> Result<usize, Failure> {
+        let ctx = self.ctx();
+        let session = self.engine.session_mut();
+        // At least the last token is fed again, for the logits that start the reply.
+        let mut reused = common_prefix(session.tokens(), tokens).min(tokens.len().max(1) - 1);
+        if session.rollback(reused).is_err() {
+            // The conversation changed inside tokens a shift dropped: start over.
+            reused = 0;
+            if session.rollback(0).is_err() {
+                // A sliding window has overwritten the first positions: a fresh cache.
+                let fresh = Session::with_settings(self.model, &self.settings).generation()?;
+                self.engine.set_session(fresh).generation()?;
+            }
+        }
+        // The new tokens, and a position for the reply.
+        let need = tokens.len() - reused + 1;
+        loop {
+            let session = self.engine.session_mut();
+            if !tokens.is_empty() && session.room() >= need {
+                return Ok(reused);
+            }
+            if tokens.is_empty() || !self.shift || reused == 0 || !session.can_shift() {
+                // Without shifts the whole conversation has to fit; with them, the turn.
+                let (what, n) = if reused == 0 || !self.shift {
+                    ("the conversation", tokens.len())
+                } else {
+                    ("the new turn", need - 1)
+                };
+                return Err(Failure::Usage(anyhow!(
+                    "{what} is {n} tokens, but the context holds {ctx}: /reset it, or \
+                     restart with a larger --ctx"
+                )));
+            }
+            session.shift().generation()?;
+            self.prompt_shifts += 1;
+        }
+    }
+
+    /// Speculation's counts, over all turns.
+    pub fn spec_stats(&self) -> Option<&SpecStats> {
+        match &self.engine {
+            Engine::Plain(_) => None,
+            Engine::Spec(s) => Some(s.stats()),
+        }
+    }
+
     /// The `/stats` report of the last turn.
     pub fn stats(&self) -> String {
         use crate::cli::engine::{ms, per_sec};
@@ -181,7 +333,7 @@ impl<'m, 'a, B: Backend<'a>> Chat<'m, 'a, B> {
         format!(
             "prompt:  {} tokens: {} reused from the cache, {} prefilled in {:.1} ms ({:.1} tok/s)\n\
              reply:   {} tokens, {:.1} tok/s, ended by {}\n\
-             context: {} of {} tokens used",
+             context: {} of {} tokens used, {} context shifts",
             s.prompt_tokens,
             s.reused,
             s.prefilled(),
@@ -192,6 +344,21 @@ impl<'m, 'a, B: Backend<'a>> Chat<'m, 'a, B> {
             s.ended.as_str(),
             self.used(),
             self.ctx(),
+            self.shifts(),
+        ) + &self.spec_line()
+    }
+
+    fn spec_line(&self) -> String {
+        let Some(s) = self.spec_stats() else {
+            return String::new();
+        };
+        format!(
+            "\nspeculation: {} drafted, {} accepted (acceptance rate {:.3}), {:.2} tokens per \
+             forward of the model",
+            s.drafted,
+            s.accepted,
+            s.acceptance(),
+            s.tokens_per_target_forward()
         )
     }
 }
