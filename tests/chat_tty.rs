@@ -287,7 +287,12 @@ fn speculation_gives_the_same_replies_and_reuses_both_caches() {
     let data = temp_dir("spec");
     let draft = common::repo_file("models/smollm2-draft.gguf");
     let (a1, a2, _) = two_turns(&data, &[]);
-    let (b1, b2, stats) = two_turns(&data, &["--draft-model", draft.to_str().unwrap()]);
+    // --draft-min 2 keeps drafting on: with 0, speculation may switch itself off when it
+    // measures itself slower, which depends on the machine's load.
+    let (b1, b2, stats) = two_turns(
+        &data,
+        &["--draft-model", draft.to_str().unwrap(), "--draft-min", "2"],
+    );
     assert_eq!(a1, b1);
     assert_eq!(a2, b2);
     assert!(b2.to_lowercase().contains("banana"), "{b2:?}");
@@ -334,8 +339,8 @@ fn piped_speculation_and_context_shift_give_the_same_text() {
         .count();
     assert!(words > 80, "{words} words");
     for extra in [
-        &["--draft-model", draft.to_str().unwrap()][..],
-        &["--draft", "ngram"],
+        &["--draft-model", draft.to_str().unwrap(), "--draft-min", "2"][..],
+        &["--draft", "ngram", "--draft-min", "2"],
     ] {
         let out = piped(&[&base[..], extra].concat(), q, &data);
         assert!(out.status.success(), "{extra:?}");

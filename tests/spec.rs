@@ -408,7 +408,13 @@ fn cli_speculation_prints_the_same_text() {
     let with_model = run_gen(
         &[
             &base[..],
-            &["--stats", "--draft-model", draft.to_str().unwrap()],
+            &[
+                "--stats",
+                "--draft-model",
+                draft.to_str().unwrap(),
+                "--draft-min",
+                "2",
+            ],
         ]
         .concat(),
     );
@@ -520,7 +526,7 @@ fn cli_speculation_shifts_the_context_like_plain_decoding() {
         String::from_utf8(out.stdout).unwrap()
     };
     let plain = stop(&[]);
-    let spec = stop(&["--draft-model", draft.to_str().unwrap()]);
+    let spec = stop(&["--draft-model", draft.to_str().unwrap(), "--draft-min", "2"]);
     let text = |j: &str| serde_json::from_str::<serde_json::Value>(j).unwrap()["text"].clone();
     assert_eq!(text(&spec), text(&plain));
     assert!(spec.contains("\"stop_reason\":\"context\""), "{spec}");
