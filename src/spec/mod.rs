@@ -19,7 +19,7 @@ use crate::sample::Sampler;
 use crate::session::Session;
 
 pub use lookahead::Lookahead;
-pub use ngram::ngram_draft;
+pub use ngram::{ngram_draft, NGRAM_WINDOW};
 pub use speculator::{Drafter, Speculator};
 pub use vocab::check_vocab;
 

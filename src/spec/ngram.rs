@@ -6,6 +6,9 @@
 /// better.
 const NGRAM_MAX: usize = 3;
 const NGRAM_MIN: usize = 1;
+/// Tokens of recent context searched for a match: lookup time per draft, and the copy the
+/// speculator makes of the context, stay bounded in an endless generation.
+pub const NGRAM_WINDOW: usize = 8192;
 
 /// Appends to `out` up to `k` tokens that followed the latest earlier occurrence of the
 /// longest suffix of `ctx` (of `NGRAM_MAX` down to `NGRAM_MIN` tokens) found again in it.

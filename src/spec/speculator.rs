@@ -6,7 +6,7 @@ use std::time::Instant;
 use anyhow::{bail, Result};
 
 use super::accept::Judge;
-use super::{ngram_draft, Decoder, Lookahead, SpecParams, SpecStats};
+use super::{ngram_draft, Decoder, Lookahead, SpecParams, SpecStats, NGRAM_WINDOW};
 use crate::backend::Backend;
 use crate::sample::{Probs, Sampler};
 use crate::session::Session;
@@ -80,7 +80,7 @@ impl<'m, 'a, B: Backend<'a>> Speculator<'m, 'a, B> {
             shift: false,
             shifts: 0,
             // The n-gram drafter copies the whole context here.
-            batch: Vec::with_capacity(ctx + 1),
+            batch: Vec::with_capacity(ctx.max(NGRAM_WINDOW) + 1),
             drafted: Vec::with_capacity(params.draft_max),
             q: (0..params.draft_max).map(|_| Probs::new()).collect(),
             p: Probs::new(),
@@ -170,7 +170,8 @@ impl<'m, 'a, B: Backend<'a>> Speculator<'m, 'a, B> {
         match &mut self.drafter {
             Drafter::Ngram => {
                 self.batch.clear();
-                self.batch.extend_from_slice(ctx);
+                self.batch
+                    .extend_from_slice(&ctx[ctx.len().saturating_sub(NGRAM_WINDOW - 1)..]);
                 self.batch.push(last);
                 ngram_draft(&self.batch, k, &mut self.drafted);
                 for (q, &t) in self.q.iter_mut().zip(&self.drafted) {
