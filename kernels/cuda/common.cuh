@@ -84,6 +84,18 @@ __host__ __device__ inline float f16_at(const uint8_t *p) {
     return __half2float(*reinterpret_cast<const __half *>(p));
 }
 
+// The 6-bit scale and minimum of part p (0..8) of a Q4_K or Q5_K super-block, from its 12
+// scale bytes `sc` (scale_min_k4 in src/quant/kquants/mod.rs).
+__host__ __device__ inline void k4_scale_min(const uint8_t *sc, int p, int &scale, int &min) {
+    if (p < 4) {
+        scale = sc[p] & 63;
+        min = sc[p + 4] & 63;
+    } else {
+        scale = (sc[p + 4] & 0xf) | ((sc[p - 4] >> 6) << 4);
+        min = (sc[p + 4] >> 4) | ((sc[p] >> 6) << 4);
+    }
+}
+
 __host__ __device__ inline uint32_t u16_at(const uint8_t *p) {
     return *reinterpret_cast<const uint16_t *>(p);
 }
@@ -203,13 +215,7 @@ __host__ __device__ inline void dequant_block(const uint8_t *row, int blk, float
         float d = f16_at(b), dmin = f16_at(b + 2);
         const uint8_t *sc = b + 4;
         int s, mn;
-        if (part < 4) {
-            s = sc[part] & 63;
-            mn = sc[part + 4] & 63;
-        } else {
-            s = (sc[part + 4] & 0xf) | ((sc[part - 4] >> 6) << 4);
-            mn = (sc[part + 4] >> 4) | ((sc[part] >> 6) << 4);
-        }
+        k4_scale_min(sc, part, s, mn);
         float d1 = d * s, m1 = dmin * mn;
         constexpr int QS = TYPE == T_Q4_K ? 16 : 48;
         const uint4 *q = reinterpret_cast<const uint4 *>(b + QS + 32 * (part / 2));

@@ -57,13 +57,7 @@ __device__ inline void dequant8(const uint8_t *row, int blk, int part, float v[8
         float d = f16_at(b), dmin = f16_at(b + 2);
         const uint8_t *sc = b + 4;
         int sv, mn;
-        if (p < 4) {
-            sv = sc[p] & 63;
-            mn = sc[p + 4] & 63;
-        } else {
-            sv = (sc[p + 4] & 0xf) | ((sc[p - 4] >> 6) << 4);
-            mn = (sc[p + 4] >> 4) | ((sc[p] >> 6) << 4);
-        }
+        k4_scale_min(sc, p, sv, mn);
         float d1 = d * sv, m1 = dmin * mn;
         uint2 q = *reinterpret_cast<const uint2 *>(b + 16 + 32 * (p / 2) + 8 * part);
         int shift = 4 * (p % 2);

@@ -48,13 +48,7 @@ __device__ inline void load_unit(const uint8_t *row, int u, Unit &q) {
         int p = u % 8;
         const uint8_t *sc = b + 4;
         int sv, mn;
-        if (p < 4) {
-            sv = sc[p] & 63;
-            mn = sc[p + 4] & 63;
-        } else {
-            sv = (sc[p + 4] & 0xf) | ((sc[p - 4] >> 6) << 4);
-            mn = (sc[p + 4] >> 4) | ((sc[p] >> 6) << 4);
-        }
+        k4_scale_min(sc, p, sv, mn);
         const uint4 *qs = reinterpret_cast<const uint4 *>(b + 16 + 32 * (p / 2));
         uint4 a = qs[0], c = qs[1];
         uint32_t words[8] = {a.x, a.y, a.z, a.w, c.x, c.y, c.z, c.w};
