@@ -131,8 +131,9 @@ fn parse(buf: &[u8], want_stamp: u64) -> Result<(Vec<u32>, Vec<u8>)> {
         .chunks_exact(4)
         .map(|c| u32::from_le_bytes(c.try_into().unwrap()))
         .collect();
-    let len = u64_at(rows_at) as usize;
-    if body.len() != rows_at + 8 + len {
+    let len = usize::try_from(u64_at(rows_at)).unwrap_or(usize::MAX);
+    // Checked: a crafted length must not wrap around to the file's size.
+    if (rows_at + 8).checked_add(len) != Some(body.len()) {
         bail!("it is damaged or truncated");
     }
     Ok((tokens, body[rows_at + 8..].to_vec()))
