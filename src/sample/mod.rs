@@ -194,6 +194,15 @@ impl Sampler {
     ///
     /// Panics if `logits` is empty: a model always has a vocabulary.
     pub fn sample(&mut self, logits: &[f32], history: &[u32]) -> u32 {
+        match self.filter(logits, history) {
+            Some(greedy) => greedy,
+            None => self.draw(),
+        }
+    }
+
+    /// Loads the candidates and applies the repeat penalty, then, unless greedy, top-k,
+    /// top-p and min-p. Returns the argmax when greedy (temperature <= 0).
+    fn filter(&mut self, logits: &[f32], history: &[u32]) -> Option<u32> {
         assert!(!logits.is_empty(), "sample: no logits");
         self.candidates.clear();
         // A NaN logit (from a broken model or kernel) must not win every comparison, so it
@@ -203,38 +212,24 @@ impl Sampler {
                 id: i as u32,
                 logit: if l.is_nan() { f32::NEG_INFINITY } else { l },
             }));
-
         self.apply_repeat_penalty(history);
-
         if self.params.temp <= 0.0 {
-            return self.argmax();
+            return Some(self.argmax());
         }
-
         self.apply_top_k();
         self.apply_top_p();
         self.apply_min_p();
-        self.draw()
+        None
     }
 
     /// The distribution `sample` draws from, for speculative sampling, which needs the
     /// probabilities themselves: the same repeat penalty, filters and temperature. Greedy
     /// (temperature <= 0) gives all the mass to the argmax.
     pub fn probs(&mut self, logits: &[f32], history: &[u32], out: &mut Probs) {
-        assert!(!logits.is_empty(), "probs: no logits");
-        self.candidates.clear();
-        self.candidates
-            .extend(logits.iter().enumerate().map(|(i, &l)| Candidate {
-                id: i as u32,
-                logit: if l.is_nan() { f32::NEG_INFINITY } else { l },
-            }));
-        self.apply_repeat_penalty(history);
-        if self.params.temp <= 0.0 {
-            out.set_one_hot(self.argmax());
+        if let Some(greedy) = self.filter(logits, history) {
+            out.set_one_hot(greedy);
             return;
         }
-        self.apply_top_k();
-        self.apply_top_p();
-        self.apply_min_p();
         let max = self.candidates[0].logit;
         if max == f32::NEG_INFINITY {
             out.set_one_hot(self.candidates[0].id);
