@@ -1028,6 +1028,13 @@ pub fn set_matvec_variant(v: i32) {
     unsafe { ffi::wick_matvec_q8_variant(v) }
 }
 
+/// Selects the kernel of multi-row attention: 0 = the tiled tensor-core one (default),
+/// 1 = the single-row one, for timing one against the other.
+pub fn set_attention_variant(v: i32) {
+    // SAFETY: sets a plain integer read at launch.
+    unsafe { ffi::wick_attention_variant(v) }
+}
+
 /// Whether the CUDA backend can run weights of this type.
 pub fn supports(t: GgmlType) -> bool {
     // SAFETY: pure query.
