@@ -3,11 +3,11 @@
 //
 // Several query rows go to attention_tiled.cu, which shares each K/V row among the rows
 // and the heads of a group. A single row (decode) stays here: one block per (query row,
-// head). Each warp walks its own share of the cached positions
-// with an online softmax (running max, running sum, running weighted sum of values), so
-// the kernel needs no memory that grows with the context and its launch does not depend
-// on the position: the decode step can be captured into a CUDA graph. At the end the
-// warps' partial results are merged through shared memory.
+// head). Each warp walks its own share of the cached positions with an online softmax
+// (running max, running sum, running weighted sum of values), so the kernel needs no
+// memory that grows with the context and its launch does not depend on the position: the
+// decode step can be captured into a CUDA graph. At the end the warps' partial results are
+// merged through shared memory.
 #include <cuda_runtime.h>
 
 #include "attention_tiled.cuh"

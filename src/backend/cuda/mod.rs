@@ -283,6 +283,10 @@ impl Cuda {
             if let Some(v) = std::env::var("WICK_MV").ok().and_then(|v| v.parse().ok()) {
                 set_matvec_variant(v);
             }
+            // WICK_ATT=1 sends batches to the single-row attention kernel, to compare.
+            if let Some(v) = std::env::var("WICK_ATT").ok().and_then(|v| v.parse().ok()) {
+                set_attention_variant(v);
+            }
         })
     }
 
