@@ -1,13 +1,16 @@
 // Causal attention over the KV cache (f16 or Q8_0, laid out as kv.cuh says) with
 // grouped-query heads.
 //
-// One block per (query row, head). Each warp walks its own share of the cached positions
-// with an online softmax (running max, running sum, running weighted sum of values), so
-// the kernel needs no memory that grows with the context and its launch does not depend
-// on the position: the decode step can be captured into a CUDA graph. At the end the
-// warps' partial results are merged through shared memory.
+// Several query rows go to attention_tiled.cu, which shares each K/V row among the rows
+// and the heads of a group. A single row (decode) stays here: one block per (query row,
+// head). Each warp walks its own share of the cached positions with an online softmax
+// (running max, running sum, running weighted sum of values), so the kernel needs no
+// memory that grows with the context and its launch does not depend on the position: the
+// decode step can be captured into a CUDA graph. At the end the warps' partial results are
+// merged through shared memory.
 #include <cuda_runtime.h>
 
+#include "attention_tiled.cuh"
 #include "common.cuh"
 #include "kv.cuh"
 #include "stream.cuh"
@@ -97,11 +100,20 @@ attention_kernel(const float *q, const uint8_t *kc, const uint8_t *vc, const int
     }
 }
 
+// 1 sends every call to the single-row kernel (for timing one against the other).
+static int att_variant = 0;
+
+extern "C" void wick_attention_variant(int v) { att_variant = v; }
+
 extern "C" int wick_attention(int type, const float *q, const void *kc, const void *vc,
                               const int32_t *pos0, const int32_t *state, int n, int n_heads,
                               int n_kv_heads, int head_dim, int capacity, int keep, int window,
                               float *out) {
     if (head_dim > MAX_HEAD_DIM || capacity <= keep) return (int)cudaErrorInvalidValue;
+    if (n > 1 && att_variant == 0 &&
+        attention_tiled_fits(type, kc, vc, n_heads, n_kv_heads, head_dim))
+        return attention_tiled(type, q, kc, vc, pos0, state, n, n_heads, n_kv_heads, head_dim,
+                               capacity, keep, window, out);
     dim3 grid(n_heads, n);
 #define LAUNCH(T)                                                                          \
     attention_kernel<T><<<grid, ATT_WARPS * 32, 0, wick_stream>>>(                          \

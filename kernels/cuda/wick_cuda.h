@@ -106,6 +106,9 @@ int wick_attention(int type, const float *d_q, const void *d_kcache, const void 
                    const int32_t *d_pos0, const int32_t *d_state, int n, int n_heads,
                    int n_kv_heads, int head_dim, int capacity, int keep, int window,
                    float *d_out);
+/* Selects wick_attention's kernel for n > 1: 0 = the tiled tensor-core one (default),
+ * 1 = the single-row one, for timing runs. */
+void wick_attention_variant(int v);
 /* g = silu(g) * u over n values. */
 int wick_swiglu(float *d_g, const float *d_u, int n);
 

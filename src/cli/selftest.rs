@@ -325,6 +325,70 @@ mod gpu {
                 crate::backend::cuda::set_matvec_variant(0);
             }
         }
+        attention_timings(g, rng)
+    }
+
+    /// Times attention of llama3-8b's shape (32 heads, 8 KV heads of 128) over a cache of
+    /// 512 positions, as prefill's last batch and as a verification batch, with the tiled
+    /// kernel (variant 0) and the single-row one (variant 1).
+    fn attention_timings(g: &Cuda, rng: &mut Rng) -> Result<()> {
+        let s = AttnShape {
+            n_heads: 32,
+            n_kv_heads: 8,
+            head_dim: 128,
+            rope_dims: 128,
+            rope_theta: 500000.0,
+        };
+        let (qd, kd) = (s.q_dim(), s.kv_dim());
+        for ty in [KvType::F16, KvType::Q8_0] {
+            let settings = KvSettings {
+                ty,
+                ..KvSettings::new(512)
+            };
+            let layouts = [KvLayout::new(&settings, None)];
+            let mut kv = <Cuda as Backend>::kv_cache(g, &layouts, kd)?;
+            for start in (0..512).step_by(64) {
+                let (mut q, mut k) = (upload(g, &rng.vec(64 * qd))?, upload(g, &rng.vec(64 * kd))?);
+                let v = upload(g, &rng.vec(64 * kd))?;
+                g.begin_forward(&[0; 64], start)?;
+                g.rope_store(&mut q, &mut k, &v, &mut kv, 0, start, 64, s)?;
+            }
+            for (pos, rows) in [(448, 64), (504, 8)] {
+                let q = upload(g, &rng.vec(rows * qd))?;
+                let mut out = g.buffer(rows * qd)?;
+                g.begin_forward(&vec![0; rows], pos)?;
+                for variant in [0, 1] {
+                    crate::backend::cuda::set_attention_variant(variant);
+                    let reps = 20;
+                    let mut graph = None;
+                    g.run_step(&mut graph, &mut || {
+                        for _ in 0..reps {
+                            g.attention(&q, &kv, 0, pos, rows, s, &mut out)?;
+                        }
+                        Ok(())
+                    })?;
+                    g.sync()?;
+                    let replays = 5;
+                    let start = std::time::Instant::now();
+                    for _ in 0..replays {
+                        g.run_step(&mut graph, &mut || Ok(()))?;
+                    }
+                    g.sync()?;
+                    let secs = start.elapsed().as_secs_f64() / (reps * replays) as f64;
+                    // Multiply-adds of Q K and P V over the keys each row sees.
+                    let flops = (0..rows)
+                        .map(|b| 4.0 * (pos + b + 1) as f64 * (s.n_heads * s.head_dim) as f64)
+                        .sum::<f64>();
+                    eprintln!(
+                        "time attention {} 32/8x128 pos {pos} rows {rows:>2} kernel {variant}: {:8.1} us, {:6.2} TFLOP/s",
+                        ty.name(),
+                        secs * 1e6,
+                        flops / secs / 1e12
+                    );
+                }
+                crate::backend::cuda::set_attention_variant(0);
+            }
+        }
         Ok(())
     }
 
@@ -640,12 +704,19 @@ mod gpu {
         }
 
         // RoPE with the cache write, then attention, over a prefix already in the cache.
+        // Batches of several rows take the tiled kernel: its query tiles of 16 (row, head)
+        // pairs split rows of 3 heads, leave rows over, and see fewer keys in early rows.
         for (n_heads, n_kv, head_dim, rope_dims, pos0, n, cap) in [
             (8, 4, 64, 64, 0, 5, 64),
             (9, 3, 64, 64, 17, 1, 64),
             (32, 8, 128, 128, 300, 7, 512),
             (4, 4, 64, 32, 60, 3, 64),
             (8, 4, 8, 8, 40, 2, 64),
+            (32, 8, 128, 128, 448, 64, 512),
+            (8, 4, 8, 8, 40, 17, 64),
+            (9, 3, 64, 64, 100, 33, 256),
+            (16, 2, 256, 256, 70, 9, 128),
+            (6, 6, 96, 96, 5, 11, 64),
         ] {
             let s = AttnShape {
                 n_heads,
@@ -672,6 +743,21 @@ mod gpu {
                 let (mut dq, mut dk, dv) = (upload(g, &q)?, upload(g, &k)?, upload(g, &v)?);
                 g.begin_forward(&vec![0; len], start)?;
                 g.rope_store(&mut dq, &mut dk, &dv, &mut gkv, 0, start, len, s)?;
+                // Every chunk checks attention (the prefix ones are batches too), the last
+                // one RoPE as well.
+                let mut want = vec![f32::NAN; len * qd];
+                cpu.attention(&cq, &ckv, 0, start, len, s, &mut want)?;
+                let mut dout = g.buffer(len * qd)?;
+                g.poison(&mut dout)?;
+                g.attention(&dq, &gkv, 0, start, len, s, &mut dout)?;
+                // Both caches hold f16 (the default); keys rotated on either side may
+                // round to neighbouring f16 values.
+                r.check(
+                    &format!("attention {n_heads}/{n_kv}x{head_dim} pos {start} rows {len}"),
+                    &download(g, &dout, len * qd)?,
+                    &want,
+                    2e-3,
+                );
                 if start >= pos0 {
                     r.check(
                         &format!("rope q {n_heads}/{n_kv}x{head_dim} pos {start}"),
@@ -684,19 +770,6 @@ mod gpu {
                         &download(g, &dk, len * kd)?,
                         &ck,
                         1e-5,
-                    );
-                    let mut want = vec![f32::NAN; len * qd];
-                    cpu.attention(&cq, &ckv, 0, start, len, s, &mut want)?;
-                    let mut dout = g.buffer(len * qd)?;
-                    g.poison(&mut dout)?;
-                    g.attention(&dq, &gkv, 0, start, len, s, &mut dout)?;
-                    // Both caches hold f16 (the default); keys rotated on either side may
-                    // round to neighbouring f16 values.
-                    r.check(
-                        &format!("attention {n_heads}/{n_kv}x{head_dim} pos {start} rows {len}"),
-                        &download(g, &dout, len * qd)?,
-                        &want,
-                        2e-3,
                     );
                 }
                 start += len;
@@ -714,7 +787,9 @@ mod gpu {
     /// whose ring wraps, in batches up to MAX_BATCH; then a save and load of the GPU cache.
     fn kv_layouts(g: &Cuda, cpu: &Cpu, rng: &mut Rng, r: &mut Report) -> Result<()> {
         for ty in [KvType::F16, KvType::Q8_0] {
-            for (n_heads, n_kv, head_dim, rope_dims) in [(8, 2, 64, 64), (4, 4, 32, 16)] {
+            for (n_heads, n_kv, head_dim, rope_dims) in
+                [(8, 2, 64, 64), (4, 4, 32, 16), (8, 4, 8, 8)]
+            {
                 let s = AttnShape {
                     n_heads,
                     n_kv_heads: n_kv,

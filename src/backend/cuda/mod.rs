@@ -283,6 +283,10 @@ impl Cuda {
             if let Some(v) = std::env::var("WICK_MV").ok().and_then(|v| v.parse().ok()) {
                 set_matvec_variant(v);
             }
+            // WICK_ATT=1 sends batches to the single-row attention kernel, to compare.
+            if let Some(v) = std::env::var("WICK_ATT").ok().and_then(|v| v.parse().ok()) {
+                set_attention_variant(v);
+            }
         })
     }
 
@@ -1026,6 +1030,13 @@ impl<'a> Backend<'a> for Cuda {
 pub fn set_matvec_variant(v: i32) {
     // SAFETY: sets a plain integer read at launch.
     unsafe { ffi::wick_matvec_q8_variant(v) }
+}
+
+/// Selects the kernel of multi-row attention: 0 = the tiled tensor-core one (default),
+/// 1 = the single-row one, for timing one against the other.
+pub fn set_attention_variant(v: i32) {
+    // SAFETY: sets a plain integer read at launch.
+    unsafe { ffi::wick_attention_variant(v) }
 }
 
 /// Whether the CUDA backend can run weights of this type.
