@@ -26,6 +26,7 @@ __global__ void __launch_bounds__(ATT_WARPS * 32)
 attention_kernel(const float *q, const uint8_t *kc, const uint8_t *vc, const int *pos0p,
                  const int32_t *state, int n_heads, int n_kv_heads, int head_dim, int capacity,
                  int keep, int window, float *out) {
+    pdl_start();
     __shared__ float part_m[ATT_WARPS], part_l[ATT_WARPS];
     __shared__ float part_acc[ATT_WARPS][MAX_HEAD_DIM];
     int b = blockIdx.y, h = blockIdx.x;
@@ -116,7 +117,7 @@ extern "C" int wick_attention(int type, const float *q, const void *kc, const vo
                                capacity, keep, window, out);
     dim3 grid(n_heads, n);
 #define LAUNCH(T)                                                                          \
-    attention_kernel<T><<<grid, ATT_WARPS * 32, 0, wick_stream>>>(                          \
+    wick_launch(attention_kernel<T>, grid, ATT_WARPS * 32, 0,                           \
         q, (const uint8_t *)kc, (const uint8_t *)vc, pos0, state, n_heads, n_kv_heads,      \
         head_dim, capacity, keep, window, out)
     if (type == T_Q8_0)

@@ -99,6 +99,7 @@ __global__ void __launch_bounds__(MAX_WARPS * 32)
 attention_tiled_kernel(const float *q, const uint8_t *kc, const uint8_t *vc, const int *pos0p,
                        const int32_t *state, int n, int n_heads, int n_kv_heads, int head_dim,
                        int capacity, int keep, int window, float *out) {
+    pdl_start();
     // Rows of D halves padded by 8 so that the 8 rows a fragment load touches fall in
     // different banks.
     constexpr int SK = D + 8;
@@ -358,7 +359,7 @@ int launch(const float *q, const uint8_t *kc, const uint8_t *vc, const int32_t *
     size_t smem = FIXED + nw * PER_WARP;
     if (smem > (size_t)max_smem) return (int)cudaErrorInvalidValue;
     dim3 grid(m_tiles, n_kv_heads);
-    kernel<<<grid, nw * 32, smem, wick_stream>>>(q, kc, vc, pos0, state, n, n_heads, n_kv_heads,
+    wick_launch(kernel, grid, nw * 32, smem, q, kc, vc, pos0, state, n, n_heads, n_kv_heads,
                                                  head_dim, capacity, keep, window, out);
     return (int)cudaGetLastError();
 }

@@ -1,11 +1,13 @@
 // Device selection and memory: thin wrappers so Rust sees plain C functions.
 #include <cuda_runtime.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "common.cuh"
 #include "stream.cuh"
 
 cudaStream_t wick_stream = nullptr;
+bool wick_pdl = false;
 
 extern "C" int wick_cuda_device_count(int *count) {
     return (int)cudaGetDeviceCount(count);
@@ -29,6 +31,10 @@ extern "C" int wick_cuda_init(int device, char *name, int name_len, size_t *tota
     }
     *sm_major = p.major;
     *sm_minor = p.minor;
+    // Programmatic dependent launch needs Hopper (griddepcontrol); WICK_PDL=0 turns it off
+    // for comparison runs.
+    const char *env = getenv("WICK_PDL");
+    wick_pdl = p.major >= 9 && !(env && strcmp(env, "0") == 0);
     return 0;
 }
 

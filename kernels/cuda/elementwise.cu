@@ -7,6 +7,7 @@
 
 template <int TYPE>
 __global__ void embed_kernel(const uint8_t *table, int dim, const int32_t *tokens, float *x) {
+    pdl_start();
     int b = blockIdx.y;
     const uint8_t *row = table + (size_t)tokens[b] * row_bytes(TYPE, dim);
     float *o = x + (size_t)b * dim;
@@ -30,7 +31,7 @@ extern "C" int wick_embed(int type, const void *table, int dim, const int32_t *t
         return (int)cudaErrorInvalidValue;
     int n_blk = dim / 32;
     dim3 grid((n_blk + 63) / 64 + 1, n), block(64);
-#define LAUNCH(T) embed_kernel<T><<<grid, block, 0, wick_stream>>>((const uint8_t *)table, dim, tokens, x)
+#define LAUNCH(T) wick_launch(embed_kernel<T>, grid, block, 0, (const uint8_t *)table, dim, tokens, x)
     WICK_DISPATCH_TYPE(type, LAUNCH)
 #undef LAUNCH
     return (int)cudaGetLastError();
@@ -39,6 +40,7 @@ extern "C" int wick_embed(int type, const void *table, int dim, const int32_t *t
 // One block per row: sum of squares by the block, then the scaled write.
 __global__ void rmsnorm_kernel(const float *x, const float *w, float eps, int cols,
                                float *out) {
+    pdl_start();
     __shared__ float partial[32];
     const float *xr = x + (size_t)blockIdx.x * cols;
     float ss = 0.f;
@@ -66,6 +68,7 @@ constexpr int NORM_Q8_WARPS = 8;
 __global__ void __launch_bounds__(NORM_Q8_WARPS * 32)
 rmsnorm_q8_kernel(const float *x, const float *w, float eps, int cols, float *out, int8_t *xq,
                   float *xd) {
+    pdl_start();
     __shared__ float partial[NORM_Q8_WARPS];
     const float *xr = x + (size_t)blockIdx.x * cols;
     const float4 *x4 = reinterpret_cast<const float4 *>(xr);
@@ -95,20 +98,21 @@ extern "C" int wick_rmsnorm_q8(const float *x, const float *w, float eps, int ro
     if (cols % 32 != 0) return (int)cudaErrorInvalidValue;
     int n_blk = cols / 32;
     dim3 grid(rows, (n_blk + NORM_Q8_WARPS - 1) / NORM_Q8_WARPS);
-    rmsnorm_q8_kernel<<<grid, NORM_Q8_WARPS * 32, 0, wick_stream>>>(x, w, eps, cols, out, xq,
+    wick_launch(rmsnorm_q8_kernel, grid, NORM_Q8_WARPS * 32, 0, x, w, eps, cols, out, xq,
                                                                     xd);
     return (int)cudaGetLastError();
 }
 
 extern "C" int wick_rmsnorm(const float *x, const float *w, float eps, int rows, int cols,
                             float *out) {
-    rmsnorm_kernel<<<rows, 256, 0, wick_stream>>>(x, w, eps, cols, out);
+    wick_launch(rmsnorm_kernel, rows, 256, 0, x, w, eps, cols, out);
     return (int)cudaGetLastError();
 }
 
 // One thread per rotated pair of q or k; pairs past the rotated dims are left alone.
 __global__ void rope_kernel(float *q, float *k, const int *pos0p, int n_heads, int n_kv_heads,
                             int head_dim, int rope_dims, float theta) {
+    pdl_start();
     int b = blockIdx.y;
     int pos = *pos0p + b;
     int q_pairs = n_heads * head_dim / 2, kv_pairs = n_kv_heads * head_dim / 2;
@@ -134,12 +138,13 @@ extern "C" int wick_rope(float *q, float *k, const int32_t *pos0, int n, int n_h
                          int n_kv_heads, int head_dim, int rope_dims, float theta) {
     int pairs = (n_heads + n_kv_heads) * head_dim / 2;
     dim3 grid((pairs + 127) / 128, n), block(128);
-    rope_kernel<<<grid, block, 0, wick_stream>>>(q, k, pos0, n_heads, n_kv_heads, head_dim,
+    wick_launch(rope_kernel, grid, block, 0, q, k, pos0, n_heads, n_kv_heads, head_dim,
                                                  rope_dims, theta);
     return (int)cudaGetLastError();
 }
 
 __global__ void swiglu_kernel(float *g, const float *u, int n) {
+    pdl_start();
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) {
         float x = g[i];
@@ -148,12 +153,13 @@ __global__ void swiglu_kernel(float *g, const float *u, int n) {
 }
 
 extern "C" int wick_swiglu(float *g, const float *u, int n) {
-    swiglu_kernel<<<(n + 255) / 256, 256, 0, wick_stream>>>(g, u, n);
+    wick_launch(swiglu_kernel, (n + 255) / 256, 256, 0, g, u, n);
     return (int)cudaGetLastError();
 }
 
 // One warp per 32 values, which it also rounds to int8 for the down projection.
 __global__ void swiglu_q8_kernel(float *g, const float *u, int n_blk, int8_t *xq, float *xd) {
+    pdl_start();
     int blk = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
     if (blk >= n_blk) return;
     size_t i = (size_t)blk * 32 + lane;
@@ -166,6 +172,6 @@ __global__ void swiglu_q8_kernel(float *g, const float *u, int n_blk, int8_t *xq
 extern "C" int wick_swiglu_q8(float *g, const float *u, int n, int8_t *xq, float *xd) {
     if (n % 32 != 0) return (int)cudaErrorInvalidValue;
     int n_blk = n / 32;
-    swiglu_q8_kernel<<<(n_blk + 7) / 8, 256, 0, wick_stream>>>(g, u, n_blk, xq, xd);
+    wick_launch(swiglu_q8_kernel, (n_blk + 7) / 8, 256, 0, g, u, n_blk, xq, xd);
     return (int)cudaGetLastError();
 }

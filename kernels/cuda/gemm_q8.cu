@@ -134,6 +134,7 @@ gemm_q8_kernel(const uint8_t *__restrict__ w, int rows, int cols,
                const int8_t *__restrict__ xq, const float *__restrict__ xd, int nb,
                float *__restrict__ y, int accumulate, float *__restrict__ part,
                int n_slices) {
+    pdl_start();
     using L = Smem<TYPE, NT>;
     using SlotT = typename Slot<V>::T;
     constexpr int BN = L::BN, XSTRIDE = L::XSTRIDE;
@@ -372,6 +373,7 @@ gemm_q8_kernel(const uint8_t *__restrict__ w, int rows, int cols,
 // y (+)= the sum of n_slices partial products, in slice order.
 __global__ void gemm_reduce_kernel(const float *__restrict__ part, int n, int n_slices,
                                    float *__restrict__ y, int accumulate) {
+    pdl_start();
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
     float s = 0.f;
@@ -417,11 +419,11 @@ int launch(const uint8_t *w, int rows, int cols, const int8_t *xq, const float *
     else slices = (int)std::min((size_t)slices, std::max((size_t)1, ws_floats / per_slice));
     if (slices > 65535) slices = 65535;
     dim3 grid(row_blocks, slices);
-    kernel<<<grid, THREADS, SMEM, wick_stream>>>(w, rows, cols, xq, xd, nb, y, accumulate, ws,
+    wick_launch(kernel, grid, THREADS, SMEM, w, rows, cols, xq, xd, nb, y, accumulate, ws,
                                                  slices);
     if (slices > 1) {
         int n = nb * rows;
-        gemm_reduce_kernel<<<(n + 255) / 256, 256, 0, wick_stream>>>(ws, n, slices, y,
+        wick_launch(gemm_reduce_kernel, (n + 255) / 256, 256, 0, ws, n, slices, y,
                                                                     accumulate);
     }
     return (int)cudaGetLastError();

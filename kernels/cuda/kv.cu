@@ -10,6 +10,7 @@ template <int TYPE>
 __global__ void kv_store_kernel(const float *k, const float *v, uint8_t *kc, uint8_t *vc,
                                 const int32_t *pos0p, const int32_t *state, int kv_dim,
                                 int capacity, int keep) {
+    pdl_start();
     int b = blockIdx.y;
     int slot = kv_slot(*pos0p + b, capacity, keep, state[0]);
     size_t rb = kv_row_bytes(TYPE, kv_dim);
@@ -27,10 +28,10 @@ extern "C" int wick_kv_store(int type, const float *k, const float *v, void *kc,
         return (int)cudaErrorInvalidValue;
     dim3 grid((kv_dim + 31) / 32, n), block(32);
     if (type == T_Q8_0)
-        kv_store_kernel<T_Q8_0><<<grid, block, 0, wick_stream>>>(
+        wick_launch(kv_store_kernel<T_Q8_0>, grid, block, 0,
             k, v, (uint8_t *)kc, (uint8_t *)vc, pos0, state, kv_dim, capacity, keep);
     else if (type == T_F16)
-        kv_store_kernel<T_F16><<<grid, block, 0, wick_stream>>>(
+        wick_launch(kv_store_kernel<T_F16>, grid, block, 0,
             k, v, (uint8_t *)kc, (uint8_t *)vc, pos0, state, kv_dim, capacity, keep);
     else
         return (int)cudaErrorInvalidValue;
@@ -42,6 +43,7 @@ extern "C" int wick_kv_store(int type, const float *k, const float *v, void *kc,
 template <int TYPE>
 __global__ void kv_shift_kernel(uint8_t *kc, int p0, int kv_dim, int head_dim, int rope_dims,
                                 float theta, float by, int capacity, int keep, int offset) {
+    pdl_start();
     int slot = kv_slot(p0 + blockIdx.y, capacity, keep, offset);
     uint8_t *row = kc + slot * kv_row_bytes(TYPE, kv_dim);
     int e = blockIdx.x * 32 + threadIdx.x;
@@ -67,10 +69,10 @@ extern "C" int wick_kv_shift(int type, void *kc, int p0, int count, int kv_dim, 
         return (int)cudaErrorInvalidValue;
     dim3 grid(kv_dim / 32, count), block(32);
     if (type == T_Q8_0)
-        kv_shift_kernel<T_Q8_0><<<grid, block, 0, wick_stream>>>(
+        wick_launch(kv_shift_kernel<T_Q8_0>, grid, block, 0,
             (uint8_t *)kc, p0, kv_dim, head_dim, rope_dims, theta, by, capacity, keep, offset);
     else if (type == T_F16)
-        kv_shift_kernel<T_F16><<<grid, block, 0, wick_stream>>>(
+        wick_launch(kv_shift_kernel<T_F16>, grid, block, 0,
             (uint8_t *)kc, p0, kv_dim, head_dim, rope_dims, theta, by, capacity, keep, offset);
     else
         return (int)cudaErrorInvalidValue;

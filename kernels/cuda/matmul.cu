@@ -26,6 +26,7 @@ template <int TYPE, int ROWS_PER_WARP>
 __global__ void __launch_bounds__(WARPS * 32)
 matmul_kernel(const uint8_t *__restrict__ w, int rows, int cols, const float *__restrict__ x,
               int nb, float *__restrict__ y, int accumulate) {
+    pdl_start();
     __shared__ __align__(16) float xs[NB][CHUNK];
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     int group = lane / 4, part = lane % 4;
@@ -126,10 +127,10 @@ extern "C" int wick_matmul(int type, const void *w, int rows, int cols, const fl
     dim3 grid((rows + WARPS * rpw - 1) / (WARPS * rpw)), block(WARPS * 32);
 #define LAUNCH(T)                                                                          \
     if (rpw == 1)                                                                          \
-        matmul_kernel<T, 1><<<grid, block, 0, wick_stream>>>((const uint8_t *)w, rows, cols, \
+        wick_launch(matmul_kernel<T, 1>, grid, block, 0, (const uint8_t *)w, rows, cols, \
                                                              x, nb, y, accumulate);        \
     else                                                                                   \
-        matmul_kernel<T, 2><<<grid, block, 0, wick_stream>>>((const uint8_t *)w, rows, cols, \
+        wick_launch(matmul_kernel<T, 2>, grid, block, 0, (const uint8_t *)w, rows, cols, \
                                                              x, nb, y, accumulate)
     WICK_DISPATCH_TYPE(type, LAUNCH)
 #undef LAUNCH

@@ -23,6 +23,7 @@ constexpr int MV_NB = 8;     // activation rows per pass over the weights
 // One warp per 32 values.
 __global__ void quantize_q8_kernel(const float *__restrict__ x, int n_blocks,
                                    int8_t *__restrict__ xq, float *__restrict__ xd) {
+    pdl_start();
     int blk = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
     if (blk >= n_blocks) return;
     quantize_q8_lane(x[(size_t)blk * 32 + lane], blk, lane, xq, xd);
@@ -47,6 +48,7 @@ template <int TYPE, int NB, int UNR>
 __global__ void __launch_bounds__(MV_WARPS * 32)
 matvec_q8_kernel(MvTargets t, int cols, const int8_t *__restrict__ xq,
                  const float *__restrict__ xd, int nb, int accumulate) {
+    pdl_start();
     int ti = blockIdx.x >= t.first_block[1] ? (blockIdx.x >= t.first_block[2] ? 2 : 1) : 0;
     const uint8_t *__restrict__ w = t.w[ti];
     float *__restrict__ y = t.y[ti];
@@ -108,8 +110,8 @@ extern "C" int wick_quantize_q8(const float *x, int n, int8_t *xq, float *xd) {
     if (n % 32 != 0) return (int)cudaErrorInvalidValue;
     int n_blocks = n / 32;
     constexpr int per_block = 8;  // warps
-    quantize_q8_kernel<<<(n_blocks + per_block - 1) / per_block, per_block * 32, 0,
-                         wick_stream>>>(x, n_blocks, xq, xd);
+    wick_launch(quantize_q8_kernel, (n_blocks + per_block - 1) / per_block, per_block * 32, 0,
+                x, n_blocks, xq, xd);
     return (int)cudaGetLastError();
 }
 
@@ -121,7 +123,7 @@ template <int TYPE, int NB, int UNR>
 static void launch_mv(const MvTargets &t, int cols, const int8_t *xq, const float *xd, int nb,
                       int accumulate) {
     int n = t.first_block[3];
-    matvec_q8_kernel<TYPE, NB, UNR><<<n, MV_WARPS * 32, 0, wick_stream>>>(t, cols, xq, xd, nb,
+    wick_launch(matvec_q8_kernel<TYPE, NB, UNR>, n, MV_WARPS * 32, 0, t, cols, xq, xd, nb,
                                                                           accumulate);
 }
 

@@ -1,7 +1,42 @@
 // The one stream every kernel and copy goes on. A non-default stream, so that a decode step
 // can be captured into a CUDA graph and replayed.
+//
+// Kernels go through `launch`, which on Hopper marks each launch as a programmatic
+// dependent of the one before (PDL): the next kernel's blocks are scheduled while the
+// previous kernel drains, and each block waits in pdl_wait until its predecessor has
+// finished and its writes are visible. A decode step is ~350 mostly short kernels, and the
+// gap between two of them otherwise costs about as much as a small kernel itself.
 #pragma once
 
 #include <cuda_runtime.h>
 
+#include <utility>
+
 extern cudaStream_t wick_stream;
+extern bool wick_pdl;  // set by wick_cuda_init: compute capability 9.0+, WICK_PDL not "0"
+
+// Every kernel starts with these two. Waiting is what makes PDL safe: no kernel reads or
+// writes memory before the kernel launched before it has completed (so, transitively,
+// every earlier kernel). Without a programmatic launch both are no-ops.
+__device__ inline void pdl_start() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+template <typename... Params, typename... Args>
+inline cudaError_t wick_launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem,
+                          Args &&...args) {
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = grid;
+    cfg.blockDim = block;
+    cfg.dynamicSmemBytes = smem;
+    cfg.stream = wick_stream;
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = attr;
+    cfg.numAttrs = wick_pdl ? 1 : 0;
+    return cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...);
+}

@@ -407,6 +407,11 @@ mod gpu {
         ] {
             for (rows, cols, nb) in [
                 (1usize, 256usize, 1usize),
+                // Rows that are not whole K-quant super-blocks or pairs of blocks.
+                (5, 576, 1),
+                (6, 320, 4),
+                (9, 96, 2),
+                (3, 1088, 7),
                 (7, 512, 2),
                 (333, 512, 3),
                 (4096, 4096, 1),
