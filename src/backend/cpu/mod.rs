@@ -167,11 +167,6 @@ impl Cpu {
             }
         });
     }
-
-    /// Bytes of per-thread AMX scratch (decoded weight panels) held now.
-    pub fn amx_scratch_bytes(&self) -> usize {
-        self.panels.borrow().iter().map(Panel::bytes).sum()
-    }
 }
 
 /// Asks the CPU to start loading `bytes` into cache. Streaming weights from memory is the

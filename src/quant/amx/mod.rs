@@ -335,11 +335,6 @@ impl Panel {
             }
         }
     }
-
-    /// Bytes this scratch holds.
-    pub fn bytes(&self) -> usize {
-        self.q.len() * 64 + (self.scale.len() + self.min.len()) * 4
-    }
 }
 
 /// The tile registers, configured on this thread for one format; released on drop.

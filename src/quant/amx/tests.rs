@@ -186,7 +186,10 @@ fn amx_product_matches_the_scalar_dot() {
 fn formats_cover_the_prefill_types() {
     for (t, unit) in TYPES {
         let f = format(t).unwrap();
-        assert!(unit % f.block == 0 && f.block % 4 == 0, "{t}");
+        assert!(
+            unit.is_multiple_of(f.block) && f.block.is_multiple_of(4),
+            "{t}"
+        );
         // Every AMX type is prepared as 8-bit blocks that `Acts::pack` reads.
         let dt = scalar_kernels(t).unwrap().vec_dot_type;
         assert!(
