@@ -6,6 +6,7 @@
 //! multiply-adds inside each block. The kernels for each type live in one table, chosen
 //! once per process from the CPU's features.
 
+pub mod amx;
 mod block;
 pub mod encode;
 mod float;
@@ -285,6 +286,9 @@ pub struct DotInput {
     bytes: Vec<u8>,
     /// The rows as given, for the exact path.
     f32s: Vec<f32>,
+    /// The rows interleaved for AMX tiles, and the weight type they are packed for.
+    amx: amx::Acts,
+    amx_for: Option<GgmlType>,
 }
 
 impl DotInput {
@@ -324,7 +328,23 @@ impl DotInput {
         self.ty = Some(t);
         self.row_bytes = row_bytes;
         self.rows = rows;
+        self.amx_for = None;
+        if self.precision == Precision::Fast
+            && rows >= amx::MIN_ROWS
+            && amx::format(weight_type).is_some()
+            && amx::enabled()
+        {
+            self.amx
+                .pack(weight_type, &self.bytes, row_bytes, rows, cols);
+            self.amx_for = Some(weight_type);
+        }
         Ok(())
+    }
+
+    /// The rows packed for AMX tile products with weights of type `t`, where the CPU has
+    /// them, the batch is large enough and the type has a tile format.
+    pub fn amx(&self, t: GgmlType) -> Option<&amx::Acts> {
+        (self.amx_for == Some(t)).then_some(&self.amx)
     }
 
     fn input_type(&self, weight_type: GgmlType) -> GgmlType {

@@ -13,6 +13,7 @@ pub use ops::{rmsnorm_row, rope, rope_by, rope_inv_freq, softmax, swiglu};
 use super::{AttnShape, Backend};
 use crate::kv::{KvCache, KvLayout};
 use crate::model::Tensor;
+use crate::quant::amx::{self, Panel, Tiles, TILE};
 use crate::quant::{DotInput, Precision};
 use pool::{split, SharedMut, ThreadPool};
 
@@ -31,6 +32,8 @@ pub struct Cpu {
     scores: RefCell<Vec<f32>>,
     /// `Backend::set_row_exact`: no 4x4 tiles, whose sums round unlike a one-row dot's.
     row_exact: Cell<bool>,
+    /// One decoded weight panel per thread, for the AMX path.
+    panels: RefCell<Vec<Panel>>,
 }
 
 impl Cpu {
@@ -40,6 +43,7 @@ impl Cpu {
             dot: RefCell::new(DotInput::new(precision)),
             scores: RefCell::new(Vec::new()),
             row_exact: Cell::new(false),
+            panels: RefCell::new(Vec::new()),
         }
     }
 
@@ -52,6 +56,9 @@ impl Cpu {
     /// split the weight rows; each walks its rows in tiles that stay in L1 while every
     /// activation row passes over them, prefetching the next tile from memory meanwhile.
     fn matmul_prepared(&self, out: &mut [f32], w: &Tensor, x: &DotInput, accumulate: bool) {
+        if let Some(acts) = x.amx(w.ty).filter(|_| !self.row_exact.get()) {
+            return self.matmul_amx(out, w, acts, accumulate);
+        }
         let (n_rows, n_b) = (w.rows, x.rows());
         let out = SharedMut::new(&mut out[..n_rows * n_b]);
         let t = self.pool.n_threads();
@@ -114,6 +121,49 @@ impl Cpu {
                     }
                 }
                 r0 = r1;
+            }
+        });
+    }
+}
+
+impl Cpu {
+    /// `matmul_prepared` on AMX tiles: each thread decodes 16 weight rows at a time into
+    /// its panel, then multiplies the panel with every 16-token tile of the batch.
+    fn matmul_amx(&self, out: &mut [f32], w: &Tensor, acts: &amx::Acts, accumulate: bool) {
+        let (n_rows, n_b) = (w.rows, acts.rows());
+        let out = SharedMut::new(&mut out[..n_rows * n_b]);
+        let t = self.pool.n_threads();
+        let mut panels = self.panels.borrow_mut();
+        if panels.len() < t {
+            panels.resize_with(t, Panel::default);
+        }
+        let panels = SharedMut::new(&mut panels[..t]);
+        let (rb, format) = (w.row_bytes(), acts.format().expect("packed"));
+        self.pool.run(|i| {
+            // SAFETY: one panel per thread.
+            let panel = unsafe { &mut panels.slice(i, 1)[0] };
+            let mine = split(n_rows, i, t, TILE);
+            if mine.is_empty() {
+                return;
+            }
+            let tiles = Tiles::configure(format);
+            for r0 in mine.clone().step_by(TILE) {
+                let r1 = (r0 + TILE).min(mine.end);
+                panel.load(w.ty, w.data, rb, w.cols, r0, r1);
+                // The next panel's rows stream in while this one is multiplied, a share
+                // per token tile.
+                let next = &w.data[r1 * rb..(r1 + TILE).min(mine.end) * rb];
+                let share = next.len().div_ceil(acts.tiles()).next_multiple_of(64);
+                for tile in 0..acts.tiles() {
+                    let pf =
+                        &next[(tile * share).min(next.len())..((tile + 1) * share).min(next.len())];
+                    // SAFETY: rows r0..r1 of every output row belong to this thread, and
+                    // the tile's tokens are rows of `out`.
+                    unsafe {
+                        let dst = out.ptr(tile * TILE * n_rows + r0);
+                        panel.multiply(&tiles, acts, tile, dst, n_rows, accumulate, pf);
+                    }
+                }
             }
         });
     }

@@ -174,6 +174,12 @@ impl<T> SharedMut<T> {
     pub unsafe fn slice(&self, start: usize, len: usize) -> &mut [T] {
         std::slice::from_raw_parts_mut(self.0.add(start), len)
     }
+
+    /// # Safety
+    /// `start` must be inside the original slice.
+    pub unsafe fn ptr(&self, start: usize) -> *mut T {
+        self.0.add(start)
+    }
 }
 
 #[cfg(test)]

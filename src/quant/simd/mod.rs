@@ -10,7 +10,7 @@
 //! any value.
 //!
 //! `WICK_SIMD` forces a level, for tests and benchmarks: `scalar`, `avx2`, `avxvnni`,
-//! `avx512`, `avx512vnni` on x86-64; `scalar`, `neon`, `dotprod` on aarch64. A level the
+//! `avx512`, `avx512vnni`, `amx` on x86-64; `scalar`, `neon`, `dotprod` on aarch64. A level the
 //! CPU lacks (or an unknown name) falls back to the best one it has, with a warning.
 
 use std::sync::OnceLock;
@@ -36,18 +36,22 @@ pub enum Level {
     /// Avx512 plus AVX512-VNNI (Ice Lake, Zen 4); BF16 dots use `vdpbf16ps` where
     /// AVX512-BF16 is present too.
     Avx512Vnni,
+    /// Avx512Vnni plus AMX-INT8 tiles (Sapphire Rapids), which prefill's matrix products
+    /// use (`quant::amx`); every other kernel is Avx512Vnni's.
+    Amx,
     /// Advanced SIMD, which every aarch64 CPU has.
     Neon,
     /// Neon plus the `sdot` instruction (Armv8.2 dotprod).
     NeonDotprod,
 }
 
-const ALL: [Level; 7] = [
+const ALL: [Level; 8] = [
     Level::Scalar,
     Level::Avx2,
     Level::AvxVnni,
     Level::Avx512,
     Level::Avx512Vnni,
+    Level::Amx,
     Level::Neon,
     Level::NeonDotprod,
 ];
@@ -60,6 +64,7 @@ impl Level {
             Level::AvxVnni => "avxvnni",
             Level::Avx512 => "avx512",
             Level::Avx512Vnni => "avx512vnni",
+            Level::Amx => "amx",
             Level::Neon => "neon",
             Level::NeonDotprod => "dotprod",
         }
@@ -77,6 +82,7 @@ impl Level {
             Level::Avx2 | Level::AvxVnni | Level::Avx512 | Level::Avx512Vnni => {
                 x86::supported(self)
             }
+            Level::Amx => Level::Avx512Vnni.is_supported() && super::amx::available(),
             #[cfg(target_arch = "aarch64")]
             Level::Neon | Level::NeonDotprod => neon::supported(self),
             #[allow(unreachable_patterns)]
@@ -131,6 +137,9 @@ pub fn kernels_at(level: Level, t: GgmlType) -> Option<Kernels> {
         Level::Avx2 | Level::AvxVnni | Level::Avx512 | Level::Avx512Vnni => {
             x86::overlay(level, t, &mut k)
         }
+        // The tiles only take batched products; single rows keep the VNNI kernels.
+        #[cfg(target_arch = "x86_64")]
+        Level::Amx => x86::overlay(Level::Avx512Vnni, t, &mut k),
         #[cfg(target_arch = "aarch64")]
         Level::Neon | Level::NeonDotprod => neon::overlay(level, t, &mut k),
         #[allow(unreachable_patterns)]
