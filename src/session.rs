@@ -102,8 +102,13 @@ impl<'m, 'a, B: Backend<'a>> Session<'m, 'a, B> {
             if read {
                 self.model.forward(&mut self.state, chunk, pos, which)?;
             } else {
-                self.model
-                    .forward_on_device(&mut self.state, Some(chunk), chunk.len(), pos, which)?;
+                self.model.forward_on_device(
+                    &mut self.state,
+                    Some(chunk),
+                    chunk.len(),
+                    pos,
+                    which,
+                )?;
             }
             self.tokens.extend_from_slice(chunk);
         }
@@ -129,7 +134,10 @@ impl<'m, 'a, B: Backend<'a>> Session<'m, 'a, B> {
             self.model.backend.device_spec().is_some(),
             "this backend cannot stage tokens on the device"
         );
-        ensure!(n <= self.room(), "{n} staged tokens do not fit in the context");
+        ensure!(
+            n <= self.room(),
+            "{n} staged tokens do not fit in the context"
+        );
         let pos = self.len();
         self.model
             .forward_on_device(&mut self.state, None, n, pos, which)?;

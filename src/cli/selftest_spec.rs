@@ -94,7 +94,10 @@ pub fn run(g: &Cuda, seed: u64, t: &mut Tally) -> Result<()> {
         Err(e) => t.check(
             "smollm2-draft speculation",
             false,
-            format!("{} is needed (run from the repository root): {e}", draft.display()),
+            format!(
+                "{} is needed (run from the repository root): {e}",
+                draft.display()
+            ),
         ),
     }
     Ok(())
@@ -265,7 +268,8 @@ fn models(g: &Cuda, file: &GgufFile, name: &str, prompt: &str, t: &mut Tally) ->
                 p_min,
             };
             let s = Session::new(&target, ctx)?;
-            let mut spec = Speculator::new(s, Sampler::new(greedy(), vocab), drafter, params, vocab)?;
+            let mut spec =
+                Speculator::new(s, Sampler::new(greedy(), vocab), drafter, params, vocab)?;
             let out = generate(&mut spec, &prompt, steps)?;
             let st = spec.stats();
             let same = out == plain;

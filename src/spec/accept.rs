@@ -164,10 +164,7 @@ mod tests {
             0.0, 4.0, 1.0, 4.0, //
             9.0, 1.0, 1.0, 1.0,
         ];
-        let sure = DraftCut {
-            min: 0,
-            p_min: 0.0,
-        };
+        let sure = DraftCut { min: 0, p_min: 0.0 };
         let v = judge_greedy(&rows, 4, &[2, 1], &[1.0, 1.0], sure);
         assert_eq!((v.valid, v.accepted, v.next), (2, 2, 0));
         let v = judge_greedy(&rows, 4, &[2, 3], &[1.0, 1.0], sure);
@@ -175,10 +172,7 @@ mod tests {
         let v = judge_greedy(&rows, 4, &[0, 1], &[1.0, 1.0], sure);
         assert_eq!((v.valid, v.accepted, v.next), (2, 0, 2));
         // The second proposal is unsure: only the first is judged.
-        let cut = DraftCut {
-            min: 1,
-            p_min: 0.5,
-        };
+        let cut = DraftCut { min: 1, p_min: 0.5 };
         let v = judge_greedy(&rows, 4, &[2, 1], &[0.1, 0.4], cut);
         assert_eq!((v.valid, v.accepted, v.next), (1, 1, 1));
         // Below draft_min nothing is cut.

@@ -174,6 +174,9 @@ pub struct SpecStats {
     pub draft_secs: f64,
     pub verify_secs: f64,
     pub plain_secs: f64,
+    /// Whether drafts were judged on the device: drafting is then only queued, and its time
+    /// falls in `verify_secs`.
+    pub on_device: bool,
 }
 
 impl SpecStats {

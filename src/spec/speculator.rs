@@ -86,7 +86,10 @@ impl<'m, 'a, B: Backend<'a>> Speculator<'m, 'a, B> {
             sampler,
             drafter,
             lookahead: Lookahead::new(params.draft_min, params.draft_max),
-            stats: SpecStats::default(),
+            stats: SpecStats {
+                on_device,
+                ..SpecStats::default()
+            },
             judge: Judge::new(vocab),
             ready: VecDeque::with_capacity(params.draft_max + 1),
             last: None,
@@ -354,10 +357,7 @@ impl<'m, 'a, B: Backend<'a>> Speculator<'m, 'a, B> {
                 self.drafted.clear();
                 ngram_draft(&self.batch, k, &mut self.drafted);
                 spec.set_proposals(&self.drafted)?;
-                let cut = DraftCut {
-                    min: 0,
-                    p_min: 0.0,
-                };
+                let cut = DraftCut { min: 0, p_min: 0.0 };
                 (self.drafted.len(), Some(cut))
             }
         };

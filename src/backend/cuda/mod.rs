@@ -537,11 +537,7 @@ impl Cuda {
         // SAFETY: at most MAX_BATCH values into buffers of MAX_BATCH.
         check(
             unsafe {
-                ffi::wick_cuda_h2d(
-                    self.spec.proposals.ptr,
-                    ids.as_ptr().cast(),
-                    ids.len() * 4,
-                )
+                ffi::wick_cuda_h2d(self.spec.proposals.ptr, ids.as_ptr().cast(), ids.len() * 4)
             },
             "copy proposals to the GPU",
         )?;
@@ -1167,7 +1163,10 @@ impl DeviceSpec<DeviceMem> for Cuda {
     }
 
     fn stage_verify(&self, pos0: usize, first: u32, n: usize) -> Result<()> {
-        ensure!(n < MAX_BATCH, "a verification takes at most {MAX_BATCH} tokens");
+        ensure!(
+            n < MAX_BATCH,
+            "a verification takes at most {MAX_BATCH} tokens"
+        );
         // SAFETY: n + 1 tokens after the position fit in params; n proposals exist.
         check(
             unsafe {
@@ -1230,7 +1229,8 @@ impl DeviceSpec<DeviceMem> for Cuda {
         out.accepted = accepted as usize;
         out.next = next as u32;
         out.proposals.clear();
-        out.proposals.extend(host[3..3 + n].iter().map(|&t| t as u32));
+        out.proposals
+            .extend(host[3..3 + n].iter().map(|&t| t as u32));
         Ok(())
     }
 
