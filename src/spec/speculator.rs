@@ -488,7 +488,12 @@ fn catch_up<'a, B: Backend<'a>>(
         session.shift()?;
     }
     if on_device {
-        session.prefill_on_device(batch)?;
+        // Rows as decode steps compute them, as the model's verification does, so that a
+        // draft that is the model itself agrees with it exactly.
+        session.backend().set_row_exact(true);
+        let fed = session.prefill_on_device(batch);
+        session.backend().set_row_exact(false);
+        fed?;
     } else {
         session.prefill(batch)?;
     }
