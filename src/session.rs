@@ -17,6 +17,9 @@ pub struct Session<'m, 'a, B: Backend<'a>> {
     tokens: Vec<u32>,
     /// Tokens after the first `keep` that context shifts dropped from the cache.
     discarded: usize,
+    /// The last this many of `tokens` were staged on the device (`step_staged`,
+    /// `verify_staged`) and stand as placeholders until `settle_staged` names them.
+    staged: usize,
 }
 
 impl<'m, 'a, B: Backend<'a>> Session<'m, 'a, B> {
@@ -31,6 +34,7 @@ impl<'m, 'a, B: Backend<'a>> Session<'m, 'a, B> {
             state: model.new_state_with(s)?,
             tokens: Vec::with_capacity(s.ctx),
             discarded: 0,
+            staged: 0,
         })
     }
 
@@ -70,6 +74,17 @@ impl<'m, 'a, B: Backend<'a>> Session<'m, 'a, B> {
 
     /// Feeds `tokens` and returns the logits after the last one.
     pub fn prefill(&mut self, tokens: &[u32]) -> Result<&[f32]> {
+        self.feed(tokens, true)?;
+        Ok(self.state.logits())
+    }
+
+    /// `prefill`, leaving the logits after the last token on the device (`logits_buf`).
+    pub fn prefill_on_device(&mut self, tokens: &[u32]) -> Result<()> {
+        self.feed(tokens, false)
+    }
+
+    fn feed(&mut self, tokens: &[u32], read: bool) -> Result<()> {
+        self.settled()?;
         if tokens.is_empty() {
             bail!("nothing to prefill");
         }
@@ -83,11 +98,91 @@ impl<'m, 'a, B: Backend<'a>> Session<'m, 'a, B> {
         let n_chunks = tokens.len().div_ceil(MAX_BATCH);
         for (i, chunk) in tokens.chunks(MAX_BATCH).enumerate() {
             let pos = self.len();
-            self.model
-                .forward(&mut self.state, chunk, pos, last_or_none(i + 1 == n_chunks))?;
+            let which = last_or_none(i + 1 == n_chunks);
+            if read {
+                self.model.forward(&mut self.state, chunk, pos, which)?;
+            } else {
+                self.model.forward_on_device(
+                    &mut self.state,
+                    Some(chunk),
+                    chunk.len(),
+                    pos,
+                    which,
+                )?;
+            }
             self.tokens.extend_from_slice(chunk);
         }
-        Ok(self.state.logits())
+        Ok(())
+    }
+
+    /// One decode step of the token a [`crate::backend::DeviceSpec::pick`] staged, its
+    /// logits left on the device: no wait for the device. Its id stays a placeholder in
+    /// `tokens` until `settle_staged`.
+    pub fn step_staged(&mut self) -> Result<()> {
+        self.staged_forward(1, Logits::Last)
+    }
+
+    /// A verification of the `n` tokens [`crate::backend::DeviceSpec::stage_verify`]
+    /// staged, every row's logits left on the device (`rows_buf`), as `feed_all` would
+    /// compute them.
+    pub fn verify_staged(&mut self, n: usize) -> Result<()> {
+        self.staged_forward(n, Logits::All)
+    }
+
+    fn staged_forward(&mut self, n: usize, which: Logits) -> Result<()> {
+        ensure!(
+            self.model.backend.device_spec().is_some(),
+            "this backend cannot stage tokens on the device"
+        );
+        ensure!(
+            n <= self.room(),
+            "{n} staged tokens do not fit in the context"
+        );
+        let pos = self.len();
+        self.model
+            .forward_on_device(&mut self.state, None, n, pos, which)?;
+        self.tokens.resize(self.tokens.len() + n, u32::MAX);
+        self.staged += n;
+        Ok(())
+    }
+
+    /// Names the tokens fed by `step_staged` and `verify_staged` since the last call, in
+    /// order, once the host knows them.
+    pub fn settle_staged(&mut self, ids: &[u32]) -> Result<()> {
+        ensure!(
+            ids.len() == self.staged,
+            "{} staged tokens named, {} were fed",
+            ids.len(),
+            self.staged
+        );
+        let at = self.tokens.len() - self.staged;
+        self.tokens[at..].copy_from_slice(ids);
+        self.staged = 0;
+        Ok(())
+    }
+
+    fn settled(&self) -> Result<()> {
+        ensure!(
+            self.staged == 0,
+            "{} tokens staged on the device were never settled",
+            self.staged
+        );
+        Ok(())
+    }
+
+    /// The backend the model runs on.
+    pub fn backend(&self) -> &'m B {
+        &self.model.backend
+    }
+
+    /// The logits of the last `prefill_on_device` or `step_staged`, on the device.
+    pub fn logits_buf(&self) -> &B::Buf {
+        self.state.logits_buf()
+    }
+
+    /// The logits of every row of the last `verify_staged`, on the device.
+    pub fn rows_buf(&self) -> Option<&B::Buf> {
+        self.state.rows_buf()
     }
 
     /// Forgets every token after the first `len` of the history, so the next one follows
@@ -96,6 +191,7 @@ impl<'m, 'a, B: Backend<'a>> Session<'m, 'a, B> {
     /// can only go back as far as its slack; nor can a rollback reach into tokens a context
     /// shift dropped (except back into the kept first tokens).
     pub fn rollback(&mut self, len: usize) -> Result<()> {
+        self.settled()?;
         let (cur, fed) = (self.len(), self.tokens.len());
         if len > fed {
             bail!("cannot roll back to {len} tokens: only {fed} were fed");
@@ -135,6 +231,7 @@ impl<'m, 'a, B: Backend<'a>> Session<'m, 'a, B> {
     /// first `keep` and moves the rest down, re-rotating their keys, without recomputing
     /// anything. Returns how many tokens were dropped.
     pub fn shift(&mut self) -> Result<usize> {
+        self.settled()?;
         let keep = self.keep();
         let len = self.len();
         let d = (len.saturating_sub(keep)) / 2;
@@ -155,6 +252,7 @@ impl<'m, 'a, B: Backend<'a>> Session<'m, 'a, B> {
 
     /// Feeds one token and returns the logits for the next.
     pub fn step(&mut self, token: u32) -> Result<&[f32]> {
+        self.settled()?;
         let pos = self.len();
         self.model
             .forward(&mut self.state, &[token], pos, Logits::Last)?;
@@ -164,6 +262,7 @@ impl<'m, 'a, B: Backend<'a>> Session<'m, 'a, B> {
 
     /// The cache's rows for positions `0..len()`, as [`Backend::kv_save`] writes them.
     pub fn save_kv(&self) -> Result<Vec<u8>> {
+        self.settled()?;
         ensure!(
             self.discarded == 0,
             "cannot save the cache after a context shift"
@@ -188,6 +287,7 @@ impl<'m, 'a, B: Backend<'a>> Session<'m, 'a, B> {
         self.tokens.clear();
         self.tokens.extend_from_slice(tokens);
         self.discarded = 0;
+        self.staged = 0;
         Ok(())
     }
 
@@ -204,6 +304,7 @@ impl<'m, 'a, B: Backend<'a>> Session<'m, 'a, B> {
     /// Feeds `tokens` in one batched forward pass and keeps the logits after each of them,
     /// read with `row_logits`: a draft verified in one pass. Does not touch `logits`.
     pub fn feed_all(&mut self, tokens: &[u32]) -> Result<()> {
+        self.settled()?;
         if tokens.len() > self.room() {
             bail!(
                 "{} tokens do not fit in the {} positions left of the context",

@@ -93,6 +93,23 @@ fn verified_rows_equal_decode_steps_bit_for_bit() {
     }
 }
 
+/// The CPU has no device to stage tokens on: the speculator stays on the host, and a
+/// staged step is refused rather than fed placeholder ids.
+#[test]
+fn the_cpu_speculates_on_the_host() {
+    let f = GgufFile::open(&common::stories260k()).unwrap();
+    let cpu = Cpu::new(1, Precision::Fast);
+    let m = Llama::load(&f, &cpu).unwrap();
+    let v = m.config.vocab_size;
+    let mut s = Session::new(&m, 32).unwrap();
+    s.prefill(&[1, 2, 3]).unwrap();
+    assert!(s.step_staged().is_err());
+    assert!(s.verify_staged(2).is_err());
+    assert_eq!(s.tokens(), &[1, 2, 3]);
+    let spec = Speculator::new(s, Sampler::new(greedy(), v), Drafter::Ngram, fixed(2), v).unwrap();
+    assert!(!spec.on_device());
+}
+
 #[test]
 fn greedy_speculation_matches_plain_on_stories260k() {
     let f = GgufFile::open(&common::stories260k()).unwrap();

@@ -112,6 +112,27 @@ void wick_attention_variant(int v);
 /* g = silu(g) * u over n values. */
 int wick_swiglu(float *d_g, const float *d_u, int n);
 
+/* --- greedy speculative decoding on the device (spec.cu) --- */
+/* Argmax of each of `rows` rows of `vocab` logits into ids[r] (NaN counts as -inf, ties go
+ * to the lowest id, as the CPU's greedy sampler), and that token's probability at
+ * temperature 1 into top[r]. */
+int wick_argmax_rows(const float *d_x, int rows, int vocab, int32_t *d_ids, float *d_top);
+/* Draft token i: the argmax of d_logits into d_proposals[i] (its probability into d_top[i]),
+ * and staged as the next decode step's token at position next_pos: d_params = {pos, token}
+ * as the forward pass reads them. */
+int wick_spec_pick(const float *d_logits, int vocab, int32_t *d_params, int next_pos,
+                   int32_t *d_proposals, float *d_top, int i);
+/* Stages a verification: d_params = {pos0, first, d_proposals[0..n]}. */
+int wick_spec_stage(int32_t *d_params, int pos0, int first, const int32_t *d_proposals, int n);
+/* Judges n proposals against n + 1 rows of target logits: the draft is cut at the first
+ * i >= draft_min whose d_top[i] < p_min (`valid` proposals), then the longest prefix of
+ * those on which the target's argmax agrees is accepted, and the target's argmax after it
+ * is the next token. d_out = {valid, accepted, next, d_proposals[0..n]}. d_target_ids and
+ * d_target_top are scratch for n + 1 rows. */
+int wick_spec_judge(const float *d_rows, int vocab, const int32_t *d_proposals,
+                    const float *d_top, int n, int draft_min, float p_min,
+                    int32_t *d_target_ids, float *d_target_top, int32_t *d_out);
+
 #ifdef __cplusplus
 }
 #endif

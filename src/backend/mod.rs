@@ -151,6 +151,65 @@ pub trait Backend<'a> {
     /// on, so that speculation never changes which token greedy decoding picks. A backend
     /// whose multi-row kernels already round like its one-row ones can ignore it.
     fn set_row_exact(&self, _on: bool) {}
+
+    /// Greedy speculative decoding kept on the device, where the backend has it (see
+    /// [`DeviceSpec`]); `None` makes the speculator pick and judge tokens on the host.
+    fn device_spec(&self) -> Option<&dyn DeviceSpec<Self::Buf>> {
+        None
+    }
+}
+
+/// Greedy speculation without a trip through the host per draft token: the draft's picks
+/// stay on the device, where they feed its next decode step and then the verification,
+/// and the acceptance rule runs there too, so that one small copy to the host ends each
+/// verification (`judge`). The forward passes in between take their tokens from what these
+/// calls staged (`Session::step_staged`, `Session::verify_staged`) and leave their logits
+/// on the device. One speculation at a time per backend: the staging area is shared.
+pub trait DeviceSpec<Buf> {
+    /// Draft token `i` (below `MAX_BATCH`): the argmax of `logits` (`vocab` values, the
+    /// CPU sampler's greedy pick) becomes proposal `i`, and the token of the next forward
+    /// pass, at position `next_pos`. Its probability is kept for `judge`'s `p_min`.
+    fn pick(&self, logits: &Buf, vocab: usize, i: usize, next_pos: usize) -> Result<()>;
+    /// Sets the proposals from the host (a draft that did not come from `pick`), each as
+    /// sure as can be.
+    fn set_proposals(&self, ids: &[u32]) -> Result<()>;
+    /// Stages the tokens of a verification: `first`, then proposals `0..n`, at positions
+    /// `pos0..`.
+    fn stage_verify(&self, pos0: usize, first: u32, n: usize) -> Result<()>;
+    /// Judges proposals `0..n` against `n + 1` rows of the target's logits (from a
+    /// verification staged by `stage_verify`) and waits for the verdict: the one
+    /// synchronisation of a speculative step. The verdict goes to `out`, whose buffer is reused.
+    fn judge(
+        &self,
+        rows: &Buf,
+        vocab: usize,
+        n: usize,
+        cut: DraftCut,
+        out: &mut Verdict,
+    ) -> Result<()>;
+    /// Waits for everything queued (for timing).
+    fn sync(&self) -> Result<()>;
+}
+
+/// Where `--draft-p-min` cuts a draft that was picked whole on the device: at the first
+/// proposal `i >= min` whose probability is under `p_min`.
+#[derive(Clone, Copy, Debug)]
+pub struct DraftCut {
+    pub min: usize,
+    pub p_min: f32,
+}
+
+/// What a verification on the device decided.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Verdict {
+    /// Proposals before `DraftCut` cut the draft: those judged.
+    pub valid: usize,
+    /// Of those, how many the target accepted (a prefix).
+    pub accepted: usize,
+    /// The target's own token after the accepted ones.
+    pub next: u32,
+    /// Every proposal judged or not, as the device picked them.
+    pub proposals: Vec<u32>,
 }
 
 /// A borrowed backend is a backend: a draft model and its target share one (one thread
@@ -269,5 +328,8 @@ impl<'a, T: Backend<'a>> Backend<'a> for &T {
     }
     fn set_row_exact(&self, on: bool) {
         (**self).set_row_exact(on)
+    }
+    fn device_spec(&self) -> Option<&dyn DeviceSpec<Self::Buf>> {
+        (**self).device_spec()
     }
 }

@@ -7,13 +7,14 @@ use std::fmt::Write;
 use std::path::PathBuf;
 use std::time::Instant;
 
+use anyhow::Context;
 use clap::Args;
 
 use super::load::open_model;
 use super::out::Stdout;
 use super::{FailWith, Failure};
 use crate::backend::cpu::{default_threads, Cpu};
-use crate::backend::Backend;
+use crate::backend::{Backend, DraftCut, Verdict};
 use crate::gguf::GgufFile;
 use crate::model::Llama;
 use crate::quant::Precision;
@@ -44,7 +45,9 @@ pub struct BenchArgs {
     gpu: bool,
     /// Also measure the costs that decide whether speculative decoding pays: a decode step
     /// of this draft model (c = its time / the model's step), and verifying k+1 tokens in
-    /// one pass (v = its time / the model's step), for each k of --verify-k.
+    /// one pass (v = its time / the model's step), for each k of --verify-k. On a GPU,
+    /// as speculation runs there: draft steps picked on the device back to back, and a
+    /// verification judged on the device, with one wait for its verdict.
     #[arg(long, value_name = "FILE")]
     draft_model: Option<PathBuf>,
     /// Draft lengths k for the verification test.
@@ -118,22 +121,54 @@ fn measure_spec<'a, B: Backend<'a>>(
         .map(|i| ((i * 2654435761 + 17) % vocab) as u32)
         .collect();
     // One pass of n steps (k = None) or n verifications of k+1 tokens, in tokens (or
-    // verifications) per second.
-    let once = |m: &Llama<'a, B>, k: Option<usize>| -> Result<f64, Failure> {
+    // verifications) per second. The model's plain steps always read their logits, as
+    // plain decoding does; drafts and verifications run as the speculator runs them.
+    let once = |m: &Llama<'a, B>, k: Option<usize>, draft: bool| -> Result<f64, Failure> {
         let mut s = Session::new(m, n + kmax + 1).generation()?;
         s.reserve_rows(kmax + 1).generation()?;
+        let spec = m.backend.device_spec().filter(|_| draft || k.is_some());
+        let mut verdict = Verdict::default();
+        let cut = DraftCut {
+            min: usize::MAX,
+            p_min: 0.0,
+        };
+        if let Some(spec) = spec {
+            if draft {
+                // Positions 0..: the first token from the host, then the draft's own picks.
+                s.prefill_on_device(&tokens[..1]).generation()?;
+            } else {
+                spec.set_proposals(&tokens[1..=kmax]).generation()?;
+            }
+        }
         let t = Instant::now();
         for i in 0..n {
-            match k {
-                None => {
+            match (k, spec) {
+                (None, Some(spec)) => {
+                    spec.pick(s.logits_buf(), m.config.vocab_size, 0, s.len())
+                        .generation()?;
+                    s.step_staged().generation()?;
+                }
+                (None, None) => {
                     s.step(tokens[i]).generation()?;
                 }
-                Some(k) => {
+                (Some(k), Some(spec)) => {
+                    spec.stage_verify(s.len(), tokens[i], k).generation()?;
+                    s.verify_staged(k + 1).generation()?;
+                    let rows = s.rows_buf().context("no rows reserved").generation()?;
+                    spec.judge(rows, m.config.vocab_size, k, cut, &mut verdict)
+                        .generation()?;
+                    s.settle_staged(&tokens[i..i + k + 1]).generation()?;
+                    s.rollback(i + 1).generation()?;
+                }
+                (Some(k), None) => {
                     // Verify k+1 tokens, then keep one, as a rejected draft does.
                     s.feed_all(&tokens[i..i + k + 1]).generation()?;
                     s.rollback(i + 1).generation()?;
                 }
             }
+        }
+        if let Some(spec) = spec {
+            spec.sync().generation()?;
         }
         Ok(n as f64 / t.elapsed().as_secs_f64())
     };
@@ -148,11 +183,11 @@ fn measure_spec<'a, B: Backend<'a>>(
     let (mut target, mut drafts) = (Vec::new(), Vec::new());
     let mut verify = vec![Vec::new(); ks.len()];
     for rep in 0..=reps {
-        let t = once(model, None)?;
-        let d = once(draft, None)?;
+        let t = once(model, None, false)?;
+        let d = once(draft, None, true)?;
         let v: Vec<f64> = ks
             .iter()
-            .map(|&k| once(model, Some(k)))
+            .map(|&k| once(model, Some(k), false))
             .collect::<Result<_, _>>()?;
         if rep > 0 {
             target.push(t);

@@ -155,6 +155,8 @@ pub struct SpecArgs {
     /// Speculative decoding: a small model with the same vocabulary drafts tokens that the
     /// model verifies in one batched pass. The output is the model's own (the same tokens
     /// when greedy, the same distribution when sampling), only faster when drafts are good.
+    /// With --gpu, greedy speculation drafts, verifies and judges on the GPU with one wait
+    /// per verification; sampled speculation judges on the host.
     #[arg(long, value_name = "FILE", conflicts_with = "draft")]
     pub draft_model: Option<PathBuf>,
     /// Speculative decoding without a draft model: `ngram` drafts the continuation of the
@@ -171,7 +173,8 @@ pub struct SpecArgs {
     /// sampled text varies with timings), retrying after 32 to 1024 tokens.
     #[arg(long, default_value_t = 0)]
     draft_min: usize,
-    /// Stop drafting when the drafter's most likely token is less likely than this.
+    /// Stop drafting when the drafter's most likely token is less likely than this. (On the
+    /// GPU the draft runs to K and proposals from the first unsure one on are ignored.)
     #[arg(long, default_value_t = 0.75)]
     draft_p_min: f32,
 }

@@ -599,6 +599,11 @@ fn print_spec_stats(s: &SpecStats) {
         s.plain_secs * 1e3,
         per(s.plain_secs, s.plain_steps)
     );
+    if s.on_device {
+        eprintln!(
+            "speculation on the GPU: drafting is only queued, so its time is counted in verify"
+        );
+    }
 }
 
 #[cfg(test)]

@@ -10,6 +10,8 @@ mod log;
 mod out;
 mod quantize;
 mod selftest;
+#[cfg(feature = "cuda")]
+mod selftest_spec;
 mod synth;
 mod tokenize;
 mod write;

@@ -250,6 +250,10 @@ mod gpu {
         };
         ops(&g, &cpu, &mut rng, &mut r).generation()?;
         fast_matmuls(&gf, &cpu, &mut rng, &mut r).generation()?;
+        let mut spec = crate::cli::selftest_spec::Tally::default();
+        crate::cli::selftest_spec::run(&gf, seed, &mut spec).generation()?;
+        r.lines += spec.checks;
+        r.failures += spec.failures;
         timings(&gf, &mut rng).generation()?;
         eprintln!("selftest: {} checks, {} failed", r.lines, r.failures);
         if r.failures > 0 {

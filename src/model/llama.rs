@@ -83,6 +83,17 @@ impl<'a, B: Backend<'a>> State<'a, B> {
         &self.layouts
     }
 
+    /// The logits of the last `Logits::Last` pass, where the backend computed them.
+    pub fn logits_buf(&self) -> &B::Buf {
+        &self.logits_buf
+    }
+
+    /// The logits of every row of the last `Logits::All` pass, where the backend computed
+    /// them (`None` until `Llama::reserve_rows`).
+    pub fn rows_buf(&self) -> Option<&B::Buf> {
+        self.rows_buf.as_ref()
+    }
+
     /// The logits of row `i` of the last `Logits::All` forward pass.
     pub fn row_logits(&self, i: usize) -> &[f32] {
         let v = self.logits.len();
@@ -225,6 +236,58 @@ impl<'a, B: Backend<'a>> Llama<'a, B> {
         pos0: usize,
         which: Logits,
     ) -> Result<()> {
+        self.enqueue(s, tokens, true, pos0, which)?;
+        self.read_logits(s, tokens.len(), which)
+    }
+
+    /// `forward`, leaving the logits where the backend computed them (`State::logits_buf`,
+    /// `State::rows_buf`): nothing waits for the device. With `tokens` `None`, the `n`
+    /// tokens are those a [`crate::backend::DeviceSpec`] staged on the device.
+    pub fn forward_on_device(
+        &self,
+        s: &mut State<'a, B>,
+        tokens: Option<&[u32]>,
+        n: usize,
+        pos0: usize,
+        which: Logits,
+    ) -> Result<()> {
+        match tokens {
+            Some(t) => self.enqueue(s, t, true, pos0, which),
+            None => {
+                if n > MAX_BATCH {
+                    bail!("a forward pass takes 1 to {MAX_BATCH} tokens, not {n}");
+                }
+                // The ops take the ids from the device; the host only needs how many.
+                self.enqueue(s, &[0; MAX_BATCH][..n], false, pos0, which)
+            }
+        }
+    }
+
+    fn read_logits(&self, s: &mut State<'a, B>, n: usize, which: Logits) -> Result<()> {
+        let be = &self.backend;
+        match which {
+            Logits::None => {}
+            Logits::Last => be.read(&s.logits_buf, &mut s.logits)?,
+            Logits::All => {
+                let v = self.config.vocab_size;
+                if let Some(buf) = &s.rows_buf {
+                    be.read(buf, &mut s.rows_logits[..n * v])?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The ops of a forward pass, queued on the backend; `upload` sends the tokens and the
+    /// position first (else they were staged on the device).
+    fn enqueue(
+        &self,
+        s: &mut State<'a, B>,
+        tokens: &[u32],
+        upload: bool,
+        pos0: usize,
+        which: Logits,
+    ) -> Result<()> {
         let be = &self.backend;
         let n = tokens.len();
         if n == 0 || n > MAX_BATCH {
@@ -243,7 +306,9 @@ impl<'a, B: Backend<'a>> Llama<'a, B> {
                 s.rows_cap
             );
         }
-        be.begin_forward(tokens, pos0)?;
+        if upload {
+            be.begin_forward(tokens, pos0)?;
+        }
         if n == 1 && which == Logits::Last {
             // A decode step: the same ops every time, so a backend may record and replay it.
             let mut graph = s.graph.take();
@@ -259,16 +324,6 @@ impl<'a, B: Backend<'a>> Llama<'a, B> {
             r?;
         } else {
             self.run_ops(s, tokens, pos0, which)?;
-        }
-        match which {
-            Logits::None => {}
-            Logits::Last => be.read(&s.logits_buf, &mut s.logits)?,
-            Logits::All => {
-                let v = self.config.vocab_size;
-                if let Some(buf) = &s.rows_buf {
-                    be.read(buf, &mut s.rows_logits[..n * v])?;
-                }
-            }
         }
         Ok(())
     }

@@ -4,7 +4,8 @@
 //! exactly. With one-hot `p` and `q` (greedy) it keeps `x` iff it is the target's argmax,
 //! and otherwise replaces it with that argmax.
 
-use crate::sample::{Probs, Sampler};
+use crate::backend::{DraftCut, Verdict};
+use crate::sample::{Probs, Sampler, SamplerParams};
 
 /// Scratch for `judge`, allocated once for a vocabulary.
 pub struct Judge {
@@ -55,6 +56,50 @@ impl Judge {
             rng.draw_from(&self.residual)
         };
         Some(t)
+    }
+}
+
+/// What [`crate::backend::DeviceSpec::judge`] decides, computed on the host by the
+/// speculator's greedy rule: proposals are judged up to where `cut` ends the draft (the
+/// first `i >= cut.min` with `top[i] < cut.p_min`), each kept while it is the target's
+/// greedy pick from its row of `rows` (`proposals.len() + 1` rows of `vocab`), then the
+/// target's pick after the kept ones. The reference the device's kernels are tested against.
+pub fn judge_greedy(
+    rows: &[f32],
+    vocab: usize,
+    proposals: &[u32],
+    top: &[f32],
+    cut: DraftCut,
+) -> Verdict {
+    let n = proposals.len();
+    let valid = (cut.min..n).find(|&i| top[i] < cut.p_min).unwrap_or(n);
+    let params = SamplerParams {
+        temp: 0.0,
+        repeat_penalty: 1.0,
+        ..SamplerParams::default()
+    };
+    let mut sampler = Sampler::new(params, vocab);
+    let mut judge = Judge::new(vocab);
+    let (mut p, mut q) = (Probs::new(), Probs::new());
+    let mut accepted = 0;
+    let next = loop {
+        let row = &rows[accepted * vocab..(accepted + 1) * vocab];
+        sampler.probs(row, &[], &mut p);
+        if accepted == valid {
+            break sampler.draw_from(&p);
+        }
+        let x = proposals[accepted];
+        q.set_one_hot(x);
+        match judge.judge(&p, &q, x, &mut sampler) {
+            None => accepted += 1,
+            Some(t) => break t,
+        }
+    };
+    Verdict {
+        valid,
+        accepted,
+        next,
+        proposals: proposals.to_vec(),
     }
 }
 
@@ -109,6 +154,30 @@ mod tests {
         let rate = kept as f64 / N as f64;
         assert!((rate - 0.4).abs() < 0.015, "acceptance {rate}");
         assert!(judge.dense.iter().all(|&d| d == 0.0));
+    }
+
+    #[test]
+    fn judge_greedy_keeps_the_agreeing_prefix_up_to_the_cut() {
+        // Three rows of 4: picks 2, 1 (a tie with 3, the lower id wins), 0.
+        let rows = [
+            0.0, 1.0, 5.0, 2.0, //
+            0.0, 4.0, 1.0, 4.0, //
+            9.0, 1.0, 1.0, 1.0,
+        ];
+        let sure = DraftCut { min: 0, p_min: 0.0 };
+        let v = judge_greedy(&rows, 4, &[2, 1], &[1.0, 1.0], sure);
+        assert_eq!((v.valid, v.accepted, v.next), (2, 2, 0));
+        let v = judge_greedy(&rows, 4, &[2, 3], &[1.0, 1.0], sure);
+        assert_eq!((v.valid, v.accepted, v.next), (2, 1, 1));
+        let v = judge_greedy(&rows, 4, &[0, 1], &[1.0, 1.0], sure);
+        assert_eq!((v.valid, v.accepted, v.next), (2, 0, 2));
+        // The second proposal is unsure: only the first is judged.
+        let cut = DraftCut { min: 1, p_min: 0.5 };
+        let v = judge_greedy(&rows, 4, &[2, 1], &[0.1, 0.4], cut);
+        assert_eq!((v.valid, v.accepted, v.next), (1, 1, 1));
+        // Below draft_min nothing is cut.
+        let v = judge_greedy(&rows, 4, &[2, 1], &[0.1, 0.9], cut);
+        assert_eq!((v.valid, v.accepted, v.next), (2, 2, 0));
     }
 
     #[test]

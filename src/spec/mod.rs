@@ -18,6 +18,7 @@ use crate::backend::Backend;
 use crate::sample::Sampler;
 use crate::session::Session;
 
+pub use accept::judge_greedy;
 pub use lookahead::Lookahead;
 pub use ngram::{ngram_draft, NGRAM_WINDOW};
 pub use speculator::{Drafter, Speculator};
@@ -173,6 +174,9 @@ pub struct SpecStats {
     pub draft_secs: f64,
     pub verify_secs: f64,
     pub plain_secs: f64,
+    /// Whether drafts were judged on the device: drafting is then only queued, and its time
+    /// falls in `verify_secs`.
+    pub on_device: bool,
 }
 
 impl SpecStats {

@@ -3,12 +3,12 @@
 use std::collections::VecDeque;
 use std::time::Instant;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 
 use super::accept::Judge;
 use super::{ngram_draft, Decoder, Lookahead, SpecParams, SpecStats, NGRAM_WINDOW};
-use crate::backend::Backend;
-use crate::sample::{Probs, Sampler};
+use crate::backend::{Backend, DraftCut, Verdict};
+use crate::sample::{Probs, Sampler, SamplerParams};
 use crate::session::Session;
 
 /// Where drafts come from.
@@ -48,6 +48,10 @@ pub struct Speculator<'m, 'a, B: Backend<'a>> {
     /// The distribution each drafted token was drawn from.
     q: Vec<Probs>,
     p: Probs,
+    vocab: usize,
+    /// Whether drafts are picked and judged on the device (see `advance_on_device`).
+    on_device: bool,
+    verdict: Verdict,
 }
 
 impl<'m, 'a, B: Backend<'a>> Speculator<'m, 'a, B> {
@@ -68,12 +72,24 @@ impl<'m, 'a, B: Backend<'a>> Speculator<'m, 'a, B> {
         }
         target.reserve_rows(params.draft_max + 1)?;
         let ctx = target.ctx();
+        // Greedy picks on the device are the host's picks only without a repeat penalty;
+        // WICK_SPEC_HOST=1 keeps them on the host, to compare.
+        let on_device = target.backend().device_spec().is_some()
+            && plain_argmax(sampler.params())
+            && match &drafter {
+                Drafter::Model { sampler, .. } => plain_argmax(sampler.params()),
+                Drafter::Ngram => true,
+            }
+            && std::env::var_os("WICK_SPEC_HOST").is_none();
         Ok(Speculator {
             target,
             sampler,
             drafter,
             lookahead: Lookahead::new(params.draft_min, params.draft_max),
-            stats: SpecStats::default(),
+            stats: SpecStats {
+                on_device,
+                ..SpecStats::default()
+            },
             judge: Judge::new(vocab),
             ready: VecDeque::with_capacity(params.draft_max + 1),
             last: None,
@@ -85,6 +101,9 @@ impl<'m, 'a, B: Backend<'a>> Speculator<'m, 'a, B> {
             q: (0..params.draft_max).map(|_| Probs::new()).collect(),
             p: Probs::new(),
             params,
+            vocab,
+            on_device,
+            verdict: Verdict::default(),
         })
     }
 
@@ -98,6 +117,12 @@ impl<'m, 'a, B: Backend<'a>> Speculator<'m, 'a, B> {
 
     pub fn stats(&self) -> &SpecStats {
         &self.stats
+    }
+
+    /// Whether drafts are picked and judged on the device: greedy, on a backend with
+    /// [`crate::backend::DeviceSpec`]. Sampled speculation stays on the host.
+    pub fn on_device(&self) -> bool {
+        self.on_device
     }
 
     /// The model's session, for a caller that reuses its cache across prompts (chat turns):
@@ -128,6 +153,7 @@ impl<'m, 'a, B: Backend<'a>> Speculator<'m, 'a, B> {
                 None,
                 self.shift,
                 &mut self.batch,
+                false,
             )?;
         }
         let t = self
@@ -179,7 +205,7 @@ impl<'m, 'a, B: Backend<'a>> Speculator<'m, 'a, B> {
                 }
             }
             Drafter::Model { session, sampler } => {
-                if !catch_up(session, ctx, Some(last), self.shift, &mut self.batch)? {
+                if !catch_up(session, ctx, Some(last), self.shift, &mut self.batch, false)? {
                     // The draft's context is full: no more drafts.
                     return Ok(());
                 }
@@ -231,6 +257,9 @@ impl<'m, 'a, B: Backend<'a>> Speculator<'m, 'a, B> {
             self.stats.plain_secs += secs;
             self.lookahead.plain_done(secs);
             return Ok(true);
+        }
+        if self.on_device {
+            return self.advance_on_device(last, k, t0);
         }
         self.draft(last, k)?;
         let t1 = Instant::now();
@@ -286,6 +315,102 @@ impl<'m, 'a, B: Backend<'a>> Speculator<'m, 'a, B> {
         Ok(true)
     }
 
+    /// `advance` for greedy decoding on a backend with [`crate::backend::DeviceSpec`]: the
+    /// draft model picks each token on the device, where it feeds the draft's next step
+    /// and then the verification, and the device judges the verification; the host waits
+    /// once, for the verdict. (An n-gram draft is made on the host and judged on the
+    /// device, which spares copying every row of logits.) The device cannot stop drafting
+    /// where `--draft-p-min` would; it drafts all `k`, and the verdict ignores proposals
+    /// from the first unsure one on.
+    fn advance_on_device(&mut self, last: u32, k: usize, t0: Instant) -> Result<bool> {
+        let spec = self
+            .target
+            .backend()
+            .device_spec()
+            .context("no speculation on this device")?;
+        let ctx = self.target.tokens();
+        let (n, cut) = match &mut self.drafter {
+            Drafter::Model { session, .. } => {
+                if !catch_up(session, ctx, Some(last), self.shift, &mut self.batch, true)? {
+                    (0, None)
+                } else {
+                    let n = k.min(session.room() + 1);
+                    for i in 0..n {
+                        spec.pick(session.logits_buf(), self.vocab, i, session.len())?;
+                        if i + 1 < n {
+                            session.step_staged()?;
+                        }
+                    }
+                    self.stats.draft_forwards += n;
+                    let cut = DraftCut {
+                        min: self.params.draft_min,
+                        p_min: self.params.p_min,
+                    };
+                    (n, Some(cut))
+                }
+            }
+            Drafter::Ngram => {
+                self.batch.clear();
+                self.batch
+                    .extend_from_slice(&ctx[ctx.len().saturating_sub(NGRAM_WINDOW - 1)..]);
+                self.batch.push(last);
+                self.drafted.clear();
+                ngram_draft(&self.batch, k, &mut self.drafted);
+                spec.set_proposals(&self.drafted)?;
+                let cut = DraftCut { min: 0, p_min: 0.0 };
+                (self.drafted.len(), Some(cut))
+            }
+        };
+        let t1 = Instant::now();
+        self.stats.draft_secs += (t1 - t0).as_secs_f64();
+        let Some(cut) = cut.filter(|_| n > 0) else {
+            let t = self.plain_step(last)?;
+            self.finish(&[], t);
+            self.stats.plain_secs += t1.elapsed().as_secs_f64();
+            self.lookahead
+                .step_done(0, 0, 1, t0.elapsed().as_secs_f64());
+            return Ok(true);
+        };
+
+        let base = self.target.tokens().len();
+        spec.stage_verify(self.target.len(), last, n)?;
+        self.target.verify_staged(n + 1)?;
+        let rows = self.target.rows_buf().context("no rows reserved")?;
+        spec.judge(rows, self.vocab, n, cut, &mut self.verdict)?;
+        let v = &self.verdict;
+        self.batch.clear();
+        self.batch.push(last);
+        self.batch.extend_from_slice(&v.proposals);
+        self.target.settle_staged(&self.batch)?;
+        self.target.rollback(base + 1 + v.accepted)?;
+        if let Drafter::Model { session, .. } = &mut self.drafter {
+            session.settle_staged(&v.proposals[..n - 1])?;
+        }
+        let (valid, accepted, next) = (v.valid, v.accepted, v.next);
+        self.drafted.clear();
+        self.drafted.extend_from_slice(&v.proposals[..accepted]);
+        let drafted = std::mem::take(&mut self.drafted);
+        self.finish(&drafted, next);
+        self.drafted = drafted;
+
+        let secs = t1.elapsed().as_secs_f64();
+        if valid == 0 {
+            // The first proposal was already unsure: as the host's plain step.
+            self.stats.plain_steps += 1;
+            self.stats.plain_secs += secs;
+        } else {
+            self.stats.verifications += 1;
+            self.stats.drafted += valid;
+            self.stats.accepted += accepted;
+            self.stats.verify_secs += secs;
+        }
+        // K follows what was drafted, cut or not, so that drafts the device makes in vain
+        // (past where --draft-p-min cuts them) shrink it.
+        self.lookahead
+            .step_done(n, accepted, accepted + 1, t0.elapsed().as_secs_f64());
+        Ok(true)
+    }
+
     fn finish(&mut self, accepted: &[u32], next: u32) {
         self.ready.extend(accepted);
         self.ready.push_back(next);
@@ -318,13 +443,16 @@ impl<'a, B: Backend<'a>> Decoder for Speculator<'_, 'a, B> {
 
 /// Brings a draft model's session to `history` followed by `last`: forgets its tokens past
 /// their common prefix and feeds the rest in one pass, shifting its context when full if
-/// `shift`. False when the rest does not fit: no draft this time.
+/// `shift`. False when the rest does not fit: no draft this time. With `on_device`, the
+/// logits after it stay on the device, and at least one token is fed, so that they are
+/// the logits after `last`.
 fn catch_up<'a, B: Backend<'a>>(
     session: &mut Session<'_, 'a, B>,
     history: &[u32],
     last: Option<u32>,
     shift: bool,
     batch: &mut Vec<u32>,
+    on_device: bool,
 ) -> Result<bool> {
     let common = session
         .tokens()
@@ -341,7 +469,17 @@ fn catch_up<'a, B: Backend<'a>>(
     batch.extend_from_slice(&history[session.tokens().len()..]);
     batch.extend(last);
     if batch.is_empty() {
-        return Ok(true);
+        if !on_device {
+            return Ok(true);
+        }
+        // Feed the last token again for its logits.
+        let Some((&t, _)) = session.tokens().split_last() else {
+            return Ok(false);
+        };
+        if session.rollback(session.tokens().len() - 1).is_err() {
+            return Ok(false);
+        }
+        batch.push(t);
     }
     while batch.len() > session.room() {
         if !shift || !session.can_shift() {
@@ -349,8 +487,23 @@ fn catch_up<'a, B: Backend<'a>>(
         }
         session.shift()?;
     }
-    session.prefill(batch)?;
+    if on_device {
+        // Rows as decode steps compute them, as the model's verification does, so that a
+        // draft that is the model itself agrees with it exactly.
+        session.backend().set_row_exact(true);
+        let fed = session.prefill_on_device(batch);
+        session.backend().set_row_exact(false);
+        fed?;
+    } else {
+        session.prefill(batch)?;
+    }
     Ok(true)
+}
+
+/// Whether a sampler's pick is the plain argmax of the logits (greedy, no repeat penalty),
+/// which the device computes as the host does.
+fn plain_argmax(p: &SamplerParams) -> bool {
+    p.temp <= 0.0 && (p.repeat_penalty == 1.0 || p.repeat_last_n == 0)
 }
 
 /// The probability of the most likely token at temperature 1: how sure a greedy drafter is.

@@ -19,7 +19,7 @@ use std::ffi::CStr;
 
 use anyhow::{bail, ensure, Context, Result};
 
-use super::{AttnShape, Backend};
+use super::{AttnShape, Backend, DeviceSpec, DraftCut, Verdict};
 use crate::kv::{KvLayout, KvType};
 use crate::model::{Tensor, MAX_BATCH};
 use crate::quant::{self, GgmlType, Precision};
@@ -203,6 +203,36 @@ pub struct Cuda {
     q8_holds: Cell<Option<(usize, usize)>>,
     /// Per-op timings, with WICK_PROFILE set.
     profile: Option<RefCell<profile::Profiler>>,
+    /// `Backend::set_row_exact`: every batch through the kernels a single row takes.
+    row_exact: Cell<bool>,
+    /// The attention kernel chosen for batches outside `row_exact` (WICK_ATT).
+    att_variant: i32,
+    /// Device-side state of greedy speculation (`DeviceSpec`).
+    spec: SpecScratch,
+}
+
+/// The proposals of a draft picked on the device, their probabilities, the target's picks
+/// while judging, and the verdict copied to the host.
+struct SpecScratch {
+    proposals: DeviceMem,
+    top: DeviceMem,
+    target_ids: DeviceMem,
+    target_top: DeviceMem,
+    out: DeviceMem,
+    host_out: RefCell<Vec<i32>>,
+}
+
+impl SpecScratch {
+    fn new() -> Result<SpecScratch> {
+        Ok(SpecScratch {
+            proposals: DeviceMem::zeroed(MAX_BATCH * 4)?,
+            top: DeviceMem::zeroed(MAX_BATCH * 4)?,
+            target_ids: DeviceMem::zeroed((MAX_BATCH + 1) * 4)?,
+            target_top: DeviceMem::zeroed((MAX_BATCH + 1) * 4)?,
+            out: DeviceMem::zeroed((MAX_BATCH + 3) * 4)?,
+            host_out: RefCell::new(vec![0; MAX_BATCH + 3]),
+        })
+    }
 }
 
 /// Rows of a product up to which the int8 matrix-vector kernel is used; larger batches (up
@@ -277,16 +307,20 @@ impl Cuda {
             q8: RefCell::new(None),
             q8_holds: Cell::new(None),
             profile: std::env::var_os("WICK_PROFILE").map(|_| RefCell::default()),
+            row_exact: Cell::new(false),
+            // WICK_ATT=1 sends batches to the single-row attention kernel, to compare.
+            att_variant: std::env::var("WICK_ATT")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0),
+            spec: SpecScratch::new()?,
         })
-        .inspect(|_| {
+        .inspect(|c| {
             // A tuning hook: WICK_MV picks a launch shape of the int8 kernel.
             if let Some(v) = std::env::var("WICK_MV").ok().and_then(|v| v.parse().ok()) {
                 set_matvec_variant(v);
             }
-            // WICK_ATT=1 sends batches to the single-row attention kernel, to compare.
-            if let Some(v) = std::env::var("WICK_ATT").ok().and_then(|v| v.parse().ok()) {
-                set_attention_variant(v);
-            }
+            set_attention_variant(c.att_variant);
         })
     }
 
@@ -355,7 +389,9 @@ impl Cuda {
         accumulate: bool,
     ) -> Result<bool> {
         let cols = ws[0].cols;
-        let matvec = rows <= Q8_MAX_BATCH;
+        // The matrix-vector kernel computes each row as it computes a single one; the
+        // tensor-core kernel sums in another order.
+        let matvec = rows <= Q8_MAX_BATCH || self.row_exact.get();
         let usable = rows <= MAX_BATCH
             && ws.iter().all(|w| {
                 w.cols == cols
@@ -489,6 +525,68 @@ impl Cuda {
             unsafe { ffi::wick_cuda_h2d(dst.ptr, src.as_ptr().cast(), src.len() * 4) },
             "copy to the GPU",
         )
+    }
+
+    /// Sets the proposals of a draft and their probabilities from the host (the n-gram
+    /// drafter's, and the self-test's).
+    pub fn set_proposals_with_top(&self, ids: &[u32], top: &[f32]) -> Result<()> {
+        ensure!(
+            ids.len() <= MAX_BATCH && top.len() == ids.len(),
+            "proposals and probabilities must match, at most {MAX_BATCH}"
+        );
+        // SAFETY: at most MAX_BATCH values into buffers of MAX_BATCH.
+        check(
+            unsafe {
+                ffi::wick_cuda_h2d(self.spec.proposals.ptr, ids.as_ptr().cast(), ids.len() * 4)
+            },
+            "copy proposals to the GPU",
+        )?;
+        // SAFETY: as above.
+        check(
+            unsafe { ffi::wick_cuda_h2d(self.spec.top.ptr, top.as_ptr().cast(), top.len() * 4) },
+            "copy proposals to the GPU",
+        )
+    }
+
+    /// The greedy pick of each of `rows` rows of `vocab` logits and its probability, as
+    /// the speculative kernels compute them (for the self-test).
+    pub fn argmax_rows(
+        &self,
+        x: &DeviceMem,
+        rows: usize,
+        vocab: usize,
+    ) -> Result<(Vec<u32>, Vec<f32>)> {
+        ensure!(
+            rows <= MAX_BATCH + 1 && rows * vocab * 4 <= x.bytes,
+            "argmax_rows out of bounds"
+        );
+        let s = &self.spec;
+        // SAFETY: bounds checked above; the scratch holds MAX_BATCH + 1 rows.
+        check(
+            unsafe {
+                ffi::wick_argmax_rows(
+                    x.f32(),
+                    rows as i32,
+                    vocab as i32,
+                    s.target_ids.ptr.cast(),
+                    s.target_top.f32(),
+                )
+            },
+            "argmax",
+        )?;
+        let mut ids = vec![0u32; rows];
+        let mut top = vec![0f32; rows];
+        // SAFETY: `rows` values of each scratch buffer.
+        check(
+            unsafe { ffi::wick_cuda_d2h(ids.as_mut_ptr().cast(), s.target_ids.ptr, rows * 4) },
+            "copy from the GPU",
+        )?;
+        // SAFETY: as above.
+        check(
+            unsafe { ffi::wick_cuda_d2h(top.as_mut_ptr().cast(), s.target_top.ptr, rows * 4) },
+            "copy from the GPU",
+        )?;
+        Ok((ids, top))
     }
 
     /// Fills a buffer with NaN bytes, so a value a kernel failed to write shows up.
@@ -795,7 +893,7 @@ impl<'a> Backend<'a> for Cuda {
         let cols = w.cols;
         if let Some((xq, xd)) = self
             .q8_scratch(rows * cols)
-            .filter(|_| rows <= Q8_MAX_BATCH)
+            .filter(|_| rows <= Q8_MAX_BATCH || self.row_exact.get())
         {
             // SAFETY: device buffers hold at least rows * cols values, the scratch too.
             check(
@@ -1009,6 +1107,17 @@ impl<'a> Backend<'a> for Cuda {
         )
     }
 
+    fn set_row_exact(&self, on: bool) {
+        self.row_exact.set(on);
+        // The tiled attention kernel shares work between rows and rounds unlike the
+        // single-row one.
+        set_attention_variant(if on { 1 } else { self.att_variant });
+    }
+
+    fn device_spec(&self) -> Option<&dyn DeviceSpec<DeviceMem>> {
+        Some(self)
+    }
+
     fn read(&self, src: &DeviceMem, out: &mut [f32]) -> Result<()> {
         ensure!(
             out.len() * 4 <= src.bytes,
@@ -1023,6 +1132,110 @@ impl<'a> Backend<'a> for Cuda {
             p.borrow_mut().collect();
         }
         Ok(())
+    }
+}
+
+impl DeviceSpec<DeviceMem> for Cuda {
+    fn pick(&self, logits: &DeviceMem, vocab: usize, i: usize, next_pos: usize) -> Result<()> {
+        ensure!(
+            i < MAX_BATCH && vocab > 0 && vocab * 4 <= logits.bytes,
+            "draft pick {i} of {vocab} logits out of bounds"
+        );
+        // SAFETY: bounds checked above; params holds a position and MAX_BATCH tokens.
+        check(
+            unsafe {
+                ffi::wick_spec_pick(
+                    logits.f32(),
+                    vocab as i32,
+                    self.params.ptr.cast(),
+                    next_pos as i32,
+                    self.spec.proposals.ptr.cast(),
+                    self.spec.top.f32(),
+                    i as i32,
+                )
+            },
+            "picking a draft token",
+        )
+    }
+
+    fn set_proposals(&self, ids: &[u32]) -> Result<()> {
+        self.set_proposals_with_top(ids, &[1.0; MAX_BATCH][..ids.len().min(MAX_BATCH)])
+    }
+
+    fn stage_verify(&self, pos0: usize, first: u32, n: usize) -> Result<()> {
+        ensure!(
+            n < MAX_BATCH,
+            "a verification takes at most {MAX_BATCH} tokens"
+        );
+        // SAFETY: n + 1 tokens after the position fit in params; n proposals exist.
+        check(
+            unsafe {
+                ffi::wick_spec_stage(
+                    self.params.ptr.cast(),
+                    pos0 as i32,
+                    first as i32,
+                    self.spec.proposals.ptr.cast(),
+                    n as i32,
+                )
+            },
+            "staging a verification",
+        )
+    }
+
+    fn judge(
+        &self,
+        rows: &DeviceMem,
+        vocab: usize,
+        n: usize,
+        cut: DraftCut,
+        out: &mut Verdict,
+    ) -> Result<()> {
+        ensure!(
+            n < MAX_BATCH && vocab > 0 && (n + 1) * vocab * 4 <= rows.bytes,
+            "judging {n} proposals out of bounds"
+        );
+        let s = &self.spec;
+        // SAFETY: bounds checked above; the scratch holds MAX_BATCH + 1 rows and the verdict
+        // MAX_BATCH + 3 values.
+        check(
+            unsafe {
+                ffi::wick_spec_judge(
+                    rows.f32(),
+                    vocab as i32,
+                    s.proposals.ptr.cast(),
+                    s.top.f32(),
+                    n as i32,
+                    cut.min.min(i32::MAX as usize) as i32,
+                    cut.p_min,
+                    s.target_ids.ptr.cast(),
+                    s.target_top.f32(),
+                    s.out.ptr.cast(),
+                )
+            },
+            "judging a draft",
+        )?;
+        let mut host = s.host_out.borrow_mut();
+        // SAFETY: n + 3 values of a buffer of MAX_BATCH + 3; waits for the kernels.
+        check(
+            unsafe { ffi::wick_cuda_d2h(host.as_mut_ptr().cast(), s.out.ptr, (n + 3) * 4) },
+            "copy the verdict from the GPU",
+        )?;
+        let (valid, accepted, next) = (host[0], host[1], host[2]);
+        ensure!(
+            0 <= accepted && accepted <= valid && valid as usize <= n && 0 <= next,
+            "the GPU's verdict is out of range: {valid} valid, {accepted} accepted, next {next}"
+        );
+        out.valid = valid as usize;
+        out.accepted = accepted as usize;
+        out.next = next as u32;
+        out.proposals.clear();
+        out.proposals
+            .extend(host[3..3 + n].iter().map(|&t| t as u32));
+        Ok(())
+    }
+
+    fn sync(&self) -> Result<()> {
+        Cuda::sync(self)
     }
 }
 
