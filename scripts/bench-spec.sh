@@ -6,6 +6,8 @@
 set -euo pipefail
 model=$1; n=${2:-64}; shift 2; [ "${1:-}" = "--" ] && shift
 wick=${WICK:-target/release/wick}
+# BENCH_FLAGS go to both runs (e.g. BENCH_FLAGS=--gpu).
+read -r -a common <<<"${BENCH_FLAGS:-}"
 prompts=(
   "What is the capital of France?" "Explain why the sky is blue." "Write a haiku about autumn."
   "How do I boil an egg?" "What is photosynthesis?" "Give me three tips for better sleep."
@@ -21,8 +23,9 @@ tot_plain=0; tot_spec=0; drafted=0; accepted=0; verif=0; plain_steps=0; produced
 printf '%-4s %10s %10s %7s %6s\n' "#" "plain t/s" "spec t/s" "ratio" "alpha"
 for i in "${!prompts[@]}"; do
   p=${prompts[$i]}
-  a=$("$wick" gen -m "$model" --chat -p "$p" -n "$n" --temp 0 --json </dev/null 2>/dev/null)
-  b=$("$wick" gen -m "$model" --chat -p "$p" -n "$n" --temp 0 --json --stats "$@" </dev/null 2>/tmp/bench-spec.err)
+  a=$("$wick" gen -m "$model" --chat -p "$p" -n "$n" --temp 0 --json "${common[@]}" </dev/null 2>/dev/null)
+  b=$("$wick" gen -m "$model" --chat -p "$p" -n "$n" --temp 0 --json --stats "${common[@]}" "$@" \
+    </dev/null 2>/tmp/bench-spec.err)
   ta=$(field decode_ms <<<"$a"); tb=$(field decode_ms <<<"$b")
   ga=$(field generated_tokens <<<"$a"); gb=$(field generated_tokens <<<"$b")
   [ "$(sed 's/"timings".*//' <<<"$a")" = "$(sed 's/"timings".*//' <<<"$b")" ] || echo "prompt $i: outputs differ" >&2
