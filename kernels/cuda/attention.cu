@@ -1,5 +1,7 @@
-// Causal attention over the KV cache (f16 or Q8_0, laid out as kv.cuh says) with
-// grouped-query heads.
+// Causal attention over the KV cache (f16, Q8_0 or fp8, laid out as kv.cuh says) with
+// grouped-query heads. Q8_0 rows are stored Hadamard-rotated, so the query is rotated the
+// same way before it meets the keys, and the output, a sum of rotated values, is turned
+// back at the end (src/kv/rotate.rs).
 //
 // Several query rows go to attention_tiled.cu, which shares each K/V row among the rows
 // and the heads of a group. A single row (decode) stays here: one block per (query row,
@@ -43,6 +45,14 @@ attention_kernel(const float *q, const uint8_t *kc, const uint8_t *vc, const int
     for (int i = 0; i < PER_LANE; i++) {
         qv[i] = lane + 32 * i < head_dim ? qr[lane + 32 * i] : 0.f;
         acc[i] = 0.f;
+    }
+    // Chunks of at most 32 that divide the head: lane groups of one register, and lanes
+    // past a short head hold zeros and mix only with each other.
+    const int rot = kv_rot_chunk(TYPE, head_dim);
+    if (rot > 1) {
+#pragma unroll
+        for (int i = 0; i < PER_LANE; i++)
+            if (32 * i < head_dim) qv[i] = kv_hadamard(qv[i], lane, rot);
     }
     float scale = rsqrtf((float)head_dim);
     // The live positions: sinks 0..n_sink, then lo..=pos (src/kv/layout.rs, `live`).
@@ -92,13 +102,19 @@ attention_kernel(const float *q, const uint8_t *kc, const uint8_t *vc, const int
     float total = 0.f;
     for (int w = 0; w < ATT_WARPS; w++)
         if (part_l[w] > 0.f) total += part_l[w] * __expf(part_m[w] - mx);
+    // One value per thread (the block is wider than any head), so that a warp's lanes
+    // hold a Hadamard chunk of the output to turn back.
+    static_assert(MAX_HEAD_DIM <= ATT_WARPS * 32, "a thread per output value");
     float *o = out + ((size_t)b * n_heads + h) * head_dim;
-    for (int d = threadIdx.x; d < head_dim; d += ATT_WARPS * 32) {
-        float v = 0.f;
+    int d = threadIdx.x;
+    float v = 0.f;
+    if (d < head_dim) {
         for (int w = 0; w < ATT_WARPS; w++)
             if (part_l[w] > 0.f) v += part_acc[w][d] * __expf(part_m[w] - mx);
-        o[d] = v / total;
+        v /= total;
     }
+    if (rot > 1 && warp * 32 < head_dim) v = kv_hadamard(v, lane, rot);
+    if (d < head_dim) o[d] = v;
 }
 
 // 1 sends every call to the single-row kernel (for timing one against the other).
@@ -122,6 +138,8 @@ extern "C" int wick_attention(int type, const float *q, const void *kc, const vo
         head_dim, capacity, keep, window, out)
     if (type == T_Q8_0)
         LAUNCH(T_Q8_0);
+    else if (type == T_FP8)
+        LAUNCH(T_FP8);
     else if (type == T_F16)
         LAUNCH(T_F16);
     else

@@ -6,11 +6,14 @@
 // pair of that KV head's group, numbered row * group + head-in-group: the block's 16
 // vectors form the M side of mma.sync m16n8k16, so the group's heads and neighbouring rows
 // share every key and value they load. The block's warps split the keys: warp w takes
-// tiles w, w + warps, ... of 32 keys, dequantizes each tile (f16 or Q8_0) into its own
-// shared memory as f16, computes the 16 x 32 scores, folds them into its own online
-// softmax (running max, sum and weighted sum of values per vector) and adds P V; at the
-// end the warps' partial results are merged through shared memory. Nothing depends on the
-// position at launch (it is read on the device), like the single-row kernel.
+// tiles w, w + warps, ... of 32 keys, dequantizes each tile (f16, Q8_0 or fp8; the last two
+// scaled in f32) into its own shared memory as f16, computes the 16 x 32 scores, folds
+// them into its own online softmax (running max, sum and weighted sum of values per
+// vector) and adds P V; at the end the warps' partial results are merged through shared
+// memory. Nothing depends on the position at launch (it is read on the device), like the
+// single-row kernel. Over a Q8_0 cache, whose rows are Hadamard-rotated
+// (src/kv/rotate.rs), the queries are rotated as they are loaded and the output is turned
+// back as it is written.
 //
 // The keys a block walks are the union of its rows' live positions (src/kv/layout.rs,
 // `live`): sinks 0..n_sink and lo..=pos, where n_sink and lo only grow with pos, so the
@@ -73,10 +76,26 @@ __device__ __forceinline__ void live_of(int p, int capacity, int keep, int windo
 }
 
 // Values e..e+7 of a stored row (e a multiple of 8, so they lie in one Q8_0 block; f16
-// rows are 16-byte aligned, see wick_attention_tiled), as f16.
+// rows are 16-byte aligned and fp8 rows 4-byte aligned, see attention_tiled_fits), as f16.
 template <int TYPE>
 __device__ __forceinline__ uint4 load8(const uint8_t *row, int e) {
-    if constexpr (TYPE == T_Q8_0) {
+    if constexpr (TYPE == T_FP8) {
+        // Scaled in f32: the scale is a power of two that may lie outside f16's range.
+        float d = *(const float *)row;
+        const uint32_t *bytes = (const uint32_t *)(row + 4 + e);
+        uint32_t w[4];
+#pragma unroll
+        for (int i = 0; i < 2; i++) {
+            uint32_t four = bytes[i];
+#pragma unroll
+            for (int j = 0; j < 2; j++) {
+                uint32_t two = four >> (16 * j);
+                w[2 * i + j] = pack(__float2half(d * fp8_to_float(two & 0xff)),
+                                    __float2half(d * fp8_to_float((two >> 8) & 0xff)));
+            }
+        }
+        return make_uint4(w[0], w[1], w[2], w[3]);
+    } else if constexpr (TYPE == T_Q8_0) {
         const uint8_t *blk = row + (e / 32) * 34;
         float d = __half2float(*(const __half *)blk);
         const uint16_t *qs = (const uint16_t *)(blk + 2 + e % 32);
@@ -123,8 +142,12 @@ attention_tiled_kernel(const float *q, const uint8_t *kc, const uint8_t *vc, con
     const int kv_off = kvh * head_dim;
     const int offset = state[0], floor_ = state[1];
 
-    // The block's queries, scaled by log2(e) / sqrt(head_dim) so that the softmax is exp2.
+    // The block's queries, scaled by log2(e) / sqrt(head_dim) so that the softmax is exp2,
+    // and Hadamard-rotated to meet Q8_0 keys (src/kv/rotate.rs). A rotation chunk (at most
+    // 32, dividing the head and so dividing D) is an aligned group of lanes holding one
+    // vector's values: 16 * D is a multiple of the block, so every lane runs every round.
     const float qscale = rsqrtf((float)head_dim) * 1.4426950408889634f;
+    const int rot = kv_rot_chunk(TYPE, head_dim);
     for (int i = threadIdx.x; i < 16 * D; i += blockDim.x) {
         int v = i / D, d = i % D, vg = v0 + v;
         float x = 0.f;
@@ -132,6 +155,7 @@ attention_tiled_kernel(const float *q, const uint8_t *kc, const uint8_t *vc, con
             int row = vg / group, h = kvh * group + vg % group;
             x = q[((size_t)row * n_heads + h) * head_dim + d] * qscale;
         }
+        if (rot > 1) x = kv_hadamard(x, lane, rot);
         qs[v * SK + d] = __float2half(x);
     }
 
@@ -296,23 +320,32 @@ attention_tiled_kernel(const float *q, const uint8_t *kc, const uint8_t *vc, con
         }
     }
     __syncthreads();
+    // Q8_0 values are stored rotated, so is the output: turned back in the same lane
+    // groups as the queries were rotated in.
     for (int i = threadIdx.x; i < 16 * D; i += blockDim.x) {
         int v = i / D, d = i % D, vg = v0 + v;
-        if (vg >= n_vec || d >= head_dim) continue;
-        float mx = -INFINITY;
-        for (int w = 0; w < nw; w++) mx = fmaxf(mx, ml[(w * 16 + v) * 2]);
-        float total = 0.f, acc = 0.f;
-        for (int w = 0; w < nw; w++) {
-            float lw = ml[(w * 16 + v) * 2 + 1];
-            if (lw > 0.f) {
-                float f = exp2f(ml[(w * 16 + v) * 2] - mx);
-                const float *obw = (const float *)(qs + 16 * SK + w * 2 * KT * SK);
-                total += lw * f;
-                acc += obw[v * D + d] * f;
+        bool valid = vg < n_vec && d < head_dim;
+        float x = 0.f;
+        if (valid) {
+            float mx = -INFINITY;
+            for (int w = 0; w < nw; w++) mx = fmaxf(mx, ml[(w * 16 + v) * 2]);
+            float total = 0.f, acc = 0.f;
+            for (int w = 0; w < nw; w++) {
+                float lw = ml[(w * 16 + v) * 2 + 1];
+                if (lw > 0.f) {
+                    float f = exp2f(ml[(w * 16 + v) * 2] - mx);
+                    const float *obw = (const float *)(qs + 16 * SK + w * 2 * KT * SK);
+                    total += lw * f;
+                    acc += obw[v * D + d] * f;
+                }
             }
+            x = acc / total;
         }
-        int row = vg / group, h = kvh * group + vg % group;
-        out[((size_t)row * n_heads + h) * head_dim + d] = acc / total;
+        if (rot > 1) x = kv_hadamard(x, lane, rot);
+        if (valid) {
+            int row = vg / group, h = kvh * group + vg % group;
+            out[((size_t)row * n_heads + h) * head_dim + d] = x;
+        }
     }
 }
 
@@ -384,8 +417,12 @@ bool attention_tiled_fits(int type, const void *kc, const void *vc, int n_heads,
                           int n_kv_heads, int head_dim) {
     // Loads move 8 values at a time (16-byte aligned for f16: kv_dim is then a multiple
     // of 8 and the cache allocations are aligned).
-    bool aligned = type != T_F16 || (((uintptr_t)kc | (uintptr_t)vc) % 16 == 0);
-    return (type == T_F16 || type == T_Q8_0) && head_dim % 8 == 0 && head_dim <= 256 &&
+    // fp8 rows (a 4-byte scale, then kv_dim bytes) are 4-byte aligned when kv_dim is a
+    // multiple of 4, as the cache requires.
+    uintptr_t base = (uintptr_t)kc | (uintptr_t)vc;
+    bool aligned = type == T_F16 ? base % 16 == 0 : type == T_FP8 ? base % 4 == 0 : true;
+    return (type == T_F16 || type == T_Q8_0 || type == T_FP8) && head_dim % 8 == 0 &&
+           head_dim <= 256 &&
            n_kv_heads > 0 && n_heads % n_kv_heads == 0 && aligned;
 }
 
@@ -397,6 +434,9 @@ int attention_tiled(int type, const float *q, const void *kc, const void *vc,
     if (type == T_Q8_0)
         return launch_type<T_Q8_0>(q, k, v, pos0, state, n, n_heads, n_kv_heads, head_dim,
                                    capacity, keep, window, out);
+    if (type == T_FP8)
+        return launch_type<T_FP8>(q, k, v, pos0, state, n, n_heads, n_kv_heads, head_dim,
+                                  capacity, keep, window, out);
     return launch_type<T_F16>(q, k, v, pos0, state, n, n_heads, n_kv_heads, head_dim, capacity,
                               keep, window, out);
 }

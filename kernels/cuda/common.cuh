@@ -22,6 +22,8 @@ enum WickType {
     T_Q5_K = 13,
     T_Q6_K = 14,
     T_BF16 = 30,
+    // Not a ggml type: wick's fp8 KV cache (src/kv/fp8.rs), as src/kv/layout.rs numbers it.
+    T_FP8 = 64,
 };
 
 __host__ __device__ constexpr bool is_kquant(int type) {

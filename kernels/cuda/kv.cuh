@@ -3,20 +3,69 @@
 // that grows on each context shift; a sliding-window layer (window > 0) keeps no sinks and
 // reads only its last `window` positions at or above its floor. The offset and floor live
 // in device memory (`state`), so a recorded decode graph sees them change.
+//
+// Rows are f16, Q8_0 (Hadamard-rotated, src/kv/rotate.rs) or fp8 (a power-of-two f32
+// scale, then one e4m3 byte per value, src/kv/fp8.rs).
 #pragma once
 
 #include <cuda_fp16.h>
+#include <cuda_fp8.h>
 #include <stdint.h>
 
 #include "common.cuh"
 
 // Only the types a KV cache can have.
 __host__ __device__ inline size_t kv_row_bytes(int type, int kv_dim) {
-    return type == T_Q8_0 ? (size_t)kv_dim / 32 * 34 : (size_t)kv_dim * 2;
+    return type == T_Q8_0  ? (size_t)kv_dim / 32 * 34
+           : type == T_FP8 ? 4 + (size_t)kv_dim
+                           : (size_t)kv_dim * 2;
 }
 
 __device__ inline int kv_slot(int p, int capacity, int keep, int offset) {
     return p < keep ? p : keep + (int)(((long long)(p - keep) + offset) % (capacity - keep));
+}
+
+// The chunk rows are Hadamard-rotated in (src/kv/rotate.rs, `chunk`): the largest power
+// of two dividing head_dim, at most 32, for Q8_0; 1 (none) otherwise.
+__host__ __device__ inline int kv_rot_chunk(int type, int head_dim) {
+    if (type != T_Q8_0 || head_dim <= 0) return 1;
+    int low = head_dim & -head_dim;
+    return low < 32 ? low : 32;
+}
+
+// The unnormalized Walsh-Hadamard transform of the n-chunks of a warp's 32 values, lane i
+// holding value i (n a power of two up to 32, the same in every lane; all lanes call it).
+// The very additions of src/kv/rotate.rs's `hadamard`, in the same order: at stage m the
+// lane with bit m clear keeps a + b, its partner a - b.
+__device__ inline float kv_hadamard(float x, int lane, int n) {
+    for (int m = 1; m < n; m *= 2) {
+        float other = __shfl_xor_sync(0xffffffff, x, m);
+        x = (lane & m) ? other - x : x + other;
+    }
+    return x;
+}
+
+// An e4m3 byte as f32 (exact).
+__device__ inline float fp8_to_float(uint8_t b) {
+    __half_raw h = __nv_cvt_fp8_to_halfraw((__nv_fp8_storage_t)b, __NV_E4M3);
+    return __half2float(__half(h));
+}
+
+// f32 to e4m3, rounded to nearest even, saturating (src/kv/fp8.rs, `encode`).
+__device__ inline uint8_t float_to_fp8(float x) {
+    return (uint8_t)__nv_cvt_float_to_fp8(x, __NV_SATFINITE, __NV_E4M3);
+}
+
+// The scale of an fp8 row whose largest magnitude is amax, as f32 bits: 2^(E - 7) for amax
+// in [2^E, 2^(E+1)), at least 2^-126 (src/kv/fp8.rs, `scale_bits`).
+__device__ inline uint32_t fp8_scale_bits(float amax) {
+    int e = (int)((__float_as_uint(amax) >> 23) & 0xff) - 7;
+    return (uint32_t)(e < 1 ? 1 : e) << 23;
+}
+
+// Its inverse, also a power of two.
+__device__ inline float fp8_inv_scale(uint32_t bits) {
+    return __uint_as_float((254u - (bits >> 23)) << 23);
 }
 
 // Value e of a stored row.
@@ -25,6 +74,8 @@ __device__ inline float kv_at(const uint8_t *row, int e) {
     if constexpr (TYPE == T_Q8_0) {
         const uint8_t *blk = row + (e / 32) * 34;
         return __half2float(*(const __half *)blk) * (float)(int8_t)blk[2 + e % 32];
+    } else if constexpr (TYPE == T_FP8) {
+        return fp8_to_float(row[4 + e]) * *(const float *)row;
     } else {
         return __half2float(((const __half *)row)[e]);
     }
@@ -32,9 +83,11 @@ __device__ inline float kv_at(const uint8_t *row, int e) {
 
 // Stores value e = 32 * k + lane of a row, called by all 32 lanes of a warp together (a
 // Q8_0 block's scale comes from all of its values). Rounds as src/quant/legacy.rs does:
-// d = max|x| / 127, q = round-half-even(x / d).
+// d = max|x| / 127, q = round-half-even(x / d). Not for fp8, whose scale spans the row
+// (kv.cu has its own kernels for it).
 template <int TYPE>
 __device__ inline void kv_put(uint8_t *row, int e, float x, bool valid) {
+    static_assert(TYPE != T_FP8, "fp8 rows are written by a whole block");
     if constexpr (TYPE == T_Q8_0) {
         float amax = warp_max(valid ? fabsf(x) : 0.f);
         float d = amax / 127.f;

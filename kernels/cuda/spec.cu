@@ -89,6 +89,7 @@ __device__ void row_argmax(const float *__restrict__ x, int vocab, int *id_out,
 
 __global__ void __launch_bounds__(PICK_THREADS)
 argmax_rows_kernel(const float *__restrict__ x, int vocab, int *ids, float *top) {
+    pdl_start();
     int r = blockIdx.x;
     row_argmax(x + (size_t)r * vocab, vocab, ids + r, top + r);
 }
@@ -96,6 +97,7 @@ argmax_rows_kernel(const float *__restrict__ x, int vocab, int *ids, float *top)
 __global__ void __launch_bounds__(PICK_THREADS)
 pick_kernel(const float *__restrict__ logits, int vocab, int *params, int next_pos,
             int *proposals, float *top, int i) {
+    pdl_start();
     __shared__ int id;
     __shared__ float p;
     row_argmax(logits, vocab, &id, &p);
@@ -109,6 +111,7 @@ pick_kernel(const float *__restrict__ logits, int vocab, int *params, int next_p
 }
 
 __global__ void stage_kernel(int *params, int pos0, int first, const int *proposals, int n) {
+    pdl_start();
     if (threadIdx.x == 0) {
         params[0] = pos0;
         params[1] = first;
@@ -118,6 +121,7 @@ __global__ void stage_kernel(int *params, int pos0, int first, const int *propos
 
 __global__ void judge_kernel(const int *target, const int *proposals, const float *top, int n,
                              int draft_min, float p_min, int *out) {
+    pdl_start();
     if (threadIdx.x != 0) return;
     int valid = n;
     for (int i = draft_min; i < n; i++)
@@ -141,20 +145,23 @@ static int threads_for(int vocab) {
 
 extern "C" int wick_argmax_rows(const float *x, int rows, int vocab, int *ids, float *top) {
     if (rows <= 0 || vocab <= 0) return (int)cudaErrorInvalidValue;
-    argmax_rows_kernel<<<rows, threads_for(vocab), 0, wick_stream>>>(x, vocab, ids, top);
+    wick_launch(argmax_rows_kernel, rows, threads_for(vocab), 0,
+                    x, vocab, ids, top);
     return (int)cudaGetLastError();
 }
 
 extern "C" int wick_spec_pick(const float *logits, int vocab, int *params, int next_pos,
                               int *proposals, float *top, int i) {
     if (vocab <= 0) return (int)cudaErrorInvalidValue;
-    pick_kernel<<<1, threads_for(vocab), 0, wick_stream>>>(logits, vocab, params, next_pos,
+    wick_launch(pick_kernel, 1, threads_for(vocab), 0,
+                    logits, vocab, params, next_pos,
                                                           proposals, top, i);
     return (int)cudaGetLastError();
 }
 
 extern "C" int wick_spec_stage(int *params, int pos0, int first, const int *proposals, int n) {
-    stage_kernel<<<1, 64, 0, wick_stream>>>(params, pos0, first, proposals, n);
+    wick_launch(stage_kernel, 1, 64, 0,
+                    params, pos0, first, proposals, n);
     return (int)cudaGetLastError();
 }
 
@@ -162,9 +169,11 @@ extern "C" int wick_spec_judge(const float *rows, int vocab, const int *proposal
                                const float *top, int n, int draft_min, float p_min,
                                int *target_ids, float *target_top, int *out) {
     if (n < 0 || vocab <= 0) return (int)cudaErrorInvalidValue;
-    argmax_rows_kernel<<<n + 1, threads_for(vocab), 0, wick_stream>>>(rows, vocab, target_ids,
+    wick_launch(argmax_rows_kernel, n + 1, threads_for(vocab), 0,
+                    rows, vocab, target_ids,
                                                                       target_top);
-    judge_kernel<<<1, 32, 0, wick_stream>>>(target_ids, proposals, top, n, draft_min, p_min,
+    wick_launch(judge_kernel, 1, 32, 0,
+                    target_ids, proposals, top, n, draft_min, p_min,
                                            out);
     return (int)cudaGetLastError();
 }

@@ -88,14 +88,16 @@ int wick_gemm_q8(int type, const void *d_w, int rows, int cols, const int8_t *d_
  * the device, so a recorded graph replays at any position. */
 int wick_rope(float *d_q, float *d_k, const int32_t *d_pos0, int n, int n_heads,
               int n_kv_heads, int head_dim, int rope_dims, float theta);
-/* KV caches: `type` is F16 or Q8_0 (blocks of 32 along each row of kv_dim values). The
+/* KV caches: `type` is F16, Q8_0 (blocks of 32 along each row of kv_dim values, keys and
+ * values Hadamard-rotated in chunks that divide head_dim, src/kv/rotate.rs) or FP8 (64: an f32
+ * scale, then kv_dim e4m3 bytes, kv_dim a multiple of 4, src/kv/fp8.rs). The
  * layout is src/kv/layout.rs's: capacity slots, the first `keep` positions fixed, the rest
  * at keep + (p - keep + offset) % (capacity - keep); window > 0 is a sliding window (keep
  * 0). d_state holds the layer's {offset, floor}, read on the device. */
 /* Stores n rows of k and v for positions *d_pos0.. into one layer's caches. */
 int wick_kv_store(int type, const float *d_k, const float *d_v, void *d_kcache,
                   void *d_vcache, const int32_t *d_pos0, const int32_t *d_state, int n,
-                  int kv_dim, int capacity, int keep);
+                  int kv_dim, int head_dim, int capacity, int keep);
 /* Rotates the stored keys of positions p0..p0+count by `by` positions (a context shift),
  * with the layout's `offset` before the shift. */
 int wick_kv_shift(int type, void *d_kcache, int p0, int count, int kv_dim, int head_dim,

@@ -110,8 +110,10 @@ impl SamplingArgs {
 /// How the KV cache stores keys and values, and what happens when the context fills up.
 #[derive(Args)]
 pub struct KvArgs {
-    /// How keys and values are stored: f32, f16 or q8_0 (8-bit blocks, half of f16's
-    /// memory; needs the model's KV rows to be a multiple of 32 values).
+    /// How keys and values are stored: f32, f16, q8_0 (8-bit blocks, 34 bytes per 32
+    /// values, keys Hadamard-rotated; needs the model's KV rows to be a multiple of 32
+    /// values) or fp8 (e4m3, one byte per value and a 4-byte scale per row; on the GPU, rows
+    /// a multiple of 4 values).
     #[arg(long, value_name = "TYPE", default_value = "f16")]
     kv_type: String,
     /// Tokens from the start of the context that a context shift keeps (attention sinks).

@@ -24,7 +24,7 @@ pub struct InfoArgs {
     /// 4096).
     #[arg(short = 'c', long = "ctx")]
     ctx: Option<usize>,
-    /// The KV cache type to size it for: f32, f16 or q8_0.
+    /// The KV cache type to size it for: f32, f16, q8_0 or fp8.
     #[arg(long, value_name = "TYPE", default_value = "f16")]
     kv_type: String,
 }

@@ -344,7 +344,7 @@ mod gpu {
             rope_theta: 500000.0,
         };
         let (qd, kd) = (s.q_dim(), s.kv_dim());
-        for ty in [KvType::F16, KvType::Q8_0] {
+        for ty in [KvType::F16, KvType::Q8_0, KvType::Fp8] {
             let settings = KvSettings {
                 ty,
                 ..KvSettings::new(512)
@@ -785,17 +785,143 @@ mod gpu {
             }
         }
 
+        quantized_attention(g, cpu, rng, r)?;
         kv_layouts(g, cpu, rng, r)?;
         g.sync()?;
         ensure!(r.lines > 0, "no checks ran");
         Ok(())
     }
 
-    /// The cache layouts of src/kv/layout.rs, f16 and Q8_0: a full-attention layer
+    /// Every stored row of `kv_save`'s output, decoded to f32 (Q8_0 rows stay in their
+    /// Hadamard rotation, which both backends apply alike).
+    fn decode_rows(ty: KvType, kv_dim: usize, saved: &[u8]) -> Vec<f32> {
+        let mut out = vec![0f32; saved.len() / ty.row_bytes(kv_dim) * kv_dim];
+        for (row, o) in saved
+            .chunks_exact(ty.row_bytes(kv_dim))
+            .zip(out.chunks_exact_mut(kv_dim))
+        {
+            crate::kv::decode(ty, row, 0, o);
+        }
+        out
+    }
+
+    /// Bounds of the quantized caches, GPU against CPU. Both store the same rows (the same
+    /// Hadamard additions for Q8_0 rows, the same power-of-two fp8 scales), but RoPE on the
+    /// two backends differs in the last bit, which moves a value across a rounding boundary
+    /// now and then: by one Q8_0 step (1/127 of its block's largest value) or one fp8 step
+    /// (1/16 to 1/8 of the value). Attention also rounds Q, K, V and P to f16 in the tiled
+    /// kernel (2e-3 on its own, as for an f16 cache).
+    fn kv_bounds(ty: KvType) -> (f64, f64) {
+        // (stored rows, attention)
+        match ty {
+            KvType::Q8_0 => (5e-3, 1e-2),
+            KvType::Fp8 => (1e-2, 2e-2),
+            _ => (1e-3, 2e-3),
+        }
+    }
+
+    /// Q8_0 and fp8 caches at the head shapes of real models (64, 96, 128, 256) and odd
+    /// ones (8: Q8_0 blocks and Hadamard chunks span several heads): RoPE and the cache
+    /// write, then attention of single rows and of batches with both kernels (the tiled
+    /// one, and the single-row one with WICK_ATT=1's switch), and the stored rows.
+    fn quantized_attention(g: &Cuda, cpu: &Cpu, rng: &mut Rng, r: &mut Report) -> Result<()> {
+        for ty in [KvType::Q8_0, KvType::Fp8] {
+            let (row_bound, att_bound) = kv_bounds(ty);
+            for (n_heads, n_kv, head_dim, rope_dims, pos0, n, cap) in [
+                (9, 3, 64, 64, 17, 1, 64),
+                (32, 8, 128, 128, 300, 7, 512),
+                (4, 4, 64, 32, 60, 3, 64),
+                (8, 4, 8, 8, 40, 17, 64),
+                (9, 3, 64, 64, 100, 33, 256),
+                (16, 2, 256, 256, 70, 9, 128),
+                (6, 6, 96, 96, 5, 11, 64),
+                (32, 8, 128, 128, 448, 64, 512),
+            ] {
+                let s = AttnShape {
+                    n_heads,
+                    n_kv_heads: n_kv,
+                    head_dim,
+                    rope_dims,
+                    rope_theta: 10000.0,
+                };
+                let (qd, kd) = (s.q_dim(), s.kv_dim());
+                let settings = KvSettings {
+                    ty,
+                    ..KvSettings::new(cap)
+                };
+                let layouts = [KvLayout::new(&settings, None)];
+                let mut ckv = <Cpu as Backend>::kv_cache(cpu, &layouts, kd)?;
+                let mut gkv = <Cuda as Backend>::kv_cache(g, &layouts, kd)?;
+                let name = format!("{} {n_heads}/{n_kv}x{head_dim}", ty.name());
+                let mut start = 0;
+                while start < pos0 + n {
+                    let len = if start < pos0 {
+                        (pos0 - start).min(64)
+                    } else {
+                        n
+                    };
+                    // Keys with a few large channels, as real models have (the case the
+                    // Q8_0 rotation is for): every 16th value ten times the others.
+                    let mut k = rng.vec(len * kd);
+                    for x in k.iter_mut().step_by(16) {
+                        *x *= 10.0;
+                    }
+                    let (q, v) = (rng.vec(len * qd), rng.vec(len * kd));
+                    let (mut cq, mut ck) = (q.clone(), k.clone());
+                    cpu.rope_store(&mut cq, &mut ck, &v, &mut ckv, 0, start, len, s)?;
+                    let (mut dq, mut dk, dv) = (upload(g, &q)?, upload(g, &k)?, upload(g, &v)?);
+                    g.begin_forward(&vec![0; len], start)?;
+                    g.rope_store(&mut dq, &mut dk, &dv, &mut gkv, 0, start, len, s)?;
+                    let mut want = vec![f32::NAN; len * qd];
+                    cpu.attention(&cq, &ckv, 0, start, len, s, &mut want)?;
+                    for variant in if len > 1 { vec![0, 1] } else { vec![0] } {
+                        let kernel = if len == 1 || variant == 1 {
+                            "single-row"
+                        } else {
+                            "tiled"
+                        };
+                        crate::backend::cuda::set_attention_variant(variant);
+                        let mut dout = g.buffer(len * qd)?;
+                        g.poison(&mut dout)?;
+                        let done = g.attention(&dq, &gkv, 0, start, len, s, &mut dout);
+                        crate::backend::cuda::set_attention_variant(0);
+                        done?;
+                        r.check(
+                            &format!("attention {name} pos {start} rows {len} {kernel}"),
+                            &download(g, &dout, len * qd)?,
+                            &want,
+                            att_bound,
+                        );
+                    }
+                    start += len;
+                }
+                let (mut crows, mut grows) = (Vec::new(), Vec::new());
+                cpu.kv_save(&ckv, start, &mut crows)?;
+                g.kv_save(&gkv, start, &mut grows)?;
+                ensure!(
+                    crows.len() == grows.len(),
+                    "kv store {name}: the GPU saved {} bytes, the CPU {}",
+                    grows.len(),
+                    crows.len()
+                );
+                r.check(
+                    &format!("kv store {name} rows 0..{start}"),
+                    &decode_rows(ty, kd, &grows),
+                    &decode_rows(ty, kd, &crows),
+                    row_bound,
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The cache layouts of src/kv/layout.rs, f16, Q8_0 and fp8: a full-attention layer
     /// through several context shifts (sinks kept, keys re-rotated), and a sliding window
-    /// whose ring wraps, in batches up to MAX_BATCH; then a save and load of the GPU cache.
+    /// whose ring wraps, in batches up to MAX_BATCH; the stored rows after it all; then a
+    /// save and load of the GPU cache.
     fn kv_layouts(g: &Cuda, cpu: &Cpu, rng: &mut Rng, r: &mut Report) -> Result<()> {
-        for ty in [KvType::F16, KvType::Q8_0] {
+        for ty in [KvType::F16, KvType::Q8_0, KvType::Fp8] {
+            let (row_bound, att_bound) = kv_bounds(ty);
             for (n_heads, n_kv, head_dim, rope_dims) in
                 [(8, 2, 64, 64), (4, 4, 32, 16), (8, 4, 8, 8)]
             {
@@ -853,10 +979,24 @@ mod gpu {
                         len += batch;
                     }
                     ensure!(window.is_some() || shifts >= 2, "the test did not shift");
-                    // Both round keys and values alike, but a rotation that differs in the
-                    // last bit can move a Q8_0 value by one step.
-                    let bound = if ty == KvType::Q8_0 { 1e-2 } else { 2e-3 };
-                    r.check(&name, &worst.0, &worst.1, bound);
+                    r.check(&name, &worst.0, &worst.1, att_bound);
+                    // What the store and the shifts left: every row still stored, decoded.
+                    // Each shift re-rounds the keys, so allow twice a single store's error.
+                    let (mut crows, mut grows) = (Vec::new(), Vec::new());
+                    cpu.kv_save(&ckv, len, &mut crows)?;
+                    g.kv_save(&gkv, len, &mut grows)?;
+                    ensure!(
+                        crows.len() == grows.len(),
+                        "{name}: the GPU saved {} bytes, the CPU {}",
+                        grows.len(),
+                        crows.len()
+                    );
+                    r.check(
+                        &format!("{name} stored rows"),
+                        &decode_rows(ty, kd, &grows),
+                        &decode_rows(ty, kd, &crows),
+                        2.0 * row_bound,
+                    );
 
                     // A save and load on the GPU gives the same attention.
                     let mut saved = Vec::new();

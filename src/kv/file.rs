@@ -1,7 +1,7 @@
 //! The prompt cache file: the tokens of a prompt and the cache rows they left, so that a
 //! later run with the same prefix skips computing it again.
 //!
-//! Layout (little-endian): magic `WICKPC01`, the stamp (u64), the token count (u32) and
+//! Layout (little-endian): magic `WICKPC02`, the stamp (u64), the token count (u32) and
 //! tokens (u32 each), the byte count of the rows (u64) and the rows, then a checksum (u64)
 //! of everything before it. The stamp hashes the model's size and header (metadata and
 //! tensor table, not the weights) with the cache settings; a file with another stamp,
@@ -15,7 +15,9 @@ use anyhow::{bail, Context, Result};
 use super::KvSettings;
 use crate::gguf::GgufFile;
 
-const MAGIC: &[u8; 8] = b"WICKPC01";
+/// Version 02: Q8_0 keys are stored Hadamard-rotated (src/kv/rotate.rs), so rows of a
+/// version 01 file would read as other keys; such a file is refused as not a cache.
+const MAGIC: &[u8; 8] = b"WICKPC02";
 
 /// A fast non-cryptographic hash (FxHash's step, eight bytes at a time): it only needs to
 /// tell files apart and catch damage, and must not cost much against skipping a prefill.

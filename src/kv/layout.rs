@@ -23,6 +23,8 @@ pub enum KvType {
     F16,
     /// ggml's Q8_0: blocks of 32 int8 values and one f16 scale along each row.
     Q8_0,
+    /// One e4m3 byte per value and one scale per row (src/kv/fp8.rs).
+    Fp8,
 }
 
 impl KvType {
@@ -31,6 +33,7 @@ impl KvType {
             KvType::F32 => "f32",
             KvType::F16 => "f16",
             KvType::Q8_0 => "q8_0",
+            KvType::Fp8 => "fp8",
         }
     }
 
@@ -39,7 +42,8 @@ impl KvType {
             "f32" => KvType::F32,
             "f16" => KvType::F16,
             "q8_0" => KvType::Q8_0,
-            _ => bail!("unknown KV cache type {s:?} (expected f32, f16 or q8_0)"),
+            "fp8" => KvType::Fp8,
+            _ => bail!("unknown KV cache type {s:?} (expected f32, f16, q8_0 or fp8)"),
         })
     }
 
@@ -49,6 +53,7 @@ impl KvType {
             KvType::F32 => kv_dim * 4,
             KvType::F16 => kv_dim * 2,
             KvType::Q8_0 => kv_dim / 32 * 34,
+            KvType::Fp8 => super::fp8::row_bytes(kv_dim),
         }
     }
 
@@ -57,6 +62,8 @@ impl KvType {
             KvType::F32 => 0,
             KvType::F16 => 1,
             KvType::Q8_0 => 8,
+            // Not a ggml type id; kernels/cuda/common.cuh calls it T_FP8.
+            KvType::Fp8 => 64,
         }
     }
 }

@@ -1,9 +1,11 @@
 //! The key/value cache. [`layout`] says which slot holds each position (shared by every
 //! backend); this module holds the CPU's storage: per layer, preallocated rows of keys and
-//! of values in f32, f16 or Q8_0, read by attention where they lie.
+//! of values in f32, f16, Q8_0 or fp8, read by attention where they lie.
 
 pub mod file;
+pub mod fp8;
 pub mod layout;
+pub mod rotate;
 
 use half::f16;
 use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
@@ -25,6 +27,8 @@ pub struct KvCache {
     kv_dim: usize,
     row_bytes: usize,
     layers: Vec<LayerKv>,
+    /// A row being rotated on its way into the cache.
+    scratch: Vec<f32>,
 }
 
 impl KvCache {
@@ -49,6 +53,7 @@ impl KvCache {
             kv_dim,
             row_bytes,
             layers,
+            scratch: vec![0.0; kv_dim],
         })
     }
 
@@ -78,13 +83,22 @@ impl KvCache {
         i..i + self.row_bytes
     }
 
-    /// Stores the key and value rows of `pos`.
-    pub fn store(&mut self, layer: usize, pos: usize, k: &[f32], v: &[f32]) {
+    /// Stores the key and value rows of `pos`, for heads of `head_dim` (a Q8_0 cache
+    /// holds them Hadamard-rotated, see [`rotate`]).
+    pub fn store(&mut self, layer: usize, pos: usize, k: &[f32], v: &[f32], head_dim: usize) {
         let r = self.range(layer, pos);
         let l = &mut self.layers[layer];
         let ty = l.layout.ty;
-        encode(ty, k, &mut l.k[r.clone()]);
-        encode(ty, v, &mut l.v[r]);
+        let n = rotate::chunk(ty, head_dim);
+        for (x, dst) in [(k, &mut l.k), (v, &mut l.v)] {
+            if n > 1 {
+                self.scratch.copy_from_slice(x);
+                rotate::to_cache(&mut self.scratch, n);
+                encode(ty, &self.scratch, &mut dst[r.clone()]);
+            } else {
+                encode(ty, x, &mut dst[r.clone()]);
+            }
+        }
     }
 
     /// Overwrites the stored rows of `pos` with rows from [`KvCache::rows`].
@@ -104,19 +118,24 @@ impl KvCache {
     }
 
     /// Applies `f` to the key row of `pos` in f32 and stores it back (a context shift's
-    /// re-rotation: quantized rows are decoded and encoded again).
+    /// RoPE re-rotation: quantized rows are decoded and encoded again, and `f` sees the
+    /// key itself, not its Hadamard rotation).
     pub fn update_key(
         &mut self,
         layer: usize,
         pos: usize,
+        head_dim: usize,
         row: &mut [f32],
         f: impl Fn(&mut [f32]),
     ) {
         let r = self.range(layer, pos);
         let l = &mut self.layers[layer];
         let ty = l.layout.ty;
+        let n = rotate::chunk(ty, head_dim);
         decode(ty, &l.k[r.clone()], 0, row);
+        rotate::from_cache(row, n);
         f(row);
+        rotate::to_cache(row, n);
         encode(ty, row, &mut l.k[r]);
     }
 }
@@ -146,6 +165,7 @@ fn encode(ty: KvType, x: &[f32], out: &mut [u8]) {
         KvType::Q8_0 => {
             crate::quant::quantize_row(GgmlType::Q8_0, x, out).expect("whole Q8_0 blocks");
         }
+        KvType::Fp8 => fp8::encode_row(x, out),
     }
 }
 
@@ -172,6 +192,7 @@ pub fn decode(ty: KvType, row: &[u8], off: usize, out: &mut [f32]) {
                 }
             }
         }
+        KvType::Fp8 => fp8::decode_row(row, off, out),
         KvType::Q8_0 => {
             let blocks = as_blocks::<BlockQ8_0>(row).expect("whole Q8_0 blocks");
             if off.is_multiple_of(QK) && out.len().is_multiple_of(QK) {

@@ -237,7 +237,7 @@ impl<'a> Backend<'a> for Cpu {
             let old = *kv.layout(layer);
             let new = old.shifted(start, d, len);
             for p in old.stored(len).filter(|&p| p >= start + d) {
-                kv.update_key(layer, p, &mut row, |k| {
+                kv.update_key(layer, p, s.head_dim, &mut row, |k| {
                     rope_by(k, s.head_dim, inv_freq, -(d as f32))
                 });
             }
@@ -355,7 +355,7 @@ impl<'a> Backend<'a> for Cpu {
             rope(&mut q[b * qd..(b + 1) * qd], s.head_dim, inv_freq, pos);
             let kb = &mut k[b * kd..(b + 1) * kd];
             rope(kb, s.head_dim, inv_freq, pos);
-            kv.store(layer, pos, kb, &v[b * kd..(b + 1) * kd]);
+            kv.store(layer, pos, kb, &v[b * kd..(b + 1) * kd], s.head_dim);
         }
         Ok(())
     }

@@ -1,7 +1,7 @@
 //! Single-threaded building blocks of the CPU ops.
 
 use super::AttnShape;
-use crate::kv::{decode, KvCache, KvType, MAX_HEAD_DIM};
+use crate::kv::{decode, rotate, KvCache, KvType, MAX_HEAD_DIM};
 use crate::model::Tensor;
 
 /// `out = x / rms(x) * w` for one row, with `w` a 1-D weight of the row's length.
@@ -111,6 +111,14 @@ pub fn attend_head(
     let scores = &mut scores[..n];
     let mut buf = [0f32; MAX_HEAD_DIM];
     let buf = &mut buf[..s.head_dim];
+    // Rotated keys meet the query rotated alike; rotated values give the output rotated,
+    // which is turned back at the end (see kv::rotate).
+    let rot = rotate::chunk(ty, s.head_dim);
+    let mut qr = [0f32; MAX_HEAD_DIM];
+    let qr = &mut qr[..s.head_dim];
+    qr.copy_from_slice(q);
+    rotate::query(qr, rot);
+    let q = &*qr;
     for (t, sc) in positions().zip(scores.iter_mut()) {
         let (k, _) = cache.rows(layer, t);
         *sc = row_dot(ty, k, kv, q, buf) * scale;
@@ -121,6 +129,7 @@ pub fn attend_head(
         let (_, v) = cache.rows(layer, t);
         row_axpy(ty, v, kv, p, out, buf);
     }
+    rotate::from_cache(out, rot);
 }
 
 /// `q · row[off..off + q.len()]` for a stored row, decoded into `buf` first: measured

@@ -103,7 +103,7 @@ pub struct DeviceWeight {
     mem: DeviceMem,
 }
 
-/// The KV cache of every layer, in f16 or Q8_0 rows, each layer as its [`KvLayout`] says:
+/// The KV cache of every layer, in f16, Q8_0 or fp8 rows, each layer as its [`KvLayout`] says:
 /// `[layer][slot][row]` for keys and for values.
 pub struct DeviceKv {
     k: DeviceMem,
@@ -748,11 +748,17 @@ impl<'a> Backend<'a> for Cuda {
             "every layer's KV cache must have the same type"
         );
         ensure!(
-            matches!(ty, KvType::F16 | KvType::Q8_0),
-            "the CUDA backend keeps its KV cache in f16 or q8_0, not {}",
+            matches!(ty, KvType::F16 | KvType::Q8_0 | KvType::Fp8),
+            "the CUDA backend keeps its KV cache in f16, q8_0 or fp8, not {}",
             ty.name()
         );
         crate::kv::check_kv_dim(ty, kv_dim)?;
+        // The kernels read an fp8 row's f32 scale in place.
+        ensure!(
+            ty != KvType::Fp8 || kv_dim.is_multiple_of(4),
+            "an fp8 KV cache on the GPU needs rows that are a multiple of 4 values, and this \
+             model's are {kv_dim}: use --kv-type f16"
+        );
         let row_bytes = ty.row_bytes(kv_dim);
         let mut layer_off = Vec::with_capacity(layouts.len());
         let mut bytes = 0;
@@ -780,9 +786,11 @@ impl<'a> Backend<'a> for Cuda {
         len: usize,
         s: AttnShape,
     ) -> Result<()> {
+        let ty = kv.layouts.first().map_or(KvType::F16, |l| l.ty);
+        let unit = if ty == KvType::Fp8 { 4 } else { 32 };
         ensure!(
-            s.kv_dim().is_multiple_of(32),
-            "context shift on the GPU needs KV rows that are a multiple of 32 values"
+            s.kv_dim().is_multiple_of(unit),
+            "context shift on the GPU needs KV rows that are a multiple of {unit} values"
         );
         for layer in 0..kv.layouts.len() {
             let old = kv.layouts[layer];
@@ -1022,6 +1030,7 @@ impl<'a> Backend<'a> for Cuda {
                     kv.state(layer),
                     rows as i32,
                     s.kv_dim() as i32,
+                    s.head_dim as i32,
                     l.capacity as i32,
                     l.keep as i32,
                 )
