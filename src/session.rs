@@ -8,7 +8,7 @@ use anyhow::{bail, ensure, Result};
 
 use crate::backend::Backend;
 use crate::kv::KvSettings;
-use crate::model::{Llama, Logits, State, MAX_BATCH};
+use crate::model::{Llama, Logits, State};
 
 pub struct Session<'m, 'a, B: Backend<'a>> {
     model: &'m Llama<'a, B>,
@@ -32,6 +32,11 @@ impl<'m, 'a, B: Backend<'a>> Session<'m, 'a, B> {
             tokens: Vec::with_capacity(s.ctx),
             discarded: 0,
         })
+    }
+
+    /// The most tokens one forward pass takes (prefill runs in chunks of it).
+    pub fn max_batch(&self) -> usize {
+        self.state.max_batch()
     }
 
     pub fn ctx(&self) -> usize {
@@ -80,8 +85,9 @@ impl<'m, 'a, B: Backend<'a>> Session<'m, 'a, B> {
                 self.room()
             );
         }
-        let n_chunks = tokens.len().div_ceil(MAX_BATCH);
-        for (i, chunk) in tokens.chunks(MAX_BATCH).enumerate() {
+        let batch = self.state.max_batch();
+        let n_chunks = tokens.len().div_ceil(batch);
+        for (i, chunk) in tokens.chunks(batch).enumerate() {
             let pos = self.len();
             self.model
                 .forward(&mut self.state, chunk, pos, last_or_none(i + 1 == n_chunks))?;

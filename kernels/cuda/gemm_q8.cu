@@ -464,10 +464,19 @@ extern "C" int wick_gemm_q8_supports(int type) {
 extern "C" int wick_gemm_q8(int type, const void *w, int rows, int cols, const int8_t *xq,
                             const float *xd, int nb, float *y, int accumulate, float *ws,
                             size_t ws_floats) {
-    if (!wick_gemm_q8_supports(type) || cols % block_elems(type) != 0 || nb < 1 || nb > 64 ||
-        rows < 1)
+    if (!wick_gemm_q8_supports(type) || cols % block_elems(type) != 0 || nb < 1 || rows < 1)
         return (int)cudaErrorInvalidValue;
     const uint8_t *wb = (const uint8_t *)w;
+    if (nb > 64) {
+        // Token chunks of 64, one launch each.
+        for (int t0 = 0; t0 < nb; t0 += 64) {
+            int e = wick_gemm_q8(type, w, rows, cols, xq + (size_t)t0 * cols,
+                                 xd + (size_t)t0 * (cols / 32), std::min(64, nb - t0),
+                                 y + (size_t)t0 * rows, accumulate, ws, ws_floats);
+            if (e != 0) return e;
+        }
+        return 0;
+    }
     switch (type) {
         case T_Q4_0: return launch_type<T_Q4_0>(wb, rows, cols, xq, xd, nb, y, accumulate, ws, ws_floats);
         case T_Q4_1: return launch_type<T_Q4_1>(wb, rows, cols, xq, xd, nb, y, accumulate, ws, ws_floats);

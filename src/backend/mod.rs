@@ -151,6 +151,14 @@ pub trait Backend<'a> {
     /// on, so that speculation never changes which token greedy decoding picks. A backend
     /// whose multi-row kernels already round like its one-row ones can ignore it.
     fn set_row_exact(&self, _on: bool) {}
+
+    /// The most tokens one forward pass may take. Buffers are sized for it, so a backend
+    /// whose batched products get faster with the batch (a GPU's tensor cores reuse each
+    /// decoded weight tile over more tokens) can run a whole prompt in a few passes, while
+    /// the CPU keeps batches whose activations stay in its caches.
+    fn max_batch(&self) -> usize {
+        crate::model::MAX_BATCH
+    }
 }
 
 /// A borrowed backend is a backend: a draft model and its target share one (one thread
@@ -269,5 +277,8 @@ impl<'a, T: Backend<'a>> Backend<'a> for &T {
     }
     fn set_row_exact(&self, on: bool) {
         (**self).set_row_exact(on)
+    }
+    fn max_batch(&self) -> usize {
+        (**self).max_batch()
     }
 }
