@@ -83,6 +83,10 @@ int wick_gemm_q8_supports(int type);
 int wick_gemm_q8(int type, const void *d_w, int rows, int cols, const int8_t *d_xq,
                  const float *d_xd, int nb, float *d_y, int accumulate, float *d_ws,
                  size_t ws_floats);
+/* Selects wick_gemm_q8's kernels (0 = default: the 64-token one up to 64 tokens, the
+ * 128-token one above; 1 = the 128-token one from 17 tokens; 2 = the 64-token one only),
+ * for timing runs. */
+void wick_gemm_q8_variant(int v);
 /* Rotates q (n rows of n_heads heads) and k (n rows of n_kv_heads heads) in place for
  * positions *d_pos0.., llama.cpp's normal mode (adjacent pairs). The position is read on
  * the device, so a recorded graph replays at any position. */
