@@ -285,6 +285,10 @@ impl Cuda {
             if let Some(v) = std::env::var("WICK_MV").ok().and_then(|v| v.parse().ok()) {
                 set_matvec_variant(v);
             }
+            // WICK_GEMM picks the tensor-core kernels (set_gemm_variant), to compare.
+            if let Some(v) = std::env::var("WICK_GEMM").ok().and_then(|v| v.parse().ok()) {
+                set_gemm_variant(v);
+            }
             // WICK_ATT=1 sends batches to the single-row attention kernel, to compare.
             if let Some(v) = std::env::var("WICK_ATT").ok().and_then(|v| v.parse().ok()) {
                 set_attention_variant(v);
@@ -1030,6 +1034,14 @@ impl<'a> Backend<'a> for Cuda {
 pub fn set_matvec_variant(v: i32) {
     // SAFETY: sets a plain integer read at launch.
     unsafe { ffi::wick_matvec_q8_variant(v) }
+}
+
+/// Selects the int8 tensor-core kernels: 0 = the 64-token one up to 64 tokens and the
+/// 128-token one above (default), 1 = the 128-token one from 17 tokens, 2 = the 64-token
+/// one only (wider batches in launches of 64), for timing one against the other.
+pub fn set_gemm_variant(v: i32) {
+    // SAFETY: sets a plain integer read at launch.
+    unsafe { ffi::wick_gemm_q8_variant(v) }
 }
 
 /// Selects the kernel of multi-row attention: 0 = the tiled tensor-core one (default),
