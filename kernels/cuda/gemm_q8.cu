@@ -1,4 +1,4 @@
-// Matrix-matrix products for prefill (batches of 17..64 tokens) on int8 tensor cores.
+// Matrix-matrix products for prefill (batches above 16 tokens) on int8 tensor cores.
 //
 // Decode streams weights once per token and is bound by memory; a 64-token batch does 64
 // times the arithmetic per weight byte, which CUDA cores cannot keep up with (the f32
@@ -9,8 +9,9 @@
 // the matrix-vector kernel and the CPU's fast path do. This is the scheme of llama.cpp's
 // "MMQ" kernels, written afresh.
 //
-// A block owns BM = 64 weight rows and all (up to 64) tokens, and walks its share of the
-// row in stages of 8 units (256 values):
+// The 64-token kernel (batches up to 64; the wide kernel below takes larger ones): a block
+// owns BM = 64 weight rows and all (up to 64) tokens, and walks its share of the row in
+// stages of 8 units (256 values):
 //   1. raw weight bytes of the next stage and its activations are loaded into registers
 //      (so the loads are in flight during 2 and 3),
 //   2. the current stage's raw bytes in shared memory are decoded to int8 words plus
@@ -710,6 +711,25 @@ int launch(const uint8_t *w, int rows, int cols, const int8_t *xq, const float *
     return (int)cudaGetLastError();
 }
 
+// Shared memory a block may opt into: the wide kernel's ~113 KiB fit sm_80 and sm_90, not
+// sm_86 or sm_89 (99 KiB), which keep the 64-token kernel.
+size_t smem_optin() {
+    static int n = -1;
+    if (n < 0) {
+        int dev = 0;
+        if (cudaGetDevice(&dev) != cudaSuccess ||
+            cudaDeviceGetAttribute(&n, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) !=
+                cudaSuccess)
+            n = 0;
+    }
+    return (size_t)n;
+}
+
+template <int TYPE>
+bool wide_fits() {
+    return (size_t)WideSmem<TYPE>::TOTAL <= smem_optin();
+}
+
 template <int TYPE, int V>
 int launch_wide(const uint8_t *w, int rows, int cols, const int8_t *xq, const float *xd, int nb,
                 float *y, int accumulate, float *ws, size_t ws_floats) {
@@ -747,13 +767,15 @@ int launch_wide(const uint8_t *w, int rows, int cols, const int8_t *xq, const fl
 }
 
 // 0: the 64-token kernel up to 64 tokens, the wide one above; 1: the wide one from 17
-// tokens; 2: the 64-token kernel only (in launches of 64 tokens), for timing runs.
+// tokens; 2: the 64-token kernel only, for timing runs. Where the wide kernel does not fit
+// the GPU's shared memory, batches above 64 run as launches of 64 tokens.
 int gemm_variant = 0;
 
 template <int TYPE, int V>
 int launch_nt(const uint8_t *w, int rows, int cols, const int8_t *xq, const float *xd, int nb,
               float *y, int accumulate, float *ws, size_t ws_floats) {
-    if (gemm_variant == 2 && nb > 64) {
+    const bool wide = gemm_variant != 2 && wide_fits<TYPE>();
+    if (!wide && nb > 64) {
         for (int t0 = 0; t0 < nb; t0 += 64) {
             int e = launch_nt<TYPE, V>(w, rows, cols, xq + (size_t)t0 * cols,
                                        xd + (size_t)t0 * (cols / 32), std::min(64, nb - t0),
@@ -762,7 +784,7 @@ int launch_nt(const uint8_t *w, int rows, int cols, const int8_t *xq, const floa
         }
         return 0;
     }
-    if (gemm_variant != 2 && (nb > 64 || (gemm_variant == 1 && nb > 16)))
+    if (wide && (nb > 64 || (gemm_variant == 1 && nb > 16)))
         return launch_wide<TYPE, V>(w, rows, cols, xq, xd, nb, y, accumulate, ws, ws_floats);
     if (nb <= 32)
         return launch<TYPE, 4, V>(w, rows, cols, xq, xd, nb, y, accumulate, ws, ws_floats);
