@@ -8,7 +8,7 @@ use anyhow::{bail, ensure, Result};
 
 use crate::backend::Backend;
 use crate::kv::KvSettings;
-use crate::model::{Llama, Logits, State, MAX_BATCH};
+use crate::model::{Llama, Logits, State};
 
 pub struct Session<'m, 'a, B: Backend<'a>> {
     model: &'m Llama<'a, B>,
@@ -36,6 +36,11 @@ impl<'m, 'a, B: Backend<'a>> Session<'m, 'a, B> {
             discarded: 0,
             staged: 0,
         })
+    }
+
+    /// The most tokens one forward pass takes (prefill runs in chunks of it).
+    pub fn max_batch(&self) -> usize {
+        self.state.max_batch()
     }
 
     pub fn ctx(&self) -> usize {
@@ -95,8 +100,9 @@ impl<'m, 'a, B: Backend<'a>> Session<'m, 'a, B> {
                 self.room()
             );
         }
-        let n_chunks = tokens.len().div_ceil(MAX_BATCH);
-        for (i, chunk) in tokens.chunks(MAX_BATCH).enumerate() {
+        let batch = self.state.max_batch();
+        let n_chunks = tokens.len().div_ceil(batch);
+        for (i, chunk) in tokens.chunks(batch).enumerate() {
             let pos = self.len();
             let which = last_or_none(i + 1 == n_chunks);
             if read {

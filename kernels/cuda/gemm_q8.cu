@@ -1,4 +1,4 @@
-// Matrix-matrix products for prefill (batches of 17..64 tokens) on int8 tensor cores.
+// Matrix-matrix products for prefill (batches above 16 tokens) on int8 tensor cores.
 //
 // Decode streams weights once per token and is bound by memory; a 64-token batch does 64
 // times the arithmetic per weight byte, which CUDA cores cannot keep up with (the f32
@@ -9,8 +9,9 @@
 // the matrix-vector kernel and the CPU's fast path do. This is the scheme of llama.cpp's
 // "MMQ" kernels, written afresh.
 //
-// A block owns BM = 64 weight rows and all (up to 64) tokens, and walks its share of the
-// row in stages of 8 units (256 values):
+// The 64-token kernel (batches up to 64; the wide kernel below takes larger ones): a block
+// owns BM = 64 weight rows and all (up to 64) tokens, and walks its share of the row in
+// stages of 8 units (256 values):
 //   1. raw weight bytes of the next stage and its activations are loaded into registers
 //      (so the loads are in flight during 2 and 3),
 //   2. the current stage's raw bytes in shared memory are decoded to int8 words plus
@@ -43,6 +44,7 @@
 #include <algorithm>
 
 #include "common.cuh"
+#include "mma_s8.cuh"
 #include "q8_unit.cuh"
 #include "stream.cuh"
 
@@ -87,21 +89,6 @@ struct Smem {
 // exact: two full-rate instructions instead of a quarter-rate I2F.
 __device__ __forceinline__ float i2f(int c) {
     return __int_as_float(c + 0x4B400000) - 12582912.f;
-}
-
-__device__ __forceinline__ void mma_k32(int c[4], int a0, int a1, int a2, int a3, int b0,
-                                        int b1) {
-    asm("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0, %1, %2, %3}, "
-        "{%4, %5, %6, %7}, {%8, %9}, {%10, %10, %10, %10};"
-        : "=r"(c[0]), "=r"(c[1]), "=r"(c[2]), "=r"(c[3])
-        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1), "r"(0));
-}
-
-__device__ __forceinline__ void mma_k16(int c[4], int a0, int a1, int b0) {
-    asm("mma.sync.aligned.m16n8k16.row.col.s32.s8.s8.s32 {%0, %1, %2, %3}, "
-        "{%4, %5}, {%6}, {%7, %7, %7, %7};"
-        : "=r"(c[0]), "=r"(c[1]), "=r"(c[2]), "=r"(c[3])
-        : "r"(a0), "r"(a1), "r"(b0), "r"(0));
 }
 
 // Raw weight bytes move in slots, by the alignment of rows (GGUF blocks of 18, 34 and 210
@@ -370,6 +357,304 @@ gemm_q8_kernel(const uint8_t *__restrict__ w, int rows, int cols,
     }
 }
 
+// Batches above 64 tokens: the same per-unit scheme, with a block tile of BM = 64 weight
+// rows by WBN = 128 tokens, so each decoded weight stage serves twice the tokens, and the
+// token tiles of one weight tile run side by side (blockIdx.x), sharing its bytes in L2.
+// The four warps split the tile 2 x 2, 32 rows by 64 tokens each, so every activation
+// fragment feeds two row fragments (the 64-token kernel's warps own 16 rows and reload
+// the activations per 16 rows). Fragments come from ldmatrix, four registers per
+// instruction. Activations and their scales are copied to shared memory with cp.async,
+// double-buffered, so the next stage's copy runs under this stage's decode and math; raw
+// weights still pass through registers (their loads also in flight meanwhile), as in the
+// 64-token kernel, because decoding needs them in shared memory only briefly.
+constexpr int WBN = 128;               // tokens per block
+constexpr int WXSTRIDE = WBN + 4;      // floats per unit of the activation-scale tables
+
+template <int TYPE>
+struct WideSmem {
+    static constexpr int RAW = round16(BM * (stage_bytes(TYPE) + 2));
+    static constexpr int W = BM * WSTRIDE * 4;
+    static constexpr int X = WBN * WSTRIDE * 4;  // one of two buffers
+    static constexpr int WD = SU * SSTRIDE * 4;
+    static constexpr int WD1 = TYPE == T_Q6_K ? WD : 0;
+    static constexpr int WM = has_min<TYPE>() ? WD : 0;
+    static constexpr int XD = SU * WXSTRIDE * 4;  // one of two buffers
+    static constexpr int XM = has_min<TYPE>() ? XD : 0;
+    static constexpr int TOTAL = RAW + W + 2 * X + WD + WD1 + WM + 2 * XD + XM;
+};
+
+template <int TYPE, int V>
+__global__ void __launch_bounds__(THREADS, 2)
+gemm_q8_wide_kernel(const uint8_t *__restrict__ w, int rows, int cols,
+                    const int8_t *__restrict__ xq, const float *__restrict__ xd, int nb,
+                    float *__restrict__ y, int accumulate, float *__restrict__ part,
+                    int n_slices) {
+    pdl_start();
+    using L = WideSmem<TYPE>;
+    using SlotT = typename Slot<V>::T;
+    constexpr int S = stage_bytes(TYPE), RS = raw_stride<V>(TYPE);
+    constexpr int SLOT = sizeof(SlotT);
+    constexpr int N_SLOTS = BM * RS / SLOT;
+    static_assert(N_SLOTS * SLOT == BM * RS && BM * RS <= L::RAW, "raw tile");
+    constexpr int SLOTS_PER_THREAD = (N_SLOTS + THREADS - 1) / THREADS;
+    constexpr int X_CHUNKS = WBN * SU * 2 / THREADS;  // 16-byte activation chunks
+    constexpr int XD_PER_THREAD = WBN * SU / THREADS;
+    static_assert(X_CHUNKS * THREADS == WBN * SU * 2, "activation chunks per thread");
+    static_assert(XD_PER_THREAD * THREADS == WBN * SU, "activation scales per thread");
+
+    extern __shared__ __align__(16) uint8_t smem[];
+    uint8_t *raw = smem;
+    int *sw = reinterpret_cast<int *>(smem + L::RAW);
+    int *sx0 = reinterpret_cast<int *>(smem + L::RAW + L::W);
+    uint8_t *rest = smem + L::RAW + L::W + 2 * L::X;
+    float *swd = reinterpret_cast<float *>(rest);
+    float *swd1 = reinterpret_cast<float *>(rest + L::WD);
+    float *swm = reinterpret_cast<float *>(rest + L::WD + L::WD1);
+    float *sxd0 = reinterpret_cast<float *>(rest + L::WD + L::WD1 + L::WM);
+    float *sxm = reinterpret_cast<float *>(rest + L::WD + L::WD1 + L::WM + 2 * L::XD);
+
+    const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+    const int g = lane / 4, t = lane % 4;
+    const int wm = warp % 2, wn = warp / 2;
+    const int t0 = blockIdx.x * WBN, r0 = blockIdx.y * BM;
+    const int n_units = cols / 32;
+    const int n_stages = (n_units + SU - 1) / SU;
+    const int st0 = (int)((long)blockIdx.z * n_stages / n_slices);
+    const int st1 = (int)((long)(blockIdx.z + 1) * n_stages / n_slices);
+    const size_t rb = row_bytes(TYPE, cols);
+
+    SlotT wr[SLOTS_PER_THREAD];
+
+    // Raw weight bytes of stage st into registers (as the 64-token kernel's fetch).
+    auto fetch_w = [&](int st) {
+#pragma unroll
+        for (int i = 0; i < SLOTS_PER_THREAD; i++) {
+            int p = tid + i * THREADS;
+            if constexpr (V == 16) {
+                uint4 v = make_uint4(0, 0, 0, 0);
+                int f = p * 16, row = f / S, off = f % S;
+                if (p < N_SLOTS && r0 + row < rows && (size_t)st * S + off < rb)
+                    v = *reinterpret_cast<const uint4 *>(w + (size_t)(r0 + row) * rb +
+                                                         (size_t)st * S + off);
+                wr[i] = v;
+            } else if constexpr (V == 4) {
+                uint32_t v = 0;
+                int row = p / (RS / 4);
+                size_t off = (size_t)st * S / 4 * 4 + 4 * (p % (RS / 4));
+                if (p < N_SLOTS && r0 + row < rows && off < rb)
+                    v = *reinterpret_cast<const uint32_t *>(w + (size_t)(r0 + row) * rb + off);
+                wr[i] = v;
+            } else {
+                uint32_t v = 0;
+#pragma unroll
+                for (int h = 0; h < 2; h++) {
+                    int f = p * 4 + 2 * h, row = f / S, off = f % S;
+                    if (p < N_SLOTS && r0 + row < rows && (size_t)st * S + off < rb)
+                        v |= (uint32_t)*reinterpret_cast<const uint16_t *>(
+                                 w + (size_t)(r0 + row) * rb + (size_t)st * S + off)
+                             << (16 * h);
+                }
+                wr[i] = v;
+            }
+        }
+    };
+    auto store_w = [&]() {
+#pragma unroll
+        for (int i = 0; i < SLOTS_PER_THREAD; i++) {
+            int p = tid + i * THREADS;
+            if (p < N_SLOTS) reinterpret_cast<SlotT *>(raw)[p] = wr[i];
+        }
+    };
+
+    // Activations of stage st (token rows of WSTRIDE words) and their scales ([unit][token])
+    // into buffer b, asynchronously; tokens past nb and values past the row read as zero.
+    auto copy_x = [&](int st, int b) {
+        int *sx = sx0 + b * (WBN * WSTRIDE);
+        float *sxd = sxd0 + b * (SU * WXSTRIDE);
+#pragma unroll
+        for (int i = 0; i < X_CHUNKS; i++) {
+            int c = tid + i * THREADS, tok = c / (2 * SU), q = c % (2 * SU);
+            int k = st * SU * 32 + q * 16;
+            bool ok = t0 + tok < nb && k < cols;
+            cp_async16(sx + tok * WSTRIDE + 4 * q, ok ? xq + (size_t)(t0 + tok) * cols + k : xq,
+                       ok);
+        }
+#pragma unroll
+        for (int i = 0; i < XD_PER_THREAD; i++) {
+            int c = tid + i * THREADS, tok = c / SU, u = st * SU + c % SU;
+            bool ok = t0 + tok < nb && u < n_units;
+            cp_async4(sxd + (c % SU) * WXSTRIDE + tok,
+                      ok ? xd + (size_t)(t0 + tok) * n_units + u : xd, ok);
+        }
+        cp_async_commit();
+    };
+
+    // Raw bytes to int8 words and scales, one (row, unit) per thread and pass.
+    auto decode_w = [&](int st) {
+#pragma unroll
+        for (int i = 0; i < BM * SU / THREADS; i++) {
+            int q = tid + i * THREADS, row = q / SU, u = q % SU;
+            Unit un;
+            if (r0 + row < rows && st * SU + u < n_units) {
+                load_unit<TYPE>(raw + row * RS + (V == 4 ? st * S % 4 : 0), u, un);
+            } else {
+#pragma unroll
+                for (int j = 0; j < 8; j++) un.w[j] = 0;
+                un.d0 = un.d1 = un.m = 0.f;
+            }
+            int4 *dst = reinterpret_cast<int4 *>(sw + row * WSTRIDE + 8 * u);
+            dst[0] = make_int4(un.w[0], un.w[1], un.w[2], un.w[3]);
+            dst[1] = make_int4(un.w[4], un.w[5], un.w[6], un.w[7]);
+            swd[u * SSTRIDE + row] = un.d0;
+            if constexpr (TYPE == T_Q6_K) swd1[u * SSTRIDE + row] = un.d1;
+            if constexpr (has_min<TYPE>()) swm[u * SSTRIDE + row] = un.m;
+        }
+    };
+
+    // For types with an offset: each (token, unit)'s d_x * sum of its int8 values.
+    auto x_sums = [&](int b) {
+        const int *sx = sx0 + b * (WBN * WSTRIDE);
+        const float *sxd = sxd0 + b * (SU * WXSTRIDE);
+#pragma unroll
+        for (int i = 0; i < XD_PER_THREAD; i++) {
+            int c = tid + i * THREADS, tok = c / SU, u = c % SU;
+            const int4 *src = reinterpret_cast<const int4 *>(sx + tok * WSTRIDE + 8 * u);
+            int4 a = src[0], e = src[1];
+            int s = __dp4a(0x01010101, a.x, __dp4a(0x01010101, a.y,
+                    __dp4a(0x01010101, a.z, __dp4a(0x01010101, a.w, 0))));
+            s = __dp4a(0x01010101, e.x, __dp4a(0x01010101, e.y,
+                __dp4a(0x01010101, e.z, __dp4a(0x01010101, e.w, s))));
+            sxm[u * WXSTRIDE + tok] = sxd[u * WXSTRIDE + tok] * (float)s;
+        }
+    };
+
+    float acc[2][8][4];
+#pragma unroll
+    for (int m = 0; m < 2; m++)
+#pragma unroll
+        for (int n = 0; n < 8; n++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) acc[m][n][e] = 0.f;
+
+    // This warp's rows wm * 32 + 16 m + (g, g + 8) and tokens wn * 64 + 8 n + (2t, 2t + 1).
+    // ldmatrix addresses: lane 8j + r gives row r of matrix j. For A, matrices 0..3 are
+    // (rows 0-7, k 0-15), (rows 8-15, k 0-15), (rows 0-7, k 16-31), (rows 8-15, k 16-31):
+    // a0..a3 of the fragment. For B, (n, k 0-15), (n, k 16-31), (n + 1, k 0-15),
+    // (n + 1, k 16-31): b0, b1 of two token fragments.
+    const int lj = lane / 8, lr = lane % 8;
+    const int a_off = (wm * 32 + lr + 8 * (lj % 2)) * WSTRIDE + 4 * (lj / 2);
+    const int b_off = (wn * 64 + lr + 8 * (lj / 2)) * WSTRIDE + 4 * (lj % 2);
+    auto compute = [&](int b) {
+        const int *sx = sx0 + b * (WBN * WSTRIDE);
+        const float *sxd = sxd0 + b * (SU * WXSTRIDE);
+#pragma unroll
+        for (int u = 0; u < SU; u++) {
+            uint32_t a[2][4];
+            float dw[2][2], dh[2][2], mw[2][2];
+#pragma unroll
+            for (int m = 0; m < 2; m++) {
+                ldsm_x4(a[m], sw + a_off + m * 16 * WSTRIDE + 8 * u);
+#pragma unroll
+                for (int h = 0; h < 2; h++) {
+                    int row = wm * 32 + 16 * m + g + 8 * h;
+                    dw[m][h] = swd[u * SSTRIDE + row];
+                    dh[m][h] = TYPE == T_Q6_K ? swd1[u * SSTRIDE + row] : 0.f;
+                    mw[m][h] = has_min<TYPE>() ? swm[u * SSTRIDE + row] : 0.f;
+                }
+            }
+#pragma unroll
+            for (int np = 0; np < 4; np++) {
+                uint32_t bb[4];
+                ldsm_x4(bb, sx + b_off + np * 16 * WSTRIDE + 8 * u);
+#pragma unroll
+                for (int h = 0; h < 2; h++) {
+                    int n = 2 * np + h, col = u * WXSTRIDE + wn * 64 + 8 * n + 2 * t;
+                    int b0 = bb[2 * h], b1 = bb[2 * h + 1];
+                    float2 dx = *reinterpret_cast<const float2 *>(sxd + col);
+                    float2 xm = make_float2(0.f, 0.f);
+                    if constexpr (has_min<TYPE>())
+                        xm = *reinterpret_cast<const float2 *>(sxm + col);
+#pragma unroll
+                    for (int m = 0; m < 2; m++) {
+                        int c[4];
+                        float *o = acc[m][n];
+                        if constexpr (TYPE == T_Q6_K) {
+                            int e[4];
+                            mma_k16(c, a[m][0], a[m][1], b0);
+                            mma_k16(e, a[m][2], a[m][3], b1);
+                            o[0] += dx.x * (dw[m][0] * i2f(c[0]) + dh[m][0] * i2f(e[0]));
+                            o[1] += dx.y * (dw[m][0] * i2f(c[1]) + dh[m][0] * i2f(e[1]));
+                            o[2] += dx.x * (dw[m][1] * i2f(c[2]) + dh[m][1] * i2f(e[2]));
+                            o[3] += dx.y * (dw[m][1] * i2f(c[3]) + dh[m][1] * i2f(e[3]));
+                        } else {
+                            mma_k32(c, a[m][0], a[m][1], a[m][2], a[m][3], b0, b1);
+                            o[0] += dw[m][0] * dx.x * i2f(c[0]);
+                            o[1] += dw[m][0] * dx.y * i2f(c[1]);
+                            o[2] += dw[m][1] * dx.x * i2f(c[2]);
+                            o[3] += dw[m][1] * dx.y * i2f(c[3]);
+                            if constexpr (has_min<TYPE>()) {
+                                o[0] += mw[m][0] * xm.x;
+                                o[1] += mw[m][0] * xm.y;
+                                o[2] += mw[m][1] * xm.x;
+                                o[3] += mw[m][1] * xm.y;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    };
+
+    // Every branch below is uniform over the block, so the barriers are too. Per stage:
+    // start the next stage's copies, decode this one's weights, wait for this one's
+    // activations, multiply, and park the next raw weights in shared memory.
+    if (st0 < st1) {
+        copy_x(st0, 0);
+        fetch_w(st0);
+        store_w();
+    }
+    __syncthreads();
+    for (int st = st0; st < st1; st++) {
+        const int cur = (st - st0) % 2;
+        const bool more = st + 1 < st1;
+        if (more) {
+            copy_x(st + 1, cur ^ 1);  // buffer cur ^ 1 was last read before the last barrier
+            fetch_w(st + 1);
+        }
+        decode_w(st);
+        if (more) cp_async_wait<1>();
+        else cp_async_wait<0>();
+        __syncthreads();  // sw and this stage's activations are complete; raw is free
+        if constexpr (has_min<TYPE>()) {
+            x_sums(cur);
+            __syncthreads();
+        }
+        compute(cur);
+        if (more) store_w();
+        __syncthreads();  // reads of sw, sxm and buffer cur are done; raw holds stage st + 1
+    }
+
+#pragma unroll
+    for (int m = 0; m < 2; m++) {
+#pragma unroll
+        for (int n = 0; n < 8; n++) {
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                int row = r0 + wm * 32 + 16 * m + g + 8 * (e / 2);
+                int tok = t0 + wn * 64 + 8 * n + 2 * t + e % 2;
+                if (row < rows && tok < nb) {
+                    if (n_slices == 1) {
+                        float *o = y + (size_t)tok * rows + row;
+                        *o = accumulate ? *o + acc[m][n][e] : acc[m][n][e];
+                    } else {
+                        part[((size_t)blockIdx.z * nb + tok) * rows + row] = acc[m][n][e];
+                    }
+                }
+            }
+        }
+    }
+}
+
 // y (+)= the sum of n_slices partial products, in slice order.
 __global__ void gemm_reduce_kernel(const float *__restrict__ part, int n, int n_slices,
                                    float *__restrict__ y, int accumulate) {
@@ -429,9 +714,82 @@ int launch(const uint8_t *w, int rows, int cols, const int8_t *xq, const float *
     return (int)cudaGetLastError();
 }
 
+// Shared memory a block may opt into: the wide kernel's ~113 KiB fit sm_80 and sm_90, not
+// sm_86 or sm_89 (99 KiB), which keep the 64-token kernel.
+size_t smem_optin() {
+    static int n = -1;
+    if (n < 0) {
+        int dev = 0;
+        if (cudaGetDevice(&dev) != cudaSuccess ||
+            cudaDeviceGetAttribute(&n, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) !=
+                cudaSuccess)
+            n = 0;
+    }
+    return (size_t)n;
+}
+
+template <int TYPE>
+bool wide_fits() {
+    return (size_t)WideSmem<TYPE>::TOTAL <= smem_optin();
+}
+
+template <int TYPE, int V>
+int launch_wide(const uint8_t *w, int rows, int cols, const int8_t *xq, const float *xd, int nb,
+                float *y, int accumulate, float *ws, size_t ws_floats) {
+    constexpr int SMEM = WideSmem<TYPE>::TOTAL;
+    auto kernel = gemm_q8_wide_kernel<TYPE, V>;
+    static bool opted = false;
+    if (!opted) {
+        cudaError_t e =
+            cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, SMEM);
+        if (e != cudaSuccess) return (int)e;
+        opted = true;
+    }
+    int tok_blocks = (nb + WBN - 1) / WBN;
+    int row_blocks = (rows + BM - 1) / BM;
+    int n_stages = (cols / 32 + SU - 1) / SU;
+    // As in launch: about two blocks per SM (two fit, by shared memory), each slice at
+    // least two stages long, partial sums within the workspace.
+    long blocks = (long)tok_blocks * row_blocks;
+    int target = 2 * sm_count();
+    int slices = blocks >= target ? 1 : (int)((target + blocks - 1) / blocks);
+    slices = std::min(slices, std::max(1, n_stages / 2));
+    size_t per_slice = (size_t)nb * rows;
+    if (ws == nullptr || per_slice == 0) slices = 1;
+    else slices = (int)std::min((size_t)slices, std::max((size_t)1, ws_floats / per_slice));
+    if (row_blocks > 65535 || slices > 65535) return (int)cudaErrorInvalidValue;
+    dim3 grid(tok_blocks, row_blocks, slices);
+    wick_launch(kernel, grid, THREADS, SMEM,
+                    w, rows, cols, xq, xd, nb, y, accumulate, ws,
+                                                 slices);
+    if (slices > 1) {
+        size_t n = (size_t)nb * rows;
+        wick_launch(gemm_reduce_kernel, (unsigned)((n + 255) / 256), 256, 0,
+                    ws, (int)n, slices, y, accumulate);
+    }
+    return (int)cudaGetLastError();
+}
+
+// 0: the 64-token kernel up to 64 tokens, the wide one above; 1: the wide one from 17
+// tokens; 2: the 64-token kernel only, for timing runs. Where the wide kernel does not fit
+// the GPU's shared memory, batches above 64 run as launches of 64 tokens.
+int gemm_variant = 0;
+
 template <int TYPE, int V>
 int launch_nt(const uint8_t *w, int rows, int cols, const int8_t *xq, const float *xd, int nb,
               float *y, int accumulate, float *ws, size_t ws_floats) {
+    const bool wide = gemm_variant != 2 && wide_fits<TYPE>();
+    if (!wide && nb > 64) {
+        for (int t0 = 0; t0 < nb; t0 += 64) {
+            int e = launch_nt<TYPE, V>(w, rows, cols, xq + (size_t)t0 * cols,
+                                       xd + (size_t)t0 * (cols / 32), std::min(64, nb - t0),
+                                       y + (size_t)t0 * rows, accumulate, ws, ws_floats);
+            if (e != 0) return e;
+        }
+        return 0;
+    }
+    if (wide && (nb > 64 || (gemm_variant == 1 && nb > 16)))
+        return launch_wide<TYPE, V>(w, rows, cols, xq, xd, nb, y, accumulate, ws, ws_floats);
     if (nb <= 32)
         return launch<TYPE, 4, V>(w, rows, cols, xq, xd, nb, y, accumulate, ws, ws_floats);
     return launch<TYPE, 8, V>(w, rows, cols, xq, xd, nb, y, accumulate, ws, ws_floats);
@@ -458,6 +816,8 @@ int launch_type(const uint8_t *w, int rows, int cols, const int8_t *xq, const fl
 
 }  // namespace
 
+extern "C" void wick_gemm_q8_variant(int v) { gemm_variant = v; }
+
 extern "C" int wick_gemm_q8_supports(int type) {
     return type == T_Q4_0 || type == T_Q4_1 || type == T_Q8_0 || type == T_Q4_K ||
            type == T_Q6_K;
@@ -466,8 +826,7 @@ extern "C" int wick_gemm_q8_supports(int type) {
 extern "C" int wick_gemm_q8(int type, const void *w, int rows, int cols, const int8_t *xq,
                             const float *xd, int nb, float *y, int accumulate, float *ws,
                             size_t ws_floats) {
-    if (!wick_gemm_q8_supports(type) || cols % block_elems(type) != 0 || nb < 1 || nb > 64 ||
-        rows < 1)
+    if (!wick_gemm_q8_supports(type) || cols % block_elems(type) != 0 || nb < 1 || rows < 1)
         return (int)cudaErrorInvalidValue;
     const uint8_t *wb = (const uint8_t *)w;
     switch (type) {

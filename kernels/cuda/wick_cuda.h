@@ -77,12 +77,16 @@ int wick_swiglu_q8(float *d_g, const float *d_u, int n, int8_t *d_xq, float *d_x
 void wick_matvec_q8_variant(int v);
 /* 1 if wick_gemm_q8 takes weights of `type`. */
 int wick_gemm_q8_supports(int type);
-/* As wick_matvec_q8 on int8 tensor cores (sm_80+), for prefill batches (nb 1..=64, meant
- * for 17..=64). d_ws is scratch for partial sums of a product split along the rows of W:
+/* As wick_matvec_q8 on int8 tensor cores (sm_80+), for prefill batches (any nb >= 1, meant
+ * for 17 and up). d_ws is scratch for partial sums of a product split along the rows of W:
  * ws_floats of it are used as needed (more splits when it holds more), none if NULL. */
 int wick_gemm_q8(int type, const void *d_w, int rows, int cols, const int8_t *d_xq,
                  const float *d_xd, int nb, float *d_y, int accumulate, float *d_ws,
                  size_t ws_floats);
+/* Selects wick_gemm_q8's kernels (0 = default: the 64-token one up to 64 tokens, the
+ * 128-token one above; 1 = the 128-token one from 17 tokens; 2 = the 64-token one only),
+ * for timing runs. */
+void wick_gemm_q8_variant(int v);
 /* Rotates q (n rows of n_heads heads) and k (n rows of n_kv_heads heads) in place for
  * positions *d_pos0.., llama.cpp's normal mode (adjacent pairs). The position is read on
  * the device, so a recorded graph replays at any position. */

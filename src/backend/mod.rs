@@ -152,6 +152,14 @@ pub trait Backend<'a> {
     /// whose multi-row kernels already round like its one-row ones can ignore it.
     fn set_row_exact(&self, _on: bool) {}
 
+    /// The most tokens one forward pass may take. Buffers are sized for it, so a backend
+    /// whose batched products get faster with the batch (a GPU's tensor cores reuse each
+    /// decoded weight tile over more tokens) can run a whole prompt in a few passes, while
+    /// the CPU keeps batches whose activations stay in its caches.
+    fn max_batch(&self) -> usize {
+        crate::model::MAX_BATCH
+    }
+
     /// Greedy speculative decoding kept on the device, where the backend has it (see
     /// [`DeviceSpec`]); `None` makes the speculator pick and judge tokens on the host.
     fn device_spec(&self) -> Option<&dyn DeviceSpec<Self::Buf>> {
@@ -331,5 +339,8 @@ impl<'a, T: Backend<'a>> Backend<'a> for &T {
     }
     fn device_spec(&self) -> Option<&dyn DeviceSpec<Self::Buf>> {
         (**self).device_spec()
+    }
+    fn max_batch(&self) -> usize {
+        (**self).max_batch()
     }
 }

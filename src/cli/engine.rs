@@ -14,7 +14,7 @@ use crate::backend::Backend;
 use crate::chat::{self, ChatTemplate, Message, SelectError};
 use crate::gguf::GgufFile;
 use crate::kv::{check_kv_dim, KvSettings, KvType};
-use crate::model::{Config, Llama, MAX_BATCH};
+use crate::model::{Config, Llama};
 use crate::quant::Precision;
 use crate::sample::{Sampler, SamplerParams};
 use crate::session::Session;
@@ -332,7 +332,7 @@ pub fn prefill<'a, B: Backend<'a>>(
     // logits computed at the end of each chunk cost one output row product per 256 tokens.
     let bar = log.bar(tokens.len(), "prefill");
     let mut logits = Vec::new();
-    for chunk in tokens.chunks(4 * MAX_BATCH) {
+    for chunk in tokens.chunks(4 * session.max_batch()) {
         logits = session.prefill(chunk)?.to_vec();
         bar.inc(chunk.len() as u64);
     }

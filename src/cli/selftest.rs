@@ -270,15 +270,20 @@ mod gpu {
     /// weight bytes read per second.
     fn timings(g: &Cuda, rng: &mut Rng) -> Result<()> {
         let shapes: &[(GgmlType, usize, usize, &[usize])] = &[
-            (GgmlType::Q4_0, 14336, 4096, &[1, 2, 8, 16, 32, 64]),
-            (GgmlType::Q4_0, 4096, 14336, &[1, 64]),
-            (GgmlType::Q4_0, 4096, 4096, &[1, 64]),
-            (GgmlType::Q4_0, 1024, 4096, &[1, 64]),
+            (
+                GgmlType::Q4_0,
+                14336,
+                4096,
+                &[1, 2, 8, 16, 32, 64, 128, 512],
+            ),
+            (GgmlType::Q4_0, 4096, 14336, &[1, 64, 512]),
+            (GgmlType::Q4_0, 4096, 4096, &[1, 64, 512]),
+            (GgmlType::Q4_0, 1024, 4096, &[1, 64, 512]),
             (GgmlType::Q6_K, 128256, 4096, &[1]),
-            (GgmlType::Q4_1, 14336, 4096, &[1, 64]),
-            (GgmlType::Q8_0, 14336, 4096, &[1, 8, 64]),
-            (GgmlType::Q4_K, 14336, 4096, &[1, 8, 64]),
-            (GgmlType::Q6_K, 14336, 4096, &[1, 8, 64]),
+            (GgmlType::Q4_1, 14336, 4096, &[1, 64, 512]),
+            (GgmlType::Q8_0, 14336, 4096, &[1, 8, 64, 512]),
+            (GgmlType::Q4_K, 14336, 4096, &[1, 8, 64, 512]),
+            (GgmlType::Q6_K, 14336, 4096, &[1, 8, 64, 512]),
         ];
         for &(t, rows, cols, batches) in shapes {
             if !crate::backend::cuda::supports(t) {
@@ -298,9 +303,19 @@ mod gpu {
             for &nb in batches {
                 let dx = upload(g, &rng.vec(nb * cols))?;
                 let mut dy = g.buffer(nb * rows)?;
-                let variants: &[i32] = if nb <= 16 { &[0, 1, 2] } else { &[0] };
+                // Up to 16 rows, the matrix-vector kernel's launch shapes; above, the
+                // tensor-core kernels (set_gemm_variant: the default, then the other one).
+                let variants: &[i32] = match nb {
+                    ..=16 => &[0, 1, 2],
+                    17..=64 => &[0, 1],
+                    _ => &[0, 2],
+                };
                 for &variant in variants {
-                    crate::backend::cuda::set_matvec_variant(variant);
+                    if nb <= 16 {
+                        crate::backend::cuda::set_matvec_variant(variant);
+                    } else {
+                        crate::backend::cuda::set_gemm_variant(variant);
+                    }
                     // Timed as a recorded graph of launches, as a decode step runs, so
                     // that host launch costs stay out of the figure.
                     let reps = 20;
@@ -320,13 +335,14 @@ mod gpu {
                     g.sync()?;
                     let secs = start.elapsed().as_secs_f64() / (reps * replays) as f64;
                     eprintln!(
-                        "time matmul {t} {rows}x{cols} batch {nb:>2} shape {variant}: {:8.1} us, {:7.1} GB/s of weights, {:6.2} TFLOP/s",
+                        "time matmul {t} {rows}x{cols} batch {nb:>3} shape {variant}: {:8.1} us, {:7.1} GB/s of weights, {:6.2} TFLOP/s",
                         secs * 1e6,
                         q.len() as f64 / secs / 1e9,
                         2.0 * (rows * cols * nb) as f64 / secs / 1e12
                     );
                 }
                 crate::backend::cuda::set_matvec_variant(0);
+                crate::backend::cuda::set_gemm_variant(0);
             }
         }
         attention_timings(g, rng)
@@ -397,8 +413,10 @@ mod gpu {
     }
 
     /// The int8-activation products: the matrix-vector kernel (batches up to 16) and the
-    /// tensor-core kernel (17 to 64), at odd row counts, batches that are not multiples of
-    /// 8, and rows whose last 256 values are a partial stage. Against the exact CPU product
+    /// tensor-core kernels (64 tokens per block up to 64, 128 above; each batch above 16
+    /// also through the other kernel, set_gemm_variant), at odd row counts, batches that
+    /// are not multiples of 8 or of a token tile, and rows whose last 256 values are a
+    /// partial stage. Against the exact CPU product
     /// the error is the rounding of activations to 8 bits: at most half a step, 1/254 of a
     /// block's largest value, per activation; the bound is 1 % of the summed magnitudes.
     fn fast_matmuls(g: &Cuda, cpu: &Cpu, rng: &mut Rng, r: &mut Report) -> Result<()> {
@@ -430,6 +448,12 @@ mod gpu {
                 (129, 2048, 33),
                 (1000, 4096, 64),
                 (4096, 14336, 64),
+                (333, 512, 65),
+                (77, 416, 130),
+                (129, 2048, 129),
+                (257, 1536, 300),
+                (64, 14336, 100),
+                (1000, 4096, 512),
             ] {
                 if !cols.is_multiple_of(t.block_len()) {
                     continue;
@@ -446,22 +470,37 @@ mod gpu {
                 let dw = <Cuda as Backend>::weight(g, tensor)?;
                 let dx = upload(g, &x)?;
                 let base = rng.vec(nb * rows);
-                for accumulate in [false, true] {
-                    let mut dy = upload(g, &base)?;
-                    let mut want = base.clone();
-                    if accumulate {
-                        g.matmul_add(&dx, nb, &dw, &mut dy)?;
-                        cpu.matmul_add(&x, nb, &tensor, &mut want)?;
-                    } else {
-                        g.poison(&mut dy)?;
-                        g.matmul(&dx, nb, &[&dw], &mut [&mut dy])?;
-                        cpu.matmul(&x, nb, &[&tensor], &mut [&mut want])?;
+                let mut want_set = base.clone();
+                cpu.matmul(&x, nb, &[&tensor], &mut [&mut want_set])?;
+                let mut want_add = base.clone();
+                cpu.matmul_add(&x, nb, &tensor, &mut want_add)?;
+                let variants: &[i32] = match nb {
+                    ..=16 => &[0],
+                    17..=64 => &[0, 1],
+                    _ => &[0, 2],
+                };
+                for &variant in variants {
+                    crate::backend::cuda::set_gemm_variant(variant);
+                    for accumulate in [false, true] {
+                        let mut dy = upload(g, &base)?;
+                        if accumulate {
+                            g.matmul_add(&dx, nb, &dw, &mut dy)?;
+                        } else {
+                            g.poison(&mut dy)?;
+                            g.matmul(&dx, nb, &[&dw], &mut [&mut dy])?;
+                        }
+                        let got = download(g, &dy, nb * rows)?;
+                        let (op, want) = if accumulate {
+                            ("matmul_add", &want_add)
+                        } else {
+                            ("matmul", &want_set)
+                        };
+                        let name =
+                            format!("int8 {op} {t} {rows}x{cols} batch {nb} kernels {variant}");
+                        r.check(&name, &got, want, 1e-2);
                     }
-                    let got = download(g, &dy, nb * rows)?;
-                    let op = if accumulate { "matmul_add" } else { "matmul" };
-                    let name = format!("int8 {op} {t} {rows}x{cols} batch {nb}");
-                    r.check(&name, &got, &want, 1e-2);
                 }
+                crate::backend::cuda::set_gemm_variant(0);
             }
         }
         fused_chains(g, cpu, rng, r)

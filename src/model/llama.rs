@@ -11,8 +11,10 @@ use crate::backend::{AttnShape, Backend};
 use crate::gguf::GgufFile;
 use crate::kv::{KvLayout, KvSettings};
 
-/// Tokens per forward pass during prefill. Big enough that each weight row is reused from
-/// cache many times, small enough that the activations stay in L2.
+/// Tokens per forward pass during prefill on the CPU (and the default of
+/// [`Backend::max_batch`]). Big enough that each weight row is reused from cache many
+/// times, small enough that the activations stay in L2. Also the smallest batch every
+/// backend takes, which bounds speculative drafts and sizes the window slack.
 pub const MAX_BATCH: usize = 64;
 
 struct Layer<W> {
@@ -62,6 +64,8 @@ pub struct State<'a, B: Backend<'a>> {
     settings: KvSettings,
     /// The recorded decode step, once one has run.
     graph: Option<B::Graph>,
+    /// Tokens per forward pass: the backend's batch, clamped to the window slack.
+    max_batch: usize,
 }
 
 impl<'a, B: Backend<'a>> State<'a, B> {
@@ -77,6 +81,11 @@ impl<'a, B: Backend<'a>> State<'a, B> {
 
     pub fn settings(&self) -> &KvSettings {
         &self.settings
+    }
+
+    /// The most tokens one forward pass over this state takes.
+    pub fn max_batch(&self) -> usize {
+        self.max_batch
     }
 
     pub fn layouts(&self) -> &[KvLayout] {
@@ -189,7 +198,14 @@ impl<'a, B: Backend<'a>> Llama<'a, B> {
     pub fn new_state_with(&self, settings: &KvSettings) -> Result<State<'a, B>> {
         let c = &self.config;
         let layouts = c.kv_layouts(settings);
-        let (b, be) = (MAX_BATCH, &self.backend);
+        // A forward pass stores all its keys before any row attends, so on a sliding-window
+        // layer a batch must fit the slots beyond the window (KvLayout::check_store).
+        let b = layouts
+            .iter()
+            .filter_map(|l| l.window.map(|w| l.capacity - w))
+            .fold(self.backend.max_batch(), usize::min)
+            .max(1);
+        let be = &self.backend;
         Ok(State {
             x: be.buffer(b * c.dim)?,
             xb: be.buffer(b * c.dim)?,
@@ -209,14 +225,18 @@ impl<'a, B: Backend<'a>> Llama<'a, B> {
             rows_logits: Vec::new(),
             rows_cap: 0,
             graph: None,
+            max_batch: b,
         })
     }
 
     /// Makes room for `Logits::All` over batches of up to `rows` tokens (once; later calls
     /// with fewer rows keep the buffers).
     pub fn reserve_rows(&self, s: &mut State<'a, B>, rows: usize) -> Result<()> {
-        if rows > MAX_BATCH {
-            bail!("a forward pass takes at most {MAX_BATCH} tokens, not {rows}");
+        if rows > s.max_batch {
+            bail!(
+                "a forward pass takes at most {} tokens, not {rows}",
+                s.max_batch
+            );
         }
         if rows > s.rows_cap {
             let v = self.config.vocab_size;
@@ -227,7 +247,7 @@ impl<'a, B: Backend<'a>> Llama<'a, B> {
         Ok(())
     }
 
-    /// Runs `tokens` (at most `MAX_BATCH`) at positions `pos0..`, appending their keys and
+    /// Runs `tokens` (at most `State::max_batch`) at positions `pos0..`, appending their keys and
     /// values to the cache, and computes the logits `which` asks for.
     pub fn forward(
         &self,
@@ -290,8 +310,8 @@ impl<'a, B: Backend<'a>> Llama<'a, B> {
     ) -> Result<()> {
         let be = &self.backend;
         let n = tokens.len();
-        if n == 0 || n > MAX_BATCH {
-            bail!("a forward pass takes 1 to {MAX_BATCH} tokens, not {n}");
+        if n == 0 || n > s.max_batch {
+            bail!("a forward pass takes 1 to {} tokens, not {n}", s.max_batch);
         }
         if pos0 + n > s.capacity() {
             bail!(

@@ -236,20 +236,22 @@ impl SpecScratch {
 }
 
 /// Rows of a product up to which the int8 matrix-vector kernel is used; larger batches (up
-/// to MAX_BATCH) go to the int8 tensor-core kernel.
+/// to GPU_MAX_BATCH) go to the int8 tensor-core kernels.
 const Q8_MAX_BATCH: usize = 16;
 
-/// Partial sums of the tensor-core kernel when it splits a product along the weight rows
-/// (to give small matrices enough blocks): room for this many splits of an output, up to
-/// `GEMM_WS_ROWS` rows of MAX_BATCH values in all. Matrices tall enough to need more are
-/// tall enough not to be split (the kernel splits less when the room is short).
-const GEMM_SPLITS: usize = 8;
-const GEMM_WS_ROWS: usize = 65536;
+/// Tokens per forward pass on the GPU. A 64-token pass re-reads every weight and leaves
+/// the tensor-core kernel too few blocks to fill the SMs (224 for a 14336-row weight);
+/// 512 tokens run pp512 as one pass, with 8 token tiles per weight tile in flight.
+const GPU_MAX_BATCH: usize = 512;
+
+/// Partial sums of the tensor-core kernels when they split a product along the weight rows
+/// (to give small matrices enough blocks), in floats: 16 MiB, room for 8 splits of a
+/// 64-token product of 8192 rows, or 4 of a 512-token product of 2048 (the kernels split
+/// less when the room is short).
+const GEMM_WS_FLOATS: usize = 1 << 22;
 
 struct Q8Scratch {
     cols: usize,
-    /// Rows of the largest weight seen, which sizes `ws`.
-    rows: usize,
     xq: DeviceMem,
     xd: DeviceMem,
     ws: DeviceMem,
@@ -301,8 +303,8 @@ impl Cuda {
         Ok(Cuda {
             name,
             total_mem: mem,
-            params: DeviceMem::new((MAX_BATCH + 1) * 4)?,
-            host_params: RefCell::new(Vec::with_capacity(MAX_BATCH + 1)),
+            params: DeviceMem::new((GPU_MAX_BATCH + 1) * 4)?,
+            host_params: RefCell::new(Vec::with_capacity(GPU_MAX_BATCH + 1)),
             precision: Precision::Fast,
             q8: RefCell::new(None),
             q8_holds: Cell::new(None),
@@ -321,6 +323,10 @@ impl Cuda {
                 set_matvec_variant(v);
             }
             set_attention_variant(c.att_variant);
+            // WICK_GEMM picks the tensor-core kernels (set_gemm_variant), to compare.
+            if let Some(v) = std::env::var("WICK_GEMM").ok().and_then(|v| v.parse().ok()) {
+                set_gemm_variant(v);
+            }
         })
     }
 
@@ -330,28 +336,22 @@ impl Cuda {
         self
     }
 
-    /// Makes the int8 activation scratch wide enough for MAX_BATCH rows of `cols` values,
-    /// and the partial-sum workspace for weights of `rows` rows.
-    fn reserve_q8(&self, rows: usize, cols: usize) -> Result<()> {
+    /// Makes the int8 activation scratch wide enough for GPU_MAX_BATCH rows of `cols` values
+    /// (the partial-sum workspace beside it has a fixed size).
+    fn reserve_q8(&self, cols: usize) -> Result<()> {
         let mut q8 = self.q8.borrow_mut();
-        if q8
-            .as_ref()
-            .is_some_and(|s| s.cols >= cols && s.rows >= rows)
-        {
+        if q8.as_ref().is_some_and(|s| s.cols >= cols) {
             return Ok(());
         }
-        let (cols, rows) = q8
-            .as_ref()
-            .map_or((cols, rows), |s| (s.cols.max(cols), s.rows.max(rows)));
-        let n = MAX_BATCH * cols.next_multiple_of(32);
+        let cols = q8.as_ref().map_or(cols, |s| s.cols.max(cols));
+        let n = GPU_MAX_BATCH * cols.next_multiple_of(32);
         // A new scratch holds nobody's values yet.
         self.q8_holds.set(None);
         *q8 = Some(Q8Scratch {
             cols,
-            rows,
             xq: DeviceMem::new(n)?,
             xd: DeviceMem::new(n / 32 * 4)?,
-            ws: DeviceMem::new(MAX_BATCH * (GEMM_SPLITS * rows).min(GEMM_WS_ROWS) * 4)?,
+            ws: DeviceMem::new(GEMM_WS_FLOATS * 4)?,
         });
         Ok(())
     }
@@ -361,7 +361,7 @@ impl Cuda {
     fn q8_scratch(&self, n: usize) -> Option<(*mut i8, *mut f32)> {
         let q8 = self.q8.borrow();
         let s = q8.as_ref()?;
-        (self.precision == Precision::Fast && n.is_multiple_of(32) && n <= MAX_BATCH * s.cols)
+        (self.precision == Precision::Fast && n.is_multiple_of(32) && n <= GPU_MAX_BATCH * s.cols)
             .then(|| (s.xq.ptr.cast::<i8>(), s.xd.f32()))
     }
 
@@ -392,7 +392,7 @@ impl Cuda {
         // The matrix-vector kernel computes each row as it computes a single one; the
         // tensor-core kernel sums in another order.
         let matvec = rows <= Q8_MAX_BATCH || self.row_exact.get();
-        let usable = rows <= MAX_BATCH
+        let usable = rows <= GPU_MAX_BATCH
             && ws.iter().all(|w| {
                 w.cols == cols
                     // SAFETY: pure queries.
@@ -643,14 +643,14 @@ impl<'a> Backend<'a> for Cuda {
 
     fn begin_forward(&self, tokens: &[u32], pos0: usize) -> Result<()> {
         ensure!(
-            tokens.len() <= MAX_BATCH,
+            tokens.len() <= GPU_MAX_BATCH,
             "too many tokens for one forward pass"
         );
         let mut host = self.host_params.borrow_mut();
         host.clear();
         host.push(pos0 as i32);
         host.extend(tokens.iter().map(|&t| t as i32));
-        // SAFETY: at most MAX_BATCH + 1 values into a buffer of that size.
+        // SAFETY: at most GPU_MAX_BATCH + 1 values into a buffer of that size.
         check(
             unsafe { ffi::wick_cuda_h2d(self.params.ptr, host.as_ptr().cast(), host.len() * 4) },
             "copy tokens to the GPU",
@@ -724,7 +724,7 @@ impl<'a> Backend<'a> for Cuda {
                 || ffi::wick_gemm_q8_supports(type_id(t.ty)) != 0
         };
         if int8 {
-            self.reserve_q8(t.rows, t.cols)?;
+            self.reserve_q8(t.cols)?;
         }
         Ok(DeviceWeight {
             ty: t.ty,
@@ -732,6 +732,10 @@ impl<'a> Backend<'a> for Cuda {
             cols: t.cols,
             mem: DeviceMem::upload(t.data)?,
         })
+    }
+
+    fn max_batch(&self) -> usize {
+        GPU_MAX_BATCH
     }
 
     fn buffer(&self, n: usize) -> Result<DeviceMem> {
@@ -1252,6 +1256,14 @@ impl DeviceSpec<DeviceMem> for Cuda {
 pub fn set_matvec_variant(v: i32) {
     // SAFETY: sets a plain integer read at launch.
     unsafe { ffi::wick_matvec_q8_variant(v) }
+}
+
+/// Selects the int8 tensor-core kernels: 0 = the 64-token one up to 64 tokens and the
+/// 128-token one above (default), 1 = the 128-token one from 17 tokens, 2 = the 64-token
+/// one only (wider batches in launches of 64), for timing one against the other.
+pub fn set_gemm_variant(v: i32) {
+    // SAFETY: sets a plain integer read at launch.
+    unsafe { ffi::wick_gemm_q8_variant(v) }
 }
 
 /// Selects the kernel of multi-row attention: 0 = the tiled tensor-core one (default),

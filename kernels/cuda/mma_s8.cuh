@@ -1,0 +1,54 @@
+// The warp-wide PTX instructions of the int8 tensor-core kernels (gemm_q8.cu), each behind
+// a small function, so that a host build can swap this one header for an emulation and
+// check the kernels' indexing on a machine without a GPU.
+#pragma once
+
+#include <stdint.h>
+
+// mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 with C = 0 (fragments: see gemm_q8.cu).
+__device__ __forceinline__ void mma_k32(int c[4], int a0, int a1, int a2, int a3, int b0,
+                                        int b1) {
+    asm("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0, %1, %2, %3}, "
+        "{%4, %5, %6, %7}, {%8, %9}, {%10, %10, %10, %10};"
+        : "=r"(c[0]), "=r"(c[1]), "=r"(c[2]), "=r"(c[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1), "r"(0));
+}
+
+// The first half of mma_k32 along k: A = {a0, a1}, B = {b0}.
+__device__ __forceinline__ void mma_k16(int c[4], int a0, int a1, int b0) {
+    asm("mma.sync.aligned.m16n8k16.row.col.s32.s8.s8.s32 {%0, %1, %2, %3}, "
+        "{%4, %5}, {%6}, {%7, %7, %7, %7};"
+        : "=r"(c[0]), "=r"(c[1]), "=r"(c[2]), "=r"(c[3])
+        : "r"(a0), "r"(a1), "r"(b0), "r"(0));
+}
+
+// ldmatrix.x4: four 8 x 16-byte matrices from shared memory; lane 8j + r gives the address
+// of row r of matrix j, and r[j] of lane 4g + t receives bytes 4t..4t+3 of row g of matrix j.
+__device__ __forceinline__ void ldsm_x4(uint32_t r[4], const void *p) {
+    uint32_t a = (uint32_t)__cvta_generic_to_shared(p);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(a));
+}
+
+// Asynchronous copies global -> shared of 16 or 4 bytes; with ok false nothing is read and
+// the destination is zero-filled (src must still be a valid pointer).
+__device__ __forceinline__ void cp_async16(void *dst, const void *src, bool ok) {
+    uint32_t d = (uint32_t)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(d), "l"(src),
+                 "r"(ok ? 16 : 0));
+}
+
+__device__ __forceinline__ void cp_async4(void *dst, const void *src, bool ok) {
+    uint32_t d = (uint32_t)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" ::"r"(d), "l"(src),
+                 "r"(ok ? 4 : 0));
+}
+
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;"); }
+
+// Waits until at most N of this thread's committed groups are still in flight.
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;" ::"n"(N));
+}

@@ -1,0 +1,151 @@
+// Host emulation of wick_gemm_q8 (see run.sh): runs the real kernel source with one host
+// thread per GPU thread and checks it against a double-precision product.
+#include <cuda_runtime.h>
+#include <thread>
+#include <vector>
+#include <random>
+#include <sanitizer/asan_interface.h>
+struct EmuCfg { dim3 grid; dim3 block; size_t smem; };
+inline EmuCfg emu_cfg(dim3 g, dim3 b, size_t smem = 0, void * = nullptr) { return {g, b, smem}; }
+template <class K, class... A> void emu_run(K kernel, EmuCfg c, A... args);
+#include "gemm_q8.cu"
+
+thread_local uint3 threadIdx;
+uint3 blockIdx;
+dim3 gridDim, blockDim;
+size_t emu_smem_optin = 227 * 1024;
+cudaStream_t wick_stream = nullptr;
+EmuWarp emu_warps[32];
+thread_local std::vector<EmuCopy> emu_pending;
+thread_local std::vector<std::vector<EmuCopy>> emu_groups;
+thread_local std::mt19937 emu_rng;
+uint8_t *emu_smem_lo, *emu_smem_hi;
+static std::barrier<> *block_bar;
+void __syncthreads() { block_bar->arrive_and_wait(); }
+namespace {
+alignas(16) uint8_t smem[256 * 1024];
+}
+static std::mt19937 rng(12345);
+
+template <class K, class... A> void emu_run(K kernel, EmuCfg c, A... args) {
+    gridDim = c.grid; blockDim = c.block;
+    int nt = c.block.x;
+    std::vector<std::barrier<> *> wb;
+    for (int w = 0; w < nt / 32; w++) emu_warps[w].bar = new std::barrier<>(32);
+    block_bar = new std::barrier<>(nt);
+    emu_smem_lo = smem; emu_smem_hi = smem + c.smem;
+    for (unsigned z = 0; z < c.grid.z; z++)
+        for (unsigned y = 0; y < c.grid.y; y++)
+            for (unsigned x = 0; x < c.grid.x; x++) {
+                blockIdx = {x, y, z};
+                for (size_t i = 0; i < c.smem; i++) smem[i] = (uint8_t)rng();
+                std::vector<std::thread> th;
+                unsigned seed = rng();
+                for (int i = 0; i < nt; i++)
+                    th.emplace_back([&, i] {
+                        threadIdx = {(unsigned)i, 0, 0};
+                        emu_rng.seed(seed + i);
+                        emu_groups.clear(); emu_pending.clear();
+                        kernel(args...);
+                        if (!emu_groups.empty() || !emu_pending.empty()) { fprintf(stderr, "copies left in flight\n"); abort(); }
+                    });
+                for (auto &t : th) t.join();
+            }
+    for (int w = 0; w < nt / 32; w++) delete emu_warps[w].bar;
+    delete block_bar;
+}
+
+static uint16_t rand_half(float lo, float hi) {
+    // A random f16 in [lo, hi) (positive normals), by bisection on the bit pattern.
+    float v = lo + (hi - lo) * (rng() % 10000) / 10000.f;
+    uint16_t best = 0; float bd = 1e9;
+    for (uint32_t b = 0x0400; b < 0x7c00; b += 1) {
+        float f = __half2float(__half{(uint16_t)b});
+        if (fabsf(f - v) < bd) { bd = fabsf(f - v); best = b; }
+    }
+    return best;
+}
+
+template <int TYPE>
+static void random_row(uint8_t *row, int cols) {
+    size_t rb = row_bytes(TYPE, cols);
+    for (size_t i = 0; i < rb; i++) row[i] = (uint8_t)rng();
+    int bb = block_bytes(TYPE), n = cols / block_elems(TYPE);
+    static uint16_t halves[64];
+    static bool init = false;
+    if (!init) { for (auto &h : halves) h = rand_half(0.001f, 0.05f); init = true; }
+    for (int b = 0; b < n; b++) {
+        uint8_t *p = row + (size_t)b * bb;
+        auto put = [&](int off) { uint16_t h = halves[rng() % 64]; memcpy(p + off, &h, 2); };
+        if (TYPE == T_Q4_0 || TYPE == T_Q8_0) put(0);
+        else if (TYPE == T_Q4_1 || TYPE == T_Q4_K) { put(0); put(2); }
+        else if (TYPE == T_Q6_K) put(208);
+    }
+}
+
+template <int TYPE>
+static int check(int rows, int cols, int nb, int variant, bool accumulate, int misalign) {
+    size_t rb = row_bytes(TYPE, cols);
+    std::vector<uint8_t> wbuf(rb * rows + misalign);
+    uint8_t *w = wbuf.data() + misalign;
+    for (int r = 0; r < rows; r++) random_row<TYPE>(w + r * rb, cols);
+    int n_units = cols / 32;
+    std::vector<int8_t> xq((size_t)nb * cols);
+    std::vector<float> xd((size_t)nb * n_units);
+    for (auto &v : xq) v = (int8_t)(rng() % 255 - 127);
+    for (auto &v : xd) v = 0.001f + (rng() % 1000) / 100000.f;
+    std::vector<float> y((size_t)nb * rows), base(y.size());
+    for (auto &v : base) v = (rng() % 2000) / 1000.f - 1.f;
+    if (accumulate) y = base;
+    else std::fill(y.begin(), y.end(), NAN);
+    std::vector<float> ws(1 << 20, NAN);
+    wick_gemm_q8_variant(variant);
+    int e = wick_gemm_q8(TYPE, w, rows, cols, xq.data(), xd.data(), nb, y.data(), accumulate,
+                         ws.data(), ws.size());
+    if (e) { printf("launch error %d\n", e); return 1; }
+    // Reference: decoded weights times decoded activations, in double.
+    std::vector<float> wf((size_t)rows * cols);
+    for (int r = 0; r < rows; r++)
+        for (int u = 0; u < n_units; u++) dequant_block<TYPE>(w + r * rb, u, &wf[(size_t)r * cols + 32 * u]);
+    double maxerr = 0; int bad = 0;
+    for (int tkn = 0; tkn < nb; tkn++)
+        for (int r = 0; r < rows; r++) {
+            double s = 0, mag = 0;
+            for (int k = 0; k < cols; k++) {
+                double p = (double)wf[(size_t)r * cols + k] * xq[(size_t)tkn * cols + k] * xd[(size_t)tkn * n_units + k / 32];
+                s += p; mag += fabs(p);
+            }
+            if (accumulate) s += base[(size_t)tkn * rows + r];
+            double got = y[(size_t)tkn * rows + r];
+            double err = fabs(got - s) / (mag + 1e-6);
+            if (!(err < 1e-5)) { if (bad++ < 5) printf("  mismatch tok %d row %d: got %g want %g\n", tkn, r, got, s); }
+            if (err > maxerr || err != err) maxerr = err;
+        }
+    printf("type %d %dx%d nb %d variant %d acc %d misalign %d: max rel err %.2e, %d bad\n", TYPE, rows, cols,
+           nb, variant, accumulate, misalign, maxerr, bad);
+    fflush(stdout);
+    return bad > 0;
+}
+
+int main(int argc, char **argv) {
+    int fails = 0;
+    int which = argc > 1 ? atoi(argv[1]) : -1;
+    auto all = [&](int rows, int cols, int nb, int variant, bool acc, int mis) {
+        if (which < 0 || which == 0) fails += check<T_Q4_0>(rows, cols, nb, variant, acc, mis);
+        if (which < 0 || which == 1) if (cols % 32 == 0) fails += check<T_Q4_1>(rows, cols, nb, variant, acc, 0);
+        if (which < 0 || which == 2) fails += check<T_Q8_0>(rows, cols, nb, variant, acc, mis);
+        if (cols % 256 == 0) {
+            if (which < 0 || which == 3) fails += check<T_Q4_K>(rows, cols, nb, variant, acc, 0);
+            if (which < 0 || which == 4) fails += check<T_Q6_K>(rows, cols, nb, variant, acc, mis);
+        }
+    };
+    // The 64-token kernel, to show the emulation agrees with what passes on the GPU.
+    all(70, 512, 40, 0, false, 0);
+    // The wide kernel: odd rows, partial stages, partial token tiles, splits, accumulate.
+    all(77, 416, 130, 0, false, 0);
+    all(65, 2048, 65, 0, true, 0);
+    all(130, 768, 257, 0, false, 2);
+    all(64, 256, 33, 1, false, 0);
+    printf("%d failed\n", fails);
+    return fails != 0;
+}

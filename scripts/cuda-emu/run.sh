@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Checks kernels/cuda/gemm_q8.cu on a machine without a GPU: builds it as host C++ with
+# every GPU thread a host thread, the warp-wide instructions of mma_s8.cuh emulated (this
+# directory's copy replaces the real one), cp.async done at random times, and compares
+# wick_gemm_q8 with a double-precision product of the decoded weights and activations.
+# Usage: scripts/cuda-emu/run.sh [type index 0..4]
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+src=$here/../../kernels/cuda
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+mkdir "$work/src"
+cp "$src"/*.cuh "$src"/wick_cuda.h "$work/src/"
+cp "$here/mma_s8.cuh" "$work/src/mma_s8.cuh"
+# Kernel launches k<<<cfg>>>(args) become emu_run(k, emu_cfg(cfg), args).
+perl -pe 's/(\w+)<<<(.*?)>>>\(/emu_run($1, emu_cfg($2), /' "$src/gemm_q8.cu" > "$work/src/gemm_q8.cu"
+g++ -std=c++20 -O1 -g -fsanitize=address -Wno-unknown-pragmas -I"$here/inc" -I"$work/src" \
+    "$here/harness.cpp" -o "$work/harness" -lpthread
+"$work/harness" "$@"
