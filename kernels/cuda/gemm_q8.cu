@@ -115,6 +115,46 @@ __host__ __device__ constexpr int raw_stride(int type) {
     return V == 4 && stage_bytes(type) % 4 != 0 ? stage_bytes(type) + 2 : stage_bytes(type);
 }
 
+// Step 1 of both kernels: the raw bytes of stage st of rows r0.. into registers, slot
+// tid + i * THREADS in wr[i]. Rows past the matrix and bytes past the row (a last stage of
+// fewer than 8 units) read as zero.
+template <int TYPE, int V, int N>
+__device__ inline void fetch_raw(typename Slot<V>::T (&wr)[N], const uint8_t *__restrict__ w,
+                                 int rows, size_t rb, int r0, int st, int tid) {
+    constexpr int S = stage_bytes(TYPE), RS = raw_stride<V>(TYPE);
+    constexpr int N_SLOTS = BM * RS / (int)sizeof(typename Slot<V>::T);
+#pragma unroll
+    for (int i = 0; i < N; i++) {
+        int p = tid + i * THREADS;
+        if constexpr (V == 16) {
+            uint4 v = make_uint4(0, 0, 0, 0);
+            int f = p * 16, row = f / S, off = f % S;
+            if (p < N_SLOTS && r0 + row < rows && (size_t)st * S + off < rb)
+                v = *reinterpret_cast<const uint4 *>(w + (size_t)(r0 + row) * rb +
+                                                     (size_t)st * S + off);
+            wr[i] = v;
+        } else if constexpr (V == 4) {
+            uint32_t v = 0;
+            int row = p / (RS / 4);
+            size_t off = (size_t)st * S / 4 * 4 + 4 * (p % (RS / 4));
+            if (p < N_SLOTS && r0 + row < rows && off < rb)
+                v = *reinterpret_cast<const uint32_t *>(w + (size_t)(r0 + row) * rb + off);
+            wr[i] = v;
+        } else {
+            uint32_t v = 0;
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                int f = p * 4 + 2 * h, row = f / S, off = f % S;
+                if (p < N_SLOTS && r0 + row < rows && (size_t)st * S + off < rb)
+                    v |= (uint32_t)*reinterpret_cast<const uint16_t *>(
+                             w + (size_t)(r0 + row) * rb + (size_t)st * S + off)
+                         << (16 * h);
+            }
+            wr[i] = v;
+        }
+    }
+}
+
 template <int TYPE, int NT, int V>
 __global__ void __launch_bounds__(THREADS)
 gemm_q8_kernel(const uint8_t *__restrict__ w, int rows, int cols,
@@ -164,36 +204,7 @@ gemm_q8_kernel(const uint8_t *__restrict__ w, int rows, int cols,
     // matrix, bytes past the row (a last stage of fewer than 8 units) and tokens past nb
     // read as zero.
     auto fetch = [&](int st) {
-#pragma unroll
-        for (int i = 0; i < SLOTS_PER_THREAD; i++) {
-            int p = tid + i * THREADS;
-            if constexpr (V == 16) {
-                uint4 v = make_uint4(0, 0, 0, 0);
-                int f = p * 16, row = f / S, off = f % S;
-                if (p < N_SLOTS && r0 + row < rows && (size_t)st * S + off < rb)
-                    v = *reinterpret_cast<const uint4 *>(w + (size_t)(r0 + row) * rb +
-                                                         (size_t)st * S + off);
-                wr[i] = v;
-            } else if constexpr (V == 4) {
-                uint32_t v = 0;
-                int row = p / (RS / 4);
-                size_t off = (size_t)st * S / 4 * 4 + 4 * (p % (RS / 4));
-                if (p < N_SLOTS && r0 + row < rows && off < rb)
-                    v = *reinterpret_cast<const uint32_t *>(w + (size_t)(r0 + row) * rb + off);
-                wr[i] = v;
-            } else {
-                uint32_t v = 0;
-#pragma unroll
-                for (int h = 0; h < 2; h++) {
-                    int f = p * 4 + 2 * h, row = f / S, off = f % S;
-                    if (p < N_SLOTS && r0 + row < rows && (size_t)st * S + off < rb)
-                        v |= (uint32_t)*reinterpret_cast<const uint16_t *>(
-                                 w + (size_t)(r0 + row) * rb + (size_t)st * S + off)
-                             << (16 * h);
-                }
-                wr[i] = v;
-            }
-        }
+        fetch_raw<TYPE, V>(wr, w, rows, rb, r0, st, tid);
 #pragma unroll
         for (int i = 0; i < X_CHUNKS; i++) {
             int c = tid + i * THREADS, tok = c / (2 * SU), k = st * SU * 32 + (c % (2 * SU)) * 16;
@@ -427,36 +438,7 @@ gemm_q8_wide_kernel(const uint8_t *__restrict__ w, int rows, int cols,
 
     // Raw weight bytes of stage st into registers (as the 64-token kernel's fetch).
     auto fetch_w = [&](int st) {
-#pragma unroll
-        for (int i = 0; i < SLOTS_PER_THREAD; i++) {
-            int p = tid + i * THREADS;
-            if constexpr (V == 16) {
-                uint4 v = make_uint4(0, 0, 0, 0);
-                int f = p * 16, row = f / S, off = f % S;
-                if (p < N_SLOTS && r0 + row < rows && (size_t)st * S + off < rb)
-                    v = *reinterpret_cast<const uint4 *>(w + (size_t)(r0 + row) * rb +
-                                                         (size_t)st * S + off);
-                wr[i] = v;
-            } else if constexpr (V == 4) {
-                uint32_t v = 0;
-                int row = p / (RS / 4);
-                size_t off = (size_t)st * S / 4 * 4 + 4 * (p % (RS / 4));
-                if (p < N_SLOTS && r0 + row < rows && off < rb)
-                    v = *reinterpret_cast<const uint32_t *>(w + (size_t)(r0 + row) * rb + off);
-                wr[i] = v;
-            } else {
-                uint32_t v = 0;
-#pragma unroll
-                for (int h = 0; h < 2; h++) {
-                    int f = p * 4 + 2 * h, row = f / S, off = f % S;
-                    if (p < N_SLOTS && r0 + row < rows && (size_t)st * S + off < rb)
-                        v |= (uint32_t)*reinterpret_cast<const uint16_t *>(
-                                 w + (size_t)(r0 + row) * rb + (size_t)st * S + off)
-                             << (16 * h);
-                }
-                wr[i] = v;
-            }
-        }
+        fetch_raw<TYPE, V>(wr, w, rows, rb, r0, st, tid);
     };
     auto store_w = [&]() {
 #pragma unroll

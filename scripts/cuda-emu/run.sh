@@ -12,7 +12,9 @@ trap 'rm -rf "$work"' EXIT
 mkdir "$work/src"
 cp "$src"/*.cuh "$src"/wick_cuda.h "$work/src/"
 cp "$here/mma_s8.cuh" "$work/src/mma_s8.cuh"
-# Kernel launches k<<<cfg>>>(args) become emu_run(k, emu_cfg(cfg), args).
+cp "$here/stream.cuh" "$work/src/stream.cuh"
+# Launches go through this directory's stream.cuh (wick_launch runs emu_run); any k<<<cfg>>>(args)
+# left in the source becomes emu_run(k, emu_cfg(cfg), args).
 perl -pe 's/(\w+)<<<(.*?)>>>\(/emu_run($1, emu_cfg($2), /' "$src/gemm_q8.cu" > "$work/src/gemm_q8.cu"
 g++ -std=c++20 -O1 -g -fsanitize=address -Wno-unknown-pragmas -I"$here/inc" -I"$work/src" \
     "$here/harness.cpp" -o "$work/harness" -lpthread
