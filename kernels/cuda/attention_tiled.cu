@@ -349,18 +349,6 @@ attention_tiled_kernel(const float *q, const uint8_t *kc, const uint8_t *vc, con
     }
 }
 
-int sm_count() {
-    static int n = 0;
-    if (n == 0) {
-        int dev = 0;
-        if (cudaGetDevice(&dev) != cudaSuccess ||
-            cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess ||
-            n <= 0)
-            n = 100;
-    }
-    return n;
-}
-
 template <int TYPE, int D>
 int launch(const float *q, const uint8_t *kc, const uint8_t *vc, const int32_t *pos0,
            const int32_t *state, int n, int n_heads, int n_kv_heads, int head_dim,

@@ -2,8 +2,9 @@
 // Layouts match src/quant/*.rs (and ggml) byte for byte.
 #pragma once
 
-#include <cuda_fp16.h>
 #include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
 #include <stdint.h>
 
 #include "wick_cuda.h"
@@ -310,6 +311,20 @@ __host__ __device__ inline void dequant_block(const uint8_t *row, int blk, float
                 v[4 * i + k] = dl[i / 4] * ((w >> (8 * k + 2 * quarter)) & 3) - ml[i / 4];
         }
     }
+}
+
+// Streaming multiprocessors of the current device (100 if the query fails), for grids that
+// must fill the GPU. Queried once.
+inline int sm_count() {
+    static int n = 0;
+    if (n == 0) {
+        int dev = 0;
+        if (cudaGetDevice(&dev) != cudaSuccess ||
+            cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess ||
+            n <= 0)
+            n = 100;
+    }
+    return n;
 }
 
 __device__ inline float warp_sum(float x) {

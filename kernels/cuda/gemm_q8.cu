@@ -155,6 +155,32 @@ __device__ inline void fetch_raw(typename Slot<V>::T (&wr)[N], const uint8_t *__
     }
 }
 
+// Step 2 of both kernels: the raw bytes of stage st (fetch_raw, stored to `raw`) to int8
+// words in `sw` and scales in `swd` / `swd1` / `swm`, one (row, unit) per thread and pass.
+template <int TYPE, int V>
+__device__ inline void decode_raw(const uint8_t *raw, int *sw, float *swd, float *swd1,
+                                  float *swm, int rows, int r0, int st, int n_units, int tid) {
+    constexpr int S = stage_bytes(TYPE), RS = raw_stride<V>(TYPE);
+#pragma unroll
+    for (int i = 0; i < BM * SU / THREADS; i++) {
+        int q = tid + i * THREADS, row = q / SU, u = q % SU;
+        Unit un;
+        if (r0 + row < rows && st * SU + u < n_units) {
+            load_unit<TYPE>(raw + row * RS + (V == 4 ? st * S % 4 : 0), u, un);
+        } else {
+#pragma unroll
+            for (int j = 0; j < 8; j++) un.w[j] = 0;
+            un.d0 = un.d1 = un.m = 0.f;
+        }
+        int4 *dst = reinterpret_cast<int4 *>(sw + row * WSTRIDE + 8 * u);
+        dst[0] = make_int4(un.w[0], un.w[1], un.w[2], un.w[3]);
+        dst[1] = make_int4(un.w[4], un.w[5], un.w[6], un.w[7]);
+        swd[u * SSTRIDE + row] = un.d0;
+        if constexpr (TYPE == T_Q6_K) swd1[u * SSTRIDE + row] = un.d1;
+        if constexpr (has_min<TYPE>()) swm[u * SSTRIDE + row] = un.m;
+    }
+}
+
 template <int TYPE, int NT, int V>
 __global__ void __launch_bounds__(THREADS)
 gemm_q8_kernel(const uint8_t *__restrict__ w, int rows, int cols,
@@ -243,24 +269,7 @@ gemm_q8_kernel(const uint8_t *__restrict__ w, int rows, int cols,
     // Step 2: raw bytes to int8 words and scales, one (row, unit) per thread and pass;
     // for types with an offset, also each (token, unit)'s d_x * sum of its int8 values.
     auto decode = [&](int st) {
-#pragma unroll
-        for (int i = 0; i < BM * SU / THREADS; i++) {
-            int q = tid + i * THREADS, row = q / SU, u = q % SU;
-            Unit un;
-            if (r0 + row < rows && st * SU + u < n_units) {
-                load_unit<TYPE>(raw + row * RS + (V == 4 ? st * S % 4 : 0), u, un);
-            } else {
-#pragma unroll
-                for (int j = 0; j < 8; j++) un.w[j] = 0;
-                un.d0 = un.d1 = un.m = 0.f;
-            }
-            int4 *dst = reinterpret_cast<int4 *>(sw + row * WSTRIDE + 8 * u);
-            dst[0] = make_int4(un.w[0], un.w[1], un.w[2], un.w[3]);
-            dst[1] = make_int4(un.w[4], un.w[5], un.w[6], un.w[7]);
-            swd[u * SSTRIDE + row] = un.d0;
-            if constexpr (TYPE == T_Q6_K) swd1[u * SSTRIDE + row] = un.d1;
-            if constexpr (has_min<TYPE>()) swm[u * SSTRIDE + row] = un.m;
-        }
+        decode_raw<TYPE, V>(raw, sw, swd, swd1, swm, rows, r0, st, n_units, tid);
         if constexpr (has_min<TYPE>()) {
 #pragma unroll
             for (int i = 0; i < XD_PER_THREAD; i++) {
@@ -473,24 +482,7 @@ gemm_q8_wide_kernel(const uint8_t *__restrict__ w, int rows, int cols,
 
     // Raw bytes to int8 words and scales, one (row, unit) per thread and pass.
     auto decode_w = [&](int st) {
-#pragma unroll
-        for (int i = 0; i < BM * SU / THREADS; i++) {
-            int q = tid + i * THREADS, row = q / SU, u = q % SU;
-            Unit un;
-            if (r0 + row < rows && st * SU + u < n_units) {
-                load_unit<TYPE>(raw + row * RS + (V == 4 ? st * S % 4 : 0), u, un);
-            } else {
-#pragma unroll
-                for (int j = 0; j < 8; j++) un.w[j] = 0;
-                un.d0 = un.d1 = un.m = 0.f;
-            }
-            int4 *dst = reinterpret_cast<int4 *>(sw + row * WSTRIDE + 8 * u);
-            dst[0] = make_int4(un.w[0], un.w[1], un.w[2], un.w[3]);
-            dst[1] = make_int4(un.w[4], un.w[5], un.w[6], un.w[7]);
-            swd[u * SSTRIDE + row] = un.d0;
-            if constexpr (TYPE == T_Q6_K) swd1[u * SSTRIDE + row] = un.d1;
-            if constexpr (has_min<TYPE>()) swm[u * SSTRIDE + row] = un.m;
-        }
+        decode_raw<TYPE, V>(raw, sw, swd, swd1, swm, rows, r0, st, n_units, tid);
     };
 
     // For types with an offset: each (token, unit)'s d_x * sum of its int8 values.
@@ -646,18 +638,6 @@ __global__ void gemm_reduce_kernel(const float *__restrict__ part, int n, int n_
     float s = 0.f;
     for (int k = 0; k < n_slices; k++) s += part[(size_t)k * n + i];
     y[i] = accumulate ? y[i] + s : s;
-}
-
-int sm_count() {
-    static int n = 0;
-    if (n == 0) {
-        int dev = 0;
-        if (cudaGetDevice(&dev) != cudaSuccess ||
-            cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess ||
-            n <= 0)
-            n = 100;
-    }
-    return n;
 }
 
 template <int TYPE, int NT, int V>

@@ -179,6 +179,17 @@ impl<'m, 'a, B: Backend<'a>> Speculator<'m, 'a, B> {
         Ok(())
     }
 
+    /// A plain step where drafting (started at `t0`, ended at `t1`) proposed nothing: it
+    /// counts for the lookahead as a step with no draft.
+    fn undrafted_step(&mut self, last: u32, t0: Instant, t1: Instant) -> Result<bool> {
+        let t = self.plain_step(last)?;
+        self.finish(&[], t);
+        self.stats.plain_secs += t1.elapsed().as_secs_f64();
+        self.lookahead
+            .step_done(0, 0, 1, t0.elapsed().as_secs_f64());
+        Ok(true)
+    }
+
     /// One plain forward pass of the target for `last`, then a token from its logits.
     fn plain_step(&mut self, last: u32) -> Result<u32> {
         self.target.step(last)?;
@@ -266,12 +277,7 @@ impl<'m, 'a, B: Backend<'a>> Speculator<'m, 'a, B> {
         self.stats.draft_secs += (t1 - t0).as_secs_f64();
         let n = self.drafted.len();
         if n == 0 {
-            let t = self.plain_step(last)?;
-            self.finish(&[], t);
-            self.stats.plain_secs += t1.elapsed().as_secs_f64();
-            self.lookahead
-                .step_done(0, 0, 1, t0.elapsed().as_secs_f64());
-            return Ok(true);
+            return self.undrafted_step(last, t0, t1);
         }
 
         let base = self.target.tokens().len();
@@ -364,12 +370,7 @@ impl<'m, 'a, B: Backend<'a>> Speculator<'m, 'a, B> {
         let t1 = Instant::now();
         self.stats.draft_secs += (t1 - t0).as_secs_f64();
         let Some(cut) = cut.filter(|_| n > 0) else {
-            let t = self.plain_step(last)?;
-            self.finish(&[], t);
-            self.stats.plain_secs += t1.elapsed().as_secs_f64();
-            self.lookahead
-                .step_done(0, 0, 1, t0.elapsed().as_secs_f64());
-            return Ok(true);
+            return self.undrafted_step(last, t0, t1);
         };
 
         let base = self.target.tokens().len();
