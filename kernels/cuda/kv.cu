@@ -29,6 +29,70 @@ __global__ void kv_store_kernel(const float *k, const float *v, uint8_t *kc, uin
     kv_put<TYPE>(vc + slot * rb, e, vx, valid);
 }
 
+// RoPE and the cache store in one launch (a decode step's layer pays one launch instead of
+// two). A warp takes 32 consecutive values of one row of q, k or v: RoPE pairs are adjacent
+// values, so a lane gets its partner by a shuffle; the arithmetic is rope_kernel's (and
+// the CPU's), so the rotated q and k are the same bits as the two-launch path.
+constexpr int ROPE_STORE_WARPS = 4;
+
+template <int TYPE>
+__global__ void __launch_bounds__(ROPE_STORE_WARPS * 32)
+rope_store_kernel(float *q, float *k, const float *v, uint8_t *kc, uint8_t *vc,
+                  const int32_t *pos0p, const int32_t *state, int q_dim, int kv_dim,
+                  int head_dim, int rope_dims, float theta, int capacity, int keep, int rot) {
+    pdl_start();
+    int b = blockIdx.y, lane = threadIdx.x % 32;
+    int chunk = blockIdx.x * ROPE_STORE_WARPS + threadIdx.x / 32;
+    int q_chunks = (q_dim + 31) / 32, kv_chunks = (kv_dim + 31) / 32;
+    if (chunk >= q_chunks + 2 * kv_chunks) return;  // whole warps leave together
+    int pos = *pos0p + b;
+    int part = chunk < q_chunks ? 0 : chunk < q_chunks + kv_chunks ? 1 : 2;
+    int dim = part == 0 ? q_dim : kv_dim;
+    int e = (chunk - (part == 0 ? 0 : part == 1 ? q_chunks : q_chunks + kv_chunks)) * 32 + lane;
+    bool valid = e < dim;
+    float *row = part == 0 ? q + (size_t)b * q_dim : k + (size_t)b * kv_dim;
+    float x = valid ? (part == 2 ? v[(size_t)b * kv_dim + e] : row[e]) : 0.f;
+    if (part < 2) {
+        float other = __shfl_xor_sync(0xffffffff, x, 1);
+        int i = (e % head_dim) / 2;
+        if (valid && 2 * i < rope_dims) {
+            float f = powf(theta, -2.0f * i / rope_dims);
+            float s, co;
+            sincosf(pos * f, &s, &co);
+            x = e % 2 == 0 ? x * co - other * s : other * s + x * co;
+        }
+        if (valid) row[e] = x;
+        if (part == 0) return;
+    }
+    // The cache holds H k / n and H v / n, as in kv_store_kernel.
+    if (rot > 1) x = kv_hadamard(x, lane, rot) * (1.f / rot);
+    int slot = kv_slot(pos, capacity, keep, state[0]);
+    uint8_t *cache = (part == 1 ? kc : vc) + (size_t)slot * kv_row_bytes(TYPE, kv_dim);
+    kv_put<TYPE>(cache, e, x, valid);
+}
+
+extern "C" int wick_rope_store(int type, float *q, float *k, const float *v, void *kc, void *vc,
+                               const int32_t *pos0, const int32_t *state, int n, int n_heads,
+                               int n_kv_heads, int head_dim, int rope_dims, float theta,
+                               int capacity, int keep) {
+    int q_dim = n_heads * head_dim, kv_dim = n_kv_heads * head_dim;
+    if (n <= 0 || head_dim <= 0 || head_dim % 2 != 0 || capacity <= keep ||
+        (type != T_F16 && type != T_Q8_0) || (type == T_Q8_0 && kv_dim % 32 != 0))
+        return (int)cudaErrorInvalidValue;
+    int chunks = (q_dim + 31) / 32 + 2 * ((kv_dim + 31) / 32);
+    dim3 grid((chunks + ROPE_STORE_WARPS - 1) / ROPE_STORE_WARPS, n), block(ROPE_STORE_WARPS * 32);
+    int rot = kv_rot_chunk(type, head_dim);
+    if (type == T_Q8_0)
+        wick_launch(rope_store_kernel<T_Q8_0>, grid, block, 0, q, k, v, (uint8_t *)kc,
+                    (uint8_t *)vc, pos0, state, q_dim, kv_dim, head_dim, rope_dims, theta,
+                    capacity, keep, rot);
+    else
+        wick_launch(rope_store_kernel<T_F16>, grid, block, 0, q, k, v, (uint8_t *)kc,
+                    (uint8_t *)vc, pos0, state, q_dim, kv_dim, head_dim, rope_dims, theta,
+                    capacity, keep, rot);
+    return (int)cudaGetLastError();
+}
+
 constexpr int FP8_THREADS = 256;
 
 // The largest of each thread's x over the block (every thread gets it).

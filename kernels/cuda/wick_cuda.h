@@ -102,6 +102,12 @@ int wick_rope(float *d_q, float *d_k, const int32_t *d_pos0, int n, int n_heads,
 int wick_kv_store(int type, const float *d_k, const float *d_v, void *d_kcache,
                   void *d_vcache, const int32_t *d_pos0, const int32_t *d_state, int n,
                   int kv_dim, int head_dim, int capacity, int keep);
+/* wick_rope, then wick_kv_store, in one launch: F16 and Q8_0 caches only (FP8 rows need a
+ * whole block each). q and k are left rotated, as wick_rope leaves them. */
+int wick_rope_store(int type, float *d_q, float *d_k, const float *d_v, void *d_kcache,
+                    void *d_vcache, const int32_t *d_pos0, const int32_t *d_state, int n,
+                    int n_heads, int n_kv_heads, int head_dim, int rope_dims, float theta,
+                    int capacity, int keep);
 /* Rotates the stored keys of positions p0..p0+count by `by` positions (a context shift),
  * with the layout's `offset` before the shift. */
 int wick_kv_shift(int type, void *d_kcache, int p0, int count, int kv_dim, int head_dim,

@@ -207,6 +207,9 @@ pub struct Cuda {
     row_exact: Cell<bool>,
     /// The attention kernel chosen for batches outside `row_exact` (WICK_ATT).
     att_variant: i32,
+    /// RoPE and the KV store as one launch (f16 and q8_0 caches); WICK_FUSE=0 runs them
+    /// as two, to compare.
+    fuse_rope_store: bool,
     /// Device-side state of greedy speculation (`DeviceSpec`).
     spec: SpecScratch,
 }
@@ -315,6 +318,7 @@ impl Cuda {
                 .ok()
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0),
+            fuse_rope_store: std::env::var("WICK_FUSE").map_or(true, |v| v != "0"),
             spec: SpecScratch::new()?,
         })
         .inspect(|c| {
@@ -1002,6 +1006,33 @@ impl<'a> Backend<'a> for Cuda {
             rows * s.q_dim() * 4 <= q.bytes && rows * s.kv_dim() * 4 <= k.bytes.min(v.bytes),
             "rope buffers too small"
         );
+        let (kc, vc) = kv.layer(layer);
+        if self.fuse_rope_store && l.ty != KvType::Fp8 {
+            // SAFETY: as below, for both launches' buffers.
+            return check(
+                unsafe {
+                    ffi::wick_rope_store(
+                        l.ty.id() as i32,
+                        q.f32(),
+                        k.f32(),
+                        v.f32(),
+                        kc,
+                        vc,
+                        self.params.ptr.cast(),
+                        kv.state(layer),
+                        rows as i32,
+                        s.n_heads as i32,
+                        s.n_kv_heads as i32,
+                        s.head_dim as i32,
+                        s.rope_dims as i32,
+                        s.rope_theta,
+                        l.capacity as i32,
+                        l.keep as i32,
+                    )
+                },
+                "rope and kv store",
+            );
+        }
         // SAFETY: buffers sized by the forward pass (checked above); positions come from
         // `params`, written by begin_forward.
         check(
@@ -1020,7 +1051,6 @@ impl<'a> Backend<'a> for Cuda {
             },
             "rope",
         )?;
-        let (kc, vc) = kv.layer(layer);
         // SAFETY: the slots of every position lie inside this layer's part of the caches.
         check(
             unsafe {
