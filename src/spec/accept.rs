@@ -103,6 +103,58 @@ pub fn judge_greedy(
     }
 }
 
+/// What [`crate::backend::DeviceSpec::judge_sampled`] decides, computed on the host by the
+/// speculator's rule: proposals are judged up to where `cut` ends the draft (as in
+/// [`judge_greedy`]), each kept or replaced by [`Judge::judge`] against the model's
+/// distribution `p[i]` and the draft's `q[i]` (`None`: one-hot at the proposal), and a draft
+/// kept whole is followed by a draw from `p[valid]`; random numbers come from `rng`. The
+/// reference the device's acceptance kernel is tested against on the same numbers.
+pub fn judge_sampled(
+    p: &[Probs],
+    q: Option<&[Probs]>,
+    proposals: &[u32],
+    top: &[f32],
+    cut: DraftCut,
+    rng: &mut Sampler,
+) -> Verdict {
+    let n = proposals.len();
+    let valid = (cut.min..n).find(|&i| top[i] < cut.p_min).unwrap_or(n);
+    let vocab = p
+        .iter()
+        .chain(q.unwrap_or_default())
+        .flat_map(|r| r.items())
+        .map(|&(id, _)| id as usize + 1)
+        .chain(proposals.iter().map(|&x| x as usize + 1))
+        .max()
+        .unwrap_or(0);
+    let mut judge = Judge::new(vocab);
+    let mut one_hot = Probs::new();
+    let mut accepted = 0;
+    let next = loop {
+        if accepted == valid {
+            break rng.draw_from(&p[accepted]);
+        }
+        let x = proposals[accepted];
+        let qi = match q {
+            Some(q) => &q[accepted],
+            None => {
+                one_hot.set_one_hot(x);
+                &one_hot
+            }
+        };
+        match judge.judge(&p[accepted], qi, x, rng) {
+            None => accepted += 1,
+            Some(t) => break t,
+        }
+    };
+    Verdict {
+        valid,
+        accepted,
+        next,
+        proposals: proposals.to_vec(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
