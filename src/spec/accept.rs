@@ -232,6 +232,38 @@ mod tests {
         assert_eq!((v.valid, v.accepted, v.next), (2, 2, 0));
     }
 
+    /// The host reference of the device's acceptance kernel: a draft drawn from p itself is
+    /// kept whole (p >= q everywhere) and followed by a draw from the next row; a draft
+    /// outside p's support is replaced at once by a token of p; the cut is honoured.
+    #[test]
+    fn judge_sampled_keeps_what_p_allows() {
+        let params = SamplerParams {
+            temp: 1.0,
+            seed: 3,
+            ..SamplerParams::default()
+        };
+        let mut rng = Sampler::new(params, 4);
+        let p = [
+            probs(&[0.6, 0.4, 0.0, 0.0]),
+            probs(&[0.0, 0.5, 0.5, 0.0]),
+            probs(&[0.0, 0.0, 0.0, 1.0]),
+        ];
+        let sure = DraftCut { min: 0, p_min: 0.0 };
+        let v = judge_sampled(&p, Some(&p[..2]), &[1, 2], &[1.0, 1.0], sure, &mut rng);
+        assert_eq!((v.valid, v.accepted, v.next), (2, 2, 3));
+        // Token 3 is impossible under p[0]; one-hot q: the residual is p[0] itself.
+        for _ in 0..20 {
+            let v = judge_sampled(&p, None, &[3, 2], &[1.0, 1.0], sure, &mut rng);
+            assert_eq!((v.valid, v.accepted), (2, 0));
+            assert!(v.next < 2, "{v:?}");
+        }
+        // The second proposal is unsure: only the first is judged, the bonus from p[1].
+        let cut = DraftCut { min: 1, p_min: 0.5 };
+        let v = judge_sampled(&p, Some(&p[..2]), &[0, 2], &[1.0, 0.2], cut, &mut rng);
+        assert_eq!((v.valid, v.accepted), (1, 1));
+        assert!(v.next == 1 || v.next == 2, "{v:?}");
+    }
+
     #[test]
     fn greedy_keeps_only_the_argmax() {
         let mut rng = Sampler::new(

@@ -209,7 +209,7 @@ pub struct Cuda {
     row_exact: Cell<bool>,
     /// The attention kernel chosen for batches outside `row_exact` (WICK_ATT).
     att_variant: i32,
-    /// Device-side state of greedy speculation (`DeviceSpec`).
+    /// Device-side state of speculation (`DeviceSpec`).
     spec: SpecScratch,
 }
 
@@ -1338,6 +1338,7 @@ impl Cuda {
     /// `p` (one more row than proposals) and the draft's `q` (`None`: one-hot at the
     /// proposals), with the proposals and their probabilities set from the host, and
     /// random numbers from the model's stream (self-test).
+    #[allow(clippy::too_many_arguments)]
     pub fn accept_sampled(
         &self,
         p: &[Probs],
