@@ -105,6 +105,7 @@ mod cuda {
         bindgen::Builder::default()
             .header(header.to_string_lossy())
             .allowlist_function("wick_.*")
+            .allowlist_var("WICK_.*")
             .generate()
             .unwrap_or_else(|e| fail(&format!("bindgen failed on {}: {e}", header.display())))
             .write_to_file(&out)

@@ -145,6 +145,41 @@ int wick_spec_judge(const float *d_rows, int vocab, const int32_t *d_proposals,
                     const float *d_top, int n, int draft_min, float p_min,
                     int32_t *d_target_ids, float *d_target_top, int32_t *d_out);
 
+/* --- sampled speculation (spec_sample.cu) --- */
+/* Most candidates a distribution sampled on the device may keep after top-k. */
+#define WICK_SAMPLE_CAP 1024
+/* The CPU sampler's settings without the repeat penalty: top-k keeps k candidates (the
+ * vocabulary when k is larger; at most WICK_SAMPLE_CAP unless the vocabulary is smaller),
+ * top-p is off at >= 1, min-p applies when min_p_on (ln_min_p = ln(min_p), computed on the
+ * host as the CPU does), and inv_t = 1 / temperature. */
+typedef struct wick_sample_cfg {
+    int k;
+    float top_p;
+    float ln_min_p;
+    int min_p_on;
+    double inv_t;
+} wick_sample_cfg;
+/* Seeds a random state of 4 u64 as the CPU sampler's generator is seeded. */
+int wick_sample_seed(uint64_t *d_state, uint64_t seed);
+/* Draft token i sampled from d_logits with d_rng: into d_proposals[i], its distribution
+ * into row i of d_q (rows of vocab, zero off the support), its top probability into
+ * d_top[i], and staged as the next decode step's token at next_pos (d_params = {pos, token}). */
+int wick_spec_pick_sampled(const float *d_logits, int vocab, wick_sample_cfg cfg,
+                           uint64_t *d_rng, int32_t *d_params, int next_pos,
+                           int32_t *d_proposals, float *d_top, float *d_q, int i);
+/* The sampling distribution of each of n_rows rows: row r's candidates, most likely first,
+ * at d_ids/d_probs + r * WICK_SAMPLE_CAP, their count at d_cnt[r]. */
+int wick_sample_rows(const float *d_rows, int n_rows, int vocab, wick_sample_cfg cfg,
+                     int32_t *d_ids, float *d_probs, int32_t *d_cnt);
+/* Speculative sampling's acceptance of n proposals against the target's distributions
+ * (n + 1 rows from wick_sample_rows) and the draft's (rows of d_q, or one-hot at the
+ * proposals when d_q is null), after the draft_min / p_min cut as wick_spec_judge, with
+ * random numbers from d_rng. d_out = {valid, accepted, next, d_proposals[0..n]}. */
+int wick_spec_accept(const int32_t *d_p_ids, const float *d_p_probs, const int32_t *d_p_cnt,
+                     const float *d_q, int vocab, const int32_t *d_proposals,
+                     const float *d_top, int n, int draft_min, float p_min, uint64_t *d_rng,
+                     int32_t *d_out);
+
 #ifdef __cplusplus
 }
 #endif

@@ -10,6 +10,7 @@ use anyhow::Result;
 
 use crate::kv::KvLayout;
 use crate::model::Tensor;
+use crate::sample::SamplerParams;
 
 /// The shape of attention, shared by every op that touches heads.
 #[derive(Clone, Copy, Debug)]
@@ -160,14 +161,14 @@ pub trait Backend<'a> {
         crate::model::MAX_BATCH
     }
 
-    /// Greedy speculative decoding kept on the device, where the backend has it (see
+    /// Speculative decoding kept on the device, where the backend has it (see
     /// [`DeviceSpec`]); `None` makes the speculator pick and judge tokens on the host.
     fn device_spec(&self) -> Option<&dyn DeviceSpec<Self::Buf>> {
         None
     }
 }
 
-/// Greedy speculation without a trip through the host per draft token: the draft's picks
+/// Speculation without a trip through the host per draft token: the draft's picks
 /// stay on the device, where they feed its next decode step and then the verification,
 /// and the acceptance rule runs there too, so that one small copy to the host ends each
 /// verification (`judge`). The forward passes in between take their tokens from what these
@@ -197,6 +198,34 @@ pub trait DeviceSpec<Buf> {
     ) -> Result<()>;
     /// Waits for everything queued (for timing).
     fn sync(&self) -> Result<()>;
+
+    /// Sampled speculation (temperature above 0) on the device: from here on the device
+    /// samples the model as `target` does and a draft model as `draft` does (`None`: the
+    /// proposals are one-hot, as a greedy or n-gram draft's), with its own random numbers
+    /// seeded from theirs. False, changing nothing, when the device cannot sample as the
+    /// host would with these settings; the host samples then.
+    fn sample_setup(
+        &self,
+        target: &SamplerParams,
+        draft: Option<&SamplerParams>,
+        vocab: usize,
+    ) -> Result<bool>;
+    /// `pick` for a sampled draft: draft token `i` is drawn from the draft's distribution
+    /// after `logits`, which is kept for `judge_sampled`; its top probability is the
+    /// proposal's for `--draft-p-min`.
+    fn pick_sampled(&self, logits: &Buf, vocab: usize, i: usize, next_pos: usize) -> Result<()>;
+    /// `judge` by speculative sampling's rule: each proposal is kept with probability
+    /// min(1, p/q), the first rejected one replaced by a draw from normalize(max(0, p - q)),
+    /// and a draft kept whole followed by a draw from p, where p is the model's sampling
+    /// distribution of each row and q the draft's.
+    fn judge_sampled(
+        &self,
+        rows: &Buf,
+        vocab: usize,
+        n: usize,
+        cut: DraftCut,
+        out: &mut Verdict,
+    ) -> Result<()>;
 }
 
 /// Where `--draft-p-min` cuts a draft that was picked whole on the device: at the first

@@ -157,8 +157,9 @@ pub struct SpecArgs {
     /// Speculative decoding: a small model with the same vocabulary drafts tokens that the
     /// model verifies in one batched pass. The output is the model's own (the same tokens
     /// when greedy, the same distribution when sampling), only faster when drafts are good.
-    /// With --gpu, greedy speculation drafts, verifies and judges on the GPU with one wait
-    /// per verification; sampled speculation judges on the host.
+    /// With --gpu, speculation drafts, verifies and judges on the GPU with one wait per
+    /// verification, greedy or sampled (sampled needs no repeat penalty and a top-k of at
+    /// most 1024, else it judges on the host).
     #[arg(long, value_name = "FILE", conflicts_with = "draft")]
     pub draft_model: Option<PathBuf>,
     /// Speculative decoding without a draft model: `ngram` drafts the continuation of the

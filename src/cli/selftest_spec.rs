@@ -1,7 +1,7 @@
 //! `wick selftest --gpu`, speculation: the device's greedy picks and verdicts against the
 //! host's on random logits (ties, NaN, signed zeros included), verified rows against decode
 //! steps bit for bit, and greedy speculative decoding on the GPU against plain greedy
-//! decoding, token for token.
+//! decoding, token for token. Sampled speculation: `selftest_sampled`.
 
 use std::fmt::Display;
 use std::path::Path;
@@ -24,7 +24,7 @@ pub struct Tally {
 }
 
 impl Tally {
-    fn check(&mut self, name: &str, ok: bool, detail: impl Display) {
+    pub(super) fn check(&mut self, name: &str, ok: bool, detail: impl Display) {
         self.checks += 1;
         if !ok {
             self.failures += 1;
@@ -33,21 +33,21 @@ impl Tally {
     }
 }
 
-struct Rng(u64);
+pub(super) struct Rng(u64);
 
 impl Rng {
-    fn next_u64(&mut self) -> u64 {
+    pub(super) fn next_u64(&mut self) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
         self.0
     }
     /// Uniform in [0, n).
-    fn below(&mut self, n: usize) -> usize {
+    pub(super) fn below(&mut self, n: usize) -> usize {
         (self.next_u64() % n.max(1) as u64) as usize
     }
     /// Uniform in [-1, 1).
-    fn f32(&mut self) -> f32 {
+    pub(super) fn f32(&mut self) -> f32 {
         ((self.next_u64() >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
     }
 }
@@ -86,6 +86,7 @@ pub fn run(g: &Cuda, seed: u64, t: &mut Tally) -> Result<()> {
     let mut rng = Rng(seed | 1);
     argmax(g, &mut rng, t)?;
     judge(g, &mut rng, t)?;
+    super::selftest_sampled::run(g, &mut rng, t)?;
     let embedded = GgufFile::from_static(DEFAULT_MODEL)?;
     models(g, &embedded, "stories260K", "Once upon a time", t)?;
     let draft = Path::new("models/smollm2-draft.gguf");

@@ -7,6 +7,8 @@
 //! penalty. The filters before the temperature see the raw (penalized) logits, exactly as
 //! in llama.cpp, so `--top-p` and `--min-p` cut the same tokens whatever `--temp` is.
 
+pub mod chi2;
+
 use std::cmp::Ordering;
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};

@@ -103,6 +103,58 @@ pub fn judge_greedy(
     }
 }
 
+/// What [`crate::backend::DeviceSpec::judge_sampled`] decides, computed on the host by the
+/// speculator's rule: proposals are judged up to where `cut` ends the draft (as in
+/// [`judge_greedy`]), each kept or replaced by [`Judge::judge`] against the model's
+/// distribution `p[i]` and the draft's `q[i]` (`None`: one-hot at the proposal), and a draft
+/// kept whole is followed by a draw from `p[valid]`; random numbers come from `rng`. The
+/// reference the device's acceptance kernel is tested against on the same numbers.
+pub fn judge_sampled(
+    p: &[Probs],
+    q: Option<&[Probs]>,
+    proposals: &[u32],
+    top: &[f32],
+    cut: DraftCut,
+    rng: &mut Sampler,
+) -> Verdict {
+    let n = proposals.len();
+    let valid = (cut.min..n).find(|&i| top[i] < cut.p_min).unwrap_or(n);
+    let vocab = p
+        .iter()
+        .chain(q.unwrap_or_default())
+        .flat_map(|r| r.items())
+        .map(|&(id, _)| id as usize + 1)
+        .chain(proposals.iter().map(|&x| x as usize + 1))
+        .max()
+        .unwrap_or(0);
+    let mut judge = Judge::new(vocab);
+    let mut one_hot = Probs::new();
+    let mut accepted = 0;
+    let next = loop {
+        if accepted == valid {
+            break rng.draw_from(&p[accepted]);
+        }
+        let x = proposals[accepted];
+        let qi = match q {
+            Some(q) => &q[accepted],
+            None => {
+                one_hot.set_one_hot(x);
+                &one_hot
+            }
+        };
+        match judge.judge(&p[accepted], qi, x, rng) {
+            None => accepted += 1,
+            Some(t) => break t,
+        }
+    };
+    Verdict {
+        valid,
+        accepted,
+        next,
+        proposals: proposals.to_vec(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -178,6 +230,38 @@ mod tests {
         // Below draft_min nothing is cut.
         let v = judge_greedy(&rows, 4, &[2, 1], &[0.1, 0.9], cut);
         assert_eq!((v.valid, v.accepted, v.next), (2, 2, 0));
+    }
+
+    /// The host reference of the device's acceptance kernel: a draft drawn from p itself is
+    /// kept whole (p >= q everywhere) and followed by a draw from the next row; a draft
+    /// outside p's support is replaced at once by a token of p; the cut is honoured.
+    #[test]
+    fn judge_sampled_keeps_what_p_allows() {
+        let params = SamplerParams {
+            temp: 1.0,
+            seed: 3,
+            ..SamplerParams::default()
+        };
+        let mut rng = Sampler::new(params, 4);
+        let p = [
+            probs(&[0.6, 0.4, 0.0, 0.0]),
+            probs(&[0.0, 0.5, 0.5, 0.0]),
+            probs(&[0.0, 0.0, 0.0, 1.0]),
+        ];
+        let sure = DraftCut { min: 0, p_min: 0.0 };
+        let v = judge_sampled(&p, Some(&p[..2]), &[1, 2], &[1.0, 1.0], sure, &mut rng);
+        assert_eq!((v.valid, v.accepted, v.next), (2, 2, 3));
+        // Token 3 is impossible under p[0]; one-hot q: the residual is p[0] itself.
+        for _ in 0..20 {
+            let v = judge_sampled(&p, None, &[3, 2], &[1.0, 1.0], sure, &mut rng);
+            assert_eq!((v.valid, v.accepted), (2, 0));
+            assert!(v.next < 2, "{v:?}");
+        }
+        // The second proposal is unsure: only the first is judged, the bonus from p[1].
+        let cut = DraftCut { min: 1, p_min: 0.5 };
+        let v = judge_sampled(&p, Some(&p[..2]), &[0, 2], &[1.0, 0.2], cut, &mut rng);
+        assert_eq!((v.valid, v.accepted), (1, 1));
+        assert!(v.next == 1 || v.next == 2, "{v:?}");
     }
 
     #[test]

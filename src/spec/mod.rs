@@ -18,7 +18,7 @@ use crate::backend::Backend;
 use crate::sample::Sampler;
 use crate::session::Session;
 
-pub use accept::judge_greedy;
+pub use accept::{judge_greedy, judge_sampled};
 pub use lookahead::Lookahead;
 pub use ngram::{ngram_draft, NGRAM_WINDOW};
 pub use speculator::{Drafter, Speculator};

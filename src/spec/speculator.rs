@@ -51,6 +51,10 @@ pub struct Speculator<'m, 'a, B: Backend<'a>> {
     vocab: usize,
     /// Whether drafts are picked and judged on the device (see `advance_on_device`).
     on_device: bool,
+    /// On the device: whether the model is sampled (`DeviceSpec::judge_sampled`), and the
+    /// draft model too (`DeviceSpec::pick_sampled`).
+    sampled: bool,
+    sampled_draft: bool,
     verdict: Verdict,
 }
 
@@ -74,13 +78,28 @@ impl<'m, 'a, B: Backend<'a>> Speculator<'m, 'a, B> {
         let ctx = target.ctx();
         // Greedy picks on the device are the host's picks only without a repeat penalty;
         // WICK_SPEC_HOST=1 keeps them on the host, to compare.
-        let on_device = target.backend().device_spec().is_some()
-            && plain_argmax(sampler.params())
-            && match &drafter {
-                Drafter::Model { sampler, .. } => plain_argmax(sampler.params()),
-                Drafter::Ngram => true,
+        let draft_params = match &drafter {
+            Drafter::Model { sampler, .. } => Some(sampler.params()),
+            Drafter::Ngram => None,
+        };
+        let one_hot_draft = draft_params.is_none_or(plain_argmax);
+        let device = target
+            .backend()
+            .device_spec()
+            .filter(|_| std::env::var_os("WICK_SPEC_HOST").is_none());
+        let greedy_on_device = device.is_some() && plain_argmax(sampler.params()) && one_hot_draft;
+        // Sampled: where the device can sample the model (and a sampled draft model) as
+        // the host would; a greedy or n-gram draft's proposals are one-hot there too.
+        let sampled = match device {
+            Some(spec) if !greedy_on_device && sampler.params().temp > 0.0 => {
+                let draft = draft_params.filter(|p| !plain_argmax(p));
+                (draft.is_some() || one_hot_draft)
+                    && spec.sample_setup(sampler.params(), draft, vocab)?
             }
-            && std::env::var_os("WICK_SPEC_HOST").is_none();
+            _ => false,
+        };
+        let sampled_draft = sampled && !one_hot_draft;
+        let on_device = greedy_on_device || sampled;
         Ok(Speculator {
             target,
             sampler,
@@ -103,6 +122,8 @@ impl<'m, 'a, B: Backend<'a>> Speculator<'m, 'a, B> {
             params,
             vocab,
             on_device,
+            sampled,
+            sampled_draft,
             verdict: Verdict::default(),
         })
     }
@@ -119,8 +140,9 @@ impl<'m, 'a, B: Backend<'a>> Speculator<'m, 'a, B> {
         &self.stats
     }
 
-    /// Whether drafts are picked and judged on the device: greedy, on a backend with
-    /// [`crate::backend::DeviceSpec`]. Sampled speculation stays on the host.
+    /// Whether drafts are picked and judged on the device: on a backend with
+    /// [`crate::backend::DeviceSpec`], greedy, or sampled with settings the device follows
+    /// (see `DeviceSpec::sample_setup`).
     pub fn on_device(&self) -> bool {
         self.on_device
     }
@@ -321,7 +343,7 @@ impl<'m, 'a, B: Backend<'a>> Speculator<'m, 'a, B> {
         Ok(true)
     }
 
-    /// `advance` for greedy decoding on a backend with [`crate::backend::DeviceSpec`]: the
+    /// `advance` on a backend with [`crate::backend::DeviceSpec`], greedy or sampled: the
     /// draft model picks each token on the device, where it feeds the draft's next step
     /// and then the verification, and the device judges the verification; the host waits
     /// once, for the verdict. (An n-gram draft is made on the host and judged on the
@@ -342,7 +364,11 @@ impl<'m, 'a, B: Backend<'a>> Speculator<'m, 'a, B> {
                 } else {
                     let n = k.min(session.room() + 1);
                     for i in 0..n {
-                        spec.pick(session.logits_buf(), self.vocab, i, session.len())?;
+                        if self.sampled_draft {
+                            spec.pick_sampled(session.logits_buf(), self.vocab, i, session.len())?;
+                        } else {
+                            spec.pick(session.logits_buf(), self.vocab, i, session.len())?;
+                        }
                         if i + 1 < n {
                             session.step_staged()?;
                         }
@@ -377,7 +403,11 @@ impl<'m, 'a, B: Backend<'a>> Speculator<'m, 'a, B> {
         spec.stage_verify(self.target.len(), last, n)?;
         self.target.verify_staged(n + 1)?;
         let rows = self.target.rows_buf().context("no rows reserved")?;
-        spec.judge(rows, self.vocab, n, cut, &mut self.verdict)?;
+        if self.sampled {
+            spec.judge_sampled(rows, self.vocab, n, cut, &mut self.verdict)?;
+        } else {
+            spec.judge(rows, self.vocab, n, cut, &mut self.verdict)?;
+        }
         let v = &self.verdict;
         self.batch.clear();
         self.batch.push(last);

@@ -3,6 +3,7 @@
 //! GGUF blocks; activations stay on the device between ops.
 
 mod profile;
+mod sample;
 
 mod ffi {
     #![allow(
@@ -23,6 +24,7 @@ use super::{AttnShape, Backend, DeviceSpec, DraftCut, Verdict};
 use crate::kv::{KvLayout, KvType};
 use crate::model::{Tensor, MAX_BATCH};
 use crate::quant::{self, GgmlType, Precision};
+use crate::sample::{Probs, SamplerParams};
 
 /// Turns a CUDA status into an error that names the call.
 fn check(code: i32, what: &str) -> Result<()> {
@@ -210,7 +212,7 @@ pub struct Cuda {
     /// RoPE and the KV store as one launch (f16 and q8_0 caches); WICK_FUSE=0 runs them
     /// as two, to compare.
     fuse_rope_store: bool,
-    /// Device-side state of greedy speculation (`DeviceSpec`).
+    /// Device-side state of speculation (`DeviceSpec`).
     spec: SpecScratch,
 }
 
@@ -223,6 +225,8 @@ struct SpecScratch {
     target_top: DeviceMem,
     out: DeviceMem,
     host_out: RefCell<Vec<i32>>,
+    /// Sampled speculation's state.
+    sample: sample::SampleScratch,
 }
 
 impl SpecScratch {
@@ -234,6 +238,7 @@ impl SpecScratch {
             target_top: DeviceMem::zeroed((MAX_BATCH + 1) * 4)?,
             out: DeviceMem::zeroed((MAX_BATCH + 3) * 4)?,
             host_out: RefCell::new(vec![0; MAX_BATCH + 3]),
+            sample: sample::SampleScratch::new()?,
         })
     }
 }
@@ -1257,7 +1262,71 @@ impl DeviceSpec<DeviceMem> for Cuda {
             },
             "judging a draft",
         )?;
+        self.read_verdict(n, out)
+    }
+
+    fn sync(&self) -> Result<()> {
+        Cuda::sync(self)
+    }
+
+    fn sample_setup(
+        &self,
+        target: &SamplerParams,
+        draft: Option<&SamplerParams>,
+        vocab: usize,
+    ) -> Result<bool> {
+        self.spec.sample.setup(target, draft, vocab)
+    }
+
+    fn pick_sampled(
+        &self,
+        logits: &DeviceMem,
+        vocab: usize,
+        i: usize,
+        next_pos: usize,
+    ) -> Result<()> {
+        let s = &self.spec;
+        s.sample.pick(
+            logits,
+            vocab,
+            &self.params,
+            &s.proposals,
+            &s.top,
+            i,
+            next_pos,
+        )
+    }
+
+    fn judge_sampled(
+        &self,
+        rows: &DeviceMem,
+        vocab: usize,
+        n: usize,
+        cut: DraftCut,
+        out: &mut Verdict,
+    ) -> Result<()> {
+        let s = &self.spec;
+        s.sample.judge(
+            rows,
+            vocab,
+            n,
+            cut.min,
+            cut.p_min,
+            &s.proposals,
+            &s.top,
+            &s.out,
+        )?;
+        self.read_verdict(n, out)
+    }
+}
+
+impl Cuda {
+    /// Copies the verdict on `n` proposals that the judging kernels queued: the one wait of
+    /// a speculative step.
+    fn read_verdict(&self, n: usize, out: &mut Verdict) -> Result<()> {
+        let s = &self.spec;
         let mut host = s.host_out.borrow_mut();
+        ensure!(n + 3 <= host.len(), "a verdict on {n} proposals");
         // SAFETY: n + 3 values of a buffer of MAX_BATCH + 3; waits for the kernels.
         check(
             unsafe { ffi::wick_cuda_d2h(host.as_mut_ptr().cast(), s.out.ptr, (n + 3) * 4) },
@@ -1277,8 +1346,72 @@ impl DeviceSpec<DeviceMem> for Cuda {
         Ok(())
     }
 
-    fn sync(&self) -> Result<()> {
-        Cuda::sync(self)
+    /// The sampling distribution of each of `rows` rows of `vocab` logits as the device
+    /// computes it for sampled speculation, most likely first (self-test).
+    pub fn sample_rows(
+        &self,
+        x: &DeviceMem,
+        rows: usize,
+        vocab: usize,
+        params: &SamplerParams,
+    ) -> Result<Vec<Vec<(u32, f32)>>> {
+        self.spec.sample.rows(x, rows, vocab, params)
+    }
+
+    /// Seeds the device's random streams for sampled speculation exactly as host samplers
+    /// of these seeds (self-test; `sample_setup` seeds them from the samplers' seeds).
+    pub fn seed_sampling(&self, target: u64, draft: u64) -> Result<()> {
+        self.spec.sample.seed(target, draft)
+    }
+
+    /// The acceptance kernel of sampled speculation alone, on the model's distributions
+    /// `p` (one more row than proposals) and the draft's `q` (`None`: one-hot at the
+    /// proposals), with the proposals and their probabilities set from the host, and
+    /// random numbers from the model's stream (self-test).
+    #[allow(clippy::too_many_arguments)]
+    pub fn accept_sampled(
+        &self,
+        p: &[Probs],
+        q: Option<&[Probs]>,
+        vocab: usize,
+        proposals: &[u32],
+        top: &[f32],
+        cut: DraftCut,
+        out: &mut Verdict,
+    ) -> Result<()> {
+        self.set_proposals_with_top(proposals, top)?;
+        let s = &self.spec;
+        s.sample.accept_given(
+            p,
+            q,
+            vocab,
+            cut.min,
+            cut.p_min,
+            &s.proposals,
+            &s.top,
+            &s.out,
+        )?;
+        self.read_verdict(proposals.len(), out)
+    }
+
+    /// The first `n` proposals and their probabilities, and the draft's distributions of
+    /// their rows (rows of `vocab`), as sampled picks left them (self-test).
+    pub fn sampled_draft(&self, n: usize, vocab: usize) -> Result<(Vec<u32>, Vec<f32>, Vec<f32>)> {
+        ensure!(n <= MAX_BATCH, "at most {MAX_BATCH} proposals");
+        let s = &self.spec;
+        let mut ids = vec![0u32; n];
+        let mut top = vec![0f32; n];
+        // SAFETY: n values of buffers of MAX_BATCH.
+        check(
+            unsafe { ffi::wick_cuda_d2h(ids.as_mut_ptr().cast(), s.proposals.ptr, n * 4) },
+            "copy from the GPU",
+        )?;
+        // SAFETY: as above.
+        check(
+            unsafe { ffi::wick_cuda_d2h(top.as_mut_ptr().cast(), s.top.ptr, n * 4) },
+            "copy from the GPU",
+        )?;
+        Ok((ids, top, s.sample.q_rows(n, vocab)?))
     }
 }
 
@@ -1301,6 +1434,13 @@ pub fn set_gemm_variant(v: i32) {
 pub fn set_attention_variant(v: i32) {
     // SAFETY: sets a plain integer read at launch.
     unsafe { ffi::wick_attention_variant(v) }
+}
+
+/// Whether speculation on the GPU can sample as a host sampler of these settings would over
+/// `vocab` tokens (temperature above 0, no repeat penalty, at most
+/// `WICK_SAMPLE_CAP` tokens left by top-k).
+pub fn can_sample(p: &SamplerParams, vocab: usize) -> bool {
+    sample::device_cfg(p, vocab).is_some()
 }
 
 /// Whether the CUDA backend can run weights of this type.

@@ -1,0 +1,383 @@
+//! Sampled speculation on the device (kernels/cuda/spec_sample.cu): the settings and
+//! buffers behind `DeviceSpec::{sample_setup, pick_sampled, judge_sampled}`.
+
+use std::cell::{Cell, RefCell};
+
+use anyhow::{ensure, Result};
+
+use super::{check, ffi, DeviceMem};
+use crate::model::MAX_BATCH;
+use crate::sample::{Probs, SamplerParams};
+
+/// Most candidates a distribution sampled on the device keeps after top-k.
+pub(super) const SAMPLE_CAP: usize = ffi::WICK_SAMPLE_CAP as usize;
+
+/// Mixed into the seeds of the device's random numbers: the host sampler still draws some
+/// tokens (the first after a prompt, plain steps) from the same seed, and the two streams
+/// must not repeat each other's numbers.
+const DEVICE_STREAM: u64 = 0xd1ce_5eed_0f5a_3b1e;
+
+/// The device's form of a sampler's settings, where it can follow them: temperature above
+/// 0, no repeat penalty (which needs the history), and at most `SAMPLE_CAP` tokens left by
+/// top-k.
+pub(super) fn device_cfg(p: &SamplerParams, vocab: usize) -> Option<ffi::wick_sample_cfg> {
+    let penalty = p.repeat_penalty != 1.0 && p.repeat_last_n > 0;
+    // As the host's top-k: 0, or at least the vocabulary, keeps every token.
+    let k = if p.top_k == 0 || p.top_k >= vocab {
+        vocab
+    } else {
+        p.top_k
+    };
+    if p.temp <= 0.0 || penalty || vocab == 0 || k > SAMPLE_CAP {
+        return None;
+    }
+    let min_p_on = p.min_p > 0.0;
+    Some(ffi::wick_sample_cfg {
+        k: k as i32,
+        top_p: p.top_p,
+        // ln on the host, as the host's min-p computes it.
+        ln_min_p: if min_p_on { p.min_p.ln() } else { 0.0 },
+        min_p_on: min_p_on as i32,
+        inv_t: 1.0 / p.temp as f64,
+    })
+}
+
+/// Device state of sampled speculation: two random streams, the draft's distributions
+/// (dense rows of the vocabulary, one per draft token) and the model's (compact rows of
+/// at most `SAMPLE_CAP` candidates, one per verified row).
+pub(super) struct SampleScratch {
+    /// xoshiro256** states of 4 u64 each: the model's, then the draft's.
+    rng: DeviceMem,
+    p_ids: DeviceMem,
+    p_probs: DeviceMem,
+    p_cnt: DeviceMem,
+    /// `MAX_BATCH` rows of the vocabulary, allocated by the first setup with a sampled draft.
+    q: RefCell<Option<DeviceMem>>,
+    target: Cell<Option<ffi::wick_sample_cfg>>,
+    /// `None`: the proposals are one-hot.
+    draft: Cell<Option<ffi::wick_sample_cfg>>,
+}
+
+impl SampleScratch {
+    pub(super) fn new() -> Result<SampleScratch> {
+        let rows = MAX_BATCH + 1;
+        Ok(SampleScratch {
+            rng: DeviceMem::zeroed(8 * 8)?,
+            p_ids: DeviceMem::zeroed(rows * SAMPLE_CAP * 4)?,
+            p_probs: DeviceMem::zeroed(rows * SAMPLE_CAP * 4)?,
+            p_cnt: DeviceMem::zeroed(rows * 4)?,
+            q: RefCell::new(None),
+            target: Cell::new(None),
+            draft: Cell::new(None),
+        })
+    }
+
+    fn rng(&self, which: usize) -> *mut u64 {
+        // SAFETY: `which` is 0 or 1, inside the 8 u64 of `rng`.
+        unsafe { self.rng.ptr.cast::<u64>().add(4 * which) }
+    }
+
+    pub(super) fn setup(
+        &self,
+        target: &SamplerParams,
+        draft: Option<&SamplerParams>,
+        vocab: usize,
+    ) -> Result<bool> {
+        let Some(t) = device_cfg(target, vocab) else {
+            return Ok(false);
+        };
+        let d = match draft {
+            Some(p) => match device_cfg(p, vocab) {
+                Some(c) => Some(c),
+                None => return Ok(false),
+            },
+            None => None,
+        };
+        if d.is_some() {
+            let mut q = self.q.borrow_mut();
+            let bytes = MAX_BATCH * vocab * 4;
+            if q.as_ref().is_none_or(|m| m.bytes < bytes) {
+                *q = Some(DeviceMem::zeroed(bytes)?);
+            }
+        }
+        self.seed(
+            target.seed ^ DEVICE_STREAM,
+            draft.map_or(0, |p| p.seed ^ DEVICE_STREAM),
+        )?;
+        self.target.set(Some(t));
+        self.draft.set(d);
+        Ok(true)
+    }
+
+    /// Seeds the model's and the draft's streams as a host `Sampler` of these seeds is seeded.
+    pub(super) fn seed(&self, target: u64, draft: u64) -> Result<()> {
+        for (which, seed) in [(0, target), (1, draft)] {
+            // SAFETY: a state of 4 u64 inside `rng`.
+            check(
+                unsafe { ffi::wick_sample_seed(self.rng(which), seed) },
+                "seeding the GPU's sampler",
+            )?;
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn pick(
+        &self,
+        logits: &DeviceMem,
+        vocab: usize,
+        params: &DeviceMem,
+        proposals: &DeviceMem,
+        top: &DeviceMem,
+        i: usize,
+        next_pos: usize,
+    ) -> Result<()> {
+        let cfg = self.draft.get();
+        let q = self.q.borrow();
+        let (Some(cfg), Some(q)) = (cfg, q.as_ref()) else {
+            anyhow::bail!("sampled draft token without a sampled draft set up");
+        };
+        ensure!(
+            i < MAX_BATCH
+                && vocab > 0
+                && vocab * 4 <= logits.bytes
+                && MAX_BATCH * vocab * 4 <= q.bytes,
+            "sampled draft pick {i} of {vocab} logits out of bounds"
+        );
+        // SAFETY: bounds checked above; params holds a position and a token, proposals and
+        // top MAX_BATCH values.
+        check(
+            unsafe {
+                ffi::wick_spec_pick_sampled(
+                    logits.f32(),
+                    vocab as i32,
+                    cfg,
+                    self.rng(1),
+                    params.ptr.cast(),
+                    next_pos as i32,
+                    proposals.ptr.cast(),
+                    top.f32(),
+                    q.f32(),
+                    i as i32,
+                )
+            },
+            "sampling a draft token",
+        )
+    }
+
+    /// Queues the model's distributions of `n + 1` rows and the acceptance of `n`
+    /// proposals, its verdict into `out`.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn judge(
+        &self,
+        rows: &DeviceMem,
+        vocab: usize,
+        n: usize,
+        draft_min: usize,
+        p_min: f32,
+        proposals: &DeviceMem,
+        top: &DeviceMem,
+        out: &DeviceMem,
+    ) -> Result<()> {
+        let Some(cfg) = self.target.get() else {
+            anyhow::bail!("sampled judging without a sampled model set up");
+        };
+        ensure!(
+            n < MAX_BATCH && vocab > 0 && (n + 1) * vocab * 4 <= rows.bytes,
+            "judging {n} proposals out of bounds"
+        );
+        // SAFETY: bounds checked above; the scratch holds MAX_BATCH + 1 rows of SAMPLE_CAP.
+        check(
+            unsafe {
+                ffi::wick_sample_rows(
+                    rows.f32(),
+                    n as i32 + 1,
+                    vocab as i32,
+                    cfg,
+                    self.p_ids.ptr.cast(),
+                    self.p_probs.f32(),
+                    self.p_cnt.ptr.cast(),
+                )
+            },
+            "the model's sampling distributions",
+        )?;
+        let dense_q = self.draft.get().is_some();
+        self.accept(vocab, n, draft_min, p_min, dense_q, proposals, top, out)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn accept(
+        &self,
+        vocab: usize,
+        n: usize,
+        draft_min: usize,
+        p_min: f32,
+        dense_q: bool,
+        proposals: &DeviceMem,
+        top: &DeviceMem,
+        out: &DeviceMem,
+    ) -> Result<()> {
+        let q = self.q.borrow();
+        let q = match q.as_ref() {
+            Some(q) if dense_q => {
+                ensure!(MAX_BATCH * vocab * 4 <= q.bytes, "q rows out of bounds");
+                q.f32().cast_const()
+            }
+            None if dense_q => anyhow::bail!("no sampled draft set up"),
+            _ => std::ptr::null(),
+        };
+        // SAFETY: rows 0..=n of the scratch were written by wick_sample_rows (or upload);
+        // q holds MAX_BATCH rows of `vocab` when not null; out holds MAX_BATCH + 3 values.
+        check(
+            unsafe {
+                ffi::wick_spec_accept(
+                    self.p_ids.ptr.cast(),
+                    self.p_probs.f32(),
+                    self.p_cnt.ptr.cast(),
+                    q,
+                    vocab as i32,
+                    proposals.ptr.cast(),
+                    top.f32(),
+                    n as i32,
+                    draft_min.min(i32::MAX as usize) as i32,
+                    p_min,
+                    self.rng(0),
+                    out.ptr.cast(),
+                )
+            },
+            "accepting a sampled draft",
+        )
+    }
+
+    /// The model's distributions of `rows` rows as the device computes them (self-test).
+    pub(super) fn rows(
+        &self,
+        x: &DeviceMem,
+        rows: usize,
+        vocab: usize,
+        params: &SamplerParams,
+    ) -> Result<Vec<Vec<(u32, f32)>>> {
+        let cfg = device_cfg(params, vocab).ok_or_else(|| {
+            anyhow::anyhow!("the GPU cannot sample with {params:?} over {vocab} tokens")
+        })?;
+        ensure!(
+            rows > 0 && rows <= MAX_BATCH + 1 && rows * vocab * 4 <= x.bytes,
+            "sample rows out of bounds"
+        );
+        // SAFETY: bounds checked above.
+        check(
+            unsafe {
+                ffi::wick_sample_rows(
+                    x.f32(),
+                    rows as i32,
+                    vocab as i32,
+                    cfg,
+                    self.p_ids.ptr.cast(),
+                    self.p_probs.f32(),
+                    self.p_cnt.ptr.cast(),
+                )
+            },
+            "sampling distributions",
+        )?;
+        let mut ids = vec![0u32; rows * SAMPLE_CAP];
+        let mut probs = vec![0f32; rows * SAMPLE_CAP];
+        let mut cnt = vec![0i32; rows];
+        d2h(&mut ids, &self.p_ids)?;
+        d2h(&mut probs, &self.p_probs)?;
+        d2h(&mut cnt, &self.p_cnt)?;
+        Ok((0..rows)
+            .map(|r| {
+                let c = (cnt[r].max(0) as usize).min(SAMPLE_CAP);
+                let at = r * SAMPLE_CAP;
+                ids[at..at + c]
+                    .iter()
+                    .copied()
+                    .zip(probs[at..at + c].iter().copied())
+                    .collect()
+            })
+            .collect())
+    }
+
+    /// Uploads the model's distributions `p` (`n + 1` rows) and, unless one-hot, the
+    /// draft's `q` (`n` rows), then queues the acceptance kernel alone (self-test: the
+    /// kernel against the host's rule on the same distributions and random numbers).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn accept_given(
+        &self,
+        p: &[Probs],
+        q: Option<&[Probs]>,
+        vocab: usize,
+        draft_min: usize,
+        p_min: f32,
+        proposals: &DeviceMem,
+        top: &DeviceMem,
+        out: &DeviceMem,
+    ) -> Result<()> {
+        let n = p.len().saturating_sub(1);
+        ensure!(
+            !p.is_empty() && n < MAX_BATCH && q.is_none_or(|q| q.len() == n),
+            "accept_given: {} rows of p for {n} proposals",
+            p.len()
+        );
+        let mut ids = vec![0u32; p.len() * SAMPLE_CAP];
+        let mut probs = vec![0f32; p.len() * SAMPLE_CAP];
+        let mut cnt = vec![0i32; p.len()];
+        for (r, row) in p.iter().enumerate() {
+            ensure!(row.items().len() <= SAMPLE_CAP, "a row of p is too wide");
+            cnt[r] = row.items().len() as i32;
+            for (j, &(id, w)) in row.items().iter().enumerate() {
+                ids[r * SAMPLE_CAP + j] = id;
+                probs[r * SAMPLE_CAP + j] = w;
+            }
+        }
+        h2d(&self.p_ids, &ids)?;
+        h2d(&self.p_probs, &probs)?;
+        h2d(&self.p_cnt, &cnt)?;
+        if let Some(q) = q {
+            let mut dense = vec![0f32; MAX_BATCH * vocab];
+            for (r, row) in q.iter().enumerate() {
+                for &(id, w) in row.items() {
+                    dense[r * vocab + id as usize] = w;
+                }
+            }
+            let mut slot = self.q.borrow_mut();
+            if slot.as_ref().is_none_or(|m| m.bytes < dense.len() * 4) {
+                *slot = Some(DeviceMem::zeroed(dense.len() * 4)?);
+            }
+            h2d(slot.as_ref().expect("allocated above"), &dense)?;
+        }
+        self.accept(vocab, n, draft_min, p_min, q.is_some(), proposals, top, out)
+    }
+
+    /// The draft's distributions of rows `0..rows` (self-test).
+    pub(super) fn q_rows(&self, rows: usize, vocab: usize) -> Result<Vec<f32>> {
+        let q = self.q.borrow();
+        let Some(q) = q.as_ref() else {
+            anyhow::bail!("no sampled draft set up");
+        };
+        ensure!(rows * vocab * 4 <= q.bytes, "q rows out of bounds");
+        let mut out = vec![0f32; rows * vocab];
+        d2h(&mut out, q)?;
+        Ok(out)
+    }
+}
+
+fn d2h<T: Copy>(dst: &mut [T], src: &DeviceMem) -> Result<()> {
+    let bytes = std::mem::size_of_val(dst);
+    ensure!(bytes <= src.bytes, "read past the end of a device buffer");
+    // SAFETY: bounds checked above; plain values.
+    check(
+        unsafe { ffi::wick_cuda_d2h(dst.as_mut_ptr().cast(), src.ptr, bytes) },
+        "copy from the GPU",
+    )
+}
+
+fn h2d<T: Copy>(dst: &DeviceMem, src: &[T]) -> Result<()> {
+    let bytes = std::mem::size_of_val(src);
+    ensure!(bytes <= dst.bytes, "write past the end of a device buffer");
+    // SAFETY: bounds checked above; plain values.
+    check(
+        unsafe { ffi::wick_cuda_h2d(dst.ptr, src.as_ptr().cast(), bytes) },
+        "copy to the GPU",
+    )
+}
