@@ -15,6 +15,18 @@ extern EmuWarp emu_warps[32];
 inline EmuWarp &emu_w() { return emu_warps[threadIdx.x / 32]; }
 inline int emu_lane() { return threadIdx.x % 32; }
 
+// __shfl_xor_sync over the whole warp: every lane posts its value, then reads its partner's.
+inline float emu_shfl_xor(float x, int m) {
+    EmuWarp &W = emu_w();
+    int l = emu_lane();
+    memcpy(&W.in[l][0], &x, 4);
+    W.bar->arrive_and_wait();
+    float r;
+    memcpy(&r, &W.in[l ^ m][0], 4);
+    W.bar->arrive_and_wait();
+    return r;
+}
+
 // A(row, k) of the 16 x 32 fragment held by {a0, a1, a2, a3} (PTX ISA fragment layout).
 inline int emu_a(const EmuWarp &W, int row, int k, int base) {
     int lane = (row % 8) * 4 + (k % 16) / 4;
