@@ -36,7 +36,8 @@ fn env_splits() -> i32 {
 /// (`set_row_exact`), which must give the decode steps' very bits.
 pub(super) fn long_contexts(g: &Cuda, cpu: &Cpu, rng: &mut Rng, r: &mut Report) -> Result<()> {
     // (heads, KV heads, head size, tokens fed, window, context shifts)
-    let cases: &[(usize, usize, usize, usize, Option<usize>, bool)] = &[
+    type Case = (usize, usize, usize, usize, Option<usize>, bool);
+    let cases: &[Case] = &[
         (9, 3, 64, 1000, None, false),
         (9, 3, 64, 4000, None, false),
         (32, 8, 128, 4000, None, false),
