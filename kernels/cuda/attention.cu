@@ -4,14 +4,17 @@
 // back at the end (src/kv/rotate.rs).
 //
 // Several query rows go to attention_tiled.cu, which shares each K/V row among the rows
-// and the heads of a group. A single row (decode) stays here: one block per (query row,
-// head). Each warp walks its own share of the cached positions with an online softmax
+// and the heads of a group. A single row (decode, and each row of a batch that must match
+// decode) goes to attention_split.cuh, which splits the positions over blocks. The kernel
+// below is the former single-row one, kept to compare (wick_attention_decode): one block
+// per (query row, head). Each warp walks its own share of the cached positions with an online softmax
 // (running max, running sum, running weighted sum of values), so the kernel needs no
 // memory that grows with the context and its launch does not depend on the position: the
 // decode step can be captured into a CUDA graph. At the end the warps' partial results are
 // merged through shared memory.
 #include <cuda_runtime.h>
 
+#include "attention_split.cuh"
 #include "attention_tiled.cuh"
 #include "common.cuh"
 #include "kv.cuh"
@@ -119,18 +122,31 @@ attention_kernel(const float *q, const uint8_t *kc, const uint8_t *vc, const int
 
 // 1 sends every call to the single-row kernel (for timing one against the other).
 static int att_variant = 0;
+// 1: single rows go to the former one-block-per-head kernel rather than the split one.
+static int att_decode_old = 0;
 
 extern "C" void wick_attention_variant(int v) { att_variant = v; }
+
+extern "C" void wick_attention_decode(int old_kernel, int splits) {
+    att_decode_old = old_kernel;
+    split_override = splits;
+}
 
 extern "C" int wick_attention(int type, const float *q, const void *kc, const void *vc,
                               const int32_t *pos0, const int32_t *state, int n, int n_heads,
                               int n_kv_heads, int head_dim, int capacity, int keep, int window,
-                              float *out) {
+                              float *out, float *scratch, size_t scratch_floats, int8_t *xq,
+                              float *xd, int *rounded) {
+    *rounded = 0;
     if (head_dim > MAX_HEAD_DIM || capacity <= keep) return (int)cudaErrorInvalidValue;
     if (n > 1 && att_variant == 0 &&
         attention_tiled_fits(type, kc, vc, n_heads, n_kv_heads, head_dim))
         return attention_tiled(type, q, kc, vc, pos0, state, n, n_heads, n_kv_heads, head_dim,
                                capacity, keep, window, out);
+    if (!att_decode_old && attention_splits(n_heads, n_kv_heads, head_dim, scratch_floats) > 0)
+        return attention_split(type, q, kc, vc, pos0, state, n, n_heads, n_kv_heads, head_dim,
+                               capacity, keep, window, out, scratch, scratch_floats, xq, xd,
+                               rounded);
     dim3 grid(n_heads, n);
 #define LAUNCH(T)                                                                          \
     wick_launch(attention_kernel<T>, grid, ATT_WARPS * 32, 0,                           \

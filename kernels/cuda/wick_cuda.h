@@ -113,11 +113,18 @@ int wick_rope_store(int type, float *d_q, float *d_k, const float *d_v, void *d_
 int wick_kv_shift(int type, void *d_kcache, int p0, int count, int kv_dim, int head_dim,
                   int rope_dims, float theta, float by, int capacity, int keep, int offset);
 /* Causal attention of n query rows at positions *d_pos0.. over the live cached positions
- * of one layer, with grouped-query heads; head_dim at most 256. */
+ * of one layer, with grouped-query heads; head_dim at most 256. Single rows use
+ * d_scratch (scratch_floats floats) for the partial results of their position slices,
+ * and, given d_xq (else null), may also write the output rounded to int8 blocks of 32
+ * (d_xq, d_xd as wick_quantize_q8), setting *rounded to 1 when they did. */
 int wick_attention(int type, const float *d_q, const void *d_kcache, const void *d_vcache,
                    const int32_t *d_pos0, const int32_t *d_state, int n, int n_heads,
                    int n_kv_heads, int head_dim, int capacity, int keep, int window,
-                   float *d_out);
+                   float *d_out, float *d_scratch, size_t scratch_floats, int8_t *d_xq,
+                   float *d_xd, int *rounded);
+/* Single-row attention: old_kernel 1 = the former one-block-per-head kernel, 0 = the
+ * split one (default) with `splits` slices per KV head (0 = from the SM count). */
+void wick_attention_decode(int old_kernel, int splits);
 /* Selects wick_attention's kernel for n > 1: 0 = the tiled tensor-core one (default),
  * 1 = the single-row one, for timing runs. */
 void wick_attention_variant(int v);

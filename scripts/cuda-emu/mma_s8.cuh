@@ -15,6 +15,39 @@ extern EmuWarp emu_warps[32];
 inline EmuWarp &emu_w() { return emu_warps[threadIdx.x / 32]; }
 inline int emu_lane() { return threadIdx.x % 32; }
 
+// __shfl_xor_sync over the whole warp: every lane posts its value, then reads its partner's.
+inline float emu_shfl_xor(float x, int m) {
+    EmuWarp &W = emu_w();
+    int l = emu_lane();
+    memcpy(&W.in[l][0], &x, 4);
+    W.bar->arrive_and_wait();
+    float r;
+    memcpy(&r, &W.in[l ^ m][0], 4);
+    W.bar->arrive_and_wait();
+    return r;
+}
+
+// warp_sum and warp_max (common.cuh) in one exchange: each lane runs the same butterfly
+// (x += shfl_xor(x, o) for o = 16 .. 1) over all 32 values, so the sums round as on the GPU.
+template <class F>
+inline float emu_butterfly(float x, F op) {
+    EmuWarp &W = emu_w();
+    int l = emu_lane();
+    memcpy(&W.in[l][0], &x, 4);
+    W.bar->arrive_and_wait();
+    float v[32];
+    for (int i = 0; i < 32; i++) memcpy(&v[i], &W.in[i][0], 4);
+    W.bar->arrive_and_wait();
+    for (int o = 16; o > 0; o >>= 1) {
+        float n[32];
+        for (int i = 0; i < 32; i++) n[i] = op(v[i], v[i ^ o]);
+        memcpy(v, n, sizeof v);
+    }
+    return v[l];
+}
+inline float emu_warp_sum(float x) { return emu_butterfly(x, [](float a, float b) { return a + b; }); }
+inline float emu_warp_max(float x) { return emu_butterfly(x, [](float a, float b) { return fmaxf(a, b); }); }
+
 // A(row, k) of the 16 x 32 fragment held by {a0, a1, a2, a3} (PTX ISA fragment layout).
 inline int emu_a(const EmuWarp &W, int row, int k, int base) {
     int lane = (row % 8) * 4 + (k % 16) / 4;

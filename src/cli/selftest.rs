@@ -58,6 +58,10 @@ pub fn run(a: SelftestArgs) -> Result<(), Failure> {
 }
 
 #[cfg(feature = "cuda")]
+#[path = "selftest_decode.rs"]
+mod decode;
+
+#[cfg(feature = "cuda")]
 mod gpu {
     use anyhow::{ensure, Result};
 
@@ -70,7 +74,7 @@ mod gpu {
     use crate::model::Tensor;
     use crate::quant::{self, GgmlType, Precision};
 
-    struct Rng(u64);
+    pub(super) struct Rng(u64);
     impl Rng {
         fn next(&mut self) -> f32 {
             self.0 ^= self.0 << 13;
@@ -78,18 +82,18 @@ mod gpu {
             self.0 ^= self.0 << 17;
             ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
         }
-        fn vec(&mut self, n: usize) -> Vec<f32> {
+        pub(super) fn vec(&mut self, n: usize) -> Vec<f32> {
             (0..n).map(|_| self.next()).collect()
         }
     }
 
-    struct Report {
+    pub(super) struct Report {
         failures: usize,
         lines: usize,
     }
 
     impl Report {
-        fn check(&mut self, name: &str, got: &[f32], want: &[f32], bound: f64) {
+        pub(super) fn check(&mut self, name: &str, got: &[f32], want: &[f32], bound: f64) {
             self.check_scaled(name, got, want, want, bound)
         }
 
@@ -131,13 +135,13 @@ mod gpu {
         }
     }
 
-    fn upload(g: &Cuda, v: &[f32]) -> Result<DeviceMem> {
+    pub(super) fn upload(g: &Cuda, v: &[f32]) -> Result<DeviceMem> {
         let mut m = g.buffer(v.len())?;
         g.write(&mut m, v)?;
         Ok(m)
     }
 
-    fn download(g: &Cuda, m: &DeviceMem, n: usize) -> Result<Vec<f32>> {
+    pub(super) fn download(g: &Cuda, m: &DeviceMem, n: usize) -> Result<Vec<f32>> {
         let mut v = vec![0f32; n];
         g.read(m, &mut v)?;
         Ok(v)
@@ -345,7 +349,8 @@ mod gpu {
                 crate::backend::cuda::set_gemm_variant(0);
             }
         }
-        attention_timings(g, rng)
+        attention_timings(g, rng)?;
+        super::decode::timings(g, rng)
     }
 
     /// Times attention of llama3-8b's shape (32 heads, 8 KV heads of 128) over a cache of
@@ -826,6 +831,7 @@ mod gpu {
 
         quantized_attention(g, cpu, rng, r)?;
         kv_layouts(g, cpu, rng, r)?;
+        super::decode::long_contexts(g, cpu, rng, r)?;
         g.sync()?;
         ensure!(r.lines > 0, "no checks ran");
         Ok(())
@@ -850,7 +856,7 @@ mod gpu {
     /// now and then: by one Q8_0 step (1/127 of its block's largest value) or one fp8 step
     /// (1/16 to 1/8 of the value). Attention also rounds Q, K, V and P to f16 in the tiled
     /// kernel (2e-3 on its own, as for an f16 cache).
-    fn kv_bounds(ty: KvType) -> (f64, f64) {
+    pub(super) fn kv_bounds(ty: KvType) -> (f64, f64) {
         // (stored rows, attention)
         match ty {
             KvType::Q8_0 => (5e-3, 1e-2),

@@ -52,4 +52,9 @@ inline int __vsubss4(int a, int b) {
     return (int)r;
 }
 void __syncthreads();
-inline float __shfl_xor_sync(unsigned, float, int) { abort(); }
+// Defined by each harness (the warp exchange needs its per-warp tables).
+float __shfl_xor_sync(unsigned, float, int);
+inline float __uint_as_float(uint32_t i) { float f; memcpy(&f, &i, 4); return f; }
+inline uint32_t __float_as_uint(float f) { uint32_t i; memcpy(&i, &f, 4); return i; }
+inline float __expf(float x) { return expf(x); }
+inline float rsqrtf(float x) { return 1.f / sqrtf(x); }

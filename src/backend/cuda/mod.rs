@@ -214,6 +214,9 @@ pub struct Cuda {
     fuse_rope_store: bool,
     /// Device-side state of speculation (`DeviceSpec`).
     spec: SpecScratch,
+    /// Partial results of single-row attention's position slices (attention_split.cuh);
+    /// allocated once, before any graph records its address.
+    att_scratch: DeviceMem,
 }
 
 /// The proposals of a draft picked on the device, their probabilities, the target's picks
@@ -257,6 +260,9 @@ const GPU_MAX_BATCH: usize = 512;
 /// 64-token product of 8192 rows, or 4 of a 512-token product of 2048 (the kernels split
 /// less when the room is short).
 const GEMM_WS_FLOATS: usize = 1 << 22;
+/// Floats of single-row attention's scratch: 16 MiB, about 15 rows of llama3-8b's 32 heads
+/// of 128 in 64 slices (more rows go in several launches).
+const ATT_SCRATCH_FLOATS: usize = 1 << 22;
 
 struct Q8Scratch {
     cols: usize,
@@ -325,6 +331,7 @@ impl Cuda {
                 .unwrap_or(0),
             fuse_rope_store: std::env::var("WICK_FUSE").map_or(true, |v| v != "0"),
             spec: SpecScratch::new()?,
+            att_scratch: DeviceMem::new(ATT_SCRATCH_FLOATS * 4)?,
         })
         .inspect(|c| {
             // A tuning hook: WICK_MV picks a launch shape of the int8 kernel.
@@ -332,6 +339,13 @@ impl Cuda {
                 set_matvec_variant(v);
             }
             set_attention_variant(c.att_variant);
+            // WICK_ATT_DECODE=old sends single rows to the former one-block-per-head
+            // kernel; a number sets the split kernel's slices per KV head (tuning).
+            match std::env::var("WICK_ATT_DECODE").as_deref() {
+                Ok("old") => set_attention_decode(true, 0),
+                Ok(v) => set_attention_decode(false, v.parse().unwrap_or(0)),
+                Err(_) => {}
+            }
             // WICK_GEMM picks the tensor-core kernels (set_gemm_variant), to compare.
             if let Some(v) = std::env::var("WICK_GEMM").ok().and_then(|v| v.parse().ok()) {
                 set_gemm_variant(v);
@@ -1093,7 +1107,13 @@ impl<'a> Backend<'a> for Cuda {
         let _t = self.span(|| format!("attention x{rows}"));
         self.wrote(out);
         let (kc, vc) = kv.layer(layer);
-        // SAFETY: as in rope_store.
+        // Single rows may round their output to int8 for the o projection on the way out.
+        let n = rows * s.n_heads * s.head_dim;
+        let (xq, xd) = self
+            .q8_scratch(n)
+            .unwrap_or((std::ptr::null_mut(), std::ptr::null_mut()));
+        let mut rounded = 0;
+        // SAFETY: as in rope_store; the int8 scratch holds n values (q8_scratch checked).
         check(
             unsafe {
                 ffi::wick_attention(
@@ -1111,10 +1131,19 @@ impl<'a> Backend<'a> for Cuda {
                     l.keep as i32,
                     l.window.unwrap_or(0) as i32,
                     out.f32(),
+                    self.att_scratch.f32(),
+                    ATT_SCRATCH_FLOATS,
+                    xq,
+                    xd,
+                    &mut rounded,
                 )
             },
             "attention",
-        )
+        )?;
+        if rounded != 0 {
+            self.q8_holds.set(Some((out.ptr as usize, n)));
+        }
+        Ok(())
     }
 
     fn swiglu(&self, gate: &mut DeviceMem, up: &DeviceMem, n: usize) -> Result<()> {
@@ -1441,6 +1470,13 @@ pub fn set_attention_variant(v: i32) {
 /// `WICK_SAMPLE_CAP` tokens left by top-k).
 pub fn can_sample(p: &SamplerParams, vocab: usize) -> bool {
     sample::device_cfg(p, vocab).is_some()
+}
+
+/// Selects the kernel of single-row attention: the former one-block-per-head one (`old`),
+/// or the split one with `splits` slices per KV head (0 = from the SM count).
+pub fn set_attention_decode(old: bool, splits: i32) {
+    // SAFETY: sets plain integers read at launch.
+    unsafe { ffi::wick_attention_decode(old as i32, splits) }
 }
 
 /// Whether the CUDA backend can run weights of this type.
