@@ -27,6 +27,19 @@ inline int emu_b(const EmuWarp &W, int k, int col, int base) {
     return (int8_t)(W.in[lane][base + reg] >> (8 * (k % 4)));
 }
 
+// Full-warp only: every lane of the warp must arrive, as the kernels here guarantee.
+void __syncwarp(unsigned) { emu_w().bar->arrive_and_wait(); }
+float __shfl_xor_sync(unsigned, float v, int lane_mask) {
+    EmuWarp &W = emu_w();
+    int l = emu_lane();
+    memcpy(&W.in[l][0], &v, 4);
+    W.bar->arrive_and_wait();
+    float r;
+    memcpy(&r, &W.in[l ^ lane_mask][0], 4);
+    W.bar->arrive_and_wait();
+    return r;
+}
+
 inline void mma_k32(int c[4], int a0, int a1, int a2, int a3, int b0, int b1) {
     EmuWarp &W = emu_w();
     int l = emu_lane();

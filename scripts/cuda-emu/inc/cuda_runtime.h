@@ -52,4 +52,12 @@ inline int __vsubss4(int a, int b) {
     return (int)r;
 }
 void __syncthreads();
-inline float __shfl_xor_sync(unsigned, float, int) { abort(); }
+// Warp-wide: defined in this directory's mma_s8.cuh, which has the per-warp exchange table.
+void __syncwarp(unsigned mask = 0xffffffffu);
+float __shfl_xor_sync(unsigned mask, float v, int lane_mask);
+inline unsigned __funnelshift_r(unsigned lo, unsigned hi, int shift) {
+    return (unsigned)((((uint64_t)hi << 32) | lo) >> (shift & 31));
+}
+// Round-to-nearest products and fused multiply-adds, as the GPU computes them.
+inline float __fmul_rn(float a, float b) { return a * b; }
+inline float __fmaf_rn(float a, float b, float c) { return std::fma(a, b, c); }
