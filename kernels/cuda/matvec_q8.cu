@@ -151,6 +151,14 @@ __device__ inline void smem_words(const uint8_t *p, uint32_t *out) {
     }
 }
 
+// Bytes v - bias of bytes v < 2 * bias, bias a power of two up to 0x40 in each byte: two
+// integer instructions where __vsubss4 is emulated with several (the same bytes, since
+// nothing saturates). v + (0x80 - bias) stays below 0x100 in every byte, so no carry
+// crosses bytes, and flipping bit 7 subtracts 0x80 modulo 256.
+__device__ inline int sub_bias(uint32_t v, uint32_t bias) {
+    return (int)((v + (0x80808080u - bias)) ^ 0x80808080u);
+}
+
 // Unit ul (< ms_units) of a step held in shared memory at s: load_unit's result.
 template <int TYPE>
 __device__ inline void smem_unit(const uint8_t *s, int ul, Unit &q) {
@@ -160,9 +168,9 @@ __device__ inline void smem_unit(const uint8_t *s, int ul, Unit &q) {
         smem_words<4>(b + 2, v);
 #pragma unroll
         for (int i = 0; i < 4; i++) {
-            int lo = (int)(v[i] & 0x0f0f0f0f), hi = (int)((v[i] >> 4) & 0x0f0f0f0f);
-            q.w[i] = __vsubss4(lo, 0x08080808);
-            q.w[4 + i] = __vsubss4(hi, 0x08080808);
+            uint32_t lo = v[i] & 0x0f0f0f0f, hi = (v[i] >> 4) & 0x0f0f0f0f;
+            q.w[i] = sub_bias(lo, 0x08080808);
+            q.w[4 + i] = sub_bias(hi, 0x08080808);
         }
         q.d0 = q.d1 = f16_at(b);
         q.m = 0.f;
@@ -183,9 +191,8 @@ __device__ inline void smem_unit(const uint8_t *s, int ul, Unit &q) {
         int sl = 4 * (qr / 2), sh = 2 * qr;
 #pragma unroll
         for (int i = 0; i < 8; i++)
-            q.w[i] = __vsubss4(
-                (int)(((l[i] >> sl) & 0x0f0f0f0f) | (((h[i] >> sh) & 0x03030303) << 4)),
-                0x20202020);
+            q.w[i] = sub_bias(((l[i] >> sl) & 0x0f0f0f0f) | (((h[i] >> sh) & 0x03030303) << 4),
+                              0x20202020);
         float d = f16_at(b + 208);
         q.d0 = d * (float)(int8_t)b[192 + 2 * p];
         q.d1 = d * (float)(int8_t)b[193 + 2 * p];

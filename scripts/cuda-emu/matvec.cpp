@@ -17,6 +17,10 @@ constexpr int MAX_NB = 33;
 // rounding, since it groups each unit's two half sums differently.
 constexpr int VARIANTS[] = {0, 2, 3, 4, 5, 1};
 
+// "quick" (second argument): the long rows, the ring depths 8 and 4, two batch sizes;
+// for checking that a deliberately broken kernel fails.
+static bool quick = false;
+
 struct Case {
     int type, cols, n_targets, rows[3], misalign;
 };
@@ -77,10 +81,12 @@ static int run_case(const Case &c) {
     double maxerr = 0;
     // Each activation row alone, with the default variant: the bitwise reference.
     std::vector<std::vector<std::vector<float>>> alone(MAX_NB);
-    for (int b = 0; b < MAX_NB; b++) run(0, b, 1, false, alone[b]);
+    for (int b = 0; b < (quick ? 5 : MAX_NB); b++) run(0, b, 1, false, alone[b]);
     for (int variant : VARIANTS) {
+        if (quick && variant != 0 && variant != 5) continue;
         bool exact = variant != 1;
         for (int nb : {1, 2, 3, 4, 5, 7, 8, 9, 13, 16, 17, 33}) {
+            if (quick && nb != 1 && nb != 5) continue;
             for (bool acc : {false, true}) {
                 if (acc && nb != 5 && nb != 16) continue;
                 std::vector<std::vector<float>> y;
@@ -115,11 +121,14 @@ static int run_case(const Case &c) {
 
 int main(int argc, char **argv) {
     int which = argc > 1 ? atoi(argv[1]) : -1;
+    quick = argc > 2 && strcmp(argv[2], "quick") == 0;
     int fails = 0;
     const int types[] = {T_Q4_0, T_Q4_1, T_Q8_0, T_Q4_K, T_Q6_K};
     const Case cases[] = {
         // Three targets, odd row counts; 40 units: a whole step and a partial one.
         {0, 1280, 3, {77, 33, 5}, 0},
+        // 14 steps (Q6_K: 7): the rings wrap around.
+        {0, 14336, 2, {5, 9, 0}, 0},
         // Two full steps (Q6_K: one), one target with fewer rows than a block.
         {0, 2048, 1, {3, 0, 0}, 0},
         // Rows that are not whole 16-byte pieces, and misaligned weights: the direct kernel.
@@ -129,6 +138,7 @@ int main(int argc, char **argv) {
     for (int ti = 0; ti < 5; ti++) {
         if (which >= 0 && which != ti) continue;
         for (Case c : cases) {
+            if (quick && c.cols != 14336) continue;
             c.type = types[ti];
             if (c.cols % block_elems(c.type) != 0) continue;
             // Q4_1 and Q4_K blocks are read with 4- and 16-byte loads: never misaligned.

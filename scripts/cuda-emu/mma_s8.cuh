@@ -6,6 +6,8 @@
 #include <vector>
 #include <functional>
 #include <random>
+#include <thread>
+#include <chrono>
 struct EmuWarp {
     std::barrier<> *bar;
     uint32_t in[32][8];
@@ -27,8 +29,13 @@ inline int emu_b(const EmuWarp &W, int k, int col, int base) {
     return (int8_t)(W.in[lane][base + reg] >> (8 * (k % 4)));
 }
 
-// Full-warp only: every lane of the warp must arrive, as the kernels here guarantee.
-void __syncwarp(unsigned) { emu_w().bar->arrive_and_wait(); }
+extern thread_local std::mt19937 emu_rng;
+// Full-warp only: every lane of the warp must arrive, as the kernels here guarantee. Some
+// lanes then pause, so that a lane racing ahead into what others still read shows up.
+void __syncwarp(unsigned) {
+    emu_w().bar->arrive_and_wait();
+    if (emu_rng() % 8 == 0) std::this_thread::sleep_for(std::chrono::microseconds(20));
+}
 float __shfl_xor_sync(unsigned, float v, int lane_mask) {
     EmuWarp &W = emu_w();
     int l = emu_lane();
