@@ -140,7 +140,9 @@ __host__ __device__ constexpr int ms_stride() {
 // (one 32-bit load instead of two 16-bit ones per word).
 template <int N>
 __device__ inline void smem_words(const uint8_t *p, uint32_t *out) {
-    const uint32_t *a = reinterpret_cast<const uint32_t *>((uintptr_t)p & ~(uintptr_t)3);
+    // Stepping back from p (not masking an integer) keeps the pointer visibly shared, so
+    // the loads stay LDS rather than generic ones.
+    const uint32_t *a = reinterpret_cast<const uint32_t *>(p - ((uintptr_t)p & 3));
     int sh = 8 * (int)((uintptr_t)p & 3);
     uint32_t prev = a[0];
 #pragma unroll

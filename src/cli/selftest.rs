@@ -274,7 +274,12 @@ mod gpu {
     fn timings(g: &Cuda, rng: &mut Rng) -> Result<()> {
         const MV: &[usize] = &[1, 2, 4, 8, 16];
         let shapes: &[(GgmlType, usize, usize, &[usize])] = &[
-            (GgmlType::Q4_0, 14336, 4096, &[1, 2, 4, 8, 16, 32, 64, 128, 512]),
+            (
+                GgmlType::Q4_0,
+                14336,
+                4096,
+                &[1, 2, 4, 8, 16, 32, 64, 128, 512],
+            ),
             (GgmlType::Q4_0, 4096, 14336, &[1, 2, 4, 8, 16, 64, 512]),
             (GgmlType::Q4_0, 4096, 4096, &[1, 2, 4, 8, 16, 64, 512]),
             (GgmlType::Q4_0, 1024, 4096, &[1, 2, 4, 8, 16, 64, 512]),

@@ -320,11 +320,14 @@ impl Cuda {
         .inspect(|c| {
             // WICK_MV picks the int8 matrix-vector kernel: "old" (or 1) the direct one,
             // "new" (or 0) the streaming one, 2..5 its fixed shapes (set_matvec_variant).
-            if let Some(v) = std::env::var("WICK_MV").ok().and_then(|v| match v.as_str() {
-                "old" => Some(1),
-                "new" => Some(0),
-                _ => v.parse().ok(),
-            }) {
+            if let Some(v) = std::env::var("WICK_MV")
+                .ok()
+                .and_then(|v| match v.as_str() {
+                    "old" => Some(1),
+                    "new" => Some(0),
+                    _ => v.parse().ok(),
+                })
+            {
                 set_matvec_variant(v);
             }
             set_attention_variant(c.att_variant);
