@@ -119,6 +119,9 @@ matvec_q8_kernel(MvTargets t, int cols, const int8_t *__restrict__ xq,
 // Lane l still decodes units l, l + 32, ... of each row, and each row's sum is the
 // same expression in the same order for any R, NB and nb: a row of a batch is bitwise
 // the row computed alone (the speculative decoder's verification relies on it).
+// In an anonymous namespace, as gemm_q8.cu's kernels: `smem` is then the same name there.
+namespace {
+
 constexpr int MS_WARPS = 4;
 
 template <int TYPE>
@@ -325,6 +328,8 @@ matvec_q8_stream_kernel(MvTargets t, int cols, const int8_t *__restrict__ xq,
         }
     }
 }
+
+}  // namespace
 
 extern "C" int wick_matvec_q8_supports(int type) {
     return type == T_Q4_0 || type == T_Q4_1 || type == T_Q8_0 || type == T_Q4_K ||

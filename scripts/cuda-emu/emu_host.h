@@ -14,8 +14,11 @@ thread_local std::mt19937 emu_rng;
 uint8_t *emu_smem_lo, *emu_smem_hi;
 static std::barrier<> *block_bar;
 void __syncthreads() { block_bar->arrive_and_wait(); }
-// The kernels' `extern __shared__ ... smem[]`: one block runs at a time.
+// The kernels' `extern __shared__ ... smem[]` (they sit in anonymous namespaces): one
+// block runs at a time.
+namespace {
 alignas(16) uint8_t smem[256 * 1024];
+}
 static std::mt19937 rng(12345);
 
 template <class K, class... A> void emu_run(K kernel, EmuCfg c, A... args) {
