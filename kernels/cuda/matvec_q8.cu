@@ -12,6 +12,7 @@
 #include <cuda_runtime.h>
 
 #include "common.cuh"
+#include "mma_s8.cuh"
 #include "q8_unit.cuh"
 #include "quantize_q8.cuh"
 #include "stream.cuh"
@@ -101,6 +102,235 @@ matvec_q8_kernel(MvTargets t, int cols, const int8_t *__restrict__ xq,
     }
 }
 
+
+// The streaming kernel (the default): the same products, the same order of additions per
+// row, but weights reach the lanes through shared memory. The kernel above issues nine to
+// sixteen 2-byte loads per unit at an 18- or 34-byte stride, and those keep the L1 pipe
+// busy long before DRAM is (ncu: L1 87 %, DRAM 34 %). Here each warp copies its rows into
+// its own shared-memory ring with cp.async: 16-byte copies, consecutive lanes consecutive
+// bytes, S - 1 steps in flight per warp, L1 bypassed. A step is the 32 units a warp decodes
+// at once (64 for Q6_K, whose 4 super-blocks of 210 bytes are not whole 16-byte pieces).
+// Lanes then decode their unit from shared memory with aligned 32-bit loads. Only
+// __syncwarp orders copies and reads: a warp's ring is its own, and no block barrier
+// exists, so warps never wait for one another.
+//
+// A warp takes R rows: each activation load then serves R rows, which is what a batch
+// pays for (an activation unit is 32 + 4 bytes per batch row against 18 weight bytes).
+// Lane l still decodes units l, l + 32, ... of each row, and each row's sum is the
+// same expression in the same order for any R, NB and nb: a row of a batch is bitwise
+// the row computed alone (the speculative decoder's verification relies on it).
+// In an anonymous namespace, as gemm_q8.cu's kernels: `smem` is then the same name there.
+namespace {
+
+constexpr int MS_WARPS = 4;
+
+template <int TYPE>
+__host__ __device__ constexpr int ms_units() {  // units per step
+    return TYPE == T_Q6_K ? 64 : 32;
+}
+template <int TYPE>
+__host__ __device__ constexpr int ms_bytes() {  // bytes per step, a multiple of 16
+    return TYPE == T_Q4_0 ? 576 : TYPE == T_Q4_1 ? 640 : TYPE == T_Q8_0 ? 1088
+         : TYPE == T_Q4_K ? 576 : 1680;
+}
+// A row's slot in the ring: one step plus a word that decoding may read past its end.
+template <int TYPE>
+__host__ __device__ constexpr int ms_stride() {
+    return ms_bytes<TYPE>() + 16;
+}
+
+// N words from 2-byte-aligned shared memory, by N + 1 aligned loads and funnel shifts
+// (one 32-bit load instead of two 16-bit ones per word).
+template <int N>
+__device__ inline void smem_words(const uint8_t *p, uint32_t *out) {
+    // Stepping back from p (not masking an integer) keeps the pointer visibly shared, so
+    // the loads stay LDS rather than generic ones.
+    const uint32_t *a = reinterpret_cast<const uint32_t *>(p - ((uintptr_t)p & 3));
+    int sh = 8 * (int)((uintptr_t)p & 3);
+    uint32_t prev = a[0];
+#pragma unroll
+    for (int i = 0; i < N; i++) {
+        uint32_t next = a[i + 1];
+        out[i] = __funnelshift_r(prev, next, sh);
+        prev = next;
+    }
+}
+
+// Bytes v - bias of bytes v < 2 * bias, bias a power of two up to 0x40 in each byte: two
+// integer instructions where __vsubss4 is emulated with several (the same bytes, since
+// nothing saturates). v + (0x80 - bias) stays below 0x100 in every byte, so no carry
+// crosses bytes, and flipping bit 7 subtracts 0x80 modulo 256.
+__device__ inline int sub_bias(uint32_t v, uint32_t bias) {
+    return (int)((v + (0x80808080u - bias)) ^ 0x80808080u);
+}
+
+// Unit ul (< ms_units) of a step held in shared memory at s: load_unit's result.
+template <int TYPE>
+__device__ inline void smem_unit(const uint8_t *s, int ul, Unit &q) {
+    if constexpr (TYPE == T_Q4_0) {
+        const uint8_t *b = s + 18 * ul;
+        uint32_t v[4];
+        smem_words<4>(b + 2, v);
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            uint32_t lo = v[i] & 0x0f0f0f0f, hi = (v[i] >> 4) & 0x0f0f0f0f;
+            q.w[i] = sub_bias(lo, 0x08080808);
+            q.w[4 + i] = sub_bias(hi, 0x08080808);
+        }
+        q.d0 = q.d1 = f16_at(b);
+        q.m = 0.f;
+    } else if constexpr (TYPE == T_Q8_0) {
+        const uint8_t *b = s + 34 * ul;
+        uint32_t v[8];
+        smem_words<8>(b + 2, v);
+#pragma unroll
+        for (int i = 0; i < 8; i++) q.w[i] = (int)v[i];
+        q.d0 = q.d1 = f16_at(b);
+        q.m = 0.f;
+    } else if constexpr (TYPE == T_Q6_K) {
+        const uint8_t *b = s + (ul / 8) * 210;
+        int p = ul % 8, half = p / 4, qr = p % 4;
+        uint32_t l[8], h[8];
+        smem_words<8>(b + 64 * half + 32 * (qr % 2), l);
+        smem_words<8>(b + 128 + 32 * half, h);
+        int sl = 4 * (qr / 2), sh = 2 * qr;
+#pragma unroll
+        for (int i = 0; i < 8; i++)
+            q.w[i] = sub_bias(((l[i] >> sl) & 0x0f0f0f0f) | (((h[i] >> sh) & 0x03030303) << 4),
+                              0x20202020);
+        float d = f16_at(b + 208);
+        q.d0 = d * (float)(int8_t)b[192 + 2 * p];
+        q.d1 = d * (float)(int8_t)b[193 + 2 * p];
+        q.m = 0.f;
+    } else {
+        // Q4_1 units (20 bytes) and Q4_K super-blocks (144) are 4- and 16-byte aligned.
+        load_unit<TYPE>(s, ul, q);
+    }
+}
+
+template <int TYPE, int NB, int R, int S>
+__global__ void __launch_bounds__(MS_WARPS * 32)
+matvec_q8_stream_kernel(MvTargets t, int cols, const int8_t *__restrict__ xq,
+                        const float *__restrict__ xd, int nb, int accumulate) {
+    pdl_start();
+    extern __shared__ __align__(16) uint8_t smem[];
+    constexpr int UNITS = ms_units<TYPE>(), PIECES = ms_bytes<TYPE>() / 16;
+    constexpr int STRIDE = ms_stride<TYPE>();
+    int ti = blockIdx.x >= t.first_block[1] ? (blockIdx.x >= t.first_block[2] ? 2 : 1) : 0;
+    const uint8_t *__restrict__ w = t.w[ti];
+    float *__restrict__ y = t.y[ti];
+    int rows = t.rows[ti];
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    int row0 = ((blockIdx.x - t.first_block[ti]) * MS_WARPS + warp) * R;
+    // Warp-uniform, and nothing below waits for other warps.
+    if (row0 >= rows) return;
+    int nr = rows - row0 < R ? rows - row0 : R;
+    uint8_t *ring = smem + (size_t)warp * S * R * STRIDE;
+    size_t rb = row_bytes(TYPE, cols);  // a multiple of 16 (the launcher checks)
+    int row_pieces = (int)(rb / 16);
+    int n_units = cols / 32, n_steps = (n_units + UNITS - 1) / UNITS;
+    const uint4 *wr = reinterpret_cast<const uint4 *>(w + (size_t)row0 * rb);
+
+    // Copies step `st` into its slot; always commits a group (maybe empty), so that
+    // "all but the newest S - 1 groups" is always the step about to be read.
+    auto issue = [&](int st) {
+        if (st < n_steps) {
+            uint8_t *dst = ring + (st % S) * R * STRIDE;
+#pragma unroll
+            for (int r = 0; r < R; r++) {
+                if (r < nr) {
+                    const uint4 *src = wr + (size_t)r * row_pieces;
+#pragma unroll
+                    for (int p0 = 0; p0 < PIECES; p0 += 32) {
+                        int p = p0 + lane, g = st * PIECES + p;
+                        if (p < PIECES) {
+                            bool ok = g < row_pieces;  // the row's last step may be partial
+                            cp_async16(dst + r * STRIDE + 16 * p, ok ? src + g : src, ok);
+                        }
+                    }
+                }
+            }
+        }
+        cp_async_commit();
+    };
+
+    for (int b0 = 0; b0 < nb; b0 += NB) {
+#pragma unroll
+        for (int s = 0; s < S - 1; s++) issue(s);
+        float acc[R][NB];
+#pragma unroll
+        for (int r = 0; r < R; r++)
+#pragma unroll
+            for (int j = 0; j < NB; j++) acc[r][j] = 0.f;
+#pragma unroll 1
+        for (int st = 0; st < n_steps; st++) {
+            issue(st + S - 1);
+            cp_async_wait<S - 1>();
+            __syncwarp();
+            const uint8_t *cur = ring + (st % S) * R * STRIDE;
+#pragma unroll
+            for (int g = 0; g < UNITS / 32; g++) {
+                int ul = 32 * g + lane, u = st * UNITS + ul;
+                if (u < n_units) {
+                    Unit q[R];
+#pragma unroll
+                    for (int r = 0; r < R; r++)
+                        if (r < nr) smem_unit<TYPE>(cur + r * STRIDE, ul, q[r]);
+#pragma unroll
+                    for (int j = 0; j < NB; j++) {
+                        if (b0 + j < nb) {
+                            const int4 *xr = reinterpret_cast<const int4 *>(
+                                xq + (size_t)(b0 + j) * cols + u * 32);
+                            int4 xa = xr[0], xb = xr[1];
+                            float xs = xd[(size_t)(b0 + j) * n_units + u];
+                            int sx = 0;
+                            if constexpr (has_min<TYPE>()) {
+                                sx = __dp4a(0x01010101, xa.x, __dp4a(0x01010101, xa.y,
+                                     __dp4a(0x01010101, xa.z, __dp4a(0x01010101, xa.w, 0))));
+                                sx = __dp4a(0x01010101, xb.x, __dp4a(0x01010101, xb.y,
+                                     __dp4a(0x01010101, xb.z, __dp4a(0x01010101, xb.w, sx))));
+                            }
+#pragma unroll
+                            for (int r = 0; r < R; r++) {
+                                if (r < nr) {
+                                    const Unit &k = q[r];
+                                    int s0 = __dp4a(k.w[0], xa.x, __dp4a(k.w[1], xa.y,
+                                             __dp4a(k.w[2], xa.z, __dp4a(k.w[3], xa.w, 0))));
+                                    int s1 = __dp4a(k.w[4], xb.x, __dp4a(k.w[5], xb.y,
+                                             __dp4a(k.w[6], xb.z, __dp4a(k.w[7], xb.w, 0))));
+                                    // Spelled out so that no instantiation contracts
+                                    // differently: rows must not depend on R or NB.
+                                    float v = __fmaf_rn(k.d1, (float)s1, __fmul_rn(k.d0, (float)s0));
+                                    if constexpr (has_min<TYPE>()) v = __fmaf_rn(k.m, (float)sx, v);
+                                    acc[r][j] = __fmaf_rn(xs, v, acc[r][j]);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            // Every lane is done with this slot before the next iteration refills it.
+            __syncwarp();
+        }
+        cp_async_wait<0>();
+#pragma unroll
+        for (int r = 0; r < R; r++) {
+#pragma unroll
+            for (int j = 0; j < NB; j++) {
+                if (r < nr && b0 + j < nb) {
+                    float s = warp_sum(acc[r][j]);
+                    if (lane == (r * NB + j) % 32) {
+                        float *o = y + (size_t)(b0 + j) * rows + row0 + r;
+                        *o = accumulate ? *o + s : s;
+                    }
+                }
+            }
+        }
+    }
+}
+
+}  // namespace
+
 extern "C" int wick_matvec_q8_supports(int type) {
     return type == T_Q4_0 || type == T_Q4_1 || type == T_Q8_0 || type == T_Q4_K ||
            type == T_Q6_K;
@@ -115,36 +345,80 @@ extern "C" int wick_quantize_q8(const float *x, int n, int8_t *xq, float *xd) {
     return (int)cudaGetLastError();
 }
 
-// Shape of the launch, for tuning runs of the self-test: 0 is the default.
+// Which kernel and shape, for A/B runs of the self-test (WICK_MV): 0 = the streaming
+// kernel with rows per warp and ring depth chosen by size (default), 1 = the direct
+// kernel, 2..5 = the streaming kernel with R rows per warp and an S-step ring fixed:
+// 2 = R1 S8, 3 = R2 S4, 4 = R4 S4, 5 = R1 S4.
 static int mv_variant = 0;
 extern "C" void wick_matvec_q8_variant(int v) { mv_variant = v; }
 
-template <int TYPE, int NB, int UNR>
-static void launch_mv(const MvTargets &t, int cols, const int8_t *xq, const float *xd, int nb,
+template <int TYPE, int NB>
+static int launch_old(const MvTargets &t, int cols, const int8_t *xq, const float *xd, int nb,
                       int accumulate) {
-    int n = t.first_block[3];
-    wick_launch(matvec_q8_kernel<TYPE, NB, UNR>, n, MV_WARPS * 32, 0, t, cols, xq, xd, nb,
-                                                                          accumulate);
+    // Its batch passes stay at most MV_NB rows wide, as it always ran.
+    constexpr int ONB = NB > MV_NB ? MV_NB : NB;
+    MvTargets u = t;
+    for (int i = 0; i < 3; i++)
+        u.first_block[i + 1] = u.first_block[i] + (u.rows[i] + MV_WARPS - 1) / MV_WARPS;
+    wick_launch(matvec_q8_kernel<TYPE, ONB, 1>, u.first_block[3], MV_WARPS * 32, 0, u, cols, xq,
+                xd, nb, accumulate);
+    return 0;
+}
+
+template <int TYPE, int NB, int R, int S>
+static int launch_stream(const MvTargets &t, int cols, const int8_t *xq, const float *xd,
+                         int nb, int accumulate) {
+    constexpr int SMEM = MS_WARPS * S * R * ms_stride<TYPE>();
+    auto kernel = matvec_q8_stream_kernel<TYPE, NB, R, S>;
+    static bool opted = false;
+    if (!opted) {
+        cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, SMEM);
+        if (e != cudaSuccess) return (int)e;
+        opted = true;
+    }
+    MvTargets u = t;
+    for (int i = 0; i < 3; i++)
+        u.first_block[i + 1] = u.first_block[i] + (u.rows[i] + MS_WARPS * R - 1) / (MS_WARPS * R);
+    wick_launch(kernel, u.first_block[3], MS_WARPS * 32, SMEM, u, cols, xq, xd, nb, accumulate);
+    return 0;
 }
 
 template <int TYPE, int NB>
-static void launch_shape(const MvTargets &t, int cols, const int8_t *xq, const float *xd, int nb,
-                         int accumulate) {
-    switch (mv_variant) {
-        // Unrolling the unit loop further measured slower on an H200 (PERF.md).
-        case 1: launch_mv<TYPE, NB, 2>(t, cols, xq, xd, nb, accumulate); break;
-        case 2: launch_mv<TYPE, NB, 4>(t, cols, xq, xd, nb, accumulate); break;
-        default: launch_mv<TYPE, NB, 1>(t, cols, xq, xd, nb, accumulate); break;
+static int launch_shape(const MvTargets &t, int cols, const int8_t *xq, const float *xd, int nb,
+                        int accumulate) {
+    // The streaming kernel copies whole 16-byte pieces of 16-byte aligned rows.
+    bool aligned = row_bytes(TYPE, cols) % 16 == 0;
+    for (int i = 0; i < 3; i++) aligned = aligned && (uintptr_t)t.w[i] % 16 == 0;
+    int v = aligned ? mv_variant : 1;
+    if (v == 0) {
+        // Rows per warp: activation loads shared by more rows, as long as the grid still
+        // gives every SM two blocks; one row per warp gets a deeper ring instead, to keep
+        // as many bytes in flight per SM. Sixteen batch rows times four weight rows would
+        // not fit in registers.
+        int total = t.rows[0] + t.rows[1] + t.rows[2];
+        int r_max = nb == 1 || NB == 16 ? 2 : 4, want = 2 * sm_count();
+        int r = 1;
+        while (r < r_max && (total + MS_WARPS * 2 * r - 1) / (MS_WARPS * 2 * r) >= want) r *= 2;
+        v = r == 1 ? 2 : r == 2 ? 3 : 4;
+    }
+    switch (v) {
+        case 1: return launch_old<TYPE, NB>(t, cols, xq, xd, nb, accumulate);
+        case 3: return launch_stream<TYPE, NB, 2, 4>(t, cols, xq, xd, nb, accumulate);
+        case 4: return launch_stream<TYPE, NB, 4, 4>(t, cols, xq, xd, nb, accumulate);
+        case 5: return launch_stream<TYPE, NB, 1, 4>(t, cols, xq, xd, nb, accumulate);
+        default: return launch_stream<TYPE, NB, 1, 8>(t, cols, xq, xd, nb, accumulate);
     }
 }
 
 template <int TYPE>
-static void launch_type(const MvTargets &t, int cols, const int8_t *xq, const float *xd, int nb,
-                        int accumulate) {
-    if (nb == 1) launch_shape<TYPE, 1>(t, cols, xq, xd, nb, accumulate);
-    else if (nb == 2) launch_shape<TYPE, 2>(t, cols, xq, xd, nb, accumulate);
-    else if (nb <= 4) launch_shape<TYPE, 4>(t, cols, xq, xd, nb, accumulate);
-    else launch_shape<TYPE, MV_NB>(t, cols, xq, xd, nb, accumulate);
+static int launch_type(const MvTargets &t, int cols, const int8_t *xq, const float *xd, int nb,
+                       int accumulate) {
+    if (nb == 1) return launch_shape<TYPE, 1>(t, cols, xq, xd, nb, accumulate);
+    if (nb == 2) return launch_shape<TYPE, 2>(t, cols, xq, xd, nb, accumulate);
+    if (nb <= 4) return launch_shape<TYPE, 4>(t, cols, xq, xd, nb, accumulate);
+    if (nb <= 8) return launch_shape<TYPE, MV_NB>(t, cols, xq, xd, nb, accumulate);
+    // Up to 16 rows in one pass over the weights; row_exact batches beyond in passes of 16.
+    return launch_shape<TYPE, 16>(t, cols, xq, xd, nb, accumulate);
 }
 
 extern "C" int wick_matvec_q8(int type, const wick_mv_target *targets, int n_targets, int cols,
@@ -158,15 +432,15 @@ extern "C" int wick_matvec_q8(int type, const wick_mv_target *targets, int n_tar
         t.w[i] = (const uint8_t *)g.w;
         t.y[i] = g.y;
         t.rows[i] = i < n_targets ? g.rows : 0;
-        t.first_block[i + 1] = t.first_block[i] + (t.rows[i] + MV_WARPS - 1) / MV_WARPS;
     }
+    int e = 0;
     switch (type) {
-        case T_Q4_0: launch_type<T_Q4_0>(t, cols, xq, xd, nb, accumulate); break;
-        case T_Q4_1: launch_type<T_Q4_1>(t, cols, xq, xd, nb, accumulate); break;
-        case T_Q8_0: launch_type<T_Q8_0>(t, cols, xq, xd, nb, accumulate); break;
-        case T_Q4_K: launch_type<T_Q4_K>(t, cols, xq, xd, nb, accumulate); break;
-        case T_Q6_K: launch_type<T_Q6_K>(t, cols, xq, xd, nb, accumulate); break;
+        case T_Q4_0: e = launch_type<T_Q4_0>(t, cols, xq, xd, nb, accumulate); break;
+        case T_Q4_1: e = launch_type<T_Q4_1>(t, cols, xq, xd, nb, accumulate); break;
+        case T_Q8_0: e = launch_type<T_Q8_0>(t, cols, xq, xd, nb, accumulate); break;
+        case T_Q4_K: e = launch_type<T_Q4_K>(t, cols, xq, xd, nb, accumulate); break;
+        case T_Q6_K: e = launch_type<T_Q6_K>(t, cols, xq, xd, nb, accumulate); break;
         default: return (int)cudaErrorInvalidValue;
     }
-    return (int)cudaGetLastError();
+    return e ? e : (int)cudaGetLastError();
 }

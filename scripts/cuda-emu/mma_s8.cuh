@@ -6,6 +6,8 @@
 #include <vector>
 #include <functional>
 #include <random>
+#include <thread>
+#include <chrono>
 struct EmuWarp {
     std::barrier<> *bar;
     uint32_t in[32][8];
@@ -58,6 +60,24 @@ inline int emu_b(const EmuWarp &W, int k, int col, int base) {
     int lane = col * 4 + (k % 16) / 4;
     int reg = k >= 16 ? 1 : 0;
     return (int8_t)(W.in[lane][base + reg] >> (8 * (k % 4)));
+}
+
+extern thread_local std::mt19937 emu_rng;
+// Full-warp only: every lane of the warp must arrive, as the kernels here guarantee. Some
+// lanes then pause, so that a lane racing ahead into what others still read shows up.
+void __syncwarp(unsigned) {
+    emu_w().bar->arrive_and_wait();
+    if (emu_rng() % 8 == 0) std::this_thread::sleep_for(std::chrono::microseconds(20));
+}
+float __shfl_xor_sync(unsigned, float v, int lane_mask) {
+    EmuWarp &W = emu_w();
+    int l = emu_lane();
+    memcpy(&W.in[l][0], &v, 4);
+    W.bar->arrive_and_wait();
+    float r;
+    memcpy(&r, &W.in[l ^ lane_mask][0], 4);
+    W.bar->arrive_and_wait();
+    return r;
 }
 
 inline void mma_k32(int c[4], int a0, int a1, int a2, int a3, int b0, int b1) {

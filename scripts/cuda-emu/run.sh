@@ -3,7 +3,9 @@
 # every GPU thread a host thread, the warp-wide instructions of mma_s8.cuh emulated (this
 # directory's copy replaces the real one), cp.async done at random times, and compares
 # wick_gemm_q8 with a double-precision product of the decoded weights and activations.
-# Usage: scripts/cuda-emu/run.sh [type index 0..4]
+# `run.sh matvec` does the same for kernels/cuda/matvec_q8.cu (matvec.cpp), and also checks
+# that every row of a batch is bitwise the row computed alone.
+# Usage: scripts/cuda-emu/run.sh [matvec] [type index 0..4]
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 src=$here/../../kernels/cuda
@@ -15,7 +17,12 @@ cp "$here/mma_s8.cuh" "$work/src/mma_s8.cuh"
 cp "$here/stream.cuh" "$work/src/stream.cuh"
 # Launches go through this directory's stream.cuh (wick_launch runs emu_run); any k<<<cfg>>>(args)
 # left in the source becomes emu_run(k, emu_cfg(cfg), args).
-perl -pe 's/(\w+)<<<(.*?)>>>\(/emu_run($1, emu_cfg($2), /' "$src/gemm_q8.cu" > "$work/src/gemm_q8.cu"
+kernel=gemm_q8 harness=harness
+if [ "${1:-}" = matvec ]; then
+    kernel=matvec_q8 harness=matvec
+    shift
+fi
+perl -pe 's/(\w+)<<<(.*?)>>>\(/emu_run($1, emu_cfg($2), /' "$src/$kernel.cu" > "$work/src/$kernel.cu"
 g++ -std=c++20 -O1 -g -fsanitize=address -Wno-unknown-pragmas -I"$here/inc" -I"$work/src" \
-    "$here/harness.cpp" -o "$work/harness" -lpthread
+    "$here/$harness.cpp" -o "$work/harness" -lpthread
 "$work/harness" "$@"

@@ -67,7 +67,7 @@ mod gpu {
 
     use super::Failure;
     use crate::backend::cpu::Cpu;
-    use crate::backend::cuda::{Cuda, DeviceMem};
+    use crate::backend::cuda::{Cuda, DeviceMem, DeviceWeight, MV_VARIANTS};
     use crate::backend::{AttnShape, Backend};
     use crate::cli::FailWith;
     use crate::kv::{KvLayout, KvSettings, KvType};
@@ -271,24 +271,29 @@ mod gpu {
     }
 
     /// Times the matrix products of llama3-8b's decode step (and the FFN shape for batches):
-    /// weight bytes read per second.
+    /// weight bytes read per second. Up to 16 rows, the streaming matrix-vector kernel
+    /// (the default, shape chosen by size) against the direct one (WICK_MV=old), and the
+    /// cost of the batch relative to one row; WICK_MV_SHAPES=1 adds the streaming kernel's
+    /// fixed shapes (WICK_MV=2..5).
     fn timings(g: &Cuda, rng: &mut Rng) -> Result<()> {
+        const MV: &[usize] = &[1, 2, 4, 8, 16];
         let shapes: &[(GgmlType, usize, usize, &[usize])] = &[
             (
                 GgmlType::Q4_0,
                 14336,
                 4096,
-                &[1, 2, 8, 16, 32, 64, 128, 512],
+                &[1, 2, 4, 8, 16, 32, 64, 128, 512],
             ),
-            (GgmlType::Q4_0, 4096, 14336, &[1, 64, 512]),
-            (GgmlType::Q4_0, 4096, 4096, &[1, 64, 512]),
-            (GgmlType::Q4_0, 1024, 4096, &[1, 64, 512]),
-            (GgmlType::Q6_K, 128256, 4096, &[1]),
+            (GgmlType::Q4_0, 4096, 14336, &[1, 2, 4, 8, 16, 64, 512]),
+            (GgmlType::Q4_0, 4096, 4096, &[1, 2, 4, 8, 16, 64, 512]),
+            (GgmlType::Q4_0, 1024, 4096, &[1, 2, 4, 8, 16, 64, 512]),
+            (GgmlType::Q6_K, 128256, 4096, MV),
             (GgmlType::Q4_1, 14336, 4096, &[1, 64, 512]),
-            (GgmlType::Q8_0, 14336, 4096, &[1, 8, 64, 512]),
-            (GgmlType::Q4_K, 14336, 4096, &[1, 8, 64, 512]),
-            (GgmlType::Q6_K, 14336, 4096, &[1, 8, 64, 512]),
+            (GgmlType::Q8_0, 14336, 4096, &[1, 2, 4, 8, 16, 64, 512]),
+            (GgmlType::Q4_K, 14336, 4096, &[1, 2, 4, 8, 16, 64, 512]),
+            (GgmlType::Q6_K, 14336, 4096, &[1, 2, 4, 8, 16, 64, 512]),
         ];
+        let all_shapes = std::env::var_os("WICK_MV_SHAPES").is_some();
         for &(t, rows, cols, batches) in shapes {
             if !crate::backend::cuda::supports(t) {
                 continue;
@@ -304,13 +309,16 @@ mod gpu {
                     data: &q,
                 },
             )?;
+            // Batch 1's time per matrix-vector variant, for the batch cost ratio.
+            let mut single = [0f64; 8];
             for &nb in batches {
                 let dx = upload(g, &rng.vec(nb * cols))?;
                 let mut dy = g.buffer(nb * rows)?;
-                // Up to 16 rows, the matrix-vector kernel's launch shapes; above, the
-                // tensor-core kernels (set_gemm_variant: the default, then the other one).
+                // Up to 16 rows, the matrix-vector kernels; above, the tensor-core kernels
+                // (set_gemm_variant: the default, then the other one).
                 let variants: &[i32] = match nb {
-                    ..=16 => &[0, 1, 2],
+                    ..=16 if all_shapes => &MV_VARIANTS,
+                    ..=16 => &MV_VARIANTS[..2],
                     17..=64 => &[0, 1],
                     _ => &[0, 2],
                 };
@@ -338,8 +346,30 @@ mod gpu {
                     }
                     g.sync()?;
                     let secs = start.elapsed().as_secs_f64() / (reps * replays) as f64;
+                    let (kernel, ratio) = if nb <= 16 {
+                        let v = variant as usize;
+                        if nb == 1 {
+                            single[v] = secs;
+                        }
+                        let name = match variant {
+                            0 => "mv new",
+                            1 => "mv old",
+                            2 => "mv R1S8",
+                            3 => "mv R2S4",
+                            4 => "mv R4S4",
+                            _ => "mv R1S4",
+                        };
+                        let ratio = if single[v] > 0.0 {
+                            format!(", {:5.2}x batch 1", secs / single[v])
+                        } else {
+                            String::new()
+                        };
+                        (name.to_string(), ratio)
+                    } else {
+                        (format!("gemm {variant}"), String::new())
+                    };
                     eprintln!(
-                        "time matmul {t} {rows}x{cols} batch {nb:>3} shape {variant}: {:8.1} us, {:7.1} GB/s of weights, {:6.2} TFLOP/s",
+                        "time matmul {t} {rows}x{cols} batch {nb:>3} {kernel:<7}: {:8.1} us, {:7.1} GB/s of weights, {:6.2} TFLOP/s{ratio}",
                         secs * 1e6,
                         q.len() as f64 / secs / 1e9,
                         2.0 * (rows * cols * nb) as f64 / secs / 1e12
@@ -479,13 +509,19 @@ mod gpu {
                 cpu.matmul(&x, nb, &[&tensor], &mut [&mut want_set])?;
                 let mut want_add = base.clone();
                 cpu.matmul_add(&x, nb, &tensor, &mut want_add)?;
+                // Up to 16 rows every matrix-vector kernel (set_matvec_variant), above the
+                // tensor-core kernels (set_gemm_variant).
                 let variants: &[i32] = match nb {
-                    ..=16 => &[0],
+                    ..=16 => &MV_VARIANTS,
                     17..=64 => &[0, 1],
                     _ => &[0, 2],
                 };
                 for &variant in variants {
-                    crate::backend::cuda::set_gemm_variant(variant);
+                    if nb <= 16 {
+                        crate::backend::cuda::set_matvec_variant(variant);
+                    } else {
+                        crate::backend::cuda::set_gemm_variant(variant);
+                    }
                     for accumulate in [false, true] {
                         let mut dy = upload(g, &base)?;
                         if accumulate {
@@ -503,12 +539,56 @@ mod gpu {
                         let name =
                             format!("int8 {op} {t} {rows}x{cols} batch {nb} kernels {variant}");
                         r.check(&name, &got, want, 1e-2);
+                        if nb > 1 && nb <= 16 && !accumulate {
+                            rows_alone(g, &dx, &dw, nb, rows, cols, &got, &name, r)?;
+                        }
                     }
                 }
+                crate::backend::cuda::set_matvec_variant(0);
                 crate::backend::cuda::set_gemm_variant(0);
             }
         }
         fused_chains(g, cpu, rng, r)
+    }
+
+    /// Checks that each row of a matrix-vector batch (`got`, nb x rows) is bitwise the
+    /// product of that row alone, under the variant set now: verification in the
+    /// speculative decoder relies on it.
+    #[allow(clippy::too_many_arguments)]
+    fn rows_alone(
+        g: &Cuda,
+        dx: &DeviceMem,
+        dw: &DeviceWeight,
+        nb: usize,
+        rows: usize,
+        cols: usize,
+        got: &[f32],
+        name: &str,
+        r: &mut Report,
+    ) -> Result<()> {
+        let x = download(g, dx, nb * cols)?;
+        let mut differ = 0;
+        for b in 0..nb {
+            let one = upload(g, &x[b * cols..(b + 1) * cols])?;
+            let mut dy = g.buffer(rows)?;
+            g.matmul(&one, 1, &[dw], &mut [&mut dy])?;
+            let alone = download(g, &dy, rows)?;
+            differ += alone
+                .iter()
+                .zip(&got[b * rows..(b + 1) * rows])
+                .filter(|(a, b)| a.to_bits() != b.to_bits())
+                .count();
+        }
+        r.lines += 1;
+        if differ > 0 {
+            r.failures += 1;
+        }
+        eprintln!(
+            "{} {name:<44} rows as computed alone: {differ} of {} differ",
+            if differ > 0 { "FAIL" } else { "ok  " },
+            nb * rows
+        );
+        Ok(())
     }
 
     /// RMSNorm then three products in one launch (two of one type, one of another), and

@@ -52,8 +52,15 @@ inline int __vsubss4(int a, int b) {
     return (int)r;
 }
 void __syncthreads();
-// Defined by each harness (the warp exchange needs its per-warp tables).
-float __shfl_xor_sync(unsigned, float, int);
+// Warp-wide: defined in this directory's mma_s8.cuh, which has the per-warp exchange table.
+void __syncwarp(unsigned mask = 0xffffffffu);
+float __shfl_xor_sync(unsigned mask, float v, int lane_mask);
+inline unsigned __funnelshift_r(unsigned lo, unsigned hi, int shift) {
+    return (unsigned)((((uint64_t)hi << 32) | lo) >> (shift & 31));
+}
+// Round-to-nearest products and fused multiply-adds, as the GPU computes them.
+inline float __fmul_rn(float a, float b) { return a * b; }
+inline float __fmaf_rn(float a, float b, float c) { return std::fma(a, b, c); }
 inline float __uint_as_float(uint32_t i) { float f; memcpy(&f, &i, 4); return f; }
 inline uint32_t __float_as_uint(float f) { uint32_t i; memcpy(&i, &f, 4); return i; }
 inline float __expf(float x) { return expf(x); }

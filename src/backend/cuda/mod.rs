@@ -334,8 +334,16 @@ impl Cuda {
             att_scratch: DeviceMem::new(ATT_SCRATCH_FLOATS * 4)?,
         })
         .inspect(|c| {
-            // A tuning hook: WICK_MV picks a launch shape of the int8 kernel.
-            if let Some(v) = std::env::var("WICK_MV").ok().and_then(|v| v.parse().ok()) {
+            // WICK_MV picks the int8 matrix-vector kernel: "old" (or 1) the direct one,
+            // "new" (or 0) the streaming one, 2..5 its fixed shapes (set_matvec_variant).
+            if let Some(v) = std::env::var("WICK_MV")
+                .ok()
+                .and_then(|v| match v.as_str() {
+                    "old" => Some(1),
+                    "new" => Some(0),
+                    _ => v.parse().ok(),
+                })
+            {
                 set_matvec_variant(v);
             }
             set_attention_variant(c.att_variant);
@@ -1444,7 +1452,12 @@ impl Cuda {
     }
 }
 
-/// Selects a launch shape of the int8 matrix-vector kernel (0 = default), for tuning.
+/// The int8 matrix-vector kernels set_matvec_variant selects: 0 the streaming kernel with
+/// its shape chosen by size (default), 1 the direct kernel, 2..5 the streaming kernel with
+/// rows per warp and ring depth fixed (R1 S8, R2 S4, R4 S4, R1 S4).
+pub const MV_VARIANTS: [i32; 6] = [0, 1, 2, 3, 4, 5];
+
+/// Selects an int8 matrix-vector kernel (MV_VARIANTS), for tuning and A/B runs.
 pub fn set_matvec_variant(v: i32) {
     // SAFETY: sets a plain integer read at launch.
     unsafe { ffi::wick_matvec_q8_variant(v) }
