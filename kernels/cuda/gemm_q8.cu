@@ -91,6 +91,9 @@ __device__ __forceinline__ float i2f(int c) {
     return __int_as_float(c + 0x4B400000) - 12582912.f;
 }
 
+// The same from a sum that already has the bits of 1.5 * 2^23 added (by the tensor core).
+__device__ __forceinline__ float i2f_bits(int c) { return __int_as_float(c) - 12582912.f; }
+
 // Raw weight bytes move in slots, by the alignment of rows (GGUF blocks of 18, 34 and 210
 // bytes are only 2-byte aligned):
 //   V = 16: 16-byte vectors, where rows and stages are 16-byte aligned;
@@ -110,9 +113,21 @@ struct Slot<16> {
     using T = uint4;
 };
 
+// V = 16 with stages that are not multiples of 16 bytes (Q6_K in gemm_q8_wide2_kernel, on
+// 16-byte aligned rows) loads the 16-byte words that cover the stage, up to 14 bytes
+// before it, as V = 4 does with 4-byte words.
 template <int V>
 __host__ __device__ constexpr int raw_stride(int type) {
-    return V == 4 && stage_bytes(type) % 4 != 0 ? stage_bytes(type) + 2 : stage_bytes(type);
+    return stage_bytes(type) % V == 0 ? stage_bytes(type)
+         : V == 4                     ? stage_bytes(type) + 2
+         : V == 16                    ? round16(stage_bytes(type) + 14)
+                                      : stage_bytes(type);
+}
+
+// Where stage st of a row starts in its raw tile row.
+template <int V>
+__host__ __device__ constexpr int raw_shift(int type, int st) {
+    return V == 2 ? 0 : (int)((size_t)st * stage_bytes(type) % V);
 }
 
 // Step 1 of both kernels: the raw bytes of stage st of rows r0.. into registers, slot
@@ -155,9 +170,16 @@ __device__ inline void fetch_raw(typename Slot<V>::T (&wr)[N], const uint8_t *__
     }
 }
 
-// Step 2 of both kernels: the raw bytes of stage st (fetch_raw, stored to `raw`) to int8
-// words in `sw` and scales in `swd` / `swd1` / `swm`, one (row, unit) per thread and pass.
-template <int TYPE, int V>
+// Where gemm_q8_wide2_kernel keeps row `row` (0..63) of a unit's weight scales: lane g of
+// warp wm reads its four rows wm * 32 + 16 m + 8 h + g (m, h = 0, 1) as one float4.
+__device__ __forceinline__ int wpos(int row) {
+    return (row / 32) * 32 + (row % 8) * 4 + ((row % 32) / 16) * 2 + (row % 16) / 8;
+}
+
+// Step 2 of all three kernels: the raw bytes of stage st (fetch_raw, stored to `raw`) to
+// int8 words in `sw` and scales in `swd` / `swd1` / `swm`, one (row, unit) per thread and
+// pass; with PERM the scales of a unit are in wpos order.
+template <int TYPE, int V, bool PERM = false>
 __device__ inline void decode_raw(const uint8_t *raw, int *sw, float *swd, float *swd1,
                                   float *swm, int rows, int r0, int st, int n_units, int tid) {
     constexpr int S = stage_bytes(TYPE), RS = raw_stride<V>(TYPE);
@@ -166,7 +188,7 @@ __device__ inline void decode_raw(const uint8_t *raw, int *sw, float *swd, float
         int q = tid + i * THREADS, row = q / SU, u = q % SU;
         Unit un;
         if (r0 + row < rows && st * SU + u < n_units) {
-            load_unit<TYPE>(raw + row * RS + (V == 4 ? st * S % 4 : 0), u, un);
+            load_unit<TYPE>(raw + row * RS + raw_shift<V>(TYPE, st), u, un);
         } else {
 #pragma unroll
             for (int j = 0; j < 8; j++) un.w[j] = 0;
@@ -175,9 +197,10 @@ __device__ inline void decode_raw(const uint8_t *raw, int *sw, float *swd, float
         int4 *dst = reinterpret_cast<int4 *>(sw + row * WSTRIDE + 8 * u);
         dst[0] = make_int4(un.w[0], un.w[1], un.w[2], un.w[3]);
         dst[1] = make_int4(un.w[4], un.w[5], un.w[6], un.w[7]);
-        swd[u * SSTRIDE + row] = un.d0;
-        if constexpr (TYPE == T_Q6_K) swd1[u * SSTRIDE + row] = un.d1;
-        if constexpr (has_min<TYPE>()) swm[u * SSTRIDE + row] = un.m;
+        const int sr = u * SSTRIDE + (PERM ? wpos(row) : row);
+        swd[sr] = un.d0;
+        if constexpr (TYPE == T_Q6_K) swd1[sr] = un.d1;
+        if constexpr (has_min<TYPE>()) swm[sr] = un.m;
     }
 }
 
@@ -629,6 +652,273 @@ gemm_q8_wide_kernel(const uint8_t *__restrict__ w, int rows, int cols,
     }
 }
 
+// The second 128-token kernel (gemm_variant 3 and 4): the wide kernel's tile and warps,
+// reworked where the wide kernel spends its time:
+//   - raw weight bytes go to shared memory by cp.async, not through registers: the wide
+//     kernel holds them (up to 36 registers) across the whole multiply, which leaves it at
+//     255 registers with spills for Q8_0 and Q6_K;
+//   - the per-unit scaling epilogue, most of the instructions of the multiply, takes three
+//     instead of four per product for Q4_0/Q8_0 and five instead of eight for Q6_K: the
+//     tensor core starts its sum from the bits of 1.5 * 2^23 (the C operand), so a result
+//     reads as a float 1.5 * 2^23 + sum and one FADD converts it;
+//   - a lane's weight scales of a unit are one float4 load, its activation scales four
+//     (scales are stored in the order lanes read them, wpos and xpos), not four and eight;
+//   - types with an offset (Q4_1, Q4_K) sum their activations while weights decode, so a
+//     stage has two barriers, not three.
+// Shared memory stays that of the wide kernel (two blocks per SM on sm_80 and sm_90).
+// Rows aligned to only 2 bytes (no cp.async size fits) take the wide kernel.
+constexpr int X2STRIDE = WBN;  // floats per unit of the activation-scale tables (xpos order)
+constexpr int MAGIC = 0x4B400000;  // the bits of 1.5 * 2^23
+
+// Where token `tok` (0..127) of a unit's activation scales is kept: lane t of the warps of
+// token half wn reads tokens wn * 64 + 8 n + 2 t + e (n = 0..7, e = 0, 1) as four float4,
+// float4 j holding n = 2 j, 2 j + 1; j is swizzled by bit 1 of t so that the four lanes t
+// reading one j fall in distinct banks.
+__device__ __forceinline__ int xpos(int tok) {
+    int r = tok % 64, n = r / 8, t = (r % 8) / 2;
+    return (tok / 64) * 64 + t * 16 + 4 * ((n / 2) ^ ((t >> 1) & 1)) + (n % 2) * 2 + r % 2;
+}
+
+template <int TYPE>
+struct Wide2Smem {
+    static constexpr int RAW = BM * raw_stride<16>(TYPE);  // at least raw_stride<4>
+    static constexpr int W = BM * WSTRIDE * 4;
+    static constexpr int X = WBN * WSTRIDE * 4;  // one of two buffers
+    static constexpr int WD = SU * SSTRIDE * 4;
+    static constexpr int WD1 = TYPE == T_Q6_K ? WD : 0;
+    static constexpr int WM = has_min<TYPE>() ? WD : 0;
+    static constexpr int XD = SU * X2STRIDE * 4;  // one of two buffers
+    static constexpr int XM = has_min<TYPE>() ? XD : 0;
+    static constexpr int TOTAL = RAW + W + 2 * X + WD + WD1 + WM + 2 * XD + XM;
+    static_assert(RAW % 16 == 0 && WD % 16 == 0 && XD % 16 == 0, "float4 alignment");
+    // Two blocks per SM on sm_90 (228 KiB, 1 KiB of it reserved per block).
+    static_assert(2 * (TOTAL + 1024) <= 228 * 1024, "two blocks per SM");
+};
+
+// UNROLL: units of a stage unrolled in the multiply; 1 holds fewer registers (ptxas
+// spills less at 255), 2 gives the scheduler more independent loads (both selectable).
+template <int TYPE, int V, int UNROLL>
+__global__ void __launch_bounds__(THREADS, 2)
+gemm_q8_wide2_kernel(const uint8_t *__restrict__ w, int rows, int cols,
+                     const int8_t *__restrict__ xq, const float *__restrict__ xd, int nb,
+                     float *__restrict__ y, int accumulate, float *__restrict__ part,
+                     int n_slices) {
+    pdl_start();
+    static_assert(V == 16 || V == 4, "cp.async moves 16 or 4 bytes");
+    using L = Wide2Smem<TYPE>;
+    constexpr int S = stage_bytes(TYPE), RS = raw_stride<V>(TYPE);
+    constexpr int N_SLOTS = BM * RS / V;
+    static_assert(N_SLOTS * V == BM * RS && BM * RS <= L::RAW, "raw tile");
+    constexpr int SLOTS_PER_THREAD = (N_SLOTS + THREADS - 1) / THREADS;
+    constexpr int X_CHUNKS = WBN * SU * 2 / THREADS;  // 16-byte activation chunks
+    constexpr int XD_PER_THREAD = WBN * SU / THREADS;
+    static_assert(X_CHUNKS * THREADS == WBN * SU * 2, "activation chunks per thread");
+    static_assert(XD_PER_THREAD * THREADS == WBN * SU, "activation scales per thread");
+
+    extern __shared__ __align__(16) uint8_t smem[];
+    uint8_t *raw = smem;
+    int *sw = reinterpret_cast<int *>(smem + L::RAW);
+    int *sx0 = reinterpret_cast<int *>(smem + L::RAW + L::W);
+    uint8_t *rest = smem + L::RAW + L::W + 2 * L::X;
+    float *swd = reinterpret_cast<float *>(rest);
+    float *swd1 = reinterpret_cast<float *>(rest + L::WD);
+    float *swm = reinterpret_cast<float *>(rest + L::WD + L::WD1);
+    float *sxd0 = reinterpret_cast<float *>(rest + L::WD + L::WD1 + L::WM);
+    float *sxm = reinterpret_cast<float *>(rest + L::WD + L::WD1 + L::WM + 2 * L::XD);
+
+    const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+    const int g = lane / 4, t = lane % 4;
+    const int wm = warp % 2, wn = warp / 2;
+    const int t0 = blockIdx.x * WBN, r0 = blockIdx.y * BM;
+    const int n_units = cols / 32;
+    const int n_stages = (n_units + SU - 1) / SU;
+    const int st0 = (int)((long)blockIdx.z * n_stages / n_slices);
+    const int st1 = (int)((long)(blockIdx.z + 1) * n_stages / n_slices);
+    const size_t rb = row_bytes(TYPE, cols);
+
+    // Raw weight bytes of stage st, slot by slot as fetch_raw reads them (V = 16 or 4).
+    auto copy_w = [&](int st) {
+#pragma unroll
+        for (int i = 0; i < SLOTS_PER_THREAD; i++) {
+            int p = tid + i * THREADS;
+            if (p < N_SLOTS) {
+                const int row = p / (RS / V);
+                const size_t off = (size_t)st * S / V * V + V * (p % (RS / V));
+                bool ok = r0 + row < rows && off < rb;
+                const uint8_t *src = ok ? w + (size_t)(r0 + row) * rb + off : w;
+                if constexpr (V == 16) cp_async16(raw + 16 * p, src, ok);
+                else cp_async4(raw + 4 * p, src, ok);
+            }
+        }
+    };
+
+    // Activations of stage st (token rows of WSTRIDE words) and their scales ([unit][xpos])
+    // into buffer b; tokens past nb and values past the row read as zero.
+    auto copy_x = [&](int st, int b) {
+        int *sx = sx0 + b * (WBN * WSTRIDE);
+        float *sxd = sxd0 + b * (SU * X2STRIDE);
+#pragma unroll
+        for (int i = 0; i < X_CHUNKS; i++) {
+            int c = tid + i * THREADS, tok = c / (2 * SU), q = c % (2 * SU);
+            int k = st * SU * 32 + q * 16;
+            bool ok = t0 + tok < nb && k < cols;
+            cp_async16(sx + tok * WSTRIDE + 4 * q, ok ? xq + (size_t)(t0 + tok) * cols + k : xq,
+                       ok);
+        }
+#pragma unroll
+        for (int i = 0; i < XD_PER_THREAD; i++) {
+            int c = tid + i * THREADS, tok = c / SU, u = st * SU + c % SU;
+            bool ok = t0 + tok < nb && u < n_units;
+            cp_async4(sxd + (c % SU) * X2STRIDE + xpos(tok),
+                      ok ? xd + (size_t)(t0 + tok) * n_units + u : xd, ok);
+        }
+    };
+
+    // For types with an offset: each (token, unit)'s d_x * sum of its int8 values.
+    auto x_sums = [&](int b) {
+        const int *sx = sx0 + b * (WBN * WSTRIDE);
+        const float *sxd = sxd0 + b * (SU * X2STRIDE);
+#pragma unroll
+        for (int i = 0; i < XD_PER_THREAD; i++) {
+            int c = tid + i * THREADS, tok = c / SU, u = c % SU;
+            const int4 *src = reinterpret_cast<const int4 *>(sx + tok * WSTRIDE + 8 * u);
+            int4 a = src[0], e = src[1];
+            int s = __dp4a(0x01010101, a.x, __dp4a(0x01010101, a.y,
+                    __dp4a(0x01010101, a.z, __dp4a(0x01010101, a.w, 0))));
+            s = __dp4a(0x01010101, e.x, __dp4a(0x01010101, e.y,
+                __dp4a(0x01010101, e.z, __dp4a(0x01010101, e.w, s))));
+            int at = u * X2STRIDE + xpos(tok);
+            sxm[at] = sxd[at] * (float)s;
+        }
+    };
+
+    float acc[2][8][4];
+#pragma unroll
+    for (int m = 0; m < 2; m++)
+#pragma unroll
+        for (int n = 0; n < 8; n++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) acc[m][n][e] = 0.f;
+
+    // Fragments as in the wide kernel: this warp's rows wm * 32 + 16 m + (g, g + 8) and
+    // tokens wn * 64 + 8 n + (2t, 2t + 1), by ldmatrix.
+    const int lj = lane / 8, lr = lane % 8;
+    const int a_off = (wm * 32 + lr + 8 * (lj % 2)) * WSTRIDE + 4 * (lj / 2);
+    const int b_off = (wn * 64 + lr + 8 * (lj / 2)) * WSTRIDE + 4 * (lj % 2);
+    const int w_at = wm * 32 + g * 4;  // wpos of row wm * 32 + g
+    const int x_at = wn * 64 + t * 16;
+    const int x_sw = (t >> 1) & 1;
+    auto compute = [&](int b) {
+        const int *sx = sx0 + b * (WBN * WSTRIDE);
+        const float *sxd = sxd0 + b * (SU * X2STRIDE);
+#pragma unroll UNROLL
+        for (int u = 0; u < SU; u++) {
+            uint32_t a[2][4];
+            ldsm_x4(a[0], sw + a_off + 8 * u);
+            ldsm_x4(a[1], sw + a_off + 16 * WSTRIDE + 8 * u);
+            // (m, h) = (0, 0), (0, 1), (1, 0), (1, 1) in x, y, z, w
+            const float4 dw = *reinterpret_cast<const float4 *>(swd + u * SSTRIDE + w_at);
+            float4 dh = make_float4(0.f, 0.f, 0.f, 0.f), mw = dh;
+            if constexpr (TYPE == T_Q6_K)
+                dh = *reinterpret_cast<const float4 *>(swd1 + u * SSTRIDE + w_at);
+            if constexpr (has_min<TYPE>())
+                mw = *reinterpret_cast<const float4 *>(swm + u * SSTRIDE + w_at);
+            const float dwr[2][2] = {{dw.x, dw.y}, {dw.z, dw.w}};
+            const float dhr[2][2] = {{dh.x, dh.y}, {dh.z, dh.w}};
+            const float mwr[2][2] = {{mw.x, mw.y}, {mw.z, mw.w}};
+#pragma unroll
+            for (int np = 0; np < 4; np++) {
+                uint32_t bb[4];
+                ldsm_x4(bb, sx + b_off + np * 16 * WSTRIDE + 8 * u);
+                const int xo = u * X2STRIDE + x_at + 4 * (np ^ x_sw);
+                const float4 dx4 = *reinterpret_cast<const float4 *>(sxd + xo);
+                float4 xm4 = make_float4(0.f, 0.f, 0.f, 0.f);
+                if constexpr (has_min<TYPE>()) xm4 = *reinterpret_cast<const float4 *>(sxm + xo);
+#pragma unroll
+                for (int h = 0; h < 2; h++) {
+                    const int n = 2 * np + h;
+                    const int b0 = bb[2 * h], b1 = bb[2 * h + 1];
+                    const float dx0 = h ? dx4.z : dx4.x, dx1 = h ? dx4.w : dx4.y;
+                    const float xm0 = h ? xm4.z : xm4.x, xm1 = h ? xm4.w : xm4.y;
+#pragma unroll
+                    for (int m = 0; m < 2; m++) {
+                        int c[4];
+                        float *o = acc[m][n];
+                        const float d0 = dwr[m][0], d1 = dwr[m][1];
+                        if constexpr (TYPE == T_Q6_K) {
+                            int e[4];
+                            mma_k16_c(c, a[m][0], a[m][1], b0, MAGIC);
+                            mma_k16_c(e, a[m][2], a[m][3], b1, MAGIC);
+                            const float h0 = dhr[m][0], h1 = dhr[m][1];
+                            o[0] += dx0 * (d0 * i2f_bits(c[0]) + h0 * i2f_bits(e[0]));
+                            o[1] += dx1 * (d0 * i2f_bits(c[1]) + h0 * i2f_bits(e[1]));
+                            o[2] += dx0 * (d1 * i2f_bits(c[2]) + h1 * i2f_bits(e[2]));
+                            o[3] += dx1 * (d1 * i2f_bits(c[3]) + h1 * i2f_bits(e[3]));
+                        } else {
+                            mma_k32_c(c, a[m][0], a[m][1], a[m][2], a[m][3], b0, b1, MAGIC);
+                            o[0] += d0 * dx0 * i2f_bits(c[0]);
+                            o[1] += d0 * dx1 * i2f_bits(c[1]);
+                            o[2] += d1 * dx0 * i2f_bits(c[2]);
+                            o[3] += d1 * dx1 * i2f_bits(c[3]);
+                            if constexpr (has_min<TYPE>()) {
+                                o[0] += mwr[m][0] * xm0;
+                                o[1] += mwr[m][0] * xm1;
+                                o[2] += mwr[m][1] * xm0;
+                                o[3] += mwr[m][1] * xm1;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    };
+
+    // Per stage, with every branch uniform over the block: decode this stage's raw weights
+    // (and sum its activations), barrier, start the next stage's copies into the raw tile
+    // and the other activation buffer, multiply, wait for the copies, barrier.
+    if (st0 < st1) {
+        copy_w(st0);
+        copy_x(st0, 0);
+        cp_async_commit();
+        cp_async_wait<0>();
+    }
+    __syncthreads();
+    for (int st = st0; st < st1; st++) {
+        const int cur = (st - st0) % 2;
+        decode_raw<TYPE, V, true>(raw, sw, swd, swd1, swm, rows, r0, st, n_units, tid);
+        if constexpr (has_min<TYPE>()) x_sums(cur);
+        __syncthreads();  // sw, its scales and sxm are complete; raw is free
+        if (st + 1 < st1) {
+            copy_w(st + 1);
+            copy_x(st + 1, cur ^ 1);  // buffer cur ^ 1 was last read before the last barrier
+            cp_async_commit();
+        }
+        compute(cur);
+        cp_async_wait<0>();
+        __syncthreads();  // reads of sw, sxm and buffer cur are done; stage st + 1 has landed
+    }
+
+#pragma unroll
+    for (int m = 0; m < 2; m++) {
+#pragma unroll
+        for (int n = 0; n < 8; n++) {
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                int row = r0 + wm * 32 + 16 * m + g + 8 * (e / 2);
+                int tok = t0 + wn * 64 + 8 * n + 2 * t + e % 2;
+                if (row < rows && tok < nb) {
+                    if (n_slices == 1) {
+                        float *o = y + (size_t)tok * rows + row;
+                        *o = accumulate ? *o + acc[m][n][e] : acc[m][n][e];
+                    } else {
+                        part[((size_t)blockIdx.z * nb + tok) * rows + row] = acc[m][n][e];
+                    }
+                }
+            }
+        }
+    }
+}
+
 // y (+)= the sum of n_slices partial products, in slice order.
 __global__ void gemm_reduce_kernel(const float *__restrict__ part, int n, int n_slices,
                                    float *__restrict__ y, int accumulate) {
@@ -692,14 +982,18 @@ size_t smem_optin() {
 
 template <int TYPE>
 bool wide_fits() {
-    return (size_t)WideSmem<TYPE>::TOTAL <= smem_optin();
+    return (size_t)std::max(WideSmem<TYPE>::TOTAL, Wide2Smem<TYPE>::TOTAL) <= smem_optin();
 }
 
-template <int TYPE, int V>
+// U2 = 0: gemm_q8_wide_kernel; 1 or 2: gemm_q8_wide2_kernel with UNROLL = U2 (same grid).
+template <int TYPE, int V, int U2>
 int launch_wide(const uint8_t *w, int rows, int cols, const int8_t *xq, const float *xd, int nb,
                 float *y, int accumulate, float *ws, size_t ws_floats) {
-    constexpr int SMEM = WideSmem<TYPE>::TOTAL;
-    auto kernel = gemm_q8_wide_kernel<TYPE, V>;
+    constexpr int SMEM = U2 ? Wide2Smem<TYPE>::TOTAL : WideSmem<TYPE>::TOTAL;
+    auto kernel = [] {
+        if constexpr (U2 > 0) return gemm_q8_wide2_kernel<TYPE, V, U2>;
+        else return gemm_q8_wide_kernel<TYPE, V>;
+    }();
     static bool opted = false;
     if (!opted) {
         cudaError_t e =
@@ -733,9 +1027,25 @@ int launch_wide(const uint8_t *w, int rows, int cols, const int8_t *xq, const fl
 }
 
 // 0: the 64-token kernel up to 64 tokens, the wide one above; 1: the wide one from 17
-// tokens; 2: the 64-token kernel only, for timing runs. Where the wide kernel does not fit
-// the GPU's shared memory, batches above 64 run as launches of 64 tokens.
+// tokens; 2: the 64-token kernel only, for timing runs; 3 and 4: as 0 and 1 with the
+// wide2 kernel (UNROLL 1) in place of the wide one; 5: as 3 with UNROLL 2. Rows aligned
+// to only 2 bytes keep the wide kernel.
+// Where the wide kernels do not fit the GPU's shared memory, batches above 64 run as
+// launches of 64 tokens.
 int gemm_variant = 0;
+
+template <int TYPE, int V, int U2>
+int launch_wide2(const uint8_t *w, int rows, int cols, const int8_t *xq, const float *xd,
+                 int nb, float *y, int accumulate, float *ws, size_t ws_floats) {
+    // Q6_K stages are not 16-byte multiples, but 16-byte aligned rows take 16-byte copies
+    // (raw_stride).
+    if constexpr (V == 4 && TYPE == T_Q6_K) {
+        if (row_bytes(TYPE, cols) % 16 == 0 && (uintptr_t)w % 16 == 0)
+            return launch_wide<TYPE, 16, U2>(w, rows, cols, xq, xd, nb, y, accumulate, ws,
+                                             ws_floats);
+    }
+    return launch_wide<TYPE, V, U2>(w, rows, cols, xq, xd, nb, y, accumulate, ws, ws_floats);
+}
 
 template <int TYPE, int V>
 int launch_nt(const uint8_t *w, int rows, int cols, const int8_t *xq, const float *xd, int nb,
@@ -750,8 +1060,17 @@ int launch_nt(const uint8_t *w, int rows, int cols, const int8_t *xq, const floa
         }
         return 0;
     }
-    if (wide && (nb > 64 || (gemm_variant == 1 && nb > 16)))
-        return launch_wide<TYPE, V>(w, rows, cols, xq, xd, nb, y, accumulate, ws, ws_floats);
+    if (wide && (nb > 64 || ((gemm_variant == 1 || gemm_variant == 4) && nb > 16))) {
+        if constexpr (V != 2) {
+            if (gemm_variant >= 3)
+                return gemm_variant == 5
+                           ? launch_wide2<TYPE, V, 2>(w, rows, cols, xq, xd, nb, y, accumulate,
+                                                      ws, ws_floats)
+                           : launch_wide2<TYPE, V, 1>(w, rows, cols, xq, xd, nb, y, accumulate,
+                                                      ws, ws_floats);
+        }
+        return launch_wide<TYPE, V, 0>(w, rows, cols, xq, xd, nb, y, accumulate, ws, ws_floats);
+    }
     if (nb <= 32)
         return launch<TYPE, 4, V>(w, rows, cols, xq, xd, nb, y, accumulate, ws, ws_floats);
     return launch<TYPE, 8, V>(w, rows, cols, xq, xd, nb, y, accumulate, ws, ws_floats);

@@ -22,6 +22,23 @@ __device__ __forceinline__ void mma_k16(int c[4], int a0, int a1, int b0) {
         : "r"(a0), "r"(a1), "r"(b0), "r"(0));
 }
 
+// mma_k32 and mma_k16 with C = c0 in every lane: gemm_q8_wide2_kernel passes the bits of
+// 1.5 * 2^23, so that each s32 result reads as a float 1.5 * 2^23 + sum (see i2f_bits).
+__device__ __forceinline__ void mma_k32_c(int c[4], int a0, int a1, int a2, int a3, int b0,
+                                          int b1, int c0) {
+    asm("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0, %1, %2, %3}, "
+        "{%4, %5, %6, %7}, {%8, %9}, {%10, %10, %10, %10};"
+        : "=r"(c[0]), "=r"(c[1]), "=r"(c[2]), "=r"(c[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1), "r"(c0));
+}
+
+__device__ __forceinline__ void mma_k16_c(int c[4], int a0, int a1, int b0, int c0) {
+    asm("mma.sync.aligned.m16n8k16.row.col.s32.s8.s8.s32 {%0, %1, %2, %3}, "
+        "{%4, %5}, {%6}, {%7, %7, %7, %7};"
+        : "=r"(c[0]), "=r"(c[1]), "=r"(c[2]), "=r"(c[3])
+        : "r"(a0), "r"(a1), "r"(b0), "r"(c0));
+}
+
 // ldmatrix.x4: four 8 x 16-byte matrices from shared memory; lane 8j + r gives the address
 // of row r of matrix j, and r[j] of lane 4g + t receives bytes 4t..4t+3 of row g of matrix j.
 __device__ __forceinline__ void ldsm_x4(uint32_t r[4], const void *p) {

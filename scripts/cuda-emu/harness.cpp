@@ -75,6 +75,16 @@ int main(int argc, char **argv) {
     all(65, 2048, 65, 0, true, 0);
     all(130, 768, 257, 0, false, 2);
     all(64, 256, 33, 1, false, 0);
+    // The wide2 kernel (variants 3, 4, 5): the same shapes (Q6_K rows of 2048 values are
+    // 16-byte aligned: 16-byte copies of unaligned stages); 4-byte aligned Q6_K rows whose
+    // stages start 2 bytes past a word (1024 values); 2-byte aligned rows fall back to the
+    // wide kernel.
+    all(77, 416, 130, 3, false, 0);
+    all(65, 2048, 65, 3, true, 0);
+    all(130, 768, 257, 3, false, 2);
+    all(70, 1024, 200, 3, false, 0);
+    all(64, 256, 33, 4, false, 0);
+    all(65, 2048, 65, 5, false, 0);
     printf("%d failed\n", fails);
     return fails != 0;
 }

@@ -109,6 +109,16 @@ inline void mma_k16(int c[4], int a0, int a1, int b0) {
     W.bar->arrive_and_wait();
 }
 
+inline void mma_k32_c(int c[4], int a0, int a1, int a2, int a3, int b0, int b1, int c0) {
+    mma_k32(c, a0, a1, a2, a3, b0, b1);
+    for (int e = 0; e < 4; e++) c[e] = (int)((uint32_t)c[e] + (uint32_t)c0);
+}
+
+inline void mma_k16_c(int c[4], int a0, int a1, int b0, int c0) {
+    mma_k16(c, a0, a1, b0);
+    for (int e = 0; e < 4; e++) c[e] = (int)((uint32_t)c[e] + (uint32_t)c0);
+}
+
 extern uint8_t *emu_smem_lo, *emu_smem_hi;
 inline void emu_check_smem(const void *p, size_t n) {
     const uint8_t *b = (const uint8_t *)p;

@@ -284,14 +284,17 @@ mod gpu {
                 4096,
                 &[1, 2, 4, 8, 16, 32, 64, 128, 512],
             ),
-            (GgmlType::Q4_0, 4096, 14336, &[1, 2, 4, 8, 16, 64, 512]),
+            (GgmlType::Q4_0, 4096, 14336, &[1, 2, 4, 8, 16, 64, 128, 512]),
             (GgmlType::Q4_0, 4096, 4096, &[1, 2, 4, 8, 16, 64, 512]),
             (GgmlType::Q4_0, 1024, 4096, &[1, 2, 4, 8, 16, 64, 512]),
             (GgmlType::Q6_K, 128256, 4096, MV),
             (GgmlType::Q4_1, 14336, 4096, &[1, 64, 512]),
-            (GgmlType::Q8_0, 14336, 4096, &[1, 2, 4, 8, 16, 64, 512]),
-            (GgmlType::Q4_K, 14336, 4096, &[1, 2, 4, 8, 16, 64, 512]),
-            (GgmlType::Q6_K, 14336, 4096, &[1, 2, 4, 8, 16, 64, 512]),
+            (GgmlType::Q8_0, 14336, 4096, &[1, 2, 4, 8, 16, 64, 128, 512]),
+            (GgmlType::Q4_K, 14336, 4096, &[1, 2, 4, 8, 16, 64, 128, 512]),
+            (GgmlType::Q6_K, 14336, 4096, &[1, 2, 4, 8, 16, 64, 128, 512]),
+            (GgmlType::Q8_0, 4096, 14336, &[128, 512]),
+            (GgmlType::Q4_K, 4096, 14336, &[128, 512]),
+            (GgmlType::Q6_K, 4096, 14336, &[128, 512]),
         ];
         let all_shapes = std::env::var_os("WICK_MV_SHAPES").is_some();
         for &(t, rows, cols, batches) in shapes {
@@ -315,12 +318,12 @@ mod gpu {
                 let dx = upload(g, &rng.vec(nb * cols))?;
                 let mut dy = g.buffer(nb * rows)?;
                 // Up to 16 rows, the matrix-vector kernels; above, the tensor-core kernels
-                // (set_gemm_variant: the default, then the other one).
+                // (set_gemm_variant: the default, then the others).
                 let variants: &[i32] = match nb {
                     ..=16 if all_shapes => &MV_VARIANTS,
                     ..=16 => &MV_VARIANTS[..2],
-                    17..=64 => &[0, 1],
-                    _ => &[0, 2],
+                    17..=64 => &[0, 1, 4],
+                    _ => &[0, 2, 3, 5],
                 };
                 for &variant in variants {
                     if nb <= 16 {
@@ -449,7 +452,8 @@ mod gpu {
 
     /// The int8-activation products: the matrix-vector kernel (batches up to 16) and the
     /// tensor-core kernels (64 tokens per block up to 64, 128 above; each batch above 16
-    /// also through the other kernel, set_gemm_variant), at odd row counts, batches that
+    /// also through the other kernels, set_gemm_variant: the 128-token ones from 17
+    /// tokens, the 64-token one above 64, wide2 with both unrolls), at odd row counts, batches that
     /// are not multiples of 8 or of a token tile, and rows whose last 256 values are a
     /// partial stage. Against the exact CPU product
     /// the error is the rounding of activations to 8 bits: at most half a step, 1/254 of a
@@ -513,8 +517,8 @@ mod gpu {
                 // tensor-core kernels (set_gemm_variant).
                 let variants: &[i32] = match nb {
                     ..=16 => &MV_VARIANTS,
-                    17..=64 => &[0, 1],
-                    _ => &[0, 2],
+                    17..=64 => &[0, 1, 4],
+                    _ => &[0, 2, 3, 5],
                 };
                 for &variant in variants {
                     if nb <= 16 {

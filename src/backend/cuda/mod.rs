@@ -1465,7 +1465,9 @@ pub fn set_matvec_variant(v: i32) {
 
 /// Selects the int8 tensor-core kernels: 0 = the 64-token one up to 64 tokens and the
 /// 128-token one above (default), 1 = the 128-token one from 17 tokens, 2 = the 64-token
-/// one only (wider batches in launches of 64), for timing one against the other.
+/// one only (wider batches in launches of 64), 3 / 4 = as 0 / 1 with the second 128-token
+/// kernel (wide2: cp.async weights, cheaper scaling) in place of the first, 5 = as 3 with
+/// wide2's multiply unrolled twice, for timing one against the other.
 pub fn set_gemm_variant(v: i32) {
     // SAFETY: sets a plain integer read at launch.
     unsafe { ffi::wick_gemm_q8_variant(v) }
