@@ -345,11 +345,14 @@ impl<'a> Backend<'a> for Cpu {
         let inv_freq = &mut inv_freq[..s.rope_dims / 2];
         rope_inv_freq(s.rope_theta, s.rope_dims, inv_freq);
         let (qd, kd) = (s.q_dim(), s.kv_dim());
+        let mut angles = [(0f32, 0f32); 256];
+        let angles = &mut angles[..inv_freq.len()];
         for b in 0..rows {
             let pos = pos0 + b;
-            rope(&mut q[b * qd..(b + 1) * qd], s.head_dim, inv_freq, pos);
+            ops::rope_angles(inv_freq, pos as f32, angles);
+            ops::rope_with(&mut q[b * qd..(b + 1) * qd], s.head_dim, angles);
             let kb = &mut k[b * kd..(b + 1) * kd];
-            rope(kb, s.head_dim, inv_freq, pos);
+            ops::rope_with(kb, s.head_dim, angles);
             kv.store(layer, pos, kb, &v[b * kd..(b + 1) * kd], s.head_dim);
         }
         Ok(())

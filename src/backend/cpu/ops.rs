@@ -16,23 +16,34 @@ pub fn rmsnorm_row(out: &mut [f32], x: &[f32], w: &Tensor, eps: f32) {
 /// of each head are rotated by `pos * inv_freq[i]`. `x` is one token's heads; pairs past
 /// `inv_freq` are left alone.
 pub fn rope(x: &mut [f32], head_dim: usize, inv_freq: &[f32], pos: usize) {
-    for head in x.chunks_exact_mut(head_dim) {
-        for (pair, &f) in head.chunks_exact_mut(2).zip(inv_freq) {
-            let (sin, cos) = (pos as f32 * f).sin_cos();
-            let (a, b) = (pair[0], pair[1]);
-            pair[0] = a * cos - b * sin;
-            pair[1] = a * sin + b * cos;
-        }
-    }
+    let mut cs = [(0f32, 0f32); 256];
+    let cs = &mut cs[..inv_freq.len()];
+    rope_angles(inv_freq, pos as f32, cs);
+    rope_with(x, head_dim, cs);
 }
 
 /// Rotates every RoPE pair of `x` (one token's heads) by a further `by` positions, which
 /// may be negative: rotations compose, so a key stored at position `p` becomes the key
 /// at `p + by`.
 pub fn rope_by(x: &mut [f32], head_dim: usize, inv_freq: &[f32], by: f32) {
+    let mut cs = [(0f32, 0f32); 256];
+    let cs = &mut cs[..inv_freq.len()];
+    rope_angles(inv_freq, by, cs);
+    rope_with(x, head_dim, cs);
+}
+
+/// `(sin, cos)` of `pos * inv_freq[i]` for each pair: one token's angles, the same for
+/// all its heads, so they are computed once per token rather than once per head.
+pub fn rope_angles(inv_freq: &[f32], pos: f32, out: &mut [(f32, f32)]) {
+    for (o, &f) in out.iter_mut().zip(inv_freq) {
+        *o = (pos * f).sin_cos();
+    }
+}
+
+/// Rotates the pairs of every head of `x` by the angles of [`rope_angles`].
+pub fn rope_with(x: &mut [f32], head_dim: usize, angles: &[(f32, f32)]) {
     for head in x.chunks_exact_mut(head_dim) {
-        for (pair, &f) in head.chunks_exact_mut(2).zip(inv_freq) {
-            let (sin, cos) = (by * f).sin_cos();
+        for (pair, &(sin, cos)) in head.chunks_exact_mut(2).zip(angles) {
             let (a, b) = (pair[0], pair[1]);
             pair[0] = a * cos - b * sin;
             pair[1] = a * sin + b * cos;
