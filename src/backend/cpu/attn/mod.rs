@@ -157,17 +157,15 @@ impl Item<'_> {
         // The positions any row reads: sinks from 0, and the rest.
         let live = |bi: usize| layout.live(self.pos0 + self.rows.start + bi);
         let mut sinks = 0..0;
-        let mut rest = usize::MAX..0;
+        let mut rest: Option<Range<usize>> = None;
         for bi in 0..self.rows.len() {
             let (sk, r) = live(bi);
             sinks.end = sinks.end.max(sk.end);
             if !r.is_empty() {
-                rest = rest.start.min(r.start)..rest.end.max(r.end);
+                rest = Some(rest.map_or(r.clone(), |x| x.start.min(r.start)..x.end.max(r.end)));
             }
         }
-        if rest.is_empty() {
-            rest = 0..0;
-        }
+        let rest = rest.unwrap_or(0..0);
         let sink_tiles = sinks.end.div_ceil(TILE);
         let rest_tiles = (rest.start / TILE).max(sink_tiles)..rest.end.div_ceil(TILE);
         for k in (0..sink_tiles).chain(rest_tiles) {
