@@ -360,10 +360,13 @@ fn q8_0_halves_the_cache_and_greedy_output_follows_f16() {
     };
     let (q8_gap, q8_moved) = compare(KvType::Q8_0);
     let (fp8_gap, fp8_moved) = compare(KvType::Fp8);
-    // The bound: equal, or parted at a near-tie.
+    // The bound: equal, or parted at a near-tie, a top-2 gap under 0.15 as
+    // ../shared/README.md defines it for the golden continuations. (A closer bound held
+    // only by luck: any change in attention's rounding, 1e-6 here, flips f16's own greedy
+    // pick at some tie of this repetitive text, and the comparison runs on another text.)
     if let Some((i, gap)) = q8_gap {
         assert!(
-            gap < 1e-2,
+            gap < 0.15,
             "q8_0 diverged at token {i} with a logit gap of {gap}"
         );
     }

@@ -2,13 +2,13 @@
 //! backend); this module holds the CPU's storage: per layer, preallocated rows of keys and
 //! of values in f32, f16, Q8_0 or fp8, read by attention where they lie.
 
+pub mod f16row;
 pub mod file;
 pub mod fp8;
 pub mod layout;
 pub mod rotate;
 
 use half::f16;
-use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
 
 pub use layout::{KvLayout, KvSettings, KvType, WINDOW_SLACK};
 
@@ -178,20 +178,7 @@ pub fn decode(ty: KvType, row: &[u8], off: usize, out: &mut [f32]) {
                 *y = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
             }
         }
-        KvType::F16 => {
-            let bytes = &row[off * 2..(off + out.len()) * 2];
-            // SAFETY: every bit pattern is a valid u16.
-            let (pre, bits, _) = unsafe { bytes.align_to::<u16>() };
-            if pre.is_empty() && cfg!(target_endian = "little") {
-                // Eight at a time with F16C where the CPU has it (half checks at run time);
-                // one by one, the check and call cost more than the conversion.
-                bits.reinterpret_cast::<f16>().convert_to_f32_slice(out);
-            } else {
-                for (c, y) in bytes.chunks_exact(2).zip(out.iter_mut()) {
-                    *y = f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32();
-                }
-            }
-        }
+        KvType::F16 => f16row::decode(&row[off * 2..(off + out.len()) * 2], out),
         KvType::Fp8 => fp8::decode_row(row, off, out),
         KvType::Q8_0 => {
             let blocks = as_blocks::<BlockQ8_0>(row).expect("whole Q8_0 blocks");

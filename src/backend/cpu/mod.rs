@@ -1,6 +1,7 @@
 //! The CPU backend: the reference implementation of each op of a forward pass, with the
 //! heavy ones (matrix products, attention) split over a persistent thread pool.
 
+mod attn;
 mod ops;
 pub mod pool;
 
@@ -28,8 +29,8 @@ pub struct Cpu {
     pool: ThreadPool,
     /// Activations converted for the last matmul's weight type.
     dot: RefCell<DotInput>,
-    /// One attention-score row per thread, grown when a larger cache is made.
-    scores: RefCell<Vec<f32>>,
+    /// Attention's buffers, one per thread.
+    attn: RefCell<Vec<attn::Scratch>>,
     /// `Backend::set_row_exact`: no 4x4 tiles, whose sums round unlike a one-row dot's.
     row_exact: Cell<bool>,
     /// One decoded weight panel per thread, for the AMX path.
@@ -41,7 +42,7 @@ impl Cpu {
         Cpu {
             pool: ThreadPool::new(n_threads),
             dot: RefCell::new(DotInput::new(precision)),
-            scores: RefCell::new(Vec::new()),
+            attn: RefCell::new(Vec::new()),
             row_exact: Cell::new(false),
             panels: RefCell::new(Vec::new()),
         }
@@ -212,12 +213,6 @@ impl<'a> Backend<'a> for Cpu {
     }
 
     fn kv_cache(&self, layouts: &[KvLayout], kv_dim: usize) -> Result<KvCache> {
-        let mut scores = self.scores.borrow_mut();
-        let capacity = layouts.iter().map(|l| l.capacity).max().unwrap_or(0);
-        let need = capacity * self.pool.n_threads();
-        if scores.len() < need {
-            scores.resize(need, 0.0);
-        }
         KvCache::new(layouts, kv_dim)
     }
 
@@ -350,11 +345,14 @@ impl<'a> Backend<'a> for Cpu {
         let inv_freq = &mut inv_freq[..s.rope_dims / 2];
         rope_inv_freq(s.rope_theta, s.rope_dims, inv_freq);
         let (qd, kd) = (s.q_dim(), s.kv_dim());
+        let mut angles = [(0f32, 0f32); 256];
+        let angles = &mut angles[..inv_freq.len()];
         for b in 0..rows {
             let pos = pos0 + b;
-            rope(&mut q[b * qd..(b + 1) * qd], s.head_dim, inv_freq, pos);
+            ops::rope_angles(inv_freq, pos as f32, angles);
+            ops::rope_with(&mut q[b * qd..(b + 1) * qd], s.head_dim, angles);
             let kb = &mut k[b * kd..(b + 1) * kd];
-            rope(kb, s.head_dim, inv_freq, pos);
+            ops::rope_with(kb, s.head_dim, angles);
             kv.store(layer, pos, kb, &v[b * kd..(b + 1) * kd], s.head_dim);
         }
         Ok(())
@@ -370,29 +368,8 @@ impl<'a> Backend<'a> for Cpu {
         s: AttnShape,
         out: &mut Vec<f32>,
     ) -> Result<()> {
-        let dim = s.q_dim();
-        let mut scores = self.scores.borrow_mut();
-        let t = self.pool.n_threads();
-        let stride = scores.len() / t;
-        let l = kv.layout(layer);
-        ensure!(
-            stride >= l.capacity && s.head_dim <= crate::kv::MAX_HEAD_DIM,
-            "attention scratch smaller than the context"
-        );
-        let out = SharedMut::new(&mut out[..rows * dim]);
-        let scores = SharedMut::new(&mut scores[..]);
-        let jobs = rows * s.n_heads;
-        self.pool.run(|i| {
-            // SAFETY: each thread has its own scratch row.
-            let sc = unsafe { scores.slice(i * stride, stride) };
-            for job in split(jobs, i, t, 1) {
-                let (b, h) = (job / s.n_heads, job % s.n_heads);
-                let off = b * dim + h * s.head_dim;
-                // SAFETY: each (row, head) pair is one job, owned by one thread.
-                let o = unsafe { out.slice(off, s.head_dim) };
-                ops::attend_head(o, &q[off..off + s.head_dim], kv, layer, pos0 + b, h, s, sc);
-            }
-        });
+        let mut scratch = self.attn.borrow_mut();
+        attn::attention(&self.pool, &mut scratch, q, kv, layer, pos0, rows, s, out);
         Ok(())
     }
 
