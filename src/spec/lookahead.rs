@@ -5,9 +5,9 @@
 //!
 //! - K starts at `min(4, draft_max)`. After a verification that accepted the whole draft K
 //!   grows by 2, after one that rejected a token it shrinks by 1, always within
-//!   `[max(draft_min, 1), draft_max]`. K does not grow to a length whose measured cost,
-//!   with the running acceptance rate, promises fewer tokens per second than the current
-//!   one. (`--draft-p-min` separately cuts a draft short where the drafter is unsure.)
+//!   `[max(draft_min, 1), draft_max]`. K does not grow to a length whose measured cost
+//!   (if measured in the last `STALE` steps), with the running acceptance rate, promises
+//!   fewer tokens per second than the current one. (`--draft-p-min` separately cuts a draft short where the drafter is unsure.)
 //! - With `draft_min == 0`, the first `CALIBRATE` tokens are plain steps, timing the model
 //!   alone. Then speculation is probed with K = 1, the cheapest draft. Every speculative
 //!   step (drafting, verifying and any catch-up of the draft model included) updates a
@@ -28,6 +28,9 @@ const BACKOFF_MIN: usize = 16;
 const BACKOFF_MAX: usize = 1024;
 /// How fast the acceptance estimate forgets (per verification).
 const ACCEPT_DECAY: f64 = 0.9;
+/// Speculative steps after which a draft length's measured cost is stale: K may grow to
+/// it again, to measure it anew (one slow sample must not bar a length for good).
+const STALE: usize = 32;
 
 /// An exponential moving average.
 #[derive(Clone, Copy, Debug, Default)]
@@ -61,8 +64,11 @@ pub struct Lookahead {
     off_left: usize,
     /// The last back-off, 0 after a run that paid.
     backoff: usize,
-    /// Seconds per speculative step by tokens drafted (index 0 to `max`).
+    /// Seconds per speculative step by tokens drafted (index 0 to `max`), and the
+    /// speculative step that last measured each.
     cost: Vec<Ema>,
+    measured: Vec<usize>,
+    steps: usize,
     /// Decayed counts of drafted and accepted tokens.
     drafted: f64,
     accepted: f64,
@@ -85,6 +91,8 @@ impl Lookahead {
             off_left: 0,
             backoff: 0,
             cost: vec![Ema::default(); draft_max + 1],
+            measured: vec![0; draft_max + 1],
+            steps: 0,
             drafted: 0.0,
             accepted: 0.0,
         }
@@ -116,8 +124,10 @@ impl Lookahead {
     /// A speculative step drafted `drafted` tokens, kept `accepted` of them, and produced
     /// `produced` tokens in `secs`, drafting included.
     pub fn step_done(&mut self, drafted: usize, accepted: usize, produced: usize, secs: f64) {
+        self.steps += 1;
         if let Some(c) = self.cost.get_mut(drafted) {
             c.add(secs);
+            self.measured[drafted] = self.steps;
         }
         if drafted > 0 {
             self.drafted = self.drafted * ACCEPT_DECAY + drafted as f64;
@@ -167,11 +177,14 @@ impl Lookahead {
 
     /// Whether drafting `k` tokens promises more tokens per second than the current K, by
     /// the measured cost of both and the running acceptance rate; true when either cost
-    /// is unknown, to find out.
+    /// is unknown or stale, to find out.
     fn pays_more(&self, k: usize) -> bool {
         let (Some(now), Some(then)) = (self.cost[self.k].value, self.cost[k].value) else {
             return true;
         };
+        if self.steps - self.measured[k] > STALE {
+            return true;
+        }
         let a = (self.accepted + 1.0) / (self.drafted + 2.0);
         // Expected tokens of a verification of `n` drafts: 1 + a + a² + … + aⁿ.
         let tokens = |n: usize| (0..=n).map(|i| a.powi(i as i32)).sum::<f64>();
@@ -222,6 +235,17 @@ mod tests {
             l.step_done(4, 4, 5, 1.0);
             assert_eq!(l.draft_len(), want, "drafts of 6 cost {cost6} s");
         }
+        // A cost measured long ago is tried again.
+        let mut l = Lookahead::new(1, 8);
+        l.step_done(6, 3, 4, 10.0);
+        l.step_done(4, 2, 3, 1.0);
+        l.k = 4;
+        assert!(!l.pays_more(6));
+        for _ in 0..STALE {
+            l.step_done(4, 2, 3, 1.0);
+        }
+        l.k = 4;
+        assert!(l.pays_more(6));
     }
 
     fn calibrate(l: &mut Lookahead) {
