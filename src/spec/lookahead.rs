@@ -9,7 +9,8 @@
 //!   (if measured in the last `STALE` steps), with the running acceptance rate, promises
 //!   fewer tokens per second than the current one. (`--draft-p-min` separately cuts a draft short where the drafter is unsure.)
 //! - With `draft_min == 0`, the first `CALIBRATE` tokens are plain steps, timing the model
-//!   alone. Then speculation is probed with K = 1, the cheapest draft. Every speculative
+//!   alone (all but the first, which runs cold; the plain step of a speculative step whose
+//!   draft came out empty keeps that timing fresh). Then speculation is probed with K = 1, the cheapest draft. Every speculative
 //!   step (drafting, verifying and any catch-up of the draft model included) updates a
 //!   moving average of seconds per produced token; as soon as it is above plain
 //!   decoding's, the following tokens are plain steps. How many: the time this run of
@@ -116,9 +117,18 @@ impl Lookahead {
 
     /// A plain step (asked for by `draft_len() == 0`) took `secs`.
     pub fn plain_done(&mut self, secs: f64) {
-        self.plain.add(secs);
+        // The first decode step runs cold (caches, first-use allocations): not timed.
+        if self.plain_samples > 0 {
+            self.plain_timed(secs);
+        }
         self.plain_samples += 1;
         self.off_left = self.off_left.saturating_sub(1);
+    }
+
+    /// The plain step of a speculative step whose draft came out empty took `secs`: it
+    /// keeps the plain timing fresh while speculation is on.
+    pub fn plain_timed(&mut self, secs: f64) {
+        self.plain.add(secs);
     }
 
     /// A speculative step drafted `drafted` tokens, kept `accepted` of them, and produced

@@ -184,7 +184,9 @@ impl<'m, 'a, B: Backend<'a>> Speculator<'m, 'a, B> {
     fn undrafted_step(&mut self, last: u32, t0: Instant, t1: Instant) -> Result<bool> {
         let t = self.plain_step(last)?;
         self.finish(&[], t);
-        self.stats.plain_secs += t1.elapsed().as_secs_f64();
+        let plain = t1.elapsed().as_secs_f64();
+        self.stats.plain_secs += plain;
+        self.lookahead.plain_timed(plain);
         self.lookahead
             .step_done(0, 0, 1, t0.elapsed().as_secs_f64());
         Ok(true)
