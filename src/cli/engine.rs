@@ -168,12 +168,16 @@ pub struct SpecArgs {
     #[arg(long, value_name = "KIND")]
     draft: Option<DraftKind>,
     /// Most tokens drafted per verification. The lookahead K adapts: +2 after a draft
-    /// accepted whole, -1 after a rejection, within [max(--draft-min, 1), --draft-max].
+    /// accepted whole (unless the measured cost of the longer draft, at the running
+    /// acceptance rate, promises fewer tokens per second), -1 after a rejection, within
+    /// [max(--draft-min, 1), --draft-max].
     #[arg(long, default_value_t = 16)]
     draft_max: usize,
     /// Fewest tokens drafted before --draft-p-min may stop a draft. 0 also lets speculation
-    /// turn itself off while it is slower per token than plain decoding (measured; then
-    /// sampled text varies with timings), retrying after 32 to 1024 tokens.
+    /// turn itself off as soon as it is slower per token than plain decoding (measured;
+    /// then sampled text varies with timings). It probes again with a one-token draft after
+    /// 16 to 1024 plain tokens: as many as make the time it lost 1 % of plain decoding's,
+    /// and at least twice the last back-off after a probe that did not pay.
     #[arg(long, default_value_t = 0)]
     draft_min: usize,
     /// Stop drafting when the drafter's most likely token is less likely than this. (On the

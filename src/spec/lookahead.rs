@@ -1,26 +1,39 @@
 //! How many tokens to draft next: the lookahead K adapts to the recent acceptance, and,
 //! when allowed (`draft_min == 0`), speculation switches itself off while it is slower
-//! per token than plain decoding.
+//! per token than plain decoding, probing again rarely enough that probes cost at most
+//! about 1 % of the time.
 //!
 //! - K starts at `min(4, draft_max)`. After a verification that accepted the whole draft K
 //!   grows by 2, after one that rejected a token it shrinks by 1, always within
-//!   `[max(draft_min, 1), draft_max]`. (`--draft-p-min` separately cuts a draft short
-//!   where the drafter is unsure.)
-//! - With `draft_min == 0`, the first `CALIBRATE` tokens are plain steps, timing the
-//!   model alone. Then each window of `PROBE` speculative steps is compared with it, by
-//!   moving averages of seconds per produced token; if speculation was slower, the next
-//!   `backoff` tokens are plain steps (32, doubling after each failed window up to 1024,
-//!   reset by a window that pays). Draft choices then depend on timings, so a seed repeats
-//!   the sampled text only with `draft_min >= 1`, which turns this off.
+//!   `[max(draft_min, 1), draft_max]`. K does not grow to a length whose measured cost
+//!   (if measured in the last `STALE` steps), with the running acceptance rate, promises
+//!   fewer tokens per second than the current one. (`--draft-p-min` separately cuts a draft short where the drafter is unsure.)
+//! - With `draft_min == 0`, the first `CALIBRATE` tokens are plain steps, timing the model
+//!   alone (all but the first, which runs cold; the plain step of a speculative step whose
+//!   draft came out empty keeps that timing fresh). Then speculation is probed with K = 1, the cheapest draft. Every speculative
+//!   step (drafting, verifying and any catch-up of the draft model included) updates a
+//!   moving average of seconds per produced token; as soon as it is above plain
+//!   decoding's, the following tokens are plain steps. How many: the time this run of
+//!   speculation lost against plain decoding, divided by 1 % of a plain step (`BUDGET`),
+//!   at least twice the previous back-off after a run that lost, and within
+//!   `BACKOFF_MIN..=BACKOFF_MAX`; a run that paid overall resets it. So probing that does
+//!   not pay costs about 1 % of the plain decoding time, falling as back-offs double.
+//!   Draft choices then depend on timings, so a seed repeats the sampled text only with
+//!   `draft_min >= 1`, which turns this off.
 
 /// Plain steps timed before the first draft.
 const CALIBRATE: usize = 3;
-/// Speculative steps between two comparisons with plain decoding.
-const PROBE: usize = 4;
-const BACKOFF_MIN: usize = 32;
+/// The share of decoding time that probing which does not pay may cost.
+const BUDGET: f64 = 0.01;
+const BACKOFF_MIN: usize = 16;
 const BACKOFF_MAX: usize = 1024;
+/// How fast the acceptance estimate forgets (per verification).
+const ACCEPT_DECAY: f64 = 0.9;
+/// Speculative steps after which a draft length's measured cost is stale: K may grow to
+/// it again, to measure it anew (one slow sample must not bar a length for good).
+const STALE: usize = 32;
 
-/// An exponential moving average of seconds per token.
+/// An exponential moving average.
 #[derive(Clone, Copy, Debug, Default)]
 struct Ema {
     value: Option<f64>,
@@ -40,32 +53,58 @@ pub struct Lookahead {
     min: usize,
     max: usize,
     k: usize,
+    /// Seconds per plain step.
     plain: Ema,
     plain_samples: usize,
+    /// Seconds per produced token of the current run of speculation.
     spec: Ema,
-    window: usize,
+    /// The current run of speculation so far: seconds and produced tokens.
+    run_secs: f64,
+    run_tokens: usize,
+    /// Plain steps left before the next probe.
     off_left: usize,
+    /// The last back-off, 0 after a run that paid.
     backoff: usize,
+    /// Seconds per speculative step by tokens drafted (index 0 to `max`), and the
+    /// speculative step that last measured each.
+    cost: Vec<Ema>,
+    measured: Vec<usize>,
+    steps: usize,
+    /// Decayed counts of drafted and accepted tokens.
+    drafted: f64,
+    accepted: f64,
 }
 
 impl Lookahead {
     pub fn new(draft_min: usize, draft_max: usize) -> Lookahead {
         let min = draft_min.min(draft_max);
+        // With switching off allowed, the first draft is a probe: the cheapest one.
+        let start = if min == 0 { 1 } else { 4 };
         Lookahead {
             min,
             max: draft_max,
-            k: 4.clamp(min.max(1), draft_max.max(1)).min(draft_max),
+            k: start.clamp(min.max(1), draft_max.max(1)).min(draft_max),
             plain: Ema::default(),
             plain_samples: 0,
             spec: Ema::default(),
-            window: 0,
+            run_secs: 0.0,
+            run_tokens: 0,
             off_left: 0,
-            backoff: BACKOFF_MIN,
+            backoff: 0,
+            cost: vec![Ema::default(); draft_max + 1],
+            measured: vec![0; draft_max + 1],
+            steps: 0,
+            drafted: 0.0,
+            accepted: 0.0,
         }
     }
 
     fn may_switch_off(&self) -> bool {
         self.min == 0
+    }
+
+    fn floor(&self) -> usize {
+        self.min.max(1).min(self.max)
     }
 
     /// Tokens to draft for the next step; 0 means a plain step.
@@ -78,42 +117,88 @@ impl Lookahead {
 
     /// A plain step (asked for by `draft_len() == 0`) took `secs`.
     pub fn plain_done(&mut self, secs: f64) {
-        self.plain.add(secs);
+        // The first decode step runs cold (caches, first-use allocations): not timed.
+        if self.plain_samples > 0 {
+            self.plain_timed(secs);
+        }
         self.plain_samples += 1;
         self.off_left = self.off_left.saturating_sub(1);
+    }
+
+    /// The plain step of a speculative step whose draft came out empty took `secs`: it
+    /// keeps the plain timing fresh while speculation is on.
+    pub fn plain_timed(&mut self, secs: f64) {
+        self.plain.add(secs);
     }
 
     /// A speculative step drafted `drafted` tokens, kept `accepted` of them, and produced
     /// `produced` tokens in `secs`, drafting included.
     pub fn step_done(&mut self, drafted: usize, accepted: usize, produced: usize, secs: f64) {
+        self.steps += 1;
+        if let Some(c) = self.cost.get_mut(drafted) {
+            c.add(secs);
+            self.measured[drafted] = self.steps;
+        }
         if drafted > 0 {
-            let floor = self.min.max(1);
-            self.k = if accepted == drafted {
+            self.drafted = self.drafted * ACCEPT_DECAY + drafted as f64;
+            self.accepted = self.accepted * ACCEPT_DECAY + accepted as f64;
+            let k = if accepted == drafted {
                 self.k + 2
             } else {
                 self.k.saturating_sub(1)
             }
-            .clamp(floor.min(self.max), self.max);
+            .clamp(self.floor(), self.max);
+            if k <= self.k || self.pays_more(k) {
+                self.k = k;
+            }
         }
         if !self.may_switch_off() {
             return;
         }
         self.spec.add(secs / produced.max(1) as f64);
-        self.window += 1;
-        if self.window < PROBE {
-            return;
-        }
-        self.window = 0;
+        self.run_secs += secs;
+        self.run_tokens += produced;
         let (Some(spec), Some(plain)) = (self.spec.value, self.plain.value) else {
             return;
         };
-        if spec > plain {
-            self.off_left = self.backoff;
-            self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
-            self.spec = Ema::default();
-        } else {
-            self.backoff = BACKOFF_MIN;
+        if spec <= plain {
+            return;
         }
+        // Slower than plain decoding: plain steps for a while, then a probe with K = 1.
+        let lost = self.run_secs - self.run_tokens as f64 * plain;
+        if lost <= 0.0 {
+            self.backoff = 0;
+            self.off_left = BACKOFF_MIN;
+        } else {
+            let budgeted = (lost / (BUDGET * plain)).round();
+            let steps = if budgeted.is_finite() {
+                budgeted.min(BACKOFF_MAX as f64) as usize
+            } else {
+                BACKOFF_MAX
+            };
+            self.backoff = steps.max(2 * self.backoff).clamp(BACKOFF_MIN, BACKOFF_MAX);
+            self.off_left = self.backoff;
+        }
+        self.k = self.floor();
+        self.spec = Ema::default();
+        self.run_secs = 0.0;
+        self.run_tokens = 0;
+    }
+
+    /// Whether drafting `k` tokens promises more tokens per second than the current K, by
+    /// the measured cost of both and the running acceptance rate; true when either cost
+    /// is unknown or stale, to find out.
+    fn pays_more(&self, k: usize) -> bool {
+        let (Some(now), Some(then)) = (self.cost[self.k].value, self.cost[k].value) else {
+            return true;
+        };
+        if self.steps - self.measured[k] > STALE {
+            return true;
+        }
+        let a = (self.accepted + 1.0) / (self.drafted + 2.0);
+        // Expected tokens of a verification of `n` drafts: 1 + a + a² + … + aⁿ.
+        let tokens = |n: usize| (0..=n).map(|i| a.powi(i as i32)).sum::<f64>();
+        tokens(k) / then >= tokens(self.k) / now
     }
 }
 
@@ -149,27 +234,108 @@ mod tests {
     }
 
     #[test]
-    fn switches_off_while_slower_than_plain() {
-        let mut l = Lookahead::new(0, 4);
+    fn k_does_not_grow_where_the_measured_cost_does_not_pay() {
+        for (cost6, want) in [(10.0, 4), (1.0, 6)] {
+            let mut l = Lookahead::new(1, 8);
+            l.step_done(6, 3, 4, cost6);
+            l.step_done(3, 3, 4, 1.0);
+            l.step_done(5, 2, 3, 1.0);
+            assert_eq!(l.draft_len(), 4);
+            // A full acceptance: K grows to 6 only if drafts of 6 cost no more than 4.
+            l.step_done(4, 4, 5, 1.0);
+            assert_eq!(l.draft_len(), want, "drafts of 6 cost {cost6} s");
+        }
+        // A cost measured long ago is tried again.
+        let mut l = Lookahead::new(1, 8);
+        l.step_done(6, 3, 4, 10.0);
+        l.step_done(4, 2, 3, 1.0);
+        l.k = 4;
+        assert!(!l.pays_more(6));
+        for _ in 0..STALE {
+            l.step_done(4, 2, 3, 1.0);
+        }
+        l.k = 4;
+        assert!(l.pays_more(6));
+    }
+
+    fn calibrate(l: &mut Lookahead) {
         for _ in 0..CALIBRATE {
             assert_eq!(l.draft_len(), 0);
             l.plain_done(1.0);
         }
-        assert!(l.draft_len() > 0);
-        // Two tokens in 3 s: 1.5 s a token, slower than plain's 1 s.
-        for _ in 0..PROBE {
-            l.step_done(2, 1, 2, 3.0);
-        }
-        assert_eq!(l.draft_len(), 0);
-        for _ in 0..BACKOFF_MIN {
-            assert_eq!(l.draft_len(), 0);
+    }
+
+    /// Plain steps until the next probe.
+    fn plain_until_probe(l: &mut Lookahead) -> usize {
+        let mut n = 0;
+        while l.draft_len() == 0 {
             l.plain_done(1.0);
+            n += 1;
+            assert!(n <= BACKOFF_MAX, "no probe after {n} plain steps");
         }
-        // Probing again; this time it pays, and stays on.
-        for _ in 0..3 * PROBE {
-            assert!(l.draft_len() > 0);
-            l.step_done(4, 4, 5, 2.0);
+        n
+    }
+
+    #[test]
+    fn probes_with_one_token_and_backs_off_by_the_time_lost() {
+        let mut l = Lookahead::new(0, 8);
+        calibrate(&mut l);
+        assert_eq!(l.draft_len(), 1, "a probe drafts one token");
+        // One token in 1.5 s: 0.5 s lost against plain's 1 s, which is 50 plain steps at 1 %.
+        l.step_done(1, 0, 1, 1.5);
+        assert_eq!(plain_until_probe(&mut l), 50);
+        assert_eq!(l.draft_len(), 1);
+        // A cheaper failure still backs off twice as long as the last one.
+        l.step_done(0, 0, 1, 1.1);
+        assert_eq!(plain_until_probe(&mut l), 100);
+        // A dearer one by its loss: 3 s lost is 300 steps.
+        l.step_done(1, 0, 1, 4.0);
+        assert_eq!(plain_until_probe(&mut l), 300);
+        // Never longer than BACKOFF_MAX.
+        l.step_done(1, 0, 1, 100.0);
+        assert_eq!(plain_until_probe(&mut l), BACKOFF_MAX);
+    }
+
+    #[test]
+    fn probing_that_never_pays_costs_about_one_percent() {
+        // Drafting one token costs 1.6 plain steps and is always rejected, as on a CPU
+        // with a poor draft: over 5,000 tokens the probes lose at most 1 % of the time.
+        let mut l = Lookahead::new(0, 16);
+        let (mut secs, mut tokens) = (0.0, 0);
+        while tokens < 5000 {
+            let k = l.draft_len();
+            if k == 0 {
+                l.plain_done(1.0);
+                secs += 1.0;
+            } else {
+                l.step_done(k, 0, 1, 0.6 + k as f64);
+                secs += 0.6 + k as f64;
+            }
+            tokens += 1;
         }
-        assert!(l.draft_len() > 0);
+        assert!(secs <= 1.01 * tokens as f64, "{secs} s for {tokens} tokens");
+    }
+
+    #[test]
+    fn stays_on_while_it_pays_and_retries_soon_after_a_run_that_paid() {
+        let mut l = Lookahead::new(0, 4);
+        calibrate(&mut l);
+        // Full acceptance at 0.5 s a token: K grows to the maximum and stays on.
+        for _ in 0..20 {
+            let k = l.draft_len();
+            assert!(k > 0);
+            l.step_done(k, k, k + 1, 0.5 * (k + 1) as f64);
+        }
+        assert_eq!(l.draft_len(), 4);
+        // The text turns: drafts fail, slower than plain. The run as a whole paid, so the
+        // next probe comes after BACKOFF_MIN plain steps.
+        let mut slow = 0;
+        while l.draft_len() > 0 {
+            l.step_done(l.draft_len(), 0, 1, 3.0);
+            slow += 1;
+            assert!(slow < 10);
+        }
+        assert_eq!(plain_until_probe(&mut l), BACKOFF_MIN);
+        assert_eq!(l.draft_len(), 1);
     }
 }

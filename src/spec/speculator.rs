@@ -206,7 +206,9 @@ impl<'m, 'a, B: Backend<'a>> Speculator<'m, 'a, B> {
     fn undrafted_step(&mut self, last: u32, t0: Instant, t1: Instant) -> Result<bool> {
         let t = self.plain_step(last)?;
         self.finish(&[], t);
-        self.stats.plain_secs += t1.elapsed().as_secs_f64();
+        let plain = t1.elapsed().as_secs_f64();
+        self.stats.plain_secs += plain;
+        self.lookahead.plain_timed(plain);
         self.lookahead
             .step_done(0, 0, 1, t0.elapsed().as_secs_f64());
         Ok(true)
@@ -424,17 +426,12 @@ impl<'m, 'a, B: Backend<'a>> Speculator<'m, 'a, B> {
         self.finish(&drafted, next);
         self.drafted = drafted;
 
-        let secs = t1.elapsed().as_secs_f64();
-        if valid == 0 {
-            // The first proposal was already unsure: as the host's plain step.
-            self.stats.plain_steps += 1;
-            self.stats.plain_secs += secs;
-        } else {
-            self.stats.verifications += 1;
-            self.stats.drafted += valid;
-            self.stats.accepted += accepted;
-            self.stats.verify_secs += secs;
-        }
+        // Counted as a verification even where the first proposal was already unsure
+        // (`valid == 0`): it cost drafting and a batched pass, not a plain step's time.
+        self.stats.verifications += 1;
+        self.stats.drafted += valid;
+        self.stats.accepted += accepted;
+        self.stats.verify_secs += t1.elapsed().as_secs_f64();
         // K follows what was drafted, cut or not, so that drafts the device makes in vain
         // (past where --draft-p-min cuts them) shrink it.
         self.lookahead
@@ -471,6 +468,10 @@ impl<'a, B: Backend<'a>> Decoder for Speculator<'_, 'a, B> {
         self.shifts
     }
 }
+
+/// The longest catch-up of a draft model on the device that is computed row-exact: those
+/// that follow a verification (at most 2 tokens) are; those after plain steps may not be.
+const EXACT_CATCH_UP: usize = 16;
 
 /// Brings a draft model's session to `history` followed by `last`: forgets its tokens past
 /// their common prefix and feeds the rest in one pass, shifting its context when full if
@@ -518,7 +519,11 @@ fn catch_up<'a, B: Backend<'a>>(
         }
         session.shift()?;
     }
-    if on_device {
+    if on_device && batch.len() > EXACT_CATCH_UP {
+        // A long catch-up (after plain steps) in the fast batched kernels: the draft's
+        // rounding only changes what it proposes, never the output.
+        session.prefill_on_device(batch)?;
+    } else if on_device {
         // Rows as decode steps compute them, as the model's verification does, so that a
         // draft that is the model itself agrees with it exactly.
         session.backend().set_row_exact(true);
