@@ -26,7 +26,6 @@ dim3 gridDim, blockDim;
 size_t emu_smem_optin = 227 * 1024;
 cudaStream_t wick_stream = nullptr;
 EmuWarp emu_warps[32];
-float __shfl_xor_sync(unsigned, float x, int m) { return emu_shfl_xor(x, m); }
 thread_local std::vector<EmuCopy> emu_pending;
 thread_local std::vector<std::vector<EmuCopy>> emu_groups;
 thread_local std::mt19937 emu_rng;
