@@ -143,7 +143,13 @@ extern "C" int wick_attention(int type, const float *q, const void *kc, const vo
         attention_tiled_fits(type, kc, vc, n_heads, n_kv_heads, head_dim))
         return attention_tiled(type, q, kc, vc, pos0, state, n, n_heads, n_kv_heads, head_dim,
                                capacity, keep, window, out);
-    if (!att_decode_old && attention_splits(n_heads, n_kv_heads, head_dim, scratch_floats) > 0)
+    // Split only where the heads alone leave most SMs idle: with 32 heads (llama3-8b) the
+    // one-block-per-head kernel decoded faster on an H100 at short contexts (313 against
+    // 299 tok/s); with 9 (SmolLM2) it used 9 SMs. A number in WICK_ATT_DECODE (or -1 from
+    // set_attention_decode: the automatic count) forces splits.
+    const bool few_heads = split_override != 0 || n_heads * 8 < sm_count();
+    if (!att_decode_old && few_heads &&
+        attention_splits(n_heads, n_kv_heads, head_dim, scratch_floats) > 0)
         return attention_split(type, q, kc, vc, pos0, state, n, n_heads, n_kv_heads, head_dim,
                                capacity, keep, window, out, scratch, scratch_floats, xq, xd,
                                rounded);

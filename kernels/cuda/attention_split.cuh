@@ -209,7 +209,8 @@ inline size_t attention_split_row_floats(int n_heads, int head_dim, int splits) 
     return (size_t)n_heads * splits * (head_dim + 2);
 }
 
-// 0: from the SM count; otherwise this many (capped), for tuning.
+// 0: from the SM count, where attention.cu splits at all; -1: from the SM count, always;
+// otherwise this many (capped), for tuning.
 static int split_override = 0;
 
 // The slices per (row, KV head group) for this shape: enough blocks for about four per SM,

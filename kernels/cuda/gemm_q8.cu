@@ -1026,10 +1026,11 @@ int launch_wide(const uint8_t *w, int rows, int cols, const int8_t *xq, const fl
     return (int)cudaGetLastError();
 }
 
-// 0: the 64-token kernel up to 64 tokens, the wide one above; 1: the wide one from 17
-// tokens; 2: the 64-token kernel only, for timing runs; 3 and 4: as 0 and 1 with the
-// wide2 kernel (UNROLL 1) in place of the wide one; 5: as 3 with UNROLL 2. Rows aligned
-// to only 2 bytes keep the wide kernel.
+// 0: the 64-token kernel up to 64 tokens, the wide2 one (UNROLL 1) above; 1: the wide one
+// from 17 tokens; 2: the 64-token kernel only, for timing runs; 3 and 4: as 0 and 1 with
+// wide2; 5: as 3 with UNROLL 2; 6: as 0 with the wide kernel (the default before wide2,
+// which measured 13-17 % faster at pp512 on an H100, docs/PERF.md). Rows aligned to only
+// 2 bytes keep the wide kernel.
 // Where the wide kernels do not fit the GPU's shared memory, batches above 64 run as
 // launches of 64 tokens.
 int gemm_variant = 0;
@@ -1062,7 +1063,7 @@ int launch_nt(const uint8_t *w, int rows, int cols, const int8_t *xq, const floa
     }
     if (wide && (nb > 64 || ((gemm_variant == 1 || gemm_variant == 4) && nb > 16))) {
         if constexpr (V != 2) {
-            if (gemm_variant >= 3)
+            if (gemm_variant == 0 || (gemm_variant >= 3 && gemm_variant != 6))
                 return gemm_variant == 5
                            ? launch_wide2<TYPE, V, 2>(w, rows, cols, xq, xd, nb, y, accumulate,
                                                       ws, ws_floats)

@@ -323,7 +323,7 @@ mod gpu {
                     ..=16 if all_shapes => &MV_VARIANTS,
                     ..=16 => &MV_VARIANTS[..2],
                     17..=64 => &[0, 1, 4],
-                    _ => &[0, 2, 3, 5],
+                    _ => &[0, 6, 2, 5],
                 };
                 for &variant in variants {
                     if nb <= 16 {
@@ -518,7 +518,7 @@ mod gpu {
                 let variants: &[i32] = match nb {
                     ..=16 => &MV_VARIANTS,
                     17..=64 => &[0, 1, 4],
-                    _ => &[0, 2, 3, 5],
+                    _ => &[0, 6, 2, 5],
                 };
                 for &variant in variants {
                     if nb <= 16 {

@@ -99,7 +99,8 @@ pub(super) fn long_contexts(g: &Cuda, cpu: &Cpu, rng: &mut Rng, r: &mut Report) 
             cpu.attention(&q, &ckv, 0, pos0, 3, s, &mut want)?;
             let mut by_kernel = Vec::new();
             for old in [false, true] {
-                set_attention_decode(old, 0);
+                // -1: the split kernel with its own slice count, whatever the head count.
+                set_attention_decode(old, -1);
                 let mut got = Vec::with_capacity(3 * qd);
                 for b in 0..3 {
                     let dq = upload(g, &q[b * qd..(b + 1) * qd])?;
@@ -113,7 +114,7 @@ pub(super) fn long_contexts(g: &Cuda, cpu: &Cpu, rng: &mut Rng, r: &mut Report) 
                 r.check(&format!("{name} {kernel}"), &got, &want, att_bound);
                 by_kernel.push(got);
             }
-            set_attention_decode(false, 0);
+            set_attention_decode(false, -1);
             // A verification batch: each row as its decode step computed it.
             let dq = upload(g, &q)?;
             let mut out = g.buffer(3 * qd)?;
@@ -167,7 +168,7 @@ pub(super) fn timings(g: &Cuda, rng: &mut Rng) -> Result<()> {
                 g.begin_forward(&[0], ctx - 1)?;
                 let mut us = [0f64; 2];
                 for (i, old) in [true, false].into_iter().enumerate() {
-                    set_attention_decode(old, splits);
+                    set_attention_decode(old, if splits == 0 { -1 } else { splits });
                     // Recorded and replayed, as a decode step runs.
                     let reps = 20;
                     let mut graph = None;

@@ -348,9 +348,11 @@ impl Cuda {
             }
             set_attention_variant(c.att_variant);
             // WICK_ATT_DECODE=old sends single rows to the former one-block-per-head
-            // kernel; a number sets the split kernel's slices per KV head (tuning).
+            // kernel, `split` to the split one whatever the head count; a number sets the split
+            // kernel's slices per KV head (tuning).
             match std::env::var("WICK_ATT_DECODE").as_deref() {
                 Ok("old") => set_attention_decode(true, 0),
+                Ok("split") => set_attention_decode(false, -1),
                 Ok(v) => set_attention_decode(false, v.parse().unwrap_or(0)),
                 Err(_) => {}
             }
@@ -1488,7 +1490,8 @@ pub fn can_sample(p: &SamplerParams, vocab: usize) -> bool {
 }
 
 /// Selects the kernel of single-row attention: the former one-block-per-head one (`old`),
-/// or the split one with `splits` slices per KV head (0 = from the SM count).
+/// or the split one with `splits` slices per KV head (0 = from the SM count, where the
+/// heads alone leave most SMs idle; -1 = from the SM count, always).
 pub fn set_attention_decode(old: bool, splits: i32) {
     // SAFETY: sets plain integers read at launch.
     unsafe { ffi::wick_attention_decode(old as i32, splits) }
