@@ -390,12 +390,10 @@ static int launch_shape(const MvTargets &t, int cols, const int8_t *xq, const fl
     bool aligned = row_bytes(TYPE, cols) % 16 == 0;
     for (int i = 0; i < 3; i++) aligned = aligned && (uintptr_t)t.w[i] % 16 == 0;
     int v = aligned ? mv_variant : 1;
-    // By default only matrices of many rows stream: on an H100 the streaming kernel read
-    // 14336x4096 Q4_0 in 18.2 us against 21.3 and the 128256-row Q6_K output head in 182
-    // against 275, but 4096-row matrices in 8.6 against 6.7 (4096x4096) and 21.8 against
-    // 19.2 (4096x14336). The choice depends on the shape alone, never on nb, so a verified
-    // row still equals its decode step bit for bit.
-    if (v == 0 && t.rows[0] + t.rows[1] + t.rows[2] < 8192) v = 1;
+    // Kernel alone, the streaming kernel lost to the direct one on 4096-row matrices (H100:
+    // 8.6 against 6.7 us at 4096x4096), but sending those to the direct kernel made the whole
+    // decode step slower (Q8_0 tg128 209 -> 191 tok/s, Q4_0 313 -> 308), so every aligned
+    // shape streams (docs/PERF.md).
     if (v == 0) {
         // Rows per warp: activation loads shared by more rows, as long as the grid still
         // gives every SM two blocks; one row per warp gets a deeper ring instead, to keep
