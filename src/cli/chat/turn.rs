@@ -24,7 +24,7 @@ use anyhow::anyhow;
 
 use crate::backend::Backend;
 use crate::chat::Message;
-use crate::cli::engine::{prefill, ChatFormat};
+use crate::cli::engine::{prefill, ChatFormat, Prompt};
 use crate::cli::log::Log;
 use crate::cli::out::Stdout;
 use crate::cli::{FailWith, Failure};
@@ -156,6 +156,9 @@ pub struct Chat<'m, 'a, B: Backend<'a>> {
     limit: usize,
     pub messages: Vec<Message>,
     pub last: Option<TurnStats>,
+    /// The conversation through the last reply, as text and as the tokens the model was
+    /// fed and generated (see `conversation_tokens`).
+    fed: Option<(String, Vec<u32>)>,
 }
 
 impl<'m, 'a, B: Backend<'a>> Chat<'m, 'a, B> {
@@ -197,6 +200,7 @@ impl<'m, 'a, B: Backend<'a>> Chat<'m, 'a, B> {
             limit,
             messages: Vec::new(),
             last: None,
+            fed: None,
         })
     }
 
@@ -220,7 +224,7 @@ impl<'m, 'a, B: Backend<'a>> Chat<'m, 'a, B> {
     /// failure, and leaves the conversation as it was.
     pub fn reply(&mut self, out: &mut Stdout, stop: &dyn Fn() -> bool) -> Result<Ended, Failure> {
         let prompt = self.format.prompt(&self.messages).usage()?;
-        let tokens = prompt.tokens(self.tok)?;
+        let tokens = self.conversation_tokens(&prompt)?;
         let reused = self.rewind(&tokens)?;
         let t = Instant::now();
         prefill(self.engine.session_mut(), &tokens[reused..], self.log).generation()?;
@@ -232,6 +236,7 @@ impl<'m, 'a, B: Backend<'a>> Chat<'m, 'a, B> {
         let mut piece = String::new();
         let mut prev = tokens.last().copied();
         let mut generated = 0;
+        let mut ids = Vec::new();
         let mut decode = Duration::ZERO;
         let ended = loop {
             if stop() {
@@ -249,6 +254,7 @@ impl<'m, 'a, B: Backend<'a>> Chat<'m, 'a, B> {
                 break Ended::Eos;
             }
             generated += 1;
+            ids.push(next);
             piece.clear();
             utf8.push(self.tok.token_bytes_after(prev, next), &mut piece);
             out.write(&piece).generation()?;
@@ -263,6 +269,9 @@ impl<'m, 'a, B: Backend<'a>> Chat<'m, 'a, B> {
         out.write(&piece).generation()?;
         text.push_str(&piece);
         self.messages.push(Message::new("assistant", &text));
+        let mut fed = tokens.clone();
+        fed.extend(ids);
+        self.fed = Some((prompt.text + &text, fed));
         self.last = Some(TurnStats {
             prompt_tokens: tokens.len(),
             reused,
@@ -272,6 +281,22 @@ impl<'m, 'a, B: Backend<'a>> Chat<'m, 'a, B> {
             ended,
         });
         Ok(ended)
+    }
+
+    /// The conversation as tokens: those of the last turn as they were fed and generated,
+    /// then the rest of the text on its own, where the text still starts with that turn's.
+    /// Tokenizing a reply again need not give back the tokens the model generated (a text
+    /// has several tokenizations), and the cache would be thrown away from the first that
+    /// differs: past a context shift, down to the sinks.
+    fn conversation_tokens(&self, prompt: &Prompt) -> Result<Vec<u32>, Failure> {
+        if let Some((text, tokens)) = &self.fed {
+            if let Some(rest) = prompt.text.strip_prefix(text.as_str()) {
+                let mut all = tokens.clone();
+                all.extend(self.tok.encode(rest, false, prompt.parse_special).usage()?);
+                return Ok(all);
+            }
+        }
+        prompt.tokens(self.tok)
     }
 
     /// Rolls the session back to the tokens its history shares with the conversation
