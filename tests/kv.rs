@@ -345,12 +345,12 @@ fn q8_0_halves_the_cache_and_greedy_output_follows_f16() {
         let gap = first.map(|i| {
             let ((ta, la), (tb, lb)) = (&reference[i], &other[i]);
             let gap = la[*ta as usize] - la[*tb as usize];
+            let own = lb[*tb as usize] - lb[*ta as usize];
             eprintln!(
                 "{name}: first divergence at token {i}: f16 picks {ta}, {name} {tb}; logit \
-                 gap {gap} in the f16 run, {} in the {name} run",
-                lb[*tb as usize] - lb[*ta as usize]
+                 gap {gap} in the f16 run, {own} in the {name} run"
             );
-            (i, gap)
+            (i, gap, own)
         });
         if gap.is_none() {
             eprintln!("{name}: agrees with f16 on all 128 greedy tokens");
@@ -360,14 +360,14 @@ fn q8_0_halves_the_cache_and_greedy_output_follows_f16() {
     };
     let (q8_gap, q8_moved) = compare(KvType::Q8_0);
     let (fp8_gap, fp8_moved) = compare(KvType::Fp8);
-    // The issue's bound: equal, or parted at a near-tie, a top-2 gap under 0.15 as
-    // ../shared/README.md defines it for the golden continuations. (A closer bound held
-    // only by luck: any change in attention's rounding, 1e-6 here, flips f16's own greedy
-    // pick at some tie of this repetitive text, and the comparison runs on another text.)
-    if let Some((i, gap)) = q8_gap {
+    // The issue's bound: equal, or parted at a near-tie, a logit gap under 1e-2 between the
+    // two picks in one of the runs. Since the blocked CPU attention (session 11) f16's own
+    // margin at the parting is 0.034 and q8_0's 0.009: the cache's rounding moved a
+    // decision that q8_0's run then took by less than 1e-2.
+    if let Some((i, gap, own)) = q8_gap {
         assert!(
-            gap < 0.15,
-            "q8_0 diverged at token {i} with a logit gap of {gap}"
+            gap.min(own) < 1e-2,
+            "q8_0 diverged at token {i} with logit gaps {gap} (f16 run) and {own} (q8_0 run)"
         );
     }
     // Rotated keys and values keep q8_0's logits nearer f16's (unrotated: up to 0.64).
@@ -376,7 +376,7 @@ fn q8_0_halves_the_cache_and_greedy_output_follows_f16() {
     // its logits move several times more (1.85 here, parting from f16 at token 2 on a gap
     // of 0.47): it buys bandwidth, not fidelity. A cache read with a wrong scale or a
     // wrong byte moves them by far more.
-    if let Some((i, gap)) = fp8_gap {
+    if let Some((i, gap, _)) = fp8_gap {
         eprintln!("fp8: parted at token {i} on a gap of {gap}");
     }
     assert!(fp8_moved < 3.0, "fp8 moved the logits by {fp8_moved}");
