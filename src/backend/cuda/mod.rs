@@ -607,19 +607,7 @@ impl Cuda {
             },
             "argmax",
         )?;
-        let mut ids = vec![0u32; rows];
-        let mut top = vec![0f32; rows];
-        // SAFETY: `rows` values of each scratch buffer.
-        check(
-            unsafe { ffi::wick_cuda_d2h(ids.as_mut_ptr().cast(), s.target_ids.ptr, rows * 4) },
-            "copy from the GPU",
-        )?;
-        // SAFETY: as above.
-        check(
-            unsafe { ffi::wick_cuda_d2h(top.as_mut_ptr().cast(), s.target_top.ptr, rows * 4) },
-            "copy from the GPU",
-        )?;
-        Ok((ids, top))
+        read_picks(&s.target_ids, &s.target_top, rows)
     }
 
     /// Fills a buffer with NaN bytes, so a value a kernel failed to write shows up.
@@ -1438,18 +1426,7 @@ impl Cuda {
     pub fn sampled_draft(&self, n: usize, vocab: usize) -> Result<(Vec<u32>, Vec<f32>, Vec<f32>)> {
         ensure!(n <= MAX_BATCH, "at most {MAX_BATCH} proposals");
         let s = &self.spec;
-        let mut ids = vec![0u32; n];
-        let mut top = vec![0f32; n];
-        // SAFETY: n values of buffers of MAX_BATCH.
-        check(
-            unsafe { ffi::wick_cuda_d2h(ids.as_mut_ptr().cast(), s.proposals.ptr, n * 4) },
-            "copy from the GPU",
-        )?;
-        // SAFETY: as above.
-        check(
-            unsafe { ffi::wick_cuda_d2h(top.as_mut_ptr().cast(), s.top.ptr, n * 4) },
-            "copy from the GPU",
-        )?;
+        let (ids, top) = read_picks(&s.proposals, &s.top, n)?;
         Ok((ids, top, s.sample.q_rows(n, vocab)?))
     }
 }
@@ -1495,6 +1472,27 @@ pub fn can_sample(p: &SamplerParams, vocab: usize) -> bool {
 pub fn set_attention_decode(old: bool, splits: i32) {
     // SAFETY: sets plain integers read at launch.
     unsafe { ffi::wick_attention_decode(old as i32, splits) }
+}
+
+/// The first `n` token ids and probabilities of two device buffers of picks (self-test).
+fn read_picks(ids: &DeviceMem, top: &DeviceMem, n: usize) -> Result<(Vec<u32>, Vec<f32>)> {
+    ensure!(
+        n * 4 <= ids.bytes.min(top.bytes),
+        "{n} picks asked of a smaller buffer"
+    );
+    let mut got_ids = vec![0u32; n];
+    let mut got_top = vec![0f32; n];
+    // SAFETY: n values of each buffer (checked above).
+    check(
+        unsafe { ffi::wick_cuda_d2h(got_ids.as_mut_ptr().cast(), ids.ptr, n * 4) },
+        "copy from the GPU",
+    )?;
+    // SAFETY: as above.
+    check(
+        unsafe { ffi::wick_cuda_d2h(got_top.as_mut_ptr().cast(), top.ptr, n * 4) },
+        "copy from the GPU",
+    )?;
+    Ok((got_ids, got_top))
 }
 
 /// Whether the CUDA backend can run weights of this type.
