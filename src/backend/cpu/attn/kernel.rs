@@ -14,6 +14,8 @@ pub const TILE: usize = 64;
 
 /// Which loops run: picked once per call from the CPU and the head size.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+// Off x86-64 only the portable kernel exists.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub enum Isa {
     /// Heads of a multiple of 16 values on an AVX-512 CPU.
     Avx512,
