@@ -121,6 +121,9 @@ pub(super) fn overlay(level: Level, t: GgmlType, k: &mut Kernels) {
     match t {
         T::Q4_0 => k.gemm_4x4 = q4_0_tile_avx2(level),
         T::Q8_0 => k.gemm_4x4 = q8_0_tile_avx2(level),
+        T::F32 if wide => k.gemm_4x4 = Some(f32_tile_avx512),
+        T::F16 if wide => k.gemm_4x4 = Some(f16_tile_avx512),
+        T::BF16 if wide => k.gemm_4x4 = Some(bf16_tile_avx512),
         _ => {}
     }
     if level == Level::Avx512Vnni {
@@ -833,6 +836,92 @@ macro_rules! float_dot {
         }
     };
 }
+
+/// `gemm_4x4` for float rows (f32, f16 or bf16 on both sides, as their `vec_dot`): four
+/// weight rows by four activation rows, sixteen accumulators in registers, so each loaded
+/// vector serves four products and the sixteen horizontal sums share one shuffle tree. A
+/// row's last partial vector is read through a mask. Prefill of float models (stories260K's
+/// 64-wide rows above all) spent more in the per-dot horizontal sums than in the products.
+macro_rules! float_tile {
+    ($name:ident, $feat:literal, $elt:expr, $load:expr) => {
+        #[target_feature(enable = $feat)]
+        unsafe fn $name(w: &[&[u8]; 4], a: &[&[u8]; 4]) -> [[f32; 4]; 4] {
+            let n = w.iter().chain(a).map(|r| r.len()).min().unwrap_or(0) / $elt;
+            let (wp, ap) = (w.map(|r| r.as_ptr()), a.map(|r| r.as_ptr()));
+            let mut acc = [[_mm512_setzero_ps(); 4]; 4];
+            let mut i = 0;
+            while i < n {
+                let k: __mmask16 = if n - i >= 16 { !0 } else { (1 << (n - i)) - 1 };
+                let x = ap.map(|p| $load(k, p.add(i * $elt)));
+                for (acc, wp) in acc.iter_mut().zip(wp) {
+                    let wv = $load(k, wp.add(i * $elt));
+                    for (acc, x) in acc.iter_mut().zip(x) {
+                        *acc = _mm512_fmadd_ps(wv, x, *acc);
+                    }
+                }
+                i += 16;
+            }
+            let sums = reduce16(acc);
+            let mut out = [[0f32; 4]; 4];
+            for (k, v) in sums.iter().enumerate() {
+                out[k / 4][k % 4] = *v;
+            }
+            out
+        }
+    };
+}
+
+/// The horizontal sums of sixteen vectors, in their order: pairs of vectors, then pairs
+/// of those, fold their lanes together until one vector holds the sixteen totals.
+#[inline(always)]
+unsafe fn reduce16(v: [[__m512; 4]; 4]) -> [f32; 16] {
+    let v: [__m512; 16] = std::mem::transmute(v);
+    // Each 128-bit lane of a pair's sum: [a, b, a, b] partial sums.
+    let p: [__m512; 8] = std::array::from_fn(|i| {
+        let (a, b) = (v[2 * i], v[2 * i + 1]);
+        _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b))
+    });
+    // [a, b, c, d] per 128-bit lane.
+    let q: [__m512; 4] = std::array::from_fn(|i| {
+        let (x, z) = (p[2 * i], p[2 * i + 1]);
+        _mm512_add_ps(
+            _mm512_shuffle_ps::<0b01_00_01_00>(x, z),
+            _mm512_shuffle_ps::<0b11_10_11_10>(x, z),
+        )
+    });
+    // Lanes: eight vectors' sums over two 128-bit lanes each.
+    let fold = |y: __m512, w: __m512| {
+        _mm512_add_ps(
+            _mm512_shuffle_f32x4::<0b10_00_10_00>(y, w),
+            _mm512_shuffle_f32x4::<0b11_01_11_01>(y, w),
+        )
+    };
+    let (u, t) = (fold(q[0], q[1]), fold(q[2], q[3]));
+    std::mem::transmute(fold(u, t))
+}
+
+#[inline(always)]
+unsafe fn load_f32_masked(k: __mmask16, p: *const u8) -> __m512 {
+    _mm512_maskz_loadu_ps(k, p.cast())
+}
+
+#[inline(always)]
+unsafe fn load_f16_masked(k: __mmask16, p: *const u8) -> __m512 {
+    _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(k, p.cast()))
+}
+
+#[inline(always)]
+unsafe fn load_bf16_masked(k: __mmask16, p: *const u8) -> __m512 {
+    let v = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(k, p.cast()));
+    _mm512_castsi512_ps(_mm512_slli_epi32::<16>(v))
+}
+
+float_tile!(avx512_f32_tile, "avx2,fma,f16c,avx512f,avx512bw,avx512vl", 4, load_f32_masked);
+float_tile!(avx512_f16_tile, "avx2,fma,f16c,avx512f,avx512bw,avx512vl", 2, load_f16_masked);
+float_tile!(avx512_bf16_tile, "avx2,fma,f16c,avx512f,avx512bw,avx512vl", 2, load_bf16_masked);
+entry!(f32_tile_avx512: (w: &[&[u8]; 4], a: &[&[u8]; 4]) -> [[f32; 4]; 4] = avx512_f32_tile(w, a));
+entry!(f16_tile_avx512: (w: &[&[u8]; 4], a: &[&[u8]; 4]) -> [[f32; 4]; 4] = avx512_f16_tile(w, a));
+entry!(bf16_tile_avx512: (w: &[&[u8]; 4], a: &[&[u8]; 4]) -> [[f32; 4]; 4] = avx512_bf16_tile(w, a));
 
 #[inline(always)]
 unsafe fn reduce_256(a: [__m256; 4]) -> f32 {

@@ -17,7 +17,7 @@ pub const TILE: usize = 64;
 // Off x86-64 only the portable kernel exists.
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub enum Isa {
-    /// Heads of a multiple of 16 values on an AVX-512 CPU.
+    /// Heads of a multiple of 8 values on an AVX-512 CPU (a last half vector is masked).
     Avx512,
     /// The portable loops, compiled for AVX2 and FMA.
     Avx2,
@@ -29,7 +29,7 @@ impl Isa {
         #[cfg(target_arch = "x86_64")]
         {
             let fma = is_x86_feature_detected!("fma");
-            if fma && is_x86_feature_detected!("avx512f") && head_dim.is_multiple_of(16) {
+            if fma && is_x86_feature_detected!("avx512f") && head_dim.is_multiple_of(8) {
                 return Isa::Avx512;
             }
             if fma && is_x86_feature_detected!("avx2") {
@@ -67,8 +67,8 @@ pub fn tile(isa: Isa, qs: Queries, kt: &[f32], v: &[f32], hd: usize, mask: u64, 
     );
     match isa {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `Isa::detect` found AVX-512F and FMA and a head of whole vectors; the
-        // lengths were checked above.
+        // SAFETY: `Isa::detect` found AVX-512F and FMA and a head of whole half vectors;
+        // the lengths were checked above.
         Isa::Avx512 => unsafe {
             match nq {
                 4 => avx512::tile::<4>(qs, kt, v, hd, mask, p),
@@ -182,7 +182,7 @@ mod avx512 {
     }
 
     /// # Safety
-    /// AVX-512F and FMA, `hd` a multiple of 16, and the lengths `super::tile` checks.
+    /// AVX-512F and FMA, `hd` a multiple of 8, and the lengths `super::tile` checks.
     #[target_feature(enable = "avx512f,fma")]
     pub unsafe fn tile<const NQ: usize>(
         qs: Queries,
@@ -232,7 +232,8 @@ mod avx512 {
                 let a = _mm512_set1_ps(alpha);
                 for d in (0..hd).step_by(16) {
                     let x = acc.add(i * hd + d);
-                    _mm512_storeu_ps(x, _mm512_mul_ps(_mm512_loadu_ps(x), a));
+                    let k = lanes_from(hd - d);
+                    _mm512_mask_storeu_ps(x, k, _mm512_mul_ps(_mm512_maskz_loadu_ps(k, x), a));
                 }
             }
         }
@@ -242,16 +243,29 @@ mod avx512 {
         );
         let mut d = 0;
         while d + 64 <= hd {
-            pv::<NQ, 4>(acc, p, v, hd, d, lo, hi);
+            pv::<NQ, 4>(acc, p, v, hd, d, lo, hi, !0);
             d += 64;
         }
         while d < hd {
-            pv::<NQ, 1>(acc, p, v, hd, d, lo, hi);
+            pv::<NQ, 1>(acc, p, v, hd, d, lo, hi, lanes_from(hd - d));
             d += 16;
         }
     }
 
-    /// `acc[i][d0..d0 + 16 W] += p[i][j] * v[j][d0..]` for `j` in `lo..hi`, in registers.
+    /// The lanes of a vector that hold the `left` values still to go (all 16, or the 8 of
+    /// a head's last half vector).
+    #[inline(always)]
+    fn lanes_from(left: usize) -> __mmask16 {
+        if left >= 16 {
+            !0
+        } else {
+            (1u16 << left) - 1
+        }
+    }
+
+    /// `acc[i][d0..d0 + 16 W] += p[i][j] * v[j][d0..]` for `j` in `lo..hi`, in registers;
+    /// only the lanes of `k` in each vector (masked loads read nothing past a head's end).
+    #[allow(clippy::too_many_arguments)]
     #[inline(always)]
     unsafe fn pv<const NQ: usize, const W: usize>(
         acc: *mut f32,
@@ -261,18 +275,19 @@ mod avx512 {
         d0: usize,
         lo: usize,
         hi: usize,
+        k: __mmask16,
     ) {
         let mut a = [[_mm512_setzero_ps(); W]; NQ];
         for (i, a) in a.iter_mut().enumerate() {
             for (w, a) in a.iter_mut().enumerate() {
-                *a = _mm512_loadu_ps(acc.add(i * hd + d0 + 16 * w));
+                *a = _mm512_maskz_loadu_ps(k, acc.add(i * hd + d0 + 16 * w));
             }
         }
         for j in lo..hi {
             let row = v.add(j * hd + d0);
             let mut x = [_mm512_setzero_ps(); W];
             for (w, x) in x.iter_mut().enumerate() {
-                *x = _mm512_loadu_ps(row.add(16 * w));
+                *x = _mm512_maskz_loadu_ps(k, row.add(16 * w));
             }
             for (i, a) in a.iter_mut().enumerate() {
                 let pij = _mm512_set1_ps(*p.add(i * TILE + j));
@@ -283,7 +298,7 @@ mod avx512 {
         }
         for (i, a) in a.iter().enumerate() {
             for (w, a) in a.iter().enumerate() {
-                _mm512_storeu_ps(acc.add(i * hd + d0 + 16 * w), *a);
+                _mm512_mask_storeu_ps(acc.add(i * hd + d0 + 16 * w), k, *a);
             }
         }
     }
