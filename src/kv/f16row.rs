@@ -11,8 +11,8 @@ pub fn decode(bytes: &[u8], out: &mut [f32]) {
     assert!(bytes.len() >= out.len() * 2);
     #[cfg(target_arch = "x86_64")]
     {
-        if is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has AVX-512F; the lengths were checked.
+        if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("f16c") {
+            // SAFETY: the CPU has AVX-512F and F16C; the lengths were checked.
             return unsafe { x86::avx512(bytes, out) };
         }
         if is_x86_feature_detected!("f16c") && is_x86_feature_detected!("avx") {
@@ -34,8 +34,8 @@ mod x86 {
     use std::arch::x86_64::*;
 
     /// # Safety
-    /// AVX-512F, and `bytes` holds `2 * out.len()` bytes or more.
-    #[target_feature(enable = "avx512f")]
+    /// AVX-512F (whose CPUs all have F16C), and `bytes` holds `2 * out.len()` bytes or more.
+    #[target_feature(enable = "avx512f,avx,f16c")]
     pub unsafe fn avx512(bytes: &[u8], out: &mut [f32]) {
         let n = out.len();
         let (src, dst) = (bytes.as_ptr(), out.as_mut_ptr());
@@ -44,6 +44,12 @@ mod x86 {
             let h = _mm256_loadu_si256(src.add(2 * i).cast());
             _mm512_storeu_ps(dst.add(i), _mm512_cvtph_ps(h));
             i += 16;
+        }
+        // A head of 8 values (stories260K) is one half vector.
+        if i + 8 <= n {
+            let h = _mm_loadu_si128(src.add(2 * i).cast());
+            _mm256_storeu_ps(dst.add(i), _mm256_cvtph_ps(h));
+            i += 8;
         }
         super::scalar(&bytes[2 * i..], &mut out[i..]);
     }
