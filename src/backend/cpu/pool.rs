@@ -23,6 +23,9 @@ struct Shared {
     generation: AtomicU64,
     remaining: AtomicUsize,
     shutdown: AtomicBool,
+    /// Workers asleep on `wake` (or about to be): a job is only announced through the
+    /// condition variable, a system call, when one is.
+    sleepers: AtomicUsize,
     sleep: Mutex<()>,
     wake: Condvar,
 }
@@ -49,6 +52,7 @@ impl ThreadPool {
             generation: AtomicU64::new(0),
             remaining: AtomicUsize::new(0),
             shutdown: AtomicBool::new(false),
+            sleepers: AtomicUsize::new(0),
             sleep: Mutex::new(()),
             wake: Condvar::new(),
         });
@@ -89,8 +93,11 @@ impl ThreadPool {
         // SAFETY: no worker reads `job` now: the previous generation has fully completed.
         unsafe { *s.job.get() = Some(job) };
         s.remaining.store(self.workers.len(), Ordering::Relaxed);
-        s.generation.fetch_add(1, Ordering::Release);
-        {
+        // SeqCst with the sleeper's count and check in `worker`: either this sees it
+        // counted, and wakes it under the lock it waits with, or it sees this generation
+        // and does not wait.
+        s.generation.fetch_add(1, Ordering::SeqCst);
+        if s.sleepers.load(Ordering::SeqCst) > 0 {
             let _g = s.sleep.lock().unwrap_or_else(|e| e.into_inner());
             s.wake.notify_all();
         }
@@ -126,9 +133,11 @@ fn worker(s: &Shared, index: usize) {
                 std::hint::spin_loop();
             } else {
                 let g = s.sleep.lock().unwrap_or_else(|e| e.into_inner());
-                if s.generation.load(Ordering::Acquire) == seen {
+                s.sleepers.fetch_add(1, Ordering::SeqCst);
+                if s.generation.load(Ordering::SeqCst) == seen {
                     let _g = s.wake.wait(g).unwrap_or_else(|e| e.into_inner());
                 }
+                s.sleepers.fetch_sub(1, Ordering::SeqCst);
             }
             gen = s.generation.load(Ordering::Acquire);
         }
