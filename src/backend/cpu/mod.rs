@@ -65,14 +65,21 @@ impl Cpu {
         let t = self.pool.n_threads();
         let rb = w.row_bytes();
         let tile = x.has_tile(w.ty) && !self.row_exact.get();
+        // One activation row (decode) reuses nothing from L1: its tiles shrink to one row
+        // group, which spreads the prefetch hints between the dots instead of issuing a
+        // tile's worth at once, and the hints aim at L2, whose queue holds more misses in
+        // flight than L1's few line-fill buffers, where hints into L1 stall. (Measured on
+        // the 2-core VM, tg: SmolLM2 126 -> 165 tok/s, tinyllama Q4_0 21.5 -> 24.5.)
+        let decode = n_b == 1;
+        let tile_rows = if decode { ROW_STEP } else { ROW_TILE };
         self.pool.run(|i| {
             let mine = split(n_rows, i, t, ROW_STEP);
             let mut r0 = mine.start;
             while r0 < mine.end {
-                let r1 = (r0 + ROW_TILE).min(mine.end);
+                let r1 = (r0 + tile_rows).min(mine.end);
                 let ahead = (r1 + PREFETCH_ROWS).min(mine.end);
                 let from = (r0 + PREFETCH_ROWS).min(ahead);
-                prefetch(&w.data[from * rb..ahead * rb]);
+                prefetch(&w.data[from * rb..ahead * rb], decode);
                 // Four activation rows at a time through the tile kernel, which decodes
                 // each weight block once for all four; the rest one row at a time.
                 let tiled = if tile { n_b / 4 * 4 } else { 0 };
@@ -170,20 +177,25 @@ impl Cpu {
     }
 }
 
-/// Asks the CPU to start loading `bytes` into cache. Streaming weights from memory is the
-/// cost of decoding; a hint one tile ahead keeps more loads in flight than the hardware
-/// prefetcher alone does.
+/// Asks the CPU to start loading `bytes` into cache (into L2 only with `l2`). Streaming
+/// weights from memory is the cost of decoding; a hint one tile ahead keeps more loads in
+/// flight than the hardware prefetcher alone does.
 #[inline]
-fn prefetch(bytes: &[u8]) {
+fn prefetch(bytes: &[u8], l2: bool) {
     #[cfg(target_arch = "x86_64")]
     for line in bytes.chunks(64) {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0, _MM_HINT_T1};
         // SAFETY: a prefetch is a hint; the address is inside a live slice.
         unsafe {
-            std::arch::x86_64::_mm_prefetch(line.as_ptr().cast(), std::arch::x86_64::_MM_HINT_T0)
+            if l2 {
+                _mm_prefetch::<_MM_HINT_T1>(line.as_ptr().cast())
+            } else {
+                _mm_prefetch::<_MM_HINT_T0>(line.as_ptr().cast())
+            }
         };
     }
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = bytes;
+    let _ = (bytes, l2);
 }
 
 impl<'a> Backend<'a> for Cpu {

@@ -916,9 +916,24 @@ unsafe fn load_bf16_masked(k: __mmask16, p: *const u8) -> __m512 {
     _mm512_castsi512_ps(_mm512_slli_epi32::<16>(v))
 }
 
-float_tile!(avx512_f32_tile, "avx2,fma,f16c,avx512f,avx512bw,avx512vl", 4, load_f32_masked);
-float_tile!(avx512_f16_tile, "avx2,fma,f16c,avx512f,avx512bw,avx512vl", 2, load_f16_masked);
-float_tile!(avx512_bf16_tile, "avx2,fma,f16c,avx512f,avx512bw,avx512vl", 2, load_bf16_masked);
+float_tile!(
+    avx512_f32_tile,
+    "avx2,fma,f16c,avx512f,avx512bw,avx512vl",
+    4,
+    load_f32_masked
+);
+float_tile!(
+    avx512_f16_tile,
+    "avx2,fma,f16c,avx512f,avx512bw,avx512vl",
+    2,
+    load_f16_masked
+);
+float_tile!(
+    avx512_bf16_tile,
+    "avx2,fma,f16c,avx512f,avx512bw,avx512vl",
+    2,
+    load_bf16_masked
+);
 entry!(f32_tile_avx512: (w: &[&[u8]; 4], a: &[&[u8]; 4]) -> [[f32; 4]; 4] = avx512_f32_tile(w, a));
 entry!(f16_tile_avx512: (w: &[&[u8]; 4], a: &[&[u8]; 4]) -> [[f32; 4]; 4] = avx512_f16_tile(w, a));
 entry!(bf16_tile_avx512: (w: &[&[u8]; 4], a: &[&[u8]; 4]) -> [[f32; 4]; 4] = avx512_bf16_tile(w, a));
