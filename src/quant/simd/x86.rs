@@ -136,7 +136,10 @@ pub(super) fn overlay(level: Level, t: GgmlType, k: &mut Kernels) {
                 k.vec_dot_4rows = Some(q8_0_4rows_avx512vnni);
                 k.gemm_4x4 = Some(q8_0_tile_avx512vnni);
             }
-            T::Q4_1 => k.gemm_4x4 = Some(q4_1_tile_avx512vnni),
+            T::Q4_1 => {
+                k.vec_dot_4rows = Some(q4_1_4rows_avx512vnni);
+                k.gemm_4x4 = Some(q4_1_tile_avx512vnni);
+            }
             _ => {}
         }
     }
@@ -551,6 +554,46 @@ unsafe fn avx512vnni_q8_0_rows4(w: [&[BlockQ8_0]; 4], a: &[BlockQ8_0]) -> [f32; 
         |a0, a1| (load_2x32(&a0.qs, &a1.qs), _mm512_setzero_si512()),
         |w, a| avx2_blocks(w, a, |w, a| block_q8_0::<false>(w, a)),
     )
+}
+
+/// Four Q4_1 rows, as `avx512_q4_1_body` computes each (its offset term `m_w s_a`
+/// included), loading each activation pair once. SmolLM2's decode is Q4_1.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn avx512vnni_q4_1_rows4(w: [&[BlockQ4_1]; 4], a: &[BlockQ8_1]) -> [f32; 4] {
+    let n = a.len() / 4 * 4;
+    let mut acc = [_mm512_setzero_ps(); 4];
+    let mut ms = [_mm512_setzero_ps(); 4];
+    let mut i = 0;
+    while i < n {
+        let ac = &a[i..i + 4];
+        let y0 = load_2x32(&ac[0].qs, &ac[1].qs);
+        let y1 = load_2x32(&ac[2].qs, &ac[3].qs);
+        let ah = |k: usize| bits(ac[k].d) | bits(ac[k].s) << 16;
+        for r in 0..4 {
+            let wc = &w[r][i..i + 4];
+            let hdr = |k: usize| (bits(wc[k].d) | bits(wc[k].m) << 16 | ah(k) << 32) as i64;
+            let v = _mm512_cvtph_ps(_mm256_set_epi64x(hdr(3), hdr(2), hdr(1), hdr(0)));
+            let p = _mm512_mul_ps(v, _mm512_permute_ps::<0b01_00_11_10>(v));
+            ms[r] = _mm512_mask_add_ps(ms[r], 0x2222, ms[r], p);
+            let s0 = dot_us_512::<true>(nibbles_512(&wc[0].qs, &wc[1].qs), y0);
+            let s1 = dot_us_512::<true>(nibbles_512(&wc[2].qs, &wc[3].qs), y1);
+            acc[r] = _mm512_fmadd_ps(spread(p, 0, 4), _mm512_cvtepi32_ps(s0), acc[r]);
+            acc[r] = _mm512_fmadd_ps(spread(p, 8, 12), _mm512_cvtepi32_ps(s1), acc[r]);
+        }
+        i += 4;
+    }
+    let mut out = [0f32; 4];
+    for r in 0..4 {
+        out[r] = _mm512_reduce_add_ps(_mm512_add_ps(acc[r], ms[r]))
+            + avx2_q4_1_body::<false>(&w[r][n..], &a[n..]);
+    }
+    out
+}
+
+fn q4_1_4rows_avx512vnni(w: &[&[u8]; 4], a: &[u8]) -> [f32; 4] {
+    let w = w.map(blocks::<BlockQ4_1>);
+    // SAFETY: installed only for Avx512Vnni, after `supported` detected it.
+    unsafe { avx512vnni_q4_1_rows4(w, blocks(a)) }
 }
 
 fn q4_0_4rows_avx512vnni(w: &[&[u8]; 4], a: &[u8]) -> [f32; 4] {
