@@ -803,7 +803,14 @@ unsafe fn avx2_tile<W, const VNNI: bool>(
             }
         }
     }
-    acc.map(|row| row.map(|v| hsum_ps(v)))
+    // Loops, not `map`: a closure would not inherit the target features (see `reduce16`).
+    let mut out = [[0f32; 4]; 4];
+    for r in 0..4 {
+        for t in 0..4 {
+            out[r][t] = hsum_ps(acc[r][t]);
+        }
+    }
+    out
 }
 
 macro_rules! avx2_tiles {
@@ -895,7 +902,10 @@ macro_rules! float_tile {
             let mut i = 0;
             while i < n {
                 let k: __mmask16 = if n - i >= 16 { !0 } else { (1 << (n - i)) - 1 };
-                let x = ap.map(|p| $load(k, p.add(i * $elt)));
+                let mut x = [_mm512_setzero_ps(); 4];
+                for (x, p) in x.iter_mut().zip(ap) {
+                    *x = $load(k, p.add(i * $elt));
+                }
                 for (acc, wp) in acc.iter_mut().zip(wp) {
                     let wv = $load(k, wp.add(i * $elt));
                     for (acc, x) in acc.iter_mut().zip(x) {
@@ -904,7 +914,7 @@ macro_rules! float_tile {
                 }
                 i += 16;
             }
-            let sums = reduce16(acc);
+            let sums: [f32; 16] = std::mem::transmute(reduce16(std::mem::transmute(acc)));
             let mut out = [[0f32; 4]; 4];
             for (k, v) in sums.iter().enumerate() {
                 out[k / 4][k % 4] = *v;
@@ -917,30 +927,36 @@ macro_rules! float_tile {
 /// The horizontal sums of sixteen vectors, in their order: pairs of vectors, then pairs
 /// of those, fold their lanes together until one vector holds the sixteen totals.
 #[inline(always)]
-unsafe fn reduce16(v: [[__m512; 4]; 4]) -> [f32; 16] {
-    let v: [__m512; 16] = std::mem::transmute(v);
+unsafe fn reduce16(v: [__m512; 16]) -> __m512 {
+    // Plain loops, no closures: a closure does not inherit the caller's target features,
+    // and its intrinsics would not inline.
     // Each 128-bit lane of a pair's sum: [a, b, a, b] partial sums.
-    let p: [__m512; 8] = std::array::from_fn(|i| {
+    let mut p = [_mm512_setzero_ps(); 8];
+    for i in 0..8 {
         let (a, b) = (v[2 * i], v[2 * i + 1]);
-        _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b))
-    });
+        p[i] = _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));
+    }
     // [a, b, c, d] per 128-bit lane.
-    let q: [__m512; 4] = std::array::from_fn(|i| {
+    let mut q = [_mm512_setzero_ps(); 4];
+    for i in 0..4 {
         let (x, z) = (p[2 * i], p[2 * i + 1]);
-        _mm512_add_ps(
+        q[i] = _mm512_add_ps(
             _mm512_shuffle_ps::<0b01_00_01_00>(x, z),
             _mm512_shuffle_ps::<0b11_10_11_10>(x, z),
-        )
-    });
-    // Lanes: eight vectors' sums over two 128-bit lanes each.
-    let fold = |y: __m512, w: __m512| {
-        _mm512_add_ps(
-            _mm512_shuffle_f32x4::<0b10_00_10_00>(y, w),
-            _mm512_shuffle_f32x4::<0b11_01_11_01>(y, w),
-        )
-    };
-    let (u, t) = (fold(q[0], q[1]), fold(q[2], q[3]));
-    std::mem::transmute(fold(u, t))
+        );
+    }
+    // Eight vectors' sums over two 128-bit lanes each, then all sixteen.
+    let u = fold_lanes(q[0], q[1]);
+    let t = fold_lanes(q[2], q[3]);
+    fold_lanes(u, t)
+}
+
+#[inline(always)]
+unsafe fn fold_lanes(y: __m512, w: __m512) -> __m512 {
+    _mm512_add_ps(
+        _mm512_shuffle_f32x4::<0b10_00_10_00>(y, w),
+        _mm512_shuffle_f32x4::<0b11_01_11_01>(y, w),
+    )
 }
 
 #[inline(always)]
