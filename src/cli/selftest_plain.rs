@@ -241,7 +241,9 @@ fn generations(g: &Cuda, file: &GgufFile, t: &mut Tally) -> Result<()> {
     };
     let (first, _, _) = run(false, &greedy(), &[], 256, false, true)?;
     let hide = first.first().map_or(Vec::new(), |&x| vec![x]);
-    let cases: [(&str, SamplerParams, &[u32], usize, bool, bool); 5] = [
+    // (label, sampler, mask, context, shift, prefill through the decoder)
+    type Case<'c> = (&'static str, SamplerParams, &'c [u32], usize, bool, bool);
+    let cases: [Case; 5] = [
         ("greedy", greedy(), &[], 256, false, true),
         ("greedy, masked", greedy(), &hide, 256, false, false),
         ("sampled seed 7", sampled(7), &[], 256, false, false),
