@@ -47,6 +47,11 @@ impl<'m, 'a, B: Backend<'a>> Session<'m, 'a, B> {
         self.state.capacity()
     }
 
+    /// Logits per position.
+    pub fn vocab(&self) -> usize {
+        self.model.config.vocab_size
+    }
+
     /// Every token fed so far, including those a context shift dropped from the cache.
     pub fn tokens(&self) -> &[u32] {
         &self.tokens

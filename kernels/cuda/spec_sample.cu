@@ -394,6 +394,53 @@ accept_kernel(const int *p_ids, const float *p_probs, const int *p_cnt, const fl
     }
 }
 
+// Plain decoding (one forward pass per token) with its pick on the device: masked tokens
+// become impossible first, in the logits themselves (a kernel of their own, so that the
+// pick's read-only loads never see a stale value).
+__global__ void mask_kernel(float *logits, const int *ids, int n) {
+    pdl_start();
+    for (int j = threadIdx.x; j < n; j += blockDim.x) logits[ids[j]] = -INFINITY;
+}
+
+// Plain decoding's sampled pick, `Sampler::sample` to the operation: the same distribution
+// as row_dist, but drawn as `Sampler::draw` draws (the weights rounded to f32, one uniform
+// scaled by their double total, the last token with any weight if rounding leaves a
+// sliver; no uniform at all when every token is impossible), so that the device continues
+// the host sampler's stream token for token. The pick is staged as the next decode step's
+// token at next_pos and written to out[0] for the host.
+__global__ void __launch_bounds__(SAMPLE_THREADS)
+plain_sample_kernel(const float *__restrict__ logits, int vocab, wick_sample_cfg cfg,
+                    uint64_t *rng, int *params, int next_pos, int *out) {
+    pdl_start();
+    __shared__ RowScratch s;
+    __shared__ int ids[CAP], count;
+    __shared__ float probs[CAP];
+    row_dist(logits, vocab, cfg, s, ids, probs, &count);
+    if (threadIdx.x != 0) return;
+    int pick = ids[0];
+    if (s.logit[0] != -INFINITY) {
+        // Never fused into the first subtraction: the host rounds the product alone.
+        double r = __dmul_rn(rng_uniform(rng), s.total);
+        int j = 0;
+        for (; j < count; j++) {
+            r -= (double)(float)s.w[j];
+            if (r < 0.0) break;
+        }
+        if (j < count) {
+            pick = ids[j];
+        } else {
+            for (j = count - 1; j >= 0; j--)
+                if ((float)s.w[j] > 0.f) {
+                    pick = ids[j];
+                    break;
+                }
+        }
+    }
+    out[0] = pick;
+    params[0] = next_pos;
+    params[1] = pick;
+}
+
 // --- the C interface ---
 
 static bool cfg_ok(wick_sample_cfg cfg, int vocab) {
@@ -429,5 +476,20 @@ extern "C" int wick_spec_accept(const int *p_ids, const float *p_probs, const in
     if (n < 0 || vocab <= 0) return (int)cudaErrorInvalidValue;
     wick_launch(accept_kernel, 1, SAMPLE_THREADS, 0, p_ids, p_probs, p_cnt, q, vocab,
                 proposals, top, n, draft_min, p_min, rng, out);
+    return (int)cudaGetLastError();
+}
+
+extern "C" int wick_mask_logits(float *logits, const int *ids, int n) {
+    if (n < 0) return (int)cudaErrorInvalidValue;
+    if (n == 0) return 0;
+    wick_launch(mask_kernel, 1, 64, 0, logits, ids, n);
+    return (int)cudaGetLastError();
+}
+
+extern "C" int wick_plain_sample(const float *logits, int vocab, wick_sample_cfg cfg,
+                                 uint64_t *rng, int *params, int next_pos, int *out) {
+    if (!cfg_ok(cfg, vocab)) return (int)cudaErrorInvalidValue;
+    wick_launch(plain_sample_kernel, 1, SAMPLE_THREADS, 0, logits, vocab, cfg, rng, params,
+                next_pos, out);
     return (int)cudaGetLastError();
 }

@@ -187,6 +187,15 @@ int wick_spec_accept(const int32_t *d_p_ids, const float *d_p_probs, const int32
                      const float *d_top, int n, int draft_min, float p_min, uint64_t *d_rng,
                      int32_t *d_out);
 
+/* --- plain decoding's pick on the device (spec_sample.cu) --- */
+/* Sets d_logits[d_ids[j]] = -inf for j < n: tokens never to pick. */
+int wick_mask_logits(float *d_logits, const int32_t *d_ids, int n);
+/* The CPU sampler's sampled pick (`Sampler::sample`: the distribution of wick_sample_rows,
+ * drawn with d_rng exactly as the host draws), into d_out[0] and staged as the next decode
+ * step's token at next_pos (d_params = {pos, token}). */
+int wick_plain_sample(const float *d_logits, int vocab, wick_sample_cfg cfg, uint64_t *d_rng,
+                      int32_t *d_params, int next_pos, int32_t *d_out);
+
 #ifdef __cplusplus
 }
 #endif

@@ -2,6 +2,7 @@
 # Checks kernels/cuda/spec_sample.cu on a machine without a GPU: builds it as host C++ with
 # every GPU thread a host thread (spec_sample.cpp) and compares each kernel with the CPU's
 # sampling and acceptance rules on the same seeded random numbers.
+# Also plain decoding's sampled pick (wick_plain_sample, wick_mask_logits).
 # Usage: scripts/cuda-emu/run-spec-sample.sh [threads a block (64)] [trials (60)]
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)

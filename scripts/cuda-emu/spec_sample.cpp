@@ -135,6 +135,33 @@ static int ref_draw(const Probs &p, Rng &rng) {
     return p.empty() ? 0 : p.back().first;
 }
 
+// `Sampler::sample` past the filters (`Sampler::draw`): weights kept as f32, one uniform
+// scaled by their double total, no uniform when every token is impossible.
+static int ref_sample(const std::vector<float> &logits, int top_k, float top_p, float min_p,
+                      float temp, Rng &rng) {
+    Probs p = ref_probs(logits, top_k, top_p, min_p, temp);
+    // ref_probs normalized; redo the weights as `draw` keeps them, over the same candidates.
+    float max = -INFINITY;
+    for (float l : logits) max = std::max(max, std::isnan(l) ? -INFINITY : l);
+    if (max == -INFINITY) return p[0].first;
+    double inv_t = 1.0 / (double)temp, total = 0;
+    std::vector<float> w;
+    for (auto &x : p) {
+        float l = std::isnan(logits[x.first]) ? -INFINITY : logits[x.first];
+        double e = exp((double)(l - max) * inv_t);
+        total += e;
+        w.push_back((float)e);
+    }
+    double r = rng.uniform() * total;
+    for (size_t j = 0; j < p.size(); j++) {
+        r -= (double)w[j];
+        if (r < 0) return p[j].first;
+    }
+    for (size_t j = p.size(); j-- > 0;)
+        if (w[j] > 0.f) return p[j].first;
+    return p[0].first;
+}
+
 static float get(const Probs &p, int id) {
     for (auto &x : p)
         if (x.first == id) return x.second;
@@ -285,6 +312,45 @@ static void test_pick(int trials) {
     }
 }
 
+// Plain decoding's sampled pick over a run of tokens, each from new logits, some with
+// masked tokens: the same ids as `Sampler::sample` on the masked logits, its stream carried
+// from token to token, and the state left where the host's is.
+static void test_plain(int trials) {
+    for (int t = 0; t < trials; t++) {
+        int vocab = VOCABS[gen() % 6];
+        Setting st = random_setting(vocab);
+        uint64_t seed = gen(), state[4];
+        wick_sample_seed(state, seed);
+        Rng host(seed);
+        wick_sample_cfg cfg = cfg_of(st.top_k, st.top_p, st.min_p, st.temp, vocab);
+        bool ok = true;
+        for (int step = 0; step < 6; step++) {
+            auto row = random_row(vocab, gen() % 5);
+            std::vector<int> mask;
+            if (gen() % 3 == 0)
+                for (int m = 0; m < 3; m++) mask.push_back((int)(gen() % vocab));
+            auto want_row = row;
+            for (int m : mask) want_row[m] = -INFINITY;
+            int params[2] = {-1, -1}, out = -1;
+            // Bit for bit: NaN logits stay NaN.
+            int e = wick_mask_logits(row.data(), mask.data(), (int)mask.size());
+            e |= memcmp(row.data(), want_row.data(), vocab * sizeof(float));
+            e |= wick_plain_sample(row.data(), vocab, cfg, state, params, 10 + step, &out);
+            ok = ok && e == 0;
+            int w = ref_sample(want_row, st.top_k, st.top_p, st.min_p, st.temp, host);
+            if (out != w || params[0] != 10 + step || params[1] != w) {
+                fprintf(stderr, "plain: vocab %d k %d p %g minp %g t %g step %d: %d vs %d\n",
+                        vocab, st.top_k, st.top_p, st.min_p, st.temp, step, out, w);
+                ok = false;
+            }
+        }
+        Rng after(0);
+        memcpy(after.s, state, sizeof state);
+        ok = ok && after.uniform() == host.uniform();
+        check(ok, "plain sampled pick == Sampler::sample", t);
+    }
+}
+
 static void test_accept(int trials) {
     int accepted_total = 0, rejected = 0, bonus = 0;
     for (int t = 0; t < trials; t++) {
@@ -376,6 +442,7 @@ int main(int argc, char **argv) {
     test_rows(trials);
     test_pick(trials / 2);
     test_accept(trials * 3);
+    test_plain(trials);
     fprintf(stderr, "%d checks, %d failures (%d threads a block)\n", checks, failures,
             emu_threads);
     return failures ? 1 : 0;

@@ -226,6 +226,24 @@ pub trait DeviceSpec<Buf> {
         cut: DraftCut,
         out: &mut Verdict,
     ) -> Result<()>;
+
+    /// Plain decoding (one forward pass per token) picking its tokens on the device: from
+    /// here on `plain_pick` picks as a host `Sampler` of `params` whose random stream
+    /// stands at `rng` (`Sampler::rng_state`) would, never picking a token of `mask`. False,
+    /// changing nothing, when the device cannot follow these settings (a repeat penalty,
+    /// or a top-k wider than the device keeps); the host samples then. One plain decoding
+    /// at a time per backend: the mode and the random stream are shared.
+    fn plain_setup(
+        &self,
+        params: &SamplerParams,
+        rng: [u64; 4],
+        mask: &[u32],
+        vocab: usize,
+    ) -> Result<bool>;
+    /// The next token after `logits` (`vocab` values; the masked ones are overwritten with
+    /// -inf), staged as the next decode step's token at `next_pos` (as `pick` stages it),
+    /// and copied to the host: the one wait of a token.
+    fn plain_pick(&self, logits: &Buf, vocab: usize, next_pos: usize) -> Result<u32>;
 }
 
 /// Where `--draft-p-min` cuts a draft that was picked whole on the device: at the first

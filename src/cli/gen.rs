@@ -365,6 +365,8 @@ fn generate<'a, B: Backend<'a>>(
             ctx,
             shifts,
             rss: (rss_first, rss_bytes()),
+            device_picks: (a.model.gpu && decoder.spec_stats().is_none())
+                .then(|| decoder.device_picks()),
         });
         if let Some(s) = decoder.spec_stats() {
             print_spec_stats(s);
@@ -499,6 +501,8 @@ struct Stats<'a> {
     shifts: usize,
     /// Resident memory at the first token and at the end.
     rss: (Option<usize>, Option<usize>),
+    /// On the GPU: whether plain decoding picked its tokens there.
+    device_picks: Option<bool>,
 }
 
 fn print_stats(s: &Stats) {
@@ -539,6 +543,11 @@ fn print_stats(s: &Stats) {
         s.ctx,
         s.shifts
     );
+    match s.device_picks {
+        Some(true) => eprintln!("picks:   on the GPU, each token's id copied back"),
+        Some(false) => eprintln!("picks:   on the host, each token's logits copied back"),
+        None => {}
+    }
     if let (Some(first), Some(end)) = s.rss {
         eprintln!("memory:  rss {first} bytes at the first token, {end} bytes at the end");
     }

@@ -11,6 +11,8 @@ mod out;
 mod quantize;
 mod selftest;
 #[cfg(feature = "cuda")]
+mod selftest_plain;
+#[cfg(feature = "cuda")]
 mod selftest_sampled;
 #[cfg(feature = "cuda")]
 mod selftest_spec;

@@ -40,7 +40,7 @@ fn params(top_k: usize, top_p: f32, min_p: f32, temp: f32) -> SamplerParams {
 
 /// Sampler settings the device must follow: the defaults, every token, a tight top-k, a
 /// wide one with top-p, min-p alone, and the widest top-k the device keeps.
-fn settings() -> Vec<SamplerParams> {
+pub(super) fn settings() -> Vec<SamplerParams> {
     vec![
         params(40, 0.95, 0.05, 0.8),
         params(0, 1.0, 0.0, 1.0),
@@ -53,7 +53,7 @@ fn settings() -> Vec<SamplerParams> {
 
 /// Random logits of one of several kinds: spread, few distinct values (ties at every
 /// cut), NaN and -inf sprinkled with signed zeros, all -inf.
-fn logits(rng: &mut Rng, vocab: usize, kind: usize) -> Vec<f32> {
+pub(super) fn logits(rng: &mut Rng, vocab: usize, kind: usize) -> Vec<f32> {
     let mut l: Vec<f32> = (0..vocab).map(|_| rng.f32() * 6.0).collect();
     match kind {
         1 => l.iter_mut().for_each(|x| *x = (*x * 0.5).round()),

@@ -87,6 +87,7 @@ pub fn run(g: &Cuda, seed: u64, t: &mut Tally) -> Result<()> {
     argmax(g, &mut rng, t)?;
     judge(g, &mut rng, t)?;
     super::selftest_sampled::run(g, &mut rng, t)?;
+    super::selftest_plain::run(g, &mut rng, t)?;
     let embedded = GgufFile::from_static(DEFAULT_MODEL)?;
     models(g, &embedded, "stories260K", "Once upon a time", t)?;
     let draft = Path::new("models/smollm2-draft.gguf");

@@ -191,6 +191,12 @@ impl Sampler {
         &self.params
     }
 
+    /// Where the random stream stands (xoshiro256**'s state), for a device that continues
+    /// it in the sampler's place.
+    pub fn rng_state(&self) -> [u64; 4] {
+        self.rng.s
+    }
+
     /// Picks a token from the logits of one position. `history` is every token so far
     /// (prompt and generated); the repeat penalty looks at its last `repeat_last_n`.
     ///

@@ -38,9 +38,19 @@ pub trait Decoder {
     fn shifts(&self) -> usize {
         0
     }
+    /// Whether plain decoding picks its tokens on the device (see [`Plain`]).
+    fn device_picks(&self) -> bool {
+        false
+    }
 }
 
-/// One forward pass per token.
+/// Set to 1, plain decoding samples on the host even where the device could (A/B runs).
+pub const SAMPLE_HOST_ENV: &str = "WICK_SAMPLE_HOST";
+
+/// One forward pass per token. On a backend with [`crate::backend::DeviceSpec`] whose
+/// device follows the sampler's settings, each token is picked on the device from logits
+/// that never leave it, and only its id is copied back (`DeviceSpec::plain_pick`); the
+/// device continues the sampler's random stream, so the text is the host's.
 pub struct Plain<'m, 'a, B: Backend<'a>> {
     session: Session<'m, 'a, B>,
     sampler: Sampler,
@@ -54,6 +64,10 @@ pub struct Plain<'m, 'a, B: Backend<'a>> {
     shifts: usize,
     /// The logits with the mask applied, reused every step.
     masked: Vec<f32>,
+    /// Whether tokens are picked on the device, decided at the first pick.
+    on_device: Option<bool>,
+    /// Whether the device staged `pending` as the next step's token at the next position.
+    staged: bool,
 }
 
 impl<'m, 'a, B: Backend<'a>> Plain<'m, 'a, B> {
@@ -66,6 +80,8 @@ impl<'m, 'a, B: Backend<'a>> Plain<'m, 'a, B> {
             shift: false,
             shifts: 0,
             masked: Vec::new(),
+            on_device: None,
+            staged: false,
         }
     }
 
@@ -74,6 +90,12 @@ impl<'m, 'a, B: Backend<'a>> Plain<'m, 'a, B> {
     pub fn with_options(mut self, mask: Vec<u32>, shift: bool) -> Self {
         self.mask = mask;
         self.shift = shift;
+        self
+    }
+
+    /// Samples on the host even where the device could pick (as `WICK_SAMPLE_HOST=1` does).
+    pub fn with_host_sampling(mut self) -> Self {
+        self.on_device = Some(false);
         self
     }
 
@@ -91,26 +113,79 @@ impl<'m, 'a, B: Backend<'a>> Plain<'m, 'a, B> {
     /// logits of its last prefill or step.
     pub fn resume(&mut self) {
         self.pending = None;
+        self.staged = false;
+    }
+
+    /// Whether tokens are picked on the device: decided once, setting the device up to
+    /// continue the sampler (the host sampler is not used after that).
+    pub fn picks_on_device(&mut self) -> Result<bool> {
+        if let Some(d) = self.on_device {
+            return Ok(d);
+        }
+        let forced_host = std::env::var(SAMPLE_HOST_ENV).is_ok_and(|v| v == "1");
+        let d = match self.session.backend().device_spec() {
+            Some(ds) if !forced_host => ds.plain_setup(
+                self.sampler.params(),
+                self.sampler.rng_state(),
+                &self.mask,
+                self.session.vocab(),
+            )?,
+            _ => false,
+        };
+        self.on_device = Some(d);
+        Ok(d)
+    }
+
+    /// Feeds the token handed out last: from where the device staged it, or from the host.
+    fn feed(&mut self, t: u32, staged: bool, on_device: bool) -> Result<()> {
+        if !on_device {
+            self.session.step(t)?;
+        } else if staged {
+            self.session.step_staged()?;
+            self.session.settle_staged(&[t])?;
+        } else {
+            // A context shift moved the position the pick staged (or nothing was staged).
+            self.session.prefill_on_device(&[t])?;
+        }
+        Ok(())
     }
 }
 
 impl<'a, B: Backend<'a>> Decoder for Plain<'_, 'a, B> {
     fn prefill(&mut self, prompt: &[u32]) -> Result<()> {
-        self.session.prefill(prompt)?;
-        self.pending = None;
+        if self.picks_on_device()? {
+            self.session.prefill_on_device(prompt)?;
+        } else {
+            self.session.prefill(prompt)?;
+        }
+        self.resume();
         Ok(())
     }
 
     fn next(&mut self) -> Result<Option<u32>> {
+        let on_device = self.picks_on_device()?;
         if let Some(t) = self.pending.take() {
+            let mut staged = std::mem::take(&mut self.staged);
             if self.session.room() == 0 {
                 if !self.shift {
                     return Ok(None);
                 }
                 self.session.shift()?;
                 self.shifts += 1;
+                staged = false;
             }
-            self.session.step(t)?;
+            self.feed(t, staged, on_device)?;
+        }
+        if on_device {
+            let s = &self.session;
+            let ds = s
+                .backend()
+                .device_spec()
+                .expect("picks_on_device checked the device");
+            let t = ds.plain_pick(s.logits_buf(), s.vocab(), s.len())?;
+            self.pending = Some(t);
+            self.staged = true;
+            return Ok(Some(t));
         }
         let logits = self.session.logits();
         let t = if self.mask.is_empty() {
@@ -131,6 +206,10 @@ impl<'a, B: Backend<'a>> Decoder for Plain<'_, 'a, B> {
 
     fn shifts(&self) -> usize {
         self.shifts
+    }
+
+    fn device_picks(&self) -> bool {
+        self.on_device == Some(true)
     }
 }
 

@@ -1345,9 +1345,37 @@ impl DeviceSpec<DeviceMem> for Cuda {
         )?;
         self.read_verdict(n, out)
     }
+
+    fn plain_setup(
+        &self,
+        params: &SamplerParams,
+        rng: [u64; 4],
+        mask: &[u32],
+        vocab: usize,
+    ) -> Result<bool> {
+        self.spec.sample.plain_setup(params, rng, mask, vocab)
+    }
+
+    fn plain_pick(&self, logits: &DeviceMem, vocab: usize, next_pos: usize) -> Result<u32> {
+        let id = self
+            .spec
+            .sample
+            .plain_pick(logits, vocab, &self.params, next_pos)?;
+        // The pick waited for the step, as `read` does: its ops' times are final.
+        if let Some(p) = &self.profile {
+            p.borrow_mut().collect();
+        }
+        Ok(id)
+    }
 }
 
 impl Cuda {
+    /// Plain decoding's device random stream as it stands (self-test: it must have moved
+    /// on exactly as a host sampler's stream does).
+    pub fn plain_rng_state(&self) -> Result<[u64; 4]> {
+        self.spec.sample.plain_rng_state()
+    }
+
     /// Copies the verdict on `n` proposals that the judging kernels queued: the one wait of
     /// a speculative step.
     fn read_verdict(&self, n: usize, out: &mut Verdict) -> Result<()> {

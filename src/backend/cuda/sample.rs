@@ -1,5 +1,6 @@
-//! Sampled speculation on the device (kernels/cuda/spec_sample.cu): the settings and
-//! buffers behind `DeviceSpec::{sample_setup, pick_sampled, judge_sampled}`.
+//! Sampling on the device (kernels/cuda/spec_sample.cu): the settings and buffers behind
+//! `DeviceSpec::{sample_setup, pick_sampled, judge_sampled}` (speculation) and
+//! `DeviceSpec::{plain_setup, plain_pick}` (plain decoding).
 
 use std::cell::{Cell, RefCell};
 
@@ -42,11 +43,29 @@ pub(super) fn device_cfg(p: &SamplerParams, vocab: usize) -> Option<ffi::wick_sa
     })
 }
 
-/// Device state of sampled speculation: two random streams, the draft's distributions
+/// How plain decoding picks on the device.
+#[derive(Clone, Copy)]
+enum PlainMode {
+    /// The argmax (temperature 0), by speculation's greedy pick.
+    Greedy,
+    /// A draw, as `Sampler::sample` draws.
+    Sampled(ffi::wick_sample_cfg),
+}
+
+/// Most tokens plain decoding's mask may hold on the device (the end-of-generation tokens
+/// of `--ignore-eos` are a handful).
+const MASK_CAP: usize = 256;
+
+/// Random streams: the model's and the draft's in speculation, plain decoding's.
+const STREAMS: usize = 3;
+const PLAIN_STREAM: usize = 2;
+
+/// Device state of sampling: the random streams; for speculation the draft's distributions
 /// (dense rows of the vocabulary, one per draft token) and the model's (compact rows of
-/// at most `SAMPLE_CAP` candidates, one per verified row).
+/// at most `SAMPLE_CAP` candidates, one per verified row); for plain decoding its mode,
+/// mask and pick.
 pub(super) struct SampleScratch {
-    /// xoshiro256** states of 4 u64 each: the model's, then the draft's.
+    /// xoshiro256** states of 4 u64 each, `STREAMS` of them.
     rng: DeviceMem,
     p_ids: DeviceMem,
     p_probs: DeviceMem,
@@ -56,25 +75,167 @@ pub(super) struct SampleScratch {
     target: Cell<Option<ffi::wick_sample_cfg>>,
     /// `None`: the proposals are one-hot.
     draft: Cell<Option<ffi::wick_sample_cfg>>,
+    /// Plain decoding's mode and vocabulary, once set up.
+    plain: Cell<Option<(PlainMode, usize)>>,
+    /// Plain decoding's masked tokens (`MASK_CAP`), `plain_masked` of them in use.
+    plain_mask: DeviceMem,
+    plain_masked: Cell<usize>,
+    /// Plain decoding's pick, and the probability greedy picks leave beside it.
+    plain_out: DeviceMem,
+    plain_top: DeviceMem,
 }
 
 impl SampleScratch {
     pub(super) fn new() -> Result<SampleScratch> {
         let rows = MAX_BATCH + 1;
         Ok(SampleScratch {
-            rng: DeviceMem::zeroed(8 * 8)?,
+            rng: DeviceMem::zeroed(STREAMS * 4 * 8)?,
             p_ids: DeviceMem::zeroed(rows * SAMPLE_CAP * 4)?,
             p_probs: DeviceMem::zeroed(rows * SAMPLE_CAP * 4)?,
             p_cnt: DeviceMem::zeroed(rows * 4)?,
             q: RefCell::new(None),
             target: Cell::new(None),
             draft: Cell::new(None),
+            plain: Cell::new(None),
+            plain_mask: DeviceMem::zeroed(MASK_CAP * 4)?,
+            plain_masked: Cell::new(0),
+            plain_out: DeviceMem::zeroed(4)?,
+            plain_top: DeviceMem::zeroed(4)?,
         })
     }
 
     fn rng(&self, which: usize) -> *mut u64 {
-        // SAFETY: `which` is 0 or 1, inside the 8 u64 of `rng`.
+        assert!(which < STREAMS, "random stream {which}");
+        // SAFETY: a state of 4 u64 inside `rng` (checked above).
         unsafe { self.rng.ptr.cast::<u64>().add(4 * which) }
+    }
+
+    /// Plain decoding on the device (`DeviceSpec::plain_setup`): greedy without a repeat
+    /// penalty, or sampled with settings `device_cfg` follows; the stream continues from
+    /// the host sampler's `rng`.
+    pub(super) fn plain_setup(
+        &self,
+        p: &SamplerParams,
+        rng: [u64; 4],
+        mask: &[u32],
+        vocab: usize,
+    ) -> Result<bool> {
+        let mode = if p.temp <= 0.0 {
+            let penalty = p.repeat_penalty != 1.0 && p.repeat_last_n > 0;
+            if penalty || vocab == 0 {
+                return Ok(false);
+            }
+            PlainMode::Greedy
+        } else {
+            match device_cfg(p, vocab) {
+                Some(c) => PlainMode::Sampled(c),
+                None => return Ok(false),
+            }
+        };
+        // The host skips ids past the vocabulary, and masking one twice changes nothing.
+        let mut ids: Vec<u32> = mask
+            .iter()
+            .copied()
+            .filter(|&m| (m as usize) < vocab)
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        if ids.len() > MASK_CAP {
+            return Ok(false);
+        }
+        if !ids.is_empty() {
+            h2d(&self.plain_mask, &ids)?;
+        }
+        // SAFETY: the plain stream's 4 u64 inside `rng`.
+        check(
+            unsafe {
+                ffi::wick_cuda_h2d(
+                    self.rng(PLAIN_STREAM).cast(),
+                    rng.as_ptr().cast(),
+                    std::mem::size_of_val(&rng),
+                )
+            },
+            "copy the sampler's state to the GPU",
+        )?;
+        self.plain_masked.set(ids.len());
+        self.plain.set(Some((mode, vocab)));
+        Ok(true)
+    }
+
+    /// `DeviceSpec::plain_pick`: queues the mask and the pick, then waits for the id.
+    pub(super) fn plain_pick(
+        &self,
+        logits: &DeviceMem,
+        vocab: usize,
+        params: &DeviceMem,
+        next_pos: usize,
+    ) -> Result<u32> {
+        let Some((mode, set_vocab)) = self.plain.get() else {
+            anyhow::bail!("plain pick without plain decoding set up on the GPU");
+        };
+        ensure!(
+            vocab == set_vocab && vocab * 4 <= logits.bytes && next_pos <= i32::MAX as usize,
+            "plain pick of {vocab} logits out of bounds"
+        );
+        let masked = self.plain_masked.get();
+        // SAFETY: `masked` ids below `vocab` (plain_setup), inside the logits (checked above).
+        check(
+            unsafe {
+                ffi::wick_mask_logits(logits.f32(), self.plain_mask.ptr.cast(), masked as i32)
+            },
+            "masking tokens",
+        )?;
+        let out: *mut i32 = self.plain_out.ptr.cast();
+        match mode {
+            // SAFETY: bounds checked above; params holds a position and a token, out and
+            // top one value each.
+            PlainMode::Greedy => check(
+                unsafe {
+                    ffi::wick_spec_pick(
+                        logits.f32(),
+                        vocab as i32,
+                        params.ptr.cast(),
+                        next_pos as i32,
+                        out,
+                        self.plain_top.f32(),
+                        0,
+                    )
+                },
+                "picking a token",
+            )?,
+            // SAFETY: as above; the cfg's k fits the vocabulary (device_cfg).
+            PlainMode::Sampled(cfg) => check(
+                unsafe {
+                    ffi::wick_plain_sample(
+                        logits.f32(),
+                        vocab as i32,
+                        cfg,
+                        self.rng(PLAIN_STREAM),
+                        params.ptr.cast(),
+                        next_pos as i32,
+                        out,
+                    )
+                },
+                "sampling a token",
+            )?,
+        }
+        let mut id = [0i32; 1];
+        d2h(&mut id, &self.plain_out)?;
+        ensure!(
+            (0..vocab as i64).contains(&(id[0] as i64)),
+            "the GPU picked token {} of a vocabulary of {vocab}",
+            id[0]
+        );
+        Ok(id[0] as u32)
+    }
+
+    /// Plain decoding's random stream as it stands now (self-test).
+    pub(super) fn plain_rng_state(&self) -> Result<[u64; 4]> {
+        let mut all = [0u64; STREAMS * 4];
+        d2h(&mut all, &self.rng)?;
+        let mut s = [0u64; 4];
+        s.copy_from_slice(&all[4 * PLAIN_STREAM..4 * PLAIN_STREAM + 4]);
+        Ok(s)
     }
 
     pub(super) fn setup(
