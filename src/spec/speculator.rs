@@ -55,6 +55,12 @@ pub struct Speculator<'m, 'a, B: Backend<'a>> {
     /// draft model too (`DeviceSpec::pick_sampled`).
     sampled: bool,
     sampled_draft: bool,
+    /// Greedy on the device: plain steps pick there too (`DeviceSpec::plain_pick`), as
+    /// plain decoding does, so that a step with speculation off costs what one of plain
+    /// decoding costs.
+    device_plain: bool,
+    /// The last plain step's pick is staged as the next decode step's token.
+    plain_staged: bool,
     verdict: Verdict,
 }
 
@@ -100,6 +106,14 @@ impl<'m, 'a, B: Backend<'a>> Speculator<'m, 'a, B> {
         };
         let sampled_draft = sampled && !one_hot_draft;
         let on_device = greedy_on_device || sampled;
+        let device_plain = match device {
+            Some(spec)
+                if greedy_on_device && std::env::var_os(super::SAMPLE_HOST_ENV).is_none() =>
+            {
+                spec.plain_setup(sampler.params(), sampler.rng_state(), &[], vocab)?
+            }
+            _ => false,
+        };
         Ok(Speculator {
             target,
             sampler,
@@ -124,6 +138,8 @@ impl<'m, 'a, B: Backend<'a>> Speculator<'m, 'a, B> {
             on_device,
             sampled,
             sampled_draft,
+            device_plain,
+            plain_staged: false,
             verdict: Verdict::default(),
         })
     }
@@ -161,6 +177,7 @@ impl<'m, 'a, B: Backend<'a>> Speculator<'m, 'a, B> {
     pub fn set_target(&mut self, mut target: Session<'m, 'a, B>) -> Result<()> {
         target.reserve_rows(self.params.draft_max + 1)?;
         self.target = target;
+        self.plain_staged = false;
         Ok(())
     }
 
@@ -184,6 +201,7 @@ impl<'m, 'a, B: Backend<'a>> Speculator<'m, 'a, B> {
         self.ready.clear();
         self.ready.push_back(t);
         self.last = Some(t);
+        self.plain_staged = false;
         Ok(())
     }
 
@@ -198,6 +216,7 @@ impl<'m, 'a, B: Backend<'a>> Speculator<'m, 'a, B> {
         }
         self.ready.clear();
         self.last = Some(last);
+        self.plain_staged = false;
         Ok(())
     }
 
@@ -216,8 +235,26 @@ impl<'m, 'a, B: Backend<'a>> Speculator<'m, 'a, B> {
 
     /// One plain forward pass of the target for `last`, then a token from its logits.
     fn plain_step(&mut self, last: u32) -> Result<u32> {
-        self.target.step(last)?;
         self.stats.plain_steps += 1;
+        if self.device_plain {
+            // Fed from where the last plain pick staged it, unless a speculative step (or
+            // a context shift) came between.
+            if std::mem::take(&mut self.plain_staged) {
+                self.target.step_staged()?;
+                self.target.settle_staged(&[last])?;
+            } else {
+                self.target.prefill_on_device(&[last])?;
+            }
+            let spec = self
+                .target
+                .backend()
+                .device_spec()
+                .context("no plain picks on this device")?;
+            let t = spec.plain_pick(self.target.logits_buf(), self.vocab, self.target.len())?;
+            self.plain_staged = true;
+            return Ok(t);
+        }
+        self.target.step(last)?;
         Ok(self
             .sampler
             .sample(self.target.logits(), self.target.tokens()))
@@ -282,9 +319,14 @@ impl<'m, 'a, B: Backend<'a>> Speculator<'m, 'a, B> {
             }
             self.target.shift()?;
             self.shifts += 1;
+            self.plain_staged = false;
         }
         let t0 = Instant::now();
         let k = self.lookahead.draft_len().min(self.target.room() - 1);
+        if k > 0 {
+            // Drafting and verifying stage their own tokens.
+            self.plain_staged = false;
+        }
         if k == 0 {
             let t = self.plain_step(last)?;
             self.finish(&[], t);

@@ -914,7 +914,8 @@ macro_rules! float_tile {
                 }
                 i += 16;
             }
-            let sums: [f32; 16] = std::mem::transmute(reduce16(std::mem::transmute(acc)));
+            let acc = std::mem::transmute::<[[__m512; 4]; 4], [__m512; 16]>(acc);
+            let sums = std::mem::transmute::<__m512, [f32; 16]>(reduce16(acc));
             let mut out = [[0f32; 4]; 4];
             for (k, v) in sums.iter().enumerate() {
                 out[k / 4][k % 4] = *v;
