@@ -2,13 +2,12 @@
 //! block `b` lives at `q[(b * TILE + m) * block..]`, its scale at `scale[b * TILE + m]`;
 //! for the folded K-quants (see `Format::folded`), its two digit rows at
 //! `q[((2b + digit) * TILE + m) * 64..]`, its super-block scale at `scale[sb * TILE + m]`
-//! and Q4_K's offsets at `min[(8 sb + j) * TILE + m]`.
+//! and Q4_K's offsets at `min[(sb * TILE + m) * 8 + j]`.
 //!
 //! The loops are plain so that the compiler vectorizes them; `row` instantiates them
 //! inside an AVX-512 function where the CPU has it (the K-quants use AVX-512BW directly).
 
 use super::TILE;
-use crate::quant::kquants::scale_min_k4;
 use crate::quant::legacy::h;
 use crate::quant::GgmlType;
 
@@ -137,12 +136,10 @@ fn row_any<const F16C: bool>(
                     half::<F16C>([blk[0], blk[1]]),
                     half::<F16C>([blk[2], blk[3]]),
                 );
-                let scales: &[u8; 12] = blk[4..16].try_into().unwrap();
-                let mut sc = [0u8; 8];
-                for (j, s) in sc.iter_mut().enumerate() {
-                    let (s_, mn) = scale_min_k4(j, scales);
-                    *s = s_;
-                    min[(sb * 8 + j) * TILE + m] = -dmin * mn as f32;
+                let (sc, mn) = scales_mins(blk[4..16].try_into().unwrap());
+                let mins = &mut min[(sb * TILE + m) * 8..][..8];
+                for (o, &mn) in mins.iter_mut().zip(&mn) {
+                    *o = -dmin * mn as f32;
                 }
                 scale[sb * TILE + m] = d;
                 for c in 0..4 {
@@ -201,6 +198,21 @@ fn nibbles(src: &[u8; 16], dst: &mut [u8; 32], offset: u8) {
             *h = (s >> 4).wrapping_sub(offset);
         }
     }
+}
+
+/// Q4_K's eight 6-bit scales and mins (see `scale_min_k4`), four at a time in 32-bit
+/// words: the low four of each are 6 bits of one byte, the high four 4 bits of a shared
+/// byte plus the top 2 bits of a low one's.
+#[inline(always)]
+pub(super) fn scales_mins(q: &[u8; 12]) -> ([u8; 8], [u8; 8]) {
+    let word = |i: usize| u32::from_le_bytes(q[4 * i..4 * i + 4].try_into().unwrap());
+    let (a, b, c) = (word(0), word(1), word(2));
+    let low6 = 0x3f3f_3f3f;
+    let (sc_lo, mn_lo) = (a & low6, b & low6);
+    let sc_hi = (c & 0x0f0f_0f0f) | ((a >> 6) & 0x0303_0303) << 4;
+    let mn_hi = ((c >> 4) & 0x0f0f_0f0f) | ((b >> 6) & 0x0303_0303) << 4;
+    let join = |lo: u32, hi: u32| (lo as u64 | (hi as u64) << 32).to_le_bytes();
+    (join(sc_lo, sc_hi), join(mn_lo, mn_hi))
 }
 
 /// Panel row `m`'s two digit rows (hi, then lo) of 64-value block `b` of a folded type.

@@ -172,10 +172,12 @@ unsafe fn product_at<const BL: usize, const MIN: bool>(
     [asc, asum]: [*const f32; 2],
     out: Out,
 ) {
-    let mut dots = Dots([[0; TILE * TILE]; 2]);
+    // Written by the tile stores before each read: no need to clear it on every call.
+    let mut dots = std::mem::MaybeUninit::<Dots>::uninit();
     let mut acc = [_mm512_setzero_ps(); TILE];
     let step = TILE * BL;
-    let (c0, c1) = (dots.0[0].as_mut_ptr(), dots.0[1].as_mut_ptr());
+    let c0 = dots.as_mut_ptr().cast::<i32>();
+    let c1 = c0.add(TILE * TILE);
     // Two products in flight: block b + 2's runs while AVX-512 scales block b's.
     if nb > 0 {
         block_dots!(0, 1, 2, wq, BL, aq);
@@ -276,9 +278,11 @@ unsafe fn product_folded<const MIN: bool>(
 ) {
     const W: usize = 4 * 2 * TILE * 64;
     const A: usize = 4 * TILE * 64;
-    let mut dots = SuperDots([[0; 2 * TILE * TILE]; 2]);
+    // Written by the tile stores before each read: no need to clear it on every call.
+    let mut dots = std::mem::MaybeUninit::<SuperDots>::uninit();
     let mut acc = [_mm512_setzero_ps(); TILE];
-    let (c0, c1) = (dots.0[0].as_mut_ptr(), dots.0[1].as_mut_ptr());
+    let c0 = dots.as_mut_ptr().cast::<i32>();
+    let c1 = c0.add(2 * TILE * TILE);
     // Two super-blocks in flight: sb + 2's products run while AVX-512 scales sb's.
     if nsb > 0 {
         super_dots!(2, 3, wq, aq);
@@ -325,7 +329,7 @@ unsafe fn product_folded<const MIN: bool>(
     finish(acc, out)
 }
 
-/// `acc[m] += (hi[m] · 64 + lo[m]) · ascale · wscale[m] (+ Σ_j wmin[j][m] · asum[j])` for
+/// `acc[m] += (hi[m] · 64 + lo[m]) · ascale · wscale[m] (+ Σ_j wmin[m][j] · asum[j])` for
 /// one super-block: the digits recombine exactly in int32 before the one conversion.
 #[inline(always)]
 unsafe fn scale_super<const MIN: bool>(
@@ -349,10 +353,9 @@ unsafe fn scale_super<const MIN: bool>(
     if MIN {
         for j in 0..8 {
             let sv = _mm512_loadu_ps(asum.add(j * TILE));
-            let wm = wm.add(j * TILE);
             macro_rules! min {
                 ($($m:literal)*) => {$(
-                    acc[$m] = _mm512_fmadd_ps(_mm512_set1_ps(*wm.add($m)), sv, acc[$m]);
+                    acc[$m] = _mm512_fmadd_ps(_mm512_set1_ps(*wm.add($m * 8 + j)), sv, acc[$m]);
                 )*};
             }
             min!(0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15);

@@ -70,6 +70,17 @@ impl Format {
         }
     }
 
+    /// Where a panel keeps the offset of sum span `s` of row `m`: `[s][TILE]`, or for
+    /// `folded`, `[super-block][TILE][8]` so that one row's eight are stored at once.
+    fn min_at(self, s: usize, m: usize) -> usize {
+        if self.folded {
+            let per = SUPER / MIN_SPAN;
+            ((s / per) * TILE + m) * per + s % per
+        } else {
+            s * TILE + m
+        }
+    }
+
     /// Bytes of a weight panel per `block` values: one int8 tile, or two for `folded`.
     fn panel_bytes(self) -> usize {
         TILE * self.block * if self.folded { 2 } else { 1 }
@@ -265,7 +276,7 @@ pub struct Panel {
     q: Vec<Line>,
     /// `[scale span][TILE]`: each span's scale, 0 for padding rows.
     scale: Vec<f32>,
-    /// `[sum span][TILE]`: each span's offset (types with `min`).
+    /// Each sum span's offset (types with `min`), at `Format::min_at`.
     min: Vec<f32>,
 }
 
@@ -304,7 +315,7 @@ impl Panel {
                 scale[s * TILE + m] = 0.0;
             }
             for s in 0..nm {
-                min[s * TILE + m] = 0.0;
+                min[f.min_at(s, m)] = 0.0;
             }
         }
         self.format = Some(f);
@@ -407,7 +418,7 @@ impl Panel {
                 }
                 if f.min {
                     for s in 0..nm {
-                        *o += self.min[s * TILE + m] * acts.sum[(tile * nm + s) * TILE + n];
+                        *o += self.min[f.min_at(s, m)] * acts.sum[(tile * nm + s) * TILE + n];
                     }
                 }
             }

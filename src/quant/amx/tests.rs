@@ -250,6 +250,29 @@ fn folded_digits_recombine_exactly() {
 }
 
 #[test]
+fn q4_k_scales_unpack_as_the_reference_does() {
+    let mut s = 0x9e37_79b9_7f4a_7c15u64;
+    for i in 0..2000 {
+        let mut q = [0u8; 12];
+        for x in q.iter_mut() {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            // All-ones blocks too: every 6-bit field at 63.
+            *x = if i == 0 { 0xff } else { (s >> 24) as u8 };
+        }
+        let (sc, mn) = decode::scales_mins(&q);
+        for j in 0..8 {
+            assert_eq!(
+                (sc[j], mn[j]),
+                crate::quant::kquants::scale_min_k4(j, &q),
+                "{q:?} {j}"
+            );
+        }
+    }
+}
+
+#[test]
 fn formats_cover_the_prefill_types() {
     for (t, unit) in TYPES {
         let f = format(t).unwrap();
