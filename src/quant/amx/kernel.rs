@@ -3,6 +3,10 @@
 //! Tile registers: tmm0 holds a block of 16 weight rows (16 × block bytes), tmm1 the same
 //! block of 16 tokens interleaved (block / 4 rows × 64 bytes), tmm2 their int32 dots; tmm4,
 //! tmm5 and tmm3 the same for a second block, so that two products are in flight.
+//!
+//! Folded K-quants: tmm0 and tmm1 hold a 64-deep block's two weight digits, tmm4 or tmm5
+//! its tokens; a super-block's dots of the high and low digits gather in tmm2 and tmm3,
+//! the next super-block's in tmm6 and tmm7.
 
 use std::arch::asm;
 use std::arch::x86_64::*;
@@ -67,6 +71,9 @@ pub(super) unsafe fn configure(block: usize) {
         set(b, block / 4, TILE * 4);
         set(c, TILE, TILE * 4);
     }
+    // Only the folded formats (block 64, where every tile is 16 × 64 bytes) use these.
+    set(6, TILE, TILE * 4);
+    set(7, TILE, TILE * 4);
     asm!("ldtilecfg [{0}]", in(reg) c.0.as_ptr(), options(nostack, readonly));
 }
 
@@ -126,10 +133,16 @@ pub(super) unsafe fn product(
     out: Out,
 ) {
     match (f.block, f.min) {
+        _ if f.folded => {
+            assert_eq!(f.block, 64);
+            if f.min {
+                product_folded::<true>(nb / 4, w, wq, aq, a, out)
+            } else {
+                product_folded::<false>(nb / 4, w, wq, aq, a, out)
+            }
+        }
         (32, false) => product_at::<32, false>(nb, w, wq, aq, a, out),
         (32, true) => product_at::<32, true>(nb, w, wq, aq, a, out),
-        (16, false) => product_at::<16, false>(nb, w, wq, aq, a, out),
-        (16, true) => product_at::<16, true>(nb, w, wq, aq, a, out),
         _ => unreachable!("block of {}", f.block),
     }
 }
@@ -159,10 +172,12 @@ unsafe fn product_at<const BL: usize, const MIN: bool>(
     [asc, asum]: [*const f32; 2],
     out: Out,
 ) {
-    let mut dots = Dots([[0; TILE * TILE]; 2]);
+    // Written by the tile stores before each read: no need to clear it on every call.
+    let mut dots = std::mem::MaybeUninit::<Dots>::uninit();
     let mut acc = [_mm512_setzero_ps(); TILE];
     let step = TILE * BL;
-    let (c0, c1) = (dots.0[0].as_mut_ptr(), dots.0[1].as_mut_ptr());
+    let c0 = dots.as_mut_ptr().cast::<i32>();
+    let c1 = c0.add(TILE * TILE);
     // Two products in flight: block b + 2's runs while AVX-512 scales block b's.
     if nb > 0 {
         block_dots!(0, 1, 2, wq, BL, aq);
@@ -206,6 +221,151 @@ unsafe fn product_at<const BL: usize, const MIN: bool>(
         }
         b += 2;
     }
+    finish(acc, out)
+}
+
+/// Super-block `sb`'s dots of both digits: into tmm`$hi` and tmm`$lo`, from the panel at
+/// `w` (per 64 values: 16 rows of the high digit, then 16 of the low) and the tokens at
+/// `a` (per 64 values: 16 rows of 64 bytes). The two digits share each token tile.
+macro_rules! super_dots {
+    ($hi:literal, $lo:literal, $w:expr, $x:expr) => {
+        asm!(
+            concat!("tilezero tmm", $hi),
+            concat!("tilezero tmm", $lo),
+            "tileloadd tmm4, [{a} + {s} * 1]",
+            "tileloadd tmm0, [{w} + {s} * 1]",
+            concat!("tdpbssd tmm", $hi, ", tmm0, tmm4"),
+            "tileloadd tmm1, [{w} + {s} * 1 + 1024]",
+            concat!("tdpbssd tmm", $lo, ", tmm1, tmm4"),
+            "tileloadd tmm5, [{a} + {s} * 1 + 1024]",
+            "tileloadd tmm0, [{w} + {s} * 1 + 2048]",
+            concat!("tdpbssd tmm", $hi, ", tmm0, tmm5"),
+            "tileloadd tmm1, [{w} + {s} * 1 + 3072]",
+            concat!("tdpbssd tmm", $lo, ", tmm1, tmm5"),
+            "tileloadd tmm4, [{a} + {s} * 1 + 2048]",
+            "tileloadd tmm0, [{w} + {s} * 1 + 4096]",
+            concat!("tdpbssd tmm", $hi, ", tmm0, tmm4"),
+            "tileloadd tmm1, [{w} + {s} * 1 + 5120]",
+            concat!("tdpbssd tmm", $lo, ", tmm1, tmm4"),
+            "tileloadd tmm5, [{a} + {s} * 1 + 3072]",
+            "tileloadd tmm0, [{w} + {s} * 1 + 6144]",
+            concat!("tdpbssd tmm", $hi, ", tmm0, tmm5"),
+            "tileloadd tmm1, [{w} + {s} * 1 + 7168]",
+            concat!("tdpbssd tmm", $lo, ", tmm1, tmm5"),
+            w = in(reg) $w,
+            a = in(reg) $x,
+            s = in(reg) 64usize,
+            options(nostack, readonly),
+        )
+    };
+}
+
+/// One super-block's dots of both digits (hi, then lo).
+#[repr(C, align(64))]
+struct SuperDots([[i32; 2 * TILE * TILE]; 2]);
+
+/// `product` for the folded formats over `nsb` super-blocks: `w` holds one scale per
+/// super-block and row (and 8 offsets, `MIN`), `a` one scale per super-block and token
+/// (and 8 scaled sums of 32).
+#[target_feature(enable = "avx512f")]
+unsafe fn product_folded<const MIN: bool>(
+    nsb: usize,
+    [ws, wm]: [*const f32; 2],
+    wq: *const u8,
+    aq: *const u8,
+    [asc, asum]: [*const f32; 2],
+    out: Out,
+) {
+    const W: usize = 4 * 2 * TILE * 64;
+    const A: usize = 4 * TILE * 64;
+    // Written by the tile stores before each read: no need to clear it on every call.
+    let mut dots = std::mem::MaybeUninit::<SuperDots>::uninit();
+    let mut acc = [_mm512_setzero_ps(); TILE];
+    let c0 = dots.as_mut_ptr().cast::<i32>();
+    let c1 = c0.add(2 * TILE * TILE);
+    // Two super-blocks in flight: sb + 2's products run while AVX-512 scales sb's.
+    if nsb > 0 {
+        super_dots!(2, 3, wq, aq);
+    }
+    if nsb > 1 {
+        super_dots!(6, 7, wq.add(W), aq.add(A));
+    }
+    let (pf, pf_lines) = (out.prefetch.0, out.prefetch.1.div_ceil(64));
+    let pf_per = pf_lines.div_ceil(nsb.max(1));
+    // A macro, not a closure, so that the code stays inside this AVX-512 function.
+    macro_rules! scale {
+        ($acc:expr, $c:expr, $sb:expr) => {
+            scale_super::<MIN>(
+                $acc,
+                $c,
+                ws.add($sb * TILE),
+                wm.add($sb * 8 * TILE),
+                asc.add($sb * TILE),
+                asum.add($sb * 8 * TILE),
+            )
+        };
+    }
+    let mut sb = 0;
+    while sb < nsb {
+        for l in sb * pf_per..((sb + 2) * pf_per).min(pf_lines) {
+            _mm_prefetch(pf.add(l * 64).cast(), _MM_HINT_T1);
+        }
+        store_dots!(2, c0);
+        store_dots!(3, c0.add(TILE * TILE));
+        if sb + 2 < nsb {
+            super_dots!(2, 3, wq.add((sb + 2) * W), aq.add((sb + 2) * A));
+        }
+        scale!(&mut acc, c0, sb);
+        if sb + 1 < nsb {
+            store_dots!(6, c1);
+            store_dots!(7, c1.add(TILE * TILE));
+            if sb + 3 < nsb {
+                super_dots!(6, 7, wq.add((sb + 3) * W), aq.add((sb + 3) * A));
+            }
+            scale!(&mut acc, c1, sb + 1);
+        }
+        sb += 2;
+    }
+    finish(acc, out)
+}
+
+/// `acc[m] += (hi[m] · 64 + lo[m]) · ascale · wscale[m] (+ Σ_j wmin[m][j] · asum[j])` for
+/// one super-block: the digits recombine exactly in int32 before the one conversion.
+#[inline(always)]
+unsafe fn scale_super<const MIN: bool>(
+    acc: &mut [__m512; TILE],
+    c: *const i32,
+    ws: *const f32,
+    wm: *const f32,
+    asc: *const f32,
+    asum: *const f32,
+) {
+    let av = _mm512_loadu_ps(asc);
+    macro_rules! row {
+        ($($m:literal)*) => {$(
+            let hi = _mm512_load_si512(c.add($m * TILE).cast());
+            let lo = _mm512_load_si512(c.add(TILE * TILE + $m * TILE).cast());
+            let x = _mm512_cvtepi32_ps(_mm512_add_epi32(_mm512_slli_epi32(hi, 6), lo));
+            acc[$m] = _mm512_fmadd_ps(_mm512_mul_ps(x, av), _mm512_set1_ps(*ws.add($m)), acc[$m]);
+        )*};
+    }
+    row!(0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15);
+    if MIN {
+        for j in 0..8 {
+            let sv = _mm512_loadu_ps(asum.add(j * TILE));
+            macro_rules! min {
+                ($($m:literal)*) => {$(
+                    acc[$m] = _mm512_fmadd_ps(_mm512_set1_ps(*wm.add($m * 8 + j)), sv, acc[$m]);
+                )*};
+            }
+            min!(0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15);
+        }
+    }
+}
+
+/// Writes (or adds) the accumulated 16×16 result to `out`.
+#[inline(always)]
+unsafe fn finish(mut acc: [__m512; TILE], out: Out) {
     // acc[m] holds row m's tokens; the output is token-major.
     transpose(&mut acc);
     let mask: __mmask16 = if out.rows >= TILE {

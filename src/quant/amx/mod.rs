@@ -31,24 +31,73 @@ pub const MIN_ROWS: usize = 8;
 /// How a weight type meets the tiles.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Format {
-    /// Values under one pair of scales: the K depth of each tile product.
+    /// The K depth of each tile product: values under one pair of scales, or for `folded`
+    /// types a quarter of a super-block.
     pub block: usize,
     /// The weight blocks carry an offset (`x = d * q + m`), which meets the activations'
     /// block sums.
     pub min: bool,
+    /// K-quants: the sub-blocks' integer scales are multiplied into the weights at decode
+    /// time and each product `q * sc` is split into two int8 digits, `hi * 64 + lo`. Both
+    /// sides then keep one f32 scale per super-block, so the tiles sum the whole
+    /// super-block exactly in int32 (two products per 64 values) and the float epilogue
+    /// runs once per 256 values instead of once per 16 or 32.
+    pub folded: bool,
+}
+
+/// Values of a K-quant super-block.
+const SUPER: usize = 256;
+/// Values under one offset of a folded type (Q4_K's sub-blocks).
+const MIN_SPAN: usize = 32;
+
+impl Format {
+    /// Values under one scale of each side.
+    fn scale_span(self) -> usize {
+        if self.folded {
+            SUPER
+        } else {
+            self.block
+        }
+    }
+
+    /// Values under one offset (`min`) of the weights, and one block sum of the
+    /// activations.
+    fn sum_span(self) -> usize {
+        if self.folded {
+            MIN_SPAN
+        } else {
+            self.block
+        }
+    }
+
+    /// Where a panel keeps the offset of sum span `s` of row `m`: `[s][TILE]`, or for
+    /// `folded`, `[super-block][TILE][8]` so that one row's eight are stored at once.
+    fn min_at(self, s: usize, m: usize) -> usize {
+        if self.folded {
+            let per = SUPER / MIN_SPAN;
+            ((s / per) * TILE + m) * per + s % per
+        } else {
+            s * TILE + m
+        }
+    }
+
+    /// Bytes of a weight panel per `block` values: one int8 tile, or two for `folded`.
+    fn panel_bytes(self) -> usize {
+        TILE * self.block * if self.folded { 2 } else { 1 }
+    }
 }
 
 /// The weight types with an AMX path, and how their blocks are cut.
 pub fn format(t: GgmlType) -> Option<Format> {
     use GgmlType as T;
-    let (block, min) = match t {
-        T::Q4_0 | T::Q8_0 => (32, false),
-        T::Q4_1 | T::Q4_K => (32, true),
-        // Q6_K's scales change every 16 values.
-        T::Q6_K => (16, false),
+    let (block, min, folded) = match t {
+        T::Q4_0 | T::Q8_0 => (32, false, false),
+        T::Q4_1 => (32, true, false),
+        T::Q4_K => (64, true, true),
+        T::Q6_K => (64, false, true),
         _ => return None,
     };
-    Some(Format { block, min })
+    Some(Format { block, min, folded })
 }
 
 /// True if this CPU has AMX-INT8 and the OS let this process use the tile registers.
@@ -96,12 +145,13 @@ fn grow<T: Copy>(v: &mut Vec<T>, n: usize, fill: T) {
 pub struct Acts {
     format: Option<Format>,
     rows: usize,
+    /// `block`s per row.
     blocks: usize,
     /// `[tile][block][block / 4][TILE tokens][4]` int8.
     q: Vec<Line>,
-    /// `[tile][block][TILE]`: each block's scale, 0 for the padding tokens.
+    /// `[tile][scale span][TILE]`: each span's scale, 0 for the padding tokens.
     scale: Vec<f32>,
-    /// `[tile][block][TILE]`: scale × the sum of the block's values (types with `min`).
+    /// `[tile][sum span][TILE]`: scale × the sum of the span's values (types with `min`).
     sum: Vec<f32>,
 }
 
@@ -121,31 +171,38 @@ impl Acts {
     ) {
         let f = format(weight).expect("a type with an AMX format");
         let bl = f.block;
-        let nb = cols / bl;
+        let (nb, ns, nm) = (cols / bl, cols / f.scale_span(), cols / f.sum_span());
         let tiles = rows.div_ceil(TILE);
         let lines_per_block = bl / 4;
         grow(&mut self.q, tiles * nb * lines_per_block, ZERO_LINE);
-        grow(&mut self.scale, tiles * nb * TILE, 0.0);
-        grow(&mut self.sum, tiles * nb * TILE, 0.0);
+        grow(&mut self.scale, tiles * ns * TILE, 0.0);
+        grow(&mut self.sum, tiles * nm * TILE, 0.0);
         let q = bytes_mut(&mut self.q[..tiles * nb * lines_per_block]);
         if !rows.is_multiple_of(TILE) {
             // Padding tokens: zero values and scales, so their (unused) sums stay finite.
-            let last = (tiles - 1) * nb;
-            q[last * bl * TILE..].fill(0);
-            self.scale[last * TILE..tiles * nb * TILE].fill(0.0);
-            self.sum[last * TILE..tiles * nb * TILE].fill(0.0);
+            let last = tiles - 1;
+            q[last * nb * bl * TILE..].fill(0);
+            self.scale[last * ns * TILE..tiles * ns * TILE].fill(0.0);
+            self.sum[last * nm * TILE..tiles * nm * TILE].fill(0.0);
         }
         for n in 0..rows {
             let row = &bytes[n * row_bytes..(n + 1) * row_bytes];
             let (tile, lane) = (n / TILE, n % TILE);
             for b in 0..nb {
-                let (d, s, vals) = act_block(weight, row, b, bl);
-                let at = (tile * nb + b) * TILE + lane;
-                self.scale[at] = d;
-                self.sum[at] = s;
+                let vals = act_values(weight, row, b, bl);
                 let base = (tile * nb + b) * bl * TILE + lane * 4;
                 for (k4, v) in vals.chunks_exact(4).enumerate() {
                     q[base + k4 * TILE * 4..base + k4 * TILE * 4 + 4].copy_from_slice(v);
+                }
+            }
+            let span = f.scale_span();
+            for s in 0..ns {
+                self.scale[(tile * ns + s) * TILE + lane] = act_scale_sum(weight, row, s, span).0;
+            }
+            if f.min {
+                let span = f.sum_span();
+                for s in 0..nm {
+                    self.sum[(tile * nm + s) * TILE + lane] = act_scale_sum(weight, row, s, span).1;
                 }
             }
         }
@@ -167,34 +224,43 @@ impl Acts {
     }
 }
 
-/// Block `b` of an activation row: (scale, scale × sum of values, the int8 values).
+/// The int8 values of block `b` (`bl` long) of an activation row.
 #[inline]
-fn act_block(weight: GgmlType, row: &[u8], b: usize, bl: usize) -> (f32, f32, &[u8]) {
+fn act_values(weight: GgmlType, row: &[u8], b: usize, bl: usize) -> &[u8] {
     use GgmlType as T;
     match weight {
         // Q8_0: f16 scale, 32 values.
-        T::Q4_0 | T::Q8_0 => {
-            let blk = &row[b * 34..b * 34 + 34];
-            (h([blk[0], blk[1]]), 0.0, &blk[2..34])
-        }
+        T::Q4_0 | T::Q8_0 => &row[b * 34 + 2..b * 34 + 34],
         // Q8_1: f16 scale, f16 scale × sum, 32 values.
-        T::Q4_1 => {
-            let blk = &row[b * 36..b * 36 + 36];
-            (h([blk[0], blk[1]]), h([blk[2], blk[3]]), &blk[4..36])
-        }
+        T::Q4_1 => &row[b * 36 + 4..b * 36 + 36],
         // Q8_K: f32 scale, 256 values, 16 i16 sums of 16.
         _ => {
-            let per = 256 / bl;
-            let (sb, j) = (b / per, b % per);
+            let (sb, j) = (b * bl / SUPER, b * bl % SUPER);
+            &row[sb * 292 + 4 + j..sb * 292 + 4 + j + bl]
+        }
+    }
+}
+
+/// Span `s` (`span` values) of an activation row: (its scale, scale × sum of its values).
+#[inline]
+fn act_scale_sum(weight: GgmlType, row: &[u8], s: usize, span: usize) -> (f32, f32) {
+    use GgmlType as T;
+    match weight {
+        T::Q4_0 | T::Q8_0 => {
+            let blk = &row[s * 34..s * 34 + 34];
+            (h([blk[0], blk[1]]), 0.0)
+        }
+        T::Q4_1 => {
+            let blk = &row[s * 36..s * 36 + 36];
+            (h([blk[0], blk[1]]), h([blk[2], blk[3]]))
+        }
+        _ => {
+            let (sb, j) = (s * span / SUPER, s * span % SUPER);
             let blk = &row[sb * 292..sb * 292 + 292];
             let d = f32::from_le_bytes([blk[0], blk[1], blk[2], blk[3]]);
             let bsum = |i: usize| i16::from_le_bytes([blk[260 + 2 * i], blk[261 + 2 * i]]) as i32;
-            let s = if bl == 32 {
-                d * (bsum(2 * j) + bsum(2 * j + 1)) as f32
-            } else {
-                d * bsum(j) as f32
-            };
-            (d, s, &blk[4 + j * bl..4 + (j + 1) * bl])
+            let sum: i32 = (j / 16..(j + span) / 16).map(bsum).sum();
+            (d, d * sum as f32)
         }
     }
 }
@@ -203,13 +269,14 @@ fn act_block(weight: GgmlType, row: &[u8], b: usize, bl: usize) -> (f32, f32, &[
 #[derive(Default)]
 pub struct Panel {
     format: Option<Format>,
+    /// `block`s per row.
     blocks: usize,
     rows: usize,
-    /// `[block][TILE rows][block]` int8.
+    /// `[block][TILE rows][block]` int8; `folded`: `[block][hi, lo][TILE rows][block]`.
     q: Vec<Line>,
-    /// `[block][TILE]`: each block's scale, 0 for padding rows.
+    /// `[scale span][TILE]`: each span's scale, 0 for padding rows.
     scale: Vec<f32>,
-    /// `[block][TILE]`: each block's offset (types with `min`).
+    /// Each sum span's offset (types with `min`), at `Format::min_at`.
     min: Vec<f32>,
 }
 
@@ -227,24 +294,28 @@ impl Panel {
     ) {
         let f = format(t).expect("a type with an AMX format");
         assert!(r1 > r0 && r1 - r0 <= TILE);
-        let nb = cols / f.block;
-        grow(&mut self.q, nb * f.block * TILE / 64, ZERO_LINE);
-        grow(&mut self.scale, nb * TILE, 0.0);
-        grow(&mut self.min, nb * TILE, 0.0);
+        let (nb, ns, nm) = (cols / f.block, cols / f.scale_span(), cols / f.sum_span());
+        let lines = nb * f.panel_bytes() / 64;
+        grow(&mut self.q, lines, ZERO_LINE);
+        grow(&mut self.scale, ns * TILE, 0.0);
+        grow(&mut self.min, nm * TILE, 0.0);
         let (q, scale, min) = (
-            bytes_mut(&mut self.q[..nb * f.block * TILE / 64]),
-            &mut self.scale[..nb * TILE],
-            &mut self.min[..nb * TILE],
+            bytes_mut(&mut self.q[..lines]),
+            &mut self.scale[..ns * TILE],
+            &mut self.min[..nm * TILE],
         );
         let mut rows: [&[u8]; TILE] = [&[]; TILE];
         for (m, r) in rows.iter_mut().zip(r0..r1) {
             *m = &data[r * row_bytes..(r + 1) * row_bytes];
         }
         decode::panel(t, &rows[..r1 - r0], q, scale, min);
+        // Padding rows keep stale (finite) values: zero scales make them vanish.
         for m in r1 - r0..TILE {
-            for b in 0..nb {
-                scale[b * TILE + m] = 0.0;
-                min[b * TILE + m] = 0.0;
+            for s in 0..ns {
+                scale[s * TILE + m] = 0.0;
+            }
+            for s in 0..nm {
+                min[f.min_at(s, m)] = 0.0;
             }
         }
         self.format = Some(f);
@@ -277,8 +348,8 @@ impl Panel {
         #[cfg(target_arch = "x86_64")]
         {
             let nb = self.blocks;
-            let per = nb * TILE;
-            let a = tile * nb;
+            let cols = nb * f.block;
+            let (ns, nm) = (cols / f.scale_span(), cols / f.sum_span());
             let out = kernel::Out {
                 prefetch: (prefetch.as_ptr(), prefetch.len()),
                 ptr: out,
@@ -287,17 +358,21 @@ impl Panel {
                 tokens: (acts.rows - tile * TILE).min(TILE),
                 accumulate,
             };
+            let aq = bytes(&acts.q[tile * nb * f.block / 4..(tile + 1) * nb * f.block / 4]);
             // `tiles` proves this thread configured the tile registers for this format
             // (and that the CPU has them); the slices hold `nb` whole blocks.
             kernel::product(
                 f,
                 nb,
-                [self.scale[..per].as_ptr(), self.min[..per].as_ptr()],
-                bytes(&self.q[..per * f.block / 64]).as_ptr(),
-                bytes(&acts.q[a * f.block / 4..(a + nb) * f.block / 4]).as_ptr(),
                 [
-                    acts.scale[a * TILE..a * TILE + per].as_ptr(),
-                    acts.sum[a * TILE..a * TILE + per].as_ptr(),
+                    self.scale[..ns * TILE].as_ptr(),
+                    self.min[..nm * TILE].as_ptr(),
+                ],
+                bytes(&self.q[..nb * f.panel_bytes() / 64]).as_ptr(),
+                aq.as_ptr(),
+                [
+                    acts.scale[tile * ns * TILE..(tile + 1) * ns * TILE].as_ptr(),
+                    acts.sum[tile * nm * TILE..(tile + 1) * nm * TILE].as_ptr(),
                 ],
                 out,
             )
@@ -315,21 +390,35 @@ impl Panel {
         let f = self.format.expect("a loaded panel");
         assert!(acts.format == Some(f) && acts.blocks == self.blocks);
         let (bl, nb) = (f.block, self.blocks);
+        let cols = nb * bl;
+        let (ns, nm) = (cols / f.scale_span(), cols / f.sum_span());
         let (wq, aq) = (bytes(&self.q), bytes(&acts.q));
+        let digits = if f.folded { 2 } else { 1 };
+        let blocks_per_scale = f.scale_span() / bl;
         *out = [[0.0; TILE]; TILE];
-        for b in 0..nb {
-            let a = tile * nb + b;
-            for (m, o) in out.iter_mut().enumerate() {
-                for (n, o) in o.iter_mut().enumerate() {
+        for (m, o) in out.iter_mut().enumerate() {
+            for (n, o) in o.iter_mut().enumerate() {
+                for s in 0..ns {
+                    // The span's exact integer dot: `hi * 64 + lo` for folded weights.
                     let mut sum = 0i32;
-                    for k in 0..bl {
-                        let w = wq[(b * TILE + m) * bl + k] as i8 as i32;
-                        let x = aq[a * bl * TILE + (k / 4) * TILE * 4 + n * 4 + k % 4] as i8 as i32;
-                        sum += w * x;
+                    for b in s * blocks_per_scale..(s + 1) * blocks_per_scale {
+                        let a = tile * nb + b;
+                        for k in 0..bl {
+                            let x =
+                                aq[a * bl * TILE + (k / 4) * TILE * 4 + n * 4 + k % 4] as i8 as i32;
+                            let w = |digit: usize| {
+                                wq[((b * digits + digit) * TILE + m) * bl + k] as i8 as i32
+                            };
+                            let w = if f.folded { w(0) * 64 + w(1) } else { w(0) };
+                            sum += w * x;
+                        }
                     }
-                    *o += sum as f32 * acts.scale[a * TILE + n] * self.scale[b * TILE + m];
-                    if f.min {
-                        *o += self.min[b * TILE + m] * acts.sum[a * TILE + n];
+                    let sc = acts.scale[(tile * ns + s) * TILE + n] * self.scale[s * TILE + m];
+                    *o += sum as f32 * sc;
+                }
+                if f.min {
+                    for s in 0..nm {
+                        *o += self.min[f.min_at(s, m)] * acts.sum[(tile * nm + s) * TILE + n];
                     }
                 }
             }

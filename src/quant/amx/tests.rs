@@ -182,6 +182,96 @@ fn amx_product_matches_the_scalar_dot() {
     }
 }
 
+/// Folded panels hold each `q * sc` exactly as `hi * 64 + lo`, through the vector decoder
+/// (where the CPU has it) and the portable one, on random blocks and on the extremes:
+/// Q6_K's q = -32 and 31 with scale -128 (4096 and -3968), Q4_K's 15 with scale 63.
+#[test]
+fn folded_digits_recombine_exactly() {
+    for t in [GgmlType::Q4_K, GgmlType::Q6_K] {
+        let k = scalar_kernels(t).unwrap();
+        let f = format(t).unwrap();
+        assert!(f.folded && f.block == 64, "{t}");
+        let (bb, cols) = (t.block_bytes(), 512);
+        let rb = bb * cols / 256;
+        let mut data = vec![0u8; TILE * rb];
+        let mut s = 0x1234_5678_9abc_def1u64;
+        for x in data.iter_mut() {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            *x = (s >> 32) as u8;
+        }
+        // d = 1 and (Q4_K) dmin = 0, so that `to_float` gives the integers themselves.
+        let one = [0x00, 0x3c];
+        for (r, row) in data.chunks_exact_mut(rb).enumerate() {
+            for blk in row.chunks_exact_mut(bb) {
+                if t == GgmlType::Q4_K {
+                    blk[..2].copy_from_slice(&one);
+                    blk[2..4].fill(0);
+                    if r == 0 {
+                        blk[4..].fill(0xff);
+                    }
+                } else {
+                    blk[208..].copy_from_slice(&one);
+                    if r < 2 {
+                        blk[..192].fill(if r == 0 { 0 } else { 0xff });
+                        blk[192..208].fill(0x80);
+                    }
+                }
+            }
+        }
+        let rows: Vec<&[u8]> = data.chunks_exact(rb).collect();
+        for portable in [false, true] {
+            let mut q = vec![0u8; cols / 64 * 2 * TILE * 64];
+            let mut scale = vec![0f32; cols / 256 * TILE];
+            let mut min = vec![0f32; cols / 32 * TILE];
+            if portable {
+                decode::panel_portable(t, &rows, &mut q, &mut scale, &mut min);
+            } else {
+                decode::panel(t, &rows, &mut q, &mut scale, &mut min);
+            }
+            let mut want = vec![0f32; cols];
+            for (m, row) in rows.iter().enumerate() {
+                (k.to_float)(row, &mut want);
+                for (i, &w) in want.iter().enumerate() {
+                    let (b, j) = (i / 64, i % 64);
+                    let hi = q[(2 * b * TILE + m) * 64 + j] as i8 as i32;
+                    let lo = q[((2 * b + 1) * TILE + m) * 64 + j] as i8 as i32;
+                    assert!(
+                        (0..64).contains(&lo),
+                        "{t} row {m} value {i}: low digit {lo}"
+                    );
+                    let got = (hi * 64 + lo) as f32 * scale[i / 256 * TILE + m];
+                    assert_eq!(got, w, "{t} row {m} value {i} (portable: {portable})");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn q4_k_scales_unpack_as_the_reference_does() {
+    let mut s = 0x9e37_79b9_7f4a_7c15u64;
+    for i in 0..2000 {
+        let mut q = [0u8; 12];
+        for x in q.iter_mut() {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            // All-ones blocks too: every 6-bit field at 63.
+            *x = if i == 0 { 0xff } else { (s >> 24) as u8 };
+        }
+        let (sc, mn) = decode::scales_mins(&q);
+        for j in 0..8 {
+            assert_eq!(
+                (sc[j], mn[j]),
+                crate::quant::kquants::scale_min_k4(j, &q),
+                "{q:?} {j}"
+            );
+        }
+    }
+}
+
 #[test]
 fn formats_cover_the_prefill_types() {
     for (t, unit) in TYPES {
