@@ -47,6 +47,11 @@ pub trait Decoder {
 /// Set to 1, plain decoding samples on the host even where the device could (A/B runs).
 pub const SAMPLE_HOST_ENV: &str = "WICK_SAMPLE_HOST";
 
+/// Whether `SAMPLE_HOST_ENV` asks for host sampling.
+pub fn host_sampling_forced() -> bool {
+    std::env::var(SAMPLE_HOST_ENV).is_ok_and(|v| v == "1")
+}
+
 /// One forward pass per token. On a backend with [`crate::backend::DeviceSpec`] whose
 /// device follows the sampler's settings, each token is picked on the device from logits
 /// that never leave it, and only its id is copied back (`DeviceSpec::plain_pick`); the
@@ -122,7 +127,7 @@ impl<'m, 'a, B: Backend<'a>> Plain<'m, 'a, B> {
         if let Some(d) = self.on_device {
             return Ok(d);
         }
-        let forced_host = std::env::var(SAMPLE_HOST_ENV).is_ok_and(|v| v == "1");
+        let forced_host = host_sampling_forced();
         let d = match self.session.backend().device_spec() {
             Some(ds) if !forced_host => ds.plain_setup(
                 self.sampler.params(),

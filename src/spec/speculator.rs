@@ -107,9 +107,7 @@ impl<'m, 'a, B: Backend<'a>> Speculator<'m, 'a, B> {
         let sampled_draft = sampled && !one_hot_draft;
         let on_device = greedy_on_device || sampled;
         let device_plain = match device {
-            Some(spec)
-                if greedy_on_device && std::env::var_os(super::SAMPLE_HOST_ENV).is_none() =>
-            {
+            Some(spec) if greedy_on_device && !super::host_sampling_forced() => {
                 spec.plain_setup(sampler.params(), sampler.rng_state(), &[], vocab)?
             }
             _ => false,
