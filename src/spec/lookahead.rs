@@ -21,12 +21,13 @@
 //!   Draft choices then depend on timings, so a seed repeats the sampled text only with
 //!   `draft_min >= 1`, which turns this off.
 
-/// Plain steps timed before the first draft. A probe that fails costs about half a plain
-/// step or more (the draft model catching up, a batch of two); after 16 plain steps that
-/// is at most a few per cent of a reply that ends right after it, and a short reply (a
-/// one-line answer) sees no probe at all. (With 3, replies of ten tokens ran 6-10 %
-/// slower on the H100 for a probe they could not amortize.)
-const CALIBRATE: usize = 16;
+/// Plain steps timed before the first draft. A probe that fails costs half a plain step
+/// (H100) to two and a half (2-core CPU: the draft model catching up, a batch of two);
+/// replies of up to 32 tokens (one-line answers, most chat turns' short replies) see no
+/// probe at all, and a longer one pays for at most one before it has 60 tokens. (With 3,
+/// replies of ten tokens ran 6-10 % slower on the H100; with 16, those of 20-30 tokens
+/// 3-4 %.)
+const CALIBRATE: usize = 32;
 /// The share of decoding time that probing which does not pay may cost.
 const BUDGET: f64 = 0.01;
 const BACKOFF_MIN: usize = 16;
