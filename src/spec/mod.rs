@@ -12,7 +12,7 @@ mod ngram;
 mod speculator;
 mod vocab;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 use crate::backend::Backend;
 use crate::sample::Sampler;
@@ -186,7 +186,7 @@ impl<'a, B: Backend<'a>> Decoder for Plain<'_, 'a, B> {
             let ds = s
                 .backend()
                 .device_spec()
-                .expect("picks_on_device checked the device");
+                .context("device picks without a device")?;
             let t = ds.plain_pick(s.logits_buf(), s.vocab(), s.len())?;
             self.pending = Some(t);
             self.staged = true;
