@@ -57,25 +57,7 @@ fn greedy_picks(g: &Cuda, rng: &mut Rng, t: &mut Tally) -> Result<()> {
     let mut host = Sampler::new(greedy(), 1);
     for vocab in [1, 7, 33, 1000, 32000, 49152, 50257] {
         let random = |rng: &mut Rng| (0..vocab).map(|_| rng.f32() * 10.0).collect::<Vec<_>>();
-        let mut rows = vec![random(rng)];
-        let mut tied = random(rng);
-        let best = host.sample(&tied, &[]) as usize;
-        for _ in 0..3 {
-            let j = rng.below(vocab);
-            tied[j] = tied[best];
-        }
-        rows.push(tied);
-        let mut nans = random(rng);
-        nans[0] = f32::NAN;
-        for _ in 0..vocab / 10 {
-            nans[rng.below(vocab)] = f32::NAN;
-        }
-        rows.push(nans);
-        rows.push(vec![f32::NAN; vocab]);
-        let mut zeros: Vec<f32> = (0..vocab).map(|_| -1.0 - rng.f32().abs()).collect();
-        zeros[0] = -0.0;
-        zeros[vocab - 1] = 0.0;
-        rows.push(zeros);
+        let mut rows = super::selftest_spec::argmax_rows(rng, vocab);
         // The maximum masked, and two tokens tied just behind it.
         let mut behind = random(rng);
         let top = host.sample(&behind, &[]) as usize;

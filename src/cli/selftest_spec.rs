@@ -105,31 +105,37 @@ pub fn run(g: &Cuda, seed: u64, t: &mut Tally) -> Result<()> {
     Ok(())
 }
 
+/// Logit rows that try an argmax: random, random with the maximum repeated three more
+/// times, NaNs, all NaN, and -0 and +0 above negatives.
+pub(super) fn argmax_rows(rng: &mut Rng, vocab: usize) -> Vec<Vec<f32>> {
+    let random = |rng: &mut Rng| (0..vocab).map(|_| rng.f32() * 10.0).collect::<Vec<_>>();
+    let mut rows = vec![random(rng)];
+    let mut tied = random(rng);
+    let (i, _) = host_pick(&tied);
+    for _ in 0..3 {
+        let j = rng.below(vocab);
+        tied[j] = tied[i as usize];
+    }
+    rows.push(tied);
+    let mut nans = random(rng);
+    nans[0] = f32::NAN;
+    for _ in 0..vocab / 10 {
+        nans[rng.below(vocab)] = f32::NAN;
+    }
+    rows.push(nans);
+    rows.push(vec![f32::NAN; vocab]);
+    let mut zeros: Vec<f32> = (0..vocab).map(|_| -1.0 - rng.f32().abs()).collect();
+    zeros[0] = -0.0;
+    zeros[vocab - 1] = 0.0;
+    rows.push(zeros);
+    rows
+}
+
 /// The argmax kernel against the CPU sampler's greedy pick: random rows, the maximum
 /// repeated (the lowest id must win), NaNs, all NaN, and -0 against +0 (+0 is larger).
 fn argmax(g: &Cuda, rng: &mut Rng, t: &mut Tally) -> Result<()> {
     for vocab in [1, 7, 33, 1000, 32000, 49152, 50257] {
-        let mut rows: Vec<Vec<f32>> = Vec::new();
-        let random = |rng: &mut Rng| (0..vocab).map(|_| rng.f32() * 10.0).collect::<Vec<_>>();
-        rows.push(random(rng));
-        let mut tied = random(rng);
-        let (i, _) = host_pick(&tied);
-        for _ in 0..3 {
-            let j = rng.below(vocab);
-            tied[j] = tied[i as usize];
-        }
-        rows.push(tied);
-        let mut nans = random(rng);
-        nans[0] = f32::NAN;
-        for _ in 0..vocab / 10 {
-            nans[rng.below(vocab)] = f32::NAN;
-        }
-        rows.push(nans);
-        rows.push(vec![f32::NAN; vocab]);
-        let mut zeros: Vec<f32> = (0..vocab).map(|_| -1.0 - rng.f32().abs()).collect();
-        zeros[0] = -0.0;
-        zeros[vocab - 1] = 0.0;
-        rows.push(zeros);
+        let rows = argmax_rows(rng, vocab);
         let flat: Vec<f32> = rows.concat();
         let x = upload(g, &flat)?;
         let (ids, top) = g.argmax_rows(&x, rows.len(), vocab)?;

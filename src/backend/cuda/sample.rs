@@ -347,12 +347,31 @@ impl SampleScratch {
             n < MAX_BATCH && vocab > 0 && (n + 1) * vocab * 4 <= rows.bytes,
             "judging {n} proposals out of bounds"
         );
+        self.sample_rows(rows, n + 1, vocab, cfg)?;
+        let dense_q = self.draft.get().is_some();
+        self.accept(vocab, n, draft_min, p_min, dense_q, proposals, top, out)
+    }
+
+    /// Queues the model's sampling distributions of `rows` rows of `x` into the scratch
+    /// (compact rows of at most `SAMPLE_CAP` candidates). The callers check that `x`
+    /// holds `rows` rows of `vocab` and that `rows` is at most `MAX_BATCH + 1`.
+    fn sample_rows(
+        &self,
+        x: &DeviceMem,
+        rows: usize,
+        vocab: usize,
+        cfg: ffi::wick_sample_cfg,
+    ) -> Result<()> {
+        ensure!(
+            rows <= MAX_BATCH + 1 && rows * vocab * 4 <= x.bytes,
+            "sample rows out of bounds"
+        );
         // SAFETY: bounds checked above; the scratch holds MAX_BATCH + 1 rows of SAMPLE_CAP.
         check(
             unsafe {
                 ffi::wick_sample_rows(
-                    rows.f32(),
-                    n as i32 + 1,
+                    x.f32(),
+                    rows as i32,
                     vocab as i32,
                     cfg,
                     self.p_ids.ptr.cast(),
@@ -361,9 +380,7 @@ impl SampleScratch {
                 )
             },
             "the model's sampling distributions",
-        )?;
-        let dense_q = self.draft.get().is_some();
-        self.accept(vocab, n, draft_min, p_min, dense_q, proposals, top, out)
+        )
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -425,21 +442,7 @@ impl SampleScratch {
             rows > 0 && rows <= MAX_BATCH + 1 && rows * vocab * 4 <= x.bytes,
             "sample rows out of bounds"
         );
-        // SAFETY: bounds checked above.
-        check(
-            unsafe {
-                ffi::wick_sample_rows(
-                    x.f32(),
-                    rows as i32,
-                    vocab as i32,
-                    cfg,
-                    self.p_ids.ptr.cast(),
-                    self.p_probs.f32(),
-                    self.p_cnt.ptr.cast(),
-                )
-            },
-            "sampling distributions",
-        )?;
+        self.sample_rows(x, rows, vocab, cfg)?;
         let mut ids = vec![0u32; rows * SAMPLE_CAP];
         let mut probs = vec![0f32; rows * SAMPLE_CAP];
         let mut cnt = vec![0i32; rows];
