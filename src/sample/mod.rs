@@ -33,6 +33,14 @@ pub struct SamplerParams {
     pub seed: u64,
 }
 
+impl SamplerParams {
+    /// Whether the repeat penalty changes anything (it needs the history, which a device
+    /// sampler does not have).
+    pub fn penalizes(&self) -> bool {
+        self.repeat_penalty != 1.0 && self.repeat_last_n > 0
+    }
+}
+
 impl Default for SamplerParams {
     /// llama.cpp's defaults, with a fresh random seed (llama.cpp's default seed also means
     /// "random").

@@ -579,7 +579,7 @@ fn catch_up<'a, B: Backend<'a>>(
 /// Whether a sampler's pick is the plain argmax of the logits (greedy, no repeat penalty),
 /// which the device computes as the host does.
 fn plain_argmax(p: &SamplerParams) -> bool {
-    p.temp <= 0.0 && (p.repeat_penalty == 1.0 || p.repeat_last_n == 0)
+    p.temp <= 0.0 && !p.penalizes()
 }
 
 /// The probability of the most likely token at temperature 1: how sure a greedy drafter is.

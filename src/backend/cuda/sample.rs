@@ -22,7 +22,7 @@ const DEVICE_STREAM: u64 = 0xd1ce_5eed_0f5a_3b1e;
 /// 0, no repeat penalty (which needs the history), and at most `SAMPLE_CAP` tokens left by
 /// top-k.
 pub(super) fn device_cfg(p: &SamplerParams, vocab: usize) -> Option<ffi::wick_sample_cfg> {
-    let penalty = p.repeat_penalty != 1.0 && p.repeat_last_n > 0;
+    let penalty = p.penalizes();
     // As the host's top-k: 0, or at least the vocabulary, keeps every token.
     let k = if p.top_k == 0 || p.top_k >= vocab {
         vocab
@@ -121,8 +121,7 @@ impl SampleScratch {
         vocab: usize,
     ) -> Result<bool> {
         let mode = if p.temp <= 0.0 {
-            let penalty = p.repeat_penalty != 1.0 && p.repeat_last_n > 0;
-            if penalty || vocab == 0 {
+            if p.penalizes() || vocab == 0 {
                 return Ok(false);
             }
             PlainMode::Greedy
