@@ -18,6 +18,7 @@
 #include "attention_tiled.cuh"
 #include "common.cuh"
 #include "kv.cuh"
+#include "quantize_q8.cuh"
 #include "stream.cuh"
 
 // Warps per (row, head): each walks 1/16 of the positions, so a long decode context is
@@ -30,7 +31,7 @@ template <int TYPE>
 __global__ void __launch_bounds__(ATT_WARPS * 32)
 attention_kernel(const float *q, const uint8_t *kc, const uint8_t *vc, const int *pos0p,
                  const int32_t *state, int n_heads, int n_kv_heads, int head_dim, int capacity,
-                 int keep, int window, float *out) {
+                 int keep, int window, float *out, int8_t *xq, float *xd) {
     pdl_start();
     __shared__ float part_m[ATT_WARPS], part_l[ATT_WARPS];
     __shared__ float part_acc[ATT_WARPS][MAX_HEAD_DIM];
@@ -118,6 +119,10 @@ attention_kernel(const float *q, const uint8_t *kc, const uint8_t *vc, const int
     }
     if (rot > 1 && warp * 32 < head_dim) v = kv_hadamard(v, lane, rot);
     if (d < head_dim) o[d] = v;
+    // With xq (heads whole blocks of 32), the output rounded to int8 for the o projection
+    // here, which saves that product a launch of its own.
+    if (xq && warp * 32 < head_dim)
+        quantize_q8_lane(v, (((size_t)b * n_heads + h) * head_dim + d) / 32, lane, xq, xd);
 }
 
 // 1 sends every call to the single-row kernel (for timing one against the other).
@@ -154,10 +159,13 @@ extern "C" int wick_attention(int type, const float *q, const void *kc, const vo
                                capacity, keep, window, out, scratch, scratch_floats, xq, xd,
                                rounded);
     dim3 grid(n_heads, n);
+    if (head_dim % 32) xq = nullptr;
+    *rounded = xq != nullptr;
+    if (!xq) xd = nullptr;
 #define LAUNCH(T)                                                                          \
     wick_launch(attention_kernel<T>, grid, ATT_WARPS * 32, 0,                           \
         q, (const uint8_t *)kc, (const uint8_t *)vc, pos0, state, n_heads, n_kv_heads,      \
-        head_dim, capacity, keep, window, out)
+        head_dim, capacity, keep, window, out, xq, xd)
     if (type == T_Q8_0)
         LAUNCH(T_Q8_0);
     else if (type == T_FP8)

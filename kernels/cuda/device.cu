@@ -8,6 +8,7 @@
 
 cudaStream_t wick_stream = nullptr;
 bool wick_pdl = false;
+bool wick_early = true;
 
 extern "C" int wick_cuda_device_count(int *count) {
     return (int)cudaGetDeviceCount(count);
@@ -35,6 +36,8 @@ extern "C" int wick_cuda_init(int device, char *name, int name_len, size_t *tota
     // for comparison runs.
     const char *env = getenv("WICK_PDL");
     wick_pdl = p.major >= 9 && !(env && strcmp(env, "0") == 0);
+    env = getenv("WICK_EARLY");
+    wick_early = !(env && strcmp(env, "0") == 0);
     return 0;
 }
 

@@ -211,8 +211,8 @@ __device__ inline void smem_unit(const uint8_t *s, int ul, Unit &q) {
 template <int TYPE, int NB, int R, int S>
 __global__ void __launch_bounds__(MS_WARPS * 32)
 matvec_q8_stream_kernel(MvTargets t, int cols, const int8_t *__restrict__ xq,
-                        const float *__restrict__ xd, int nb, int accumulate) {
-    pdl_start();
+                        const float *__restrict__ xd, int nb, int accumulate, int early) {
+    pdl_trigger();
     extern __shared__ __align__(16) uint8_t smem[];
     constexpr int UNITS = ms_units<TYPE>(), PIECES = ms_bytes<TYPE>() / 16;
     constexpr int STRIDE = ms_stride<TYPE>();
@@ -223,7 +223,7 @@ matvec_q8_stream_kernel(MvTargets t, int cols, const int8_t *__restrict__ xq,
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     int row0 = ((blockIdx.x - t.first_block[ti]) * MS_WARPS + warp) * R;
     // Warp-uniform, and nothing below waits for other warps.
-    if (row0 >= rows) return;
+    bool active = row0 < rows;
     int nr = rows - row0 < R ? rows - row0 : R;
     uint8_t *ring = smem + (size_t)warp * S * R * STRIDE;
     size_t rb = row_bytes(TYPE, cols);  // a multiple of 16 (the launcher checks)
@@ -254,9 +254,20 @@ matvec_q8_stream_kernel(MvTargets t, int cols, const int8_t *__restrict__ xq,
         cp_async_commit();
     };
 
-    for (int b0 = 0; b0 < nb; b0 += NB) {
+    // Weights are never written, so the first steps' copies may start before the kernel
+    // launched before this one has finished (PDL): under a short kernel such as RMSNorm,
+    // the first wave's rows are already on their way when it ends.
+    if (early && active) {
 #pragma unroll
         for (int s = 0; s < S - 1; s++) issue(s);
+    }
+    pdl_wait();
+    if (!active) return;
+    for (int b0 = 0; b0 < nb; b0 += NB) {
+        if (b0 > 0 || !early) {
+#pragma unroll
+            for (int s = 0; s < S - 1; s++) issue(s);
+        }
         float acc[R][NB];
 #pragma unroll
         for (int r = 0; r < R; r++)
@@ -379,7 +390,8 @@ static int launch_stream(const MvTargets &t, int cols, const int8_t *xq, const f
     MvTargets u = t;
     for (int i = 0; i < 3; i++)
         u.first_block[i + 1] = u.first_block[i] + (u.rows[i] + MS_WARPS * R - 1) / (MS_WARPS * R);
-    wick_launch(kernel, u.first_block[3], MS_WARPS * 32, SMEM, u, cols, xq, xd, nb, accumulate);
+    wick_launch(kernel, u.first_block[3], MS_WARPS * 32, SMEM, u, cols, xq, xd, nb, accumulate,
+                wick_early ? 1 : 0);
     return 0;
 }
 

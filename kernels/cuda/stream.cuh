@@ -14,6 +14,8 @@
 
 extern cudaStream_t wick_stream;
 extern bool wick_pdl;  // set by wick_cuda_init: compute capability 9.0+, WICK_PDL not "0"
+// Kernels that read weights before pdl_wait (WICK_EARLY not "0"; set by wick_cuda_init).
+extern bool wick_early;
 
 // Every kernel starts with these two. Waiting is what makes PDL safe: no kernel reads or
 // writes memory before the kernel launched before it has completed (so, transitively,
@@ -21,6 +23,19 @@ extern bool wick_pdl;  // set by wick_cuda_init: compute capability 9.0+, WICK_P
 __device__ inline void pdl_start() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+// pdl_start in two halves, for kernels that have work to do before waiting: reads of
+// memory that no kernel writes (weights) may go between them.
+__device__ inline void pdl_trigger() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+__device__ inline void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.wait;" ::: "memory");
 #endif
 }
