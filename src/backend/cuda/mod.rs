@@ -205,6 +205,11 @@ pub struct Cuda {
     q8_holds: Cell<Option<(usize, usize)>>,
     /// Per-op timings, with WICK_PROFILE set.
     profile: Option<RefCell<profile::Profiler>>,
+    /// Ops left out of every forward pass (WICK_SKIP, a comma list of `norm`, `qkv`, `rope`,
+    /// `attn`, `o`, `gateup`, `swiglu`, `down`, `head`): the output is then garbage, but
+    /// the speed gained is what that op costs inside a recorded decode step, where
+    /// WICK_PROFILE's per-op times (op by op, no graph) overstate it.
+    skip: Vec<String>,
     /// `Backend::set_row_exact`: every batch through the kernels a single row takes.
     row_exact: Cell<bool>,
     /// The attention kernel chosen for batches outside `row_exact` (WICK_ATT).
@@ -323,6 +328,9 @@ impl Cuda {
             q8: RefCell::new(None),
             q8_holds: Cell::new(None),
             profile: std::env::var_os("WICK_PROFILE").map(|_| RefCell::default()),
+            skip: std::env::var("WICK_SKIP")
+                .map(|v| v.split(',').map(str::to_string).collect())
+                .unwrap_or_default(),
             row_exact: Cell::new(false),
             // WICK_ATT=1 sends batches to the single-row attention kernel, to compare.
             att_variant: std::env::var("WICK_ATT")
@@ -526,6 +534,18 @@ impl Cuda {
             self.wrote(out);
         }
         Ok(true)
+    }
+
+    /// Whether WICK_SKIP leaves out op `name`; if so, the int8 scratch is taken to hold
+    /// `rounded` (`n` values), as the op would have left it.
+    fn skipped(&self, name: &str, rounded: Option<(&DeviceMem, usize)>) -> bool {
+        if !self.skip.iter().any(|s| s == name) {
+            return false;
+        }
+        if let Some((buf, n)) = rounded {
+            self.q8_holds.set(Some((buf.ptr as usize, n)));
+        }
+        true
     }
 
     /// Times the op that runs until the returned span drops (with WICK_PROFILE).
@@ -924,6 +944,9 @@ impl<'a> Backend<'a> for Cuda {
     ) -> Result<()> {
         let _t = self.span(|| format!("rmsnorm x{rows}"));
         let cols = w.cols;
+        if self.skipped("norm", Some((out, rows * cols))) {
+            return Ok(());
+        }
         if let Some((xq, xd)) = self
             .q8_scratch(rows * cols)
             .filter(|_| rows <= Q8_MAX_BATCH || self.row_exact.get())
@@ -978,6 +1001,10 @@ impl<'a> Backend<'a> for Cuda {
                 .collect();
             format!("matmul x{rows} {}", shapes.join(" + "))
         });
+        let name = ["head", "gateup", "qkv"][ws.len().clamp(1, 3) - 1];
+        if self.skipped(name, None) {
+            return Ok(());
+        }
         if self.try_matmul_q8(x, rows, ws, outs, false)? {
             return Ok(());
         }
@@ -996,6 +1023,9 @@ impl<'a> Backend<'a> for Cuda {
         x: &mut DeviceMem,
     ) -> Result<()> {
         let _t = self.span(|| format!("matmul_add x{rows} {} {}x{}", w.ty, w.rows, w.cols));
+        if self.skipped(if w.rows == w.cols { "o" } else { "down" }, None) {
+            return Ok(());
+        }
         if self.try_matmul_q8(y, rows, &[w], &mut [x], true)? {
             return Ok(());
         }
@@ -1015,6 +1045,9 @@ impl<'a> Backend<'a> for Cuda {
         s: AttnShape,
     ) -> Result<()> {
         let _t = self.span(|| format!("rope_store x{rows}"));
+        if self.skipped("rope", None) {
+            return Ok(());
+        }
         self.wrote(q);
         self.wrote(k);
         let l = kv.layouts[layer];
@@ -1103,6 +1136,9 @@ impl<'a> Backend<'a> for Cuda {
         let l = kv.layouts[layer];
         l.check_store(pos0, rows)?;
         let _t = self.span(|| format!("attention x{rows}"));
+        if self.skipped("attn", Some((out, rows * s.n_heads * s.head_dim))) {
+            return Ok(());
+        }
         self.wrote(out);
         let (kc, vc) = kv.layer(layer);
         // Single rows may round their output to int8 for the o projection on the way out.
@@ -1146,6 +1182,9 @@ impl<'a> Backend<'a> for Cuda {
 
     fn swiglu(&self, gate: &mut DeviceMem, up: &DeviceMem, n: usize) -> Result<()> {
         let _t = self.span(|| "swiglu".into());
+        if self.skipped("swiglu", Some((gate, n))) {
+            return Ok(());
+        }
         if let Some((xq, xd)) = self.q8_scratch(n) {
             // SAFETY: both hold at least n values, the scratch too.
             check(
