@@ -119,7 +119,9 @@ impl Cpu {
         // tile's worth at once, and the hints aim at L2, whose queue holds more misses in
         // flight than L1's few line-fill buffers, where hints into L1 stall. (Measured on
         // the 2-core VM, tg: SmolLM2 126 -> 165 tok/s, tinyllama Q4_0 21.5 -> 24.5.)
-        let decode = n_b == 1;
+        // Row-exact batches stream too: `exact_rows` meets each weight row group with every
+        // activation row at once, and then never again.
+        let decode = n_b == 1 || rows_n;
         let tile_rows = if decode { ROW_STEP } else { ROW_TILE };
         self.pool.run(|i| {
             let mine = split(n_rows, i, t, ROW_STEP);

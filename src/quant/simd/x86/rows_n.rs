@@ -81,10 +81,7 @@ unsafe fn rows_n<W, A, D: Copy, const R: usize, const T: usize>(
 }
 
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn q4_0_rows_n<const R: usize, const T: usize>(
-    w: [&[BlockQ4_0]; R],
-    a: [&[BlockQ8_0]; T],
-) -> [[f32; R]; T] {
+unsafe fn q4_0_rows_n<const T: usize>(w: [&[BlockQ4_0]; 4], a: [&[BlockQ8_0]; T]) -> [[f32; 4]; T] {
     rows_n(
         w,
         a,
@@ -102,10 +99,7 @@ unsafe fn q4_0_rows_n<const R: usize, const T: usize>(
 }
 
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn q8_0_rows_n<const R: usize, const T: usize>(
-    w: [&[BlockQ8_0]; R],
-    a: [&[BlockQ8_0]; T],
-) -> [[f32; R]; T] {
+unsafe fn q8_0_rows_n<const T: usize>(w: [&[BlockQ8_0]; 4], a: [&[BlockQ8_0]; T]) -> [[f32; 4]; T] {
     rows_n(
         w,
         a,
@@ -129,40 +123,43 @@ unsafe fn q4_1_headers(h: [[[u8; 2]; 2]; 4]) -> __m512 {
     _mm512_cvtph_ps(_mm256_set_epi64x(q(3), q(2), q(1), q(0)))
 }
 
+/// As `avx512vnni_q4_1_rows4` per activation row. That kernel spreads each scale product
+/// over a block's lanes; spreading both factors before the product gives the same lanes,
+/// and takes the shuffles out of the loop over (weight row, activation row). All four
+/// weight rows at once even for four activation rows: the accumulators spill, but less
+/// time goes to that than to a second pass over the activations (measured).
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn q4_1_rows_n<const R: usize, const T: usize>(
-    w: [&[BlockQ4_1]; R],
-    a: [&[BlockQ8_1]; T],
-) -> [[f32; R]; T] {
+unsafe fn q4_1_rows_n<const T: usize>(w: [&[BlockQ4_1]; 4], a: [&[BlockQ8_1]; T]) -> [[f32; 4]; T] {
+    const R: usize = 4;
     let n = a[0].len() / 4 * 4;
     let mut acc = [[_mm512_setzero_ps(); T]; R];
     let mut ms = [[_mm512_setzero_ps(); T]; R];
     let mut i = 0;
     while i < n {
         let mut y = [[_mm512_setzero_si512(); 2]; T];
-        let mut ah = [_mm512_setzero_ps(); T];
+        let mut ah = [[_mm512_setzero_ps(); 3]; T];
         for t in 0..T {
             let ac = &a[t][i..i + 4];
             y[t] = [
                 load_2x32(&ac[0].qs, &ac[1].qs),
                 load_2x32(&ac[2].qs, &ac[3].qs),
             ];
-            ah[t] = q4_1_headers([0, 1, 2, 3].map(|k| [ac[k].d, ac[k].s]));
+            let h = q4_1_headers([0, 1, 2, 3].map(|k| [ac[k].d, ac[k].s]));
+            ah[t] = [h, spread(h, 0, 4), spread(h, 8, 12)];
         }
         for r in 0..R {
             let wc = &w[r][i..i + 4];
             let q0 = nibbles_512(&wc[0].qs, &wc[1].qs);
             let q1 = nibbles_512(&wc[2].qs, &wc[3].qs);
-            let wh = q4_1_headers([0, 1, 2, 3].map(|k| [wc[k].d, wc[k].m]));
+            let h = q4_1_headers([0, 1, 2, 3].map(|k| [wc[k].d, wc[k].m]));
+            let (h0, h1) = (spread(h, 0, 4), spread(h, 8, 12));
             for t in 0..T {
-                let p = _mm512_mul_ps(wh, ah[t]);
+                let p = _mm512_mul_ps(h, ah[t][0]);
                 ms[r][t] = _mm512_mask_add_ps(ms[r][t], 0x2222, ms[r][t], p);
-                let s0 = dot_us_512::<true>(q0, y[t][0]);
-                let s1 = dot_us_512::<true>(q1, y[t][1]);
-                let f0 = _mm512_cvtepi32_ps(s0);
-                let f1 = _mm512_cvtepi32_ps(s1);
-                acc[r][t] = _mm512_fmadd_ps(spread(p, 0, 4), f0, acc[r][t]);
-                acc[r][t] = _mm512_fmadd_ps(spread(p, 8, 12), f1, acc[r][t]);
+                let f0 = _mm512_cvtepi32_ps(dot_us_512::<true>(q0, y[t][0]));
+                let f1 = _mm512_cvtepi32_ps(dot_us_512::<true>(q1, y[t][1]));
+                acc[r][t] = _mm512_fmadd_ps(_mm512_mul_ps(h0, ah[t][1]), f0, acc[r][t]);
+                acc[r][t] = _mm512_fmadd_ps(_mm512_mul_ps(h1, ah[t][2]), f1, acc[r][t]);
             }
         }
         i += 4;
@@ -177,30 +174,22 @@ unsafe fn q4_1_rows_n<const R: usize, const T: usize>(
     out
 }
 
-/// A `VecDot4N` from a kernel generic over its weight rows `R` and activation rows `T`:
-/// activation rows in groups of four, weight rows `$r` at a time.
+/// A `VecDot4N` from a kernel generic over its number of activation rows `T`: activation
+/// rows in groups of four, then the rest.
 macro_rules! rows_n_entry {
-    ($name:ident, $kernel:ident, $wt:ty, $at:ty, $r:literal) => {
+    ($name:ident, $kernel:ident, $wt:ty, $at:ty) => {
         pub(super) fn $name(w: &[&[u8]; 4], a: &[&[u8]], out: &mut [[f32; 4]]) {
             assert_eq!(a.len(), out.len());
             let w = w.map(blocks::<$wt>);
             for (a, out) in a.chunks(4).zip(out.chunks_mut(4)) {
-                for h in 0..4 / $r {
-                    let wh: [&[$wt]; $r] = std::array::from_fn(|r| w[h * $r + r]);
-                    let put = |out: &mut [[f32; 4]], v: &[[f32; $r]]| {
-                        for (o, v) in out.iter_mut().zip(v) {
-                            o[h * $r..h * $r + $r].copy_from_slice(v);
-                        }
-                    };
-                    let at = |t: usize| blocks::<$at>(a[t]);
-                    // SAFETY: installed only for Avx512Vnni, after `supported` detected it.
-                    unsafe {
-                        match a.len() {
-                            1 => put(out, &$kernel::<$r, 1>(wh, [at(0)])),
-                            2 => put(out, &$kernel::<$r, 2>(wh, [at(0), at(1)])),
-                            3 => put(out, &$kernel::<$r, 3>(wh, [at(0), at(1), at(2)])),
-                            _ => put(out, &$kernel::<$r, 4>(wh, [at(0), at(1), at(2), at(3)])),
-                        }
+                let at = |t: usize| blocks::<$at>(a[t]);
+                // SAFETY: installed only for Avx512Vnni, after `supported` detected it.
+                unsafe {
+                    match a.len() {
+                        1 => out.copy_from_slice(&$kernel::<1>(w, [at(0)])),
+                        2 => out.copy_from_slice(&$kernel::<2>(w, [at(0), at(1)])),
+                        3 => out.copy_from_slice(&$kernel::<3>(w, [at(0), at(1), at(2)])),
+                        _ => out.copy_from_slice(&$kernel::<4>(w, [at(0), at(1), at(2), at(3)])),
                     }
                 }
             }
@@ -208,6 +197,6 @@ macro_rules! rows_n_entry {
     };
 }
 
-rows_n_entry!(q4_0_rows_n_avx512vnni, q4_0_rows_n, BlockQ4_0, BlockQ8_0, 4);
-rows_n_entry!(q8_0_rows_n_avx512vnni, q8_0_rows_n, BlockQ8_0, BlockQ8_0, 4);
-rows_n_entry!(q4_1_rows_n_avx512vnni, q4_1_rows_n, BlockQ4_1, BlockQ8_1, 2);
+rows_n_entry!(q4_0_rows_n_avx512vnni, q4_0_rows_n, BlockQ4_0, BlockQ8_0);
+rows_n_entry!(q8_0_rows_n_avx512vnni, q8_0_rows_n, BlockQ8_0, BlockQ8_0);
+rows_n_entry!(q4_1_rows_n_avx512vnni, q4_1_rows_n, BlockQ4_1, BlockQ8_1);
