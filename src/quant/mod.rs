@@ -29,6 +29,9 @@ pub type VecDot = fn(&[u8], &[u8]) -> f32;
 pub type VecDot4 = fn(&[&[u8]; 4], &[u8]) -> [f32; 4];
 /// Dot products of four weight rows with four activation rows: `out[r][t] = w[r] · a[t]`.
 pub type Gemm4x4 = fn(&[&[u8]; 4], &[&[u8]; 4]) -> [[f32; 4]; 4];
+/// Four weight rows against a few activation rows: `out[t][r] = w[r] · a[t]`, with
+/// `out.len() == a.len()`.
+pub type VecDot4N = fn(&[&[u8]; 4], &[&[u8]], &mut [[f32; 4]]);
 
 /// The CPU kernels of one type. All take raw little-endian GGUF bytes.
 #[derive(Clone, Copy)]
@@ -49,6 +52,12 @@ pub struct Kernels {
     /// would (up to float summation order), decoding each weight block once for all four
     /// activation rows. For prefill, where many activation rows meet each weight row.
     pub gemm_4x4: Option<Gemm4x4>,
+    /// Four weight rows against a few activation rows, each output bit for bit what
+    /// `vec_dot_4rows` gives for its activation row (four `vec_dot`s where the type has
+    /// no `vec_dot_4rows`), but decoding each weight block once for all activation rows.
+    /// For row-exact batches (`Backend::set_row_exact`), where `gemm_4x4`'s rounding
+    /// would not do.
+    pub vec_dot_4rows_n: Option<VecDot4N>,
 }
 
 fn blocks<T: Block>(bytes: &[u8]) -> &[T] {
@@ -70,6 +79,7 @@ pub fn scalar_kernels(t: GgmlType) -> Option<Kernels> {
             vec_dot,
             vec_dot_4rows: None,
             gemm_4x4: None,
+            vec_dot_4rows_n: None,
         })
     };
     match t {
@@ -388,6 +398,32 @@ impl DotInput {
             }
         }
         w_rows.map(|w| self.dot(t, w, i))
+    }
+
+    /// True if `dot4_rows` has a kernel for type `t` that shares the weight decode between
+    /// activation rows, rather than falling back to `dot4` per row.
+    pub fn has_rows_n(&self, t: GgmlType) -> bool {
+        self.precision == Precision::Fast && kernels(t).is_some_and(|k| k.vec_dot_4rows_n.is_some())
+    }
+
+    /// `out[j]`: `dot4(t, w_rows, i + j)`, bit for bit, for each `j < out.len()`; one
+    /// `vec_dot_4rows_n` call per four activation rows where the type has one.
+    pub fn dot4_rows(&self, t: GgmlType, w_rows: [&[u8]; 4], i: usize, out: &mut [[f32; 4]]) {
+        if self.precision == Precision::Fast {
+            if let Some(f) = kernels(t).and_then(|k| k.vec_dot_4rows_n) {
+                assert!(self.ready_for(t), "activations prepared for another type");
+                for (c, o) in out.chunks_mut(4).enumerate() {
+                    let b = i + 4 * c;
+                    let a: [&[u8]; 4] =
+                        std::array::from_fn(|j| if j < o.len() { self.row(b + j) } else { &[] });
+                    f(&w_rows, &a[..o.len()], o);
+                }
+                return;
+            }
+        }
+        for (j, o) in out.iter_mut().enumerate() {
+            *o = self.dot4(t, w_rows, i + j);
+        }
     }
 
     /// True if `dot4x4` has a tile kernel for type `t`, rather than falling back to dots.

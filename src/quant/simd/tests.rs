@@ -172,6 +172,59 @@ fn four_row_dots_match_scalar() {
     }
 }
 
+/// The row-exact batch kernel gives, for each activation row, the very bits of the
+/// one-row decode path (`vec_dot_4rows`, else `vec_dot`): verified tokens must equal
+/// decode steps.
+#[test]
+fn row_batches_match_one_row_dots_bit_for_bit() {
+    let mut rng = Rng::new(17);
+    let mut checked = 0;
+    for t in DOT_TYPES {
+        let reference = scalar_kernels(t).unwrap();
+        let mut ns = lengths(t);
+        ns.extend([t.block_len() * 3, t.block_len() * 18, t.block_len() * 177]);
+        for n in ns {
+            let rows: Vec<Vec<u8>> = (0..4).map(|_| weight_row(t, n, &mut rng)).collect();
+            let acts: Vec<Vec<u8>> = (0..6)
+                .map(|_| encode(reference.vec_dot_type, &rng.values(n)))
+                .collect();
+            let w = [0, 1, 2, 3].map(|r| &rows[r][..]);
+            for level in supported_levels() {
+                let k = kernels_at(level, t).unwrap();
+                let Some(f) = k.vec_dot_4rows_n else {
+                    continue;
+                };
+                let one_row = |a: &[u8]| match k.vec_dot_4rows {
+                    Some(f4) => f4(&w, a),
+                    None => w.map(|w| (k.vec_dot.unwrap())(w, a)),
+                };
+                // 5 and 6 rows: a group of four, then a remainder.
+                for m in 1..=acts.len() {
+                    let a: Vec<&[u8]> = acts[..m].iter().map(|a| &a[..]).collect();
+                    let mut got = vec![[f32::NAN; 4]; m];
+                    f(&w, &a, &mut got);
+                    for (j, g) in got.iter().enumerate() {
+                        let want = one_row(a[j]);
+                        assert_eq!(
+                            g.map(f32::to_bits),
+                            want.map(f32::to_bits),
+                            "{t} n={n} {} {m} rows, row {j}: {g:?} vs {want:?}",
+                            level.name()
+                        );
+                    }
+                    checked += 1;
+                }
+            }
+        }
+    }
+    eprintln!("{checked} batches checked");
+    // Every x86-64 CPU with AVX-512 VNNI has the Q4_0, Q4_1 and Q8_0 kernels: on such a
+    // machine the test must have compared something.
+    if supported_levels().contains(&Level::Avx512Vnni) {
+        assert!(checked > 0);
+    }
+}
+
 #[test]
 fn tile_dots_match_scalar() {
     let mut rng = Rng::new(13);

@@ -47,6 +47,7 @@ macro_rules! entry {
 }
 
 mod kquants;
+mod rows_n;
 
 entry!(q4_0_avx2: (w: &[u8], a: &[u8]) -> f32 = avx2_q4_0(blocks(w), blocks(a)));
 entry!(q4_0_avxvnni: (w: &[u8], a: &[u8]) -> f32 = avxvnni_q4_0(blocks(w), blocks(a)));
@@ -130,14 +131,17 @@ pub(super) fn overlay(level: Level, t: GgmlType, k: &mut Kernels) {
         match t {
             T::Q4_0 => {
                 k.vec_dot_4rows = Some(q4_0_4rows_avx512vnni);
+                k.vec_dot_4rows_n = Some(rows_n::q4_0_rows_n_avx512vnni);
                 k.gemm_4x4 = Some(q4_0_tile_avx512vnni);
             }
             T::Q8_0 => {
                 k.vec_dot_4rows = Some(q8_0_4rows_avx512vnni);
+                k.vec_dot_4rows_n = Some(rows_n::q8_0_rows_n_avx512vnni);
                 k.gemm_4x4 = Some(q8_0_tile_avx512vnni);
             }
             T::Q4_1 => {
                 k.vec_dot_4rows = Some(q4_1_4rows_avx512vnni);
+                k.vec_dot_4rows_n = Some(rows_n::q4_1_rows_n_avx512vnni);
                 k.gemm_4x4 = Some(q4_1_tile_avx512vnni);
             }
             _ => {}

@@ -64,8 +64,14 @@ pub(super) fn overlay(level: Level, t: GgmlType, k: &mut Kernels) -> bool {
     k.vec_dot = Some(dot);
     if level == Level::Avx512Vnni {
         match t {
-            T::Q4_K => k.gemm_4x4 = Some(q4_k_tile_avx512vnni),
-            T::Q6_K => k.gemm_4x4 = Some(q6_k_tile_avx512vnni),
+            T::Q4_K => {
+                k.gemm_4x4 = Some(q4_k_tile_avx512vnni);
+                k.vec_dot_4rows_n = Some(q4_k_rows_n_avx512vnni);
+            }
+            T::Q6_K => {
+                k.gemm_4x4 = Some(q6_k_tile_avx512vnni);
+                k.vec_dot_4rows_n = Some(q6_k_rows_n_avx512vnni);
+            }
             _ => {}
         }
     }
@@ -693,3 +699,146 @@ fn q6_k_tile_avx512vnni(w: &[&[u8]; 4], a: &[&[u8]; 4]) -> [[f32; 4]; 4] {
     // SAFETY: installed only for Avx512Vnni, after `supported` detected it.
     unsafe { avx512vnni_q6_k_tile(w.map(blocks::<BlockQ6K>), a.map(blocks::<BlockQ8K>)) }
 }
+
+// ---------------------------------------------------------------------------------------
+// Row-exact batches (`Kernels::vec_dot_4rows_n`): one weight row against up to four
+// activation rows, each sum taking the float operations of `q4_k_body` / `q6_k_body` in
+// their order, compiled with the same features as the AVX-512 `vec_dot`; the quants and
+// sub-block scales are unpacked once per super-block for all activation rows. Integer
+// sums may be regrouped: they are exact.
+
+#[inline(always)]
+unsafe fn q4_k_body_n<const T: usize>(w: &[BlockQ4K], a: [&[BlockQ8K]; T]) -> [f32; T] {
+    let lo4 = _mm256_set1_epi8(0x0f);
+    let mut acc = [_mm256_setzero_ps(); T];
+    let mut mins = [_mm_setzero_ps(); T];
+    for (i, wb) in w.iter().enumerate() {
+        // `k4_header`'s weight side.
+        let dd = _mm_cvtph_ps(_mm_cvtsi32_si128((bits(wb.d) | bits(wb.dmin) << 16) as i32));
+        let [s0, s1, s2, s3] = scales_mins_k4(&wb.scales);
+        let sm = _mm256_cvtepu8_epi16(_mm_set_epi32(s3 as i32, s2 as i32, s1 as i32, s0 as i32));
+        let sc = _mm256_broadcastsi128_si256(_mm256_castsi256_si128(sm));
+        let mut q = [[_mm256_setzero_si256(); 2]; 4];
+        let mut f = [[_mm256_setzero_si256(); 2]; 4];
+        for j in 0..4 {
+            let qb = load(wb.qs.as_ptr().add(32 * j));
+            q[j] = [
+                _mm256_and_si256(qb, lo4),
+                _mm256_and_si256(_mm256_srli_epi16::<4>(qb), lo4),
+            ];
+            f[j] = [scale_k4(sc, 2 * j), scale_k4(sc, 2 * j + 1)];
+        }
+        for t in 0..T {
+            let ab = &a[t][i];
+            let ds = _mm_mul_ps(dd, _mm_set1_ps(ab.d()));
+            let bs = bsums(ab);
+            let bs32 = _mm_hadd_epi16(
+                _mm256_castsi256_si128(bs),
+                _mm256_extracti128_si256::<1>(bs),
+            );
+            let m = _mm_madd_epi16(_mm256_extracti128_si256::<1>(sm), bs32);
+            let dmin = _mm_shuffle_ps::<0b01_01_01_01>(ds, ds);
+            mins[t] = _mm_add_ps(mins[t], _mm_mul_ps(dmin, _mm_cvtepi32_ps(m)));
+            let mut s = _mm256_setzero_si256();
+            for j in 0..4 {
+                let pl = dot_scaled(q[j][0], load_y(ab, 64 * j), f[j][0]);
+                let ph = dot_scaled(q[j][1], load_y(ab, 64 * j + 32), f[j][1]);
+                s = _mm256_add_epi32(s, _mm256_add_epi32(pl, ph));
+            }
+            acc[t] = _mm256_fmadd_ps(_mm256_broadcastss_ps(ds), _mm256_cvtepi32_ps(s), acc[t]);
+        }
+    }
+    let mut out = [0f32; T];
+    for t in 0..T {
+        out[t] = hsum_ps(acc[t]) - hsum_128(mins[t]);
+    }
+    out
+}
+
+#[inline(always)]
+unsafe fn q6_k_body_n<const T: usize>(w: &[BlockQ6K], a: [&[BlockQ8K]; T]) -> [f32; T] {
+    let lo4 = _mm256_set1_epi8(0x0f);
+    let mut acc = [_mm256_setzero_ps(); T];
+    for (i, wb) in w.iter().enumerate() {
+        let dd = _mm_cvtph_ps(_mm_cvtsi32_si128(bits(wb.d) as i32));
+        let sc = _mm_loadu_si128(wb.scales.as_ptr().cast());
+        let sc16 = _mm256_cvtepi8_epi16(sc);
+        let mut q = [_mm256_setzero_si256(); 8];
+        let mut f = [_mm256_setzero_si256(); 8];
+        for half in 0..2 {
+            let ql0 = load(wb.ql.as_ptr().add(64 * half));
+            let ql1 = load(wb.ql.as_ptr().add(64 * half + 32));
+            let qh = load(wb.qh.as_ptr().add(32 * half));
+            // As `q6_k_body`.
+            q[4 * half] = _mm256_or_si256(
+                _mm256_and_si256(ql0, lo4),
+                _mm256_slli_epi16::<4>(_mm256_and_si256(qh, _mm256_set1_epi8(0x03))),
+            );
+            q[4 * half + 1] = _mm256_or_si256(
+                _mm256_and_si256(ql1, lo4),
+                _mm256_slli_epi16::<2>(_mm256_and_si256(qh, _mm256_set1_epi8(0x0c))),
+            );
+            q[4 * half + 2] = _mm256_or_si256(
+                _mm256_and_si256(_mm256_srli_epi16::<4>(ql0), lo4),
+                _mm256_and_si256(qh, _mm256_set1_epi8(0x30)),
+            );
+            q[4 * half + 3] = _mm256_or_si256(
+                _mm256_and_si256(_mm256_srli_epi16::<4>(ql1), lo4),
+                _mm256_srli_epi16::<2>(_mm256_and_si256(qh, _mm256_set1_epi8(0xc0u8 as i8))),
+            );
+            for k in 0..4 {
+                f[4 * half + k] = scale_pair(sc, 8 * half + 2 * k);
+            }
+        }
+        for t in 0..T {
+            let ab = &a[t][i];
+            let d = _mm_mul_ps(dd, _mm_set1_ps(ab.d()));
+            let offset = _mm256_madd_epi16(sc16, bsums(ab));
+            let mut s = _mm256_slli_epi32::<5>(_mm256_sub_epi32(_mm256_setzero_si256(), offset));
+            for (k, (q, f)) in q.iter().zip(&f).enumerate() {
+                s = _mm256_add_epi32(s, dot_scaled(*q, load_y(ab, 32 * k), *f));
+            }
+            acc[t] = _mm256_fmadd_ps(_mm256_broadcastss_ps(d), _mm256_cvtepi32_ps(s), acc[t]);
+        }
+    }
+    let mut out = [0f32; T];
+    for t in 0..T {
+        out[t] = hsum_ps(acc[t]);
+    }
+    out
+}
+
+/// A `VecDot4N` over a one-row body generic in its activation rows: the weight rows one
+/// at a time, the activation rows in groups of four.
+macro_rules! k_rows_n {
+    ($name:ident, $inner:ident, $body:ident, $wt:ty) => {
+        #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl")]
+        unsafe fn $inner<const T: usize>(w: &[$wt], a: [&[BlockQ8K]; T]) -> [f32; T] {
+            $body(w, a)
+        }
+        fn $name(w: &[&[u8]; 4], a: &[&[u8]], out: &mut [[f32; 4]]) {
+            assert_eq!(a.len(), out.len());
+            for (a, out) in a.chunks(4).zip(out.chunks_mut(4)) {
+                let at = |t: usize| blocks::<BlockQ8K>(a[t]);
+                for r in 0..4 {
+                    let wr = blocks::<$wt>(w[r]);
+                    // SAFETY: installed only for Avx512Vnni, after `supported` detected it.
+                    let v: &[f32] = unsafe {
+                        match a.len() {
+                            1 => &$inner::<1>(wr, [at(0)]),
+                            2 => &$inner::<2>(wr, [at(0), at(1)]),
+                            3 => &$inner::<3>(wr, [at(0), at(1), at(2)]),
+                            _ => &$inner::<4>(wr, [at(0), at(1), at(2), at(3)]),
+                        }
+                    };
+                    for (o, v) in out.iter_mut().zip(v) {
+                        o[r] = *v;
+                    }
+                }
+            }
+        }
+    };
+}
+
+k_rows_n!(q4_k_rows_n_avx512vnni, q4_k_n, q4_k_body_n, BlockQ4K);
+k_rows_n!(q6_k_rows_n_avx512vnni, q6_k_n, q6_k_body_n, BlockQ6K);
