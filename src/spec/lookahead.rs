@@ -10,7 +10,11 @@
 //!   fewer tokens per second than the current one. (`--draft-p-min` separately cuts a draft short where the drafter is unsure.)
 //! - With `draft_min == 0`, the first `CALIBRATE` tokens are plain steps, timing the model
 //!   alone (all but the first, which runs cold; the plain step of a speculative step whose
-//!   draft came out empty keeps that timing fresh). Then speculation is probed with K = 1, the cheapest draft. Every speculative
+//!   draft came out empty keeps that timing fresh). Then speculation is probed with K = 1, the cheapest draft; a greedy draft model
+//!   probes in the shadow of a plain step (`probing`, `probe_done`): its one proposal is
+//!   compared with the token the plain step picks, and only agreement opens a run of
+//!   verified drafts, so a probe that fails costs the draft's catch-up, not a verification
+//!   of two. Every speculative
 //!   step (drafting, verifying and any catch-up of the draft model included) updates a
 //!   moving average of seconds per produced token; as soon as it is above plain
 //!   decoding's, the following tokens are plain steps. How many: the time this run of
@@ -169,7 +173,35 @@ impl Lookahead {
         if spec <= plain {
             return;
         }
-        // Slower than plain decoding: plain steps for a while, then a probe with K = 1.
+        self.switch_off(plain);
+    }
+
+    /// Whether the next draft (`draft_len() > 0`) opens a run of speculation after plain
+    /// steps: a probe. A greedy drafter may then probe in the shadow of a plain step
+    /// (`probe_done`) rather than with a verification.
+    pub fn probing(&self) -> bool {
+        self.may_switch_off() && self.run_tokens == 0 && self.draft_len() > 0
+    }
+
+    /// A probe in the shadow of a plain step: the drafter proposed one token (or nothing,
+    /// unsure), the model's plain step picked its own, and `agreed` says whether they were
+    /// the same; `secs` is the whole step, drafting included. Agreement opens the run of
+    /// speculation (the next step verifies a draft), disagreement ends it at once. Either
+    /// way the step's time counts against the run, so a probe that fails costs what the
+    /// draft's catch-up and pick cost, not a verification of two.
+    pub fn probe_done(&mut self, agreed: bool, secs: f64) {
+        self.run_secs += secs;
+        self.run_tokens += 1;
+        if !agreed {
+            if let Some(plain) = self.plain.value {
+                self.switch_off(plain);
+            }
+        }
+    }
+
+    /// Slower than plain decoding (`plain` seconds a step): plain steps for a while, then
+    /// a probe with K = 1.
+    fn switch_off(&mut self, plain: f64) {
         let lost = self.run_secs - self.run_tokens as f64 * plain;
         if lost <= 0.0 {
             self.backoff = 0;
@@ -227,6 +259,31 @@ mod tests {
         // An empty draft (cut by p-min) says nothing about K.
         l.step_done(0, 0, 1, 1.0);
         assert_eq!(l.draft_len(), 1);
+    }
+
+    #[test]
+    fn a_shadow_probe_opens_or_ends_a_run() {
+        for agreed in [false, true] {
+            let mut l = Lookahead::new(0, 4);
+            for _ in 0..CALIBRATE {
+                assert!(!l.probing());
+                l.plain_done(1.0);
+            }
+            assert!(l.probing(), "the first draft after calibrating is a probe");
+            l.probe_done(agreed, 1.5);
+            if agreed {
+                assert!(!l.probing(), "the run is open");
+                assert_eq!(l.draft_len(), 1);
+            } else {
+                // Half a step lost, at 1 % of a step per plain step: 50 plain steps,
+                // then the next probe.
+                for _ in 0..50 {
+                    assert_eq!(l.draft_len(), 0);
+                    l.plain_done(1.0);
+                }
+                assert!(l.probing());
+            }
+        }
     }
 
     #[test]

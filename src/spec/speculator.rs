@@ -333,6 +333,9 @@ impl<'m, 'a, B: Backend<'a>> Speculator<'m, 'a, B> {
             self.lookahead.plain_done(secs);
             return Ok(true);
         }
+        if self.lookahead.probing() && self.shadow_probes() {
+            return self.shadow_probe(last, t0);
+        }
         if self.on_device {
             return self.advance_on_device(last, k, t0);
         }
@@ -382,6 +385,54 @@ impl<'m, 'a, B: Backend<'a>> Speculator<'m, 'a, B> {
         self.stats.verify_secs += t1.elapsed().as_secs_f64();
         self.lookahead
             .step_done(n, accepted, accepted + 1, t0.elapsed().as_secs_f64());
+        Ok(true)
+    }
+
+    /// Whether probes run in the shadow of a plain step: with a draft model and greedy
+    /// picks, where the proposal either is the plain step's token or is not.
+    fn shadow_probes(&self) -> bool {
+        matches!(self.drafter, Drafter::Model { .. })
+            && plain_argmax(self.sampler.params())
+            && (!self.on_device || self.device_plain)
+    }
+
+    /// A probe (`Lookahead::probe_done`): the draft model catches up and proposes one
+    /// token, the model takes a plain step, and the lookahead learns whether the two
+    /// agreed. The produced token is the plain step's, so the text is what plain decoding
+    /// prints.
+    fn shadow_probe(&mut self, last: u32, t0: Instant) -> Result<bool> {
+        let proposal = if self.on_device {
+            let Drafter::Model { session, .. } = &mut self.drafter else {
+                bail!("a shadow probe needs a draft model");
+            };
+            let ctx = self.target.tokens();
+            if catch_up(session, ctx, Some(last), self.shift, &mut self.batch, true)? {
+                let spec = self
+                    .target
+                    .backend()
+                    .device_spec()
+                    .context("no speculation on this device")?;
+                // Greedy (shadow_probes): the argmax, as `pick` would stage it.
+                Some(spec.plain_pick(session.logits_buf(), self.vocab, session.len())?)
+            } else {
+                None
+            }
+        } else {
+            self.draft(last, 1)?;
+            self.drafted.first().copied()
+        };
+        self.stats.draft_forwards += usize::from(proposal.is_some());
+        let t1 = Instant::now();
+        self.stats.draft_secs += (t1 - t0).as_secs_f64();
+        // The pick above staged the draft's token; the plain step feeds `last` itself.
+        self.plain_staged = false;
+        let t = self.plain_step(last)?;
+        self.finish(&[], t);
+        let plain = t1.elapsed().as_secs_f64();
+        self.stats.plain_secs += plain;
+        self.lookahead.plain_timed(plain);
+        self.lookahead
+            .probe_done(proposal == Some(t), t0.elapsed().as_secs_f64());
         Ok(true)
     }
 
