@@ -176,8 +176,10 @@ pub struct SpecArgs {
     /// Fewest tokens drafted before --draft-p-min may stop a draft. 0 also lets speculation
     /// turn itself off as soon as it is slower per token than plain decoding (measured;
     /// then sampled text varies with timings). The first 32 tokens are plain steps; it
-    /// probes with a one-token draft, and again after 16 to 1024 plain tokens: as many as make the time it lost 1 % of plain decoding's,
-    /// and at least twice the last back-off after a probe that did not pay.
+    /// probes with a one-token draft (greedy, with a draft model: compared with the plain
+    /// step's own token, and only agreement starts verified drafts), and again after 16 to
+    /// 1024 plain tokens: as many as make the time it lost 1 % of plain decoding's, and at
+    /// least twice the last back-off after a probe that did not pay.
     #[arg(long, default_value_t = 0)]
     draft_min: usize,
     /// Stop drafting when the drafter's most likely token is less likely than this. (On the

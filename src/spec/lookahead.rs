@@ -25,8 +25,8 @@
 //!   Draft choices then depend on timings, so a seed repeats the sampled text only with
 //!   `draft_min >= 1`, which turns this off.
 
-/// Plain steps timed before the first draft. A probe that fails costs half a plain step
-/// (H100) to two and a half (2-core CPU: the draft model catching up, a batch of two);
+/// Plain steps timed before the first draft. A probe that fails costs about half a plain
+/// step (the draft model catching up; also a batch of two where probes are verified);
 /// replies of up to 32 tokens (one-line answers, most chat turns' short replies) see no
 /// probe at all, and a longer one pays for at most one before it has 60 tokens. (With 3,
 /// replies of ten tokens ran 6-10 % slower on the H100; with 16, those of 20-30 tokens
