@@ -221,14 +221,21 @@ impl<'m, 'a, B: Backend<'a>> Speculator<'m, 'a, B> {
     /// A plain step where drafting (started at `t0`, ended at `t1`) proposed nothing: it
     /// counts for the lookahead as a step with no draft.
     fn undrafted_step(&mut self, last: u32, t0: Instant, t1: Instant) -> Result<bool> {
+        self.plain_after_draft(last, t1)?;
+        self.lookahead
+            .step_done(0, 0, 1, t0.elapsed().as_secs_f64());
+        Ok(true)
+    }
+
+    /// The plain step that follows drafting (which ended at `t1`), its token produced and
+    /// its time keeping the lookahead's plain timing fresh.
+    fn plain_after_draft(&mut self, last: u32, t1: Instant) -> Result<u32> {
         let t = self.plain_step(last)?;
         self.finish(&[], t);
         let plain = t1.elapsed().as_secs_f64();
         self.stats.plain_secs += plain;
         self.lookahead.plain_timed(plain);
-        self.lookahead
-            .step_done(0, 0, 1, t0.elapsed().as_secs_f64());
-        Ok(true)
+        Ok(t)
     }
 
     /// One plain forward pass of the target for `last`, then a token from its logits.
@@ -426,11 +433,7 @@ impl<'m, 'a, B: Backend<'a>> Speculator<'m, 'a, B> {
         self.stats.draft_secs += (t1 - t0).as_secs_f64();
         // The pick above staged the draft's token; the plain step feeds `last` itself.
         self.plain_staged = false;
-        let t = self.plain_step(last)?;
-        self.finish(&[], t);
-        let plain = t1.elapsed().as_secs_f64();
-        self.stats.plain_secs += plain;
-        self.lookahead.plain_timed(plain);
+        let t = self.plain_after_draft(last, t1)?;
         self.lookahead
             .probe_done(proposal == Some(t), t0.elapsed().as_secs_f64());
         Ok(true)
