@@ -44,30 +44,16 @@
 #include <algorithm>
 
 #include "common.cuh"
+#include "gemm_raw.cuh"
 #include "mma_s8.cuh"
 #include "q8_unit.cuh"
 #include "stream.cuh"
 
 namespace {
 
-constexpr int BM = 64;          // weight rows per block: 4 warps of 16
-constexpr int THREADS = 128;
-constexpr int SU = 8;           // units per stage (one K-quant super-block)
 constexpr int WSTRIDE = SU * 8 + 4;  // words per row of a decoded tile; the 4 spare words
                                      // put the 8 rows of one fragment load in distinct banks
 constexpr int SSTRIDE = BM + 4;      // floats per unit of the weight-scale tables
-
-__host__ __device__ constexpr int unit_bytes(int type) {
-    return type == T_Q4_0 ? 18 : type == T_Q4_1 ? 20 : type == T_Q8_0 ? 34
-         : type == T_Q4_K ? 144 : 210;
-}
-
-// Bytes of one row's stage: 8 blocks of 32-value types, one super-block of K-quants.
-__host__ __device__ constexpr int stage_bytes(int type) {
-    return is_kquant(type) ? unit_bytes(type) : SU * unit_bytes(type);
-}
-
-__host__ __device__ constexpr int round16(int n) { return (n + 15) / 16 * 16; }
 
 // Shared memory of one block, in bytes, laid out in this order.
 template <int TYPE, int NT>
@@ -94,16 +80,9 @@ __device__ __forceinline__ float i2f(int c) {
 // The same from a sum that already has the bits of 1.5 * 2^23 added (by the tensor core).
 __device__ __forceinline__ float i2f_bits(int c) { return __int_as_float(c) - 12582912.f; }
 
-// Raw weight bytes move in slots, by the alignment of rows (GGUF blocks of 18, 34 and 210
-// bytes are only 2-byte aligned):
-//   V = 16: 16-byte vectors, where rows and stages are 16-byte aligned;
-//   V = 4:  4-byte words, where rows are 4-byte aligned: a stage that starts 2 bytes past
-//           a word is loaded from that word on (`shift` = 2) and decoded from raw + 2, so
-//           a row of the raw tile has S + 2 bytes when S is not a multiple of 4;
-//   V = 2:  4-byte slots filled by two 2-byte loads (any row).
-// Slot p is at byte p * sizeof(slot) of the raw tile, which holds the block's 64 rows back
-// to back, raw_stride bytes each. Only whole words of the row are read (rows end on a
-// word boundary), so no load leaves the weight buffer.
+// The register slots of fetch_raw, by the alignment of rows (see raw_stride): slot p holds
+// bytes p * sizeof(slot).. of the raw tile, the block's 64 rows back to back, raw_stride
+// bytes each.
 template <int V>
 struct Slot {
     using T = uint32_t;
@@ -112,23 +91,6 @@ template <>
 struct Slot<16> {
     using T = uint4;
 };
-
-// V = 16 with stages that are not multiples of 16 bytes (Q6_K in gemm_q8_wide2_kernel, on
-// 16-byte aligned rows) loads the 16-byte words that cover the stage, up to 14 bytes
-// before it, as V = 4 does with 4-byte words.
-template <int V>
-__host__ __device__ constexpr int raw_stride(int type) {
-    return stage_bytes(type) % V == 0 ? stage_bytes(type)
-         : V == 4                     ? stage_bytes(type) + 2
-         : V == 16                    ? round16(stage_bytes(type) + 14)
-                                      : stage_bytes(type);
-}
-
-// Where stage st of a row starts in its raw tile row.
-template <int V>
-__host__ __device__ constexpr int raw_shift(int type, int st) {
-    return V == 2 ? 0 : (int)((size_t)st * stage_bytes(type) % V);
-}
 
 // Step 1 of both kernels: the raw bytes of stage st of rows r0.. into registers, slot
 // tid + i * THREADS in wr[i]. Rows past the matrix and bytes past the row (a last stage of
@@ -706,10 +668,7 @@ gemm_q8_wide2_kernel(const uint8_t *__restrict__ w, int rows, int cols,
     pdl_start();
     static_assert(V == 16 || V == 4, "cp.async moves 16 or 4 bytes");
     using L = Wide2Smem<TYPE>;
-    constexpr int S = stage_bytes(TYPE), RS = raw_stride<V>(TYPE);
-    constexpr int N_SLOTS = BM * RS / V;
-    static_assert(N_SLOTS * V == BM * RS && BM * RS <= L::RAW, "raw tile");
-    constexpr int SLOTS_PER_THREAD = (N_SLOTS + THREADS - 1) / THREADS;
+    static_assert(BM * raw_stride<V>(TYPE) <= L::RAW, "raw tile");
     constexpr int X_CHUNKS = WBN * SU * 2 / THREADS;  // 16-byte activation chunks
     constexpr int XD_PER_THREAD = WBN * SU / THREADS;
     static_assert(X_CHUNKS * THREADS == WBN * SU * 2, "activation chunks per thread");
@@ -736,21 +695,7 @@ gemm_q8_wide2_kernel(const uint8_t *__restrict__ w, int rows, int cols,
     const int st1 = (int)((long)(blockIdx.z + 1) * n_stages / n_slices);
     const size_t rb = row_bytes(TYPE, cols);
 
-    // Raw weight bytes of stage st, slot by slot as fetch_raw reads them (V = 16 or 4).
-    auto copy_w = [&](int st) {
-#pragma unroll
-        for (int i = 0; i < SLOTS_PER_THREAD; i++) {
-            int p = tid + i * THREADS;
-            if (p < N_SLOTS) {
-                const int row = p / (RS / V);
-                const size_t off = (size_t)st * S / V * V + V * (p % (RS / V));
-                bool ok = r0 + row < rows && off < rb;
-                const uint8_t *src = ok ? w + (size_t)(r0 + row) * rb + off : w;
-                if constexpr (V == 16) cp_async16(raw + 16 * p, src, ok);
-                else cp_async4(raw + 4 * p, src, ok);
-            }
-        }
-    };
+    auto copy_w = [&](int st) { copy_raw<TYPE, V>(raw, w, rows, rb, r0, st, tid); };
 
     // Activations of stage st (token rows of WSTRIDE words) and their scales ([unit][xpos])
     // into buffer b; tokens past nb and values past the row read as zero.
@@ -919,17 +864,6 @@ gemm_q8_wide2_kernel(const uint8_t *__restrict__ w, int rows, int cols,
     }
 }
 
-// y (+)= the sum of n_slices partial products, in slice order.
-__global__ void gemm_reduce_kernel(const float *__restrict__ part, int n, int n_slices,
-                                   float *__restrict__ y, int accumulate) {
-    pdl_start();
-    int i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= n) return;
-    float s = 0.f;
-    for (int k = 0; k < n_slices; k++) s += part[(size_t)k * n + i];
-    y[i] = accumulate ? y[i] + s : s;
-}
-
 template <int TYPE, int NT, int V>
 int launch(const uint8_t *w, int rows, int cols, const int8_t *xq, const float *xd, int nb,
            float *y, int accumulate, float *ws, size_t ws_floats) {
@@ -946,38 +880,11 @@ int launch(const uint8_t *w, int rows, int cols, const int8_t *xq, const float *
     }
     int row_blocks = (rows + BM - 1) / BM;
     int n_stages = (cols / 32 + SU - 1) / SU;
-    // Enough blocks for about two per SM, each slice at least two stages long, and the
-    // partial sums must fit the workspace.
-    int target = 2 * sm_count();
-    int slices = row_blocks >= target ? 1 : (target + row_blocks - 1) / row_blocks;
-    slices = std::min(slices, std::max(1, n_stages / 2));
-    size_t per_slice = (size_t)nb * rows;
-    if (ws == nullptr || per_slice == 0) slices = 1;
-    else slices = (int)std::min((size_t)slices, std::max((size_t)1, ws_floats / per_slice));
-    if (slices > 65535) slices = 65535;
-    dim3 grid(row_blocks, slices);
-    wick_launch(kernel, grid, THREADS, SMEM, w, rows, cols, xq, xd, nb, y, accumulate, ws,
-                                                 slices);
-    if (slices > 1) {
-        int n = nb * rows;
-        wick_launch(gemm_reduce_kernel, (n + 255) / 256, 256, 0, ws, n, slices, y,
-                                                                    accumulate);
-    }
+    int slices = std::min(65535, pick_slices(row_blocks, n_stages, nb, rows, ws, ws_floats));
+    wick_launch(kernel, dim3(row_blocks, slices), THREADS, SMEM, w, rows, cols, xq, xd, nb, y,
+                accumulate, ws, slices);
+    reduce_slices(ws, nb, rows, slices, y, accumulate);
     return (int)cudaGetLastError();
-}
-
-// Shared memory a block may opt into: the wide kernel's ~113 KiB fit sm_80 and sm_90, not
-// sm_86 or sm_89 (99 KiB), which keep the 64-token kernel.
-size_t smem_optin() {
-    static int n = -1;
-    if (n < 0) {
-        int dev = 0;
-        if (cudaGetDevice(&dev) != cudaSuccess ||
-            cudaDeviceGetAttribute(&n, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) !=
-                cudaSuccess)
-            n = 0;
-    }
-    return (size_t)n;
 }
 
 template <int TYPE>
@@ -1004,25 +911,11 @@ int launch_wide(const uint8_t *w, int rows, int cols, const int8_t *xq, const fl
     int tok_blocks = (nb + WBN - 1) / WBN;
     int row_blocks = (rows + BM - 1) / BM;
     int n_stages = (cols / 32 + SU - 1) / SU;
-    // As in launch: about two blocks per SM (two fit, by shared memory), each slice at
-    // least two stages long, partial sums within the workspace.
-    long blocks = (long)tok_blocks * row_blocks;
-    int target = 2 * sm_count();
-    int slices = blocks >= target ? 1 : (int)((target + blocks - 1) / blocks);
-    slices = std::min(slices, std::max(1, n_stages / 2));
-    size_t per_slice = (size_t)nb * rows;
-    if (ws == nullptr || per_slice == 0) slices = 1;
-    else slices = (int)std::min((size_t)slices, std::max((size_t)1, ws_floats / per_slice));
+    int slices = pick_slices((long)tok_blocks * row_blocks, n_stages, nb, rows, ws, ws_floats);
     if (row_blocks > 65535 || slices > 65535) return (int)cudaErrorInvalidValue;
-    dim3 grid(tok_blocks, row_blocks, slices);
-    wick_launch(kernel, grid, THREADS, SMEM,
-                    w, rows, cols, xq, xd, nb, y, accumulate, ws,
-                                                 slices);
-    if (slices > 1) {
-        size_t n = (size_t)nb * rows;
-        wick_launch(gemm_reduce_kernel, (unsigned)((n + 255) / 256), 256, 0,
-                    ws, (int)n, slices, y, accumulate);
-    }
+    wick_launch(kernel, dim3(tok_blocks, row_blocks, slices), THREADS, SMEM, w, rows, cols, xq,
+                xd, nb, y, accumulate, ws, slices);
+    reduce_slices(ws, nb, rows, slices, y, accumulate);
     return (int)cudaGetLastError();
 }
 

@@ -87,6 +87,20 @@ int wick_gemm_q8(int type, const void *d_w, int rows, int cols, const int8_t *d_
  * 128-token one above; 1 = the 128-token one from 17 tokens; 2 = the 64-token one only),
  * for timing runs. */
 void wick_gemm_q8_variant(int v);
+/* 1 if wick_gemm_f16 takes this product: weights of a wick_gemm_q8 type at d_w with rows
+ * 4-byte aligned, nb above 64, and a GPU with the shared memory for it (sm_80, sm_90). */
+int wick_gemm_f16_applies(int type, const void *d_w, int cols, int nb);
+/* Warps per block of wick_gemm_f16's kernel: 8 (default) or 4, for timing runs. */
+void wick_gemm_f16_warps(int n);
+/* wick_quantize_q8's output (n values, a multiple of 32) as f16 values q * d, for
+ * wick_gemm_f16. */
+int wick_q8_to_f16(const int8_t *d_xq, const float *d_xd, int n, void *d_xh);
+/* As wick_gemm_q8 on f16 tensor cores for 1 to 3 weights of one type over the same
+ * activations (one launch where they fill the GPU together), from wick_q8_to_f16's
+ * output: weights decoded to f16 (scales applied) once per block tile, rows summed without
+ * per-unit scaling. */
+int wick_gemm_f16(int type, const wick_mv_target *targets, int n_targets, int cols,
+                  const void *d_xh, int nb, int accumulate, float *d_ws, size_t ws_floats);
 /* Rotates q (n rows of n_heads heads) and k (n rows of n_kv_heads heads) in place for
  * positions *d_pos0.., llama.cpp's normal mode (adjacent pairs). The position is read on
  * the device, so a recorded graph replays at any position. */

@@ -9,8 +9,11 @@ struct EmuCfg { dim3 grid; dim3 block; size_t smem; };
 inline EmuCfg emu_cfg(dim3 g, dim3 b, size_t smem = 0, void * = nullptr) { return {g, b, smem}; }
 template <class K, class... A> void emu_run(K kernel, EmuCfg c, A... args);
 #include "gemm_q8.cu"
+#include "gemm_f16.cu"
 
 #include "emu_host.h"
+
+constexpr int F16 = 100;
 
 template <int TYPE>
 static int check(int rows, int cols, int nb, int variant, bool accumulate, int misalign) {
@@ -28,9 +31,24 @@ static int check(int rows, int cols, int nb, int variant, bool accumulate, int m
     if (accumulate) y = base;
     else std::fill(y.begin(), y.end(), NAN);
     std::vector<float> ws(1 << 20, NAN);
-    wick_gemm_q8_variant(variant);
-    int e = wick_gemm_q8(TYPE, w, rows, cols, xq.data(), xd.data(), nb, y.data(), accumulate,
+    // Variant F16: wick_q8_to_f16, then wick_gemm_f16 (values rounded to f16: a looser bound).
+    const bool f16 = variant == F16 || variant == F16 + 8;
+    wick_gemm_f16_warps(variant == F16 + 8 ? 8 : 4);
+    if (f16 && !wick_gemm_f16_applies(TYPE, w, cols, nb)) {
+        printf("type %d %dx%d nb %d misalign %d: not for the f16 kernel\n", TYPE, rows, cols, nb, misalign);
+        return 0;
+    }
+    std::vector<__half> xh((size_t)nb * cols);
+    int e;
+    if (f16) {
+        e = wick_q8_to_f16(xq.data(), xd.data(), nb * cols, xh.data());
+        wick_mv_target tg = {w, y.data(), rows};
+        if (!e) e = wick_gemm_f16(TYPE, &tg, 1, cols, xh.data(), nb, accumulate, ws.data(), ws.size());
+    } else {
+        wick_gemm_q8_variant(variant);
+        e = wick_gemm_q8(TYPE, w, rows, cols, xq.data(), xd.data(), nb, y.data(), accumulate,
                          ws.data(), ws.size());
+    }
     if (e) { printf("launch error %d\n", e); return 1; }
     // Reference: decoded weights times decoded activations, in double.
     std::vector<float> wf((size_t)rows * cols);
@@ -47,13 +65,45 @@ static int check(int rows, int cols, int nb, int variant, bool accumulate, int m
             if (accumulate) s += base[(size_t)tkn * rows + r];
             double got = y[(size_t)tkn * rows + r];
             double err = fabs(got - s) / (mag + 1e-6);
-            if (!(err < 1e-5)) { if (bad++ < 5) printf("  mismatch tok %d row %d: got %g want %g\n", tkn, r, got, s); }
+            if (!(err < (f16 ? 2e-3 : 1e-5))) { if (bad++ < 5) printf("  mismatch tok %d row %d: got %g want %g\n", tkn, r, got, s); }
             if (err > maxerr || err != err) maxerr = err;
         }
     printf("type %d %dx%d nb %d variant %d acc %d misalign %d: max rel err %.2e, %d bad\n", TYPE, rows, cols,
            nb, variant, accumulate, misalign, maxerr, bad);
     fflush(stdout);
     return bad > 0;
+}
+
+// wick_gemm_f16 over three weights of one type in one launch (their row blocks together
+// fill the GPU's 2 x 132 block slots), each against wick_gemm_f16 of that weight alone.
+template <int TYPE>
+static int check_group(int cols, int nb) {
+    const int rows[3] = {4160, 4224, 130};
+    size_t rb = row_bytes(TYPE, cols);
+    std::vector<uint8_t> wbuf[3];
+    std::vector<float> y[3], alone[3];
+    wick_mv_target tg[3];
+    for (int i = 0; i < 3; i++) {
+        wbuf[i].resize(rb * rows[i]);
+        for (int r = 0; r < rows[i]; r++) random_row<TYPE>(wbuf[i].data() + r * rb, cols);
+        y[i].assign((size_t)nb * rows[i], NAN);
+        alone[i].assign((size_t)nb * rows[i], NAN);
+        tg[i] = {wbuf[i].data(), y[i].data(), rows[i]};
+    }
+    std::vector<__half> xh((size_t)nb * cols);
+    for (auto &h : xh) h = __float2half((rng() % 2000) / 1000.f - 1.f);
+    std::vector<float> ws(1 << 22, NAN);
+    int e = wick_gemm_f16(TYPE, tg, 3, cols, xh.data(), nb, 0, ws.data(), ws.size());
+    int bad = 0;
+    for (int i = 0; i < 3 && !e; i++) {
+        wick_mv_target one = {wbuf[i].data(), alone[i].data(), rows[i]};
+        e = wick_gemm_f16(TYPE, &one, 1, cols, xh.data(), nb, 0, ws.data(), ws.size());
+        for (size_t k = 0; k < y[i].size(); k++)
+            if (!(fabsf(y[i][k] - alone[i][k]) <= 1e-4f * (1 + fabsf(alone[i][k])))) bad++;
+    }
+    printf("type %d group of 3 x %d nb %d: %s, %d differ\n", TYPE, cols, nb, e ? "launch error" : "ran", bad);
+    fflush(stdout);
+    return e != 0 || bad > 0;
 }
 
 int main(int argc, char **argv) {
@@ -85,6 +135,19 @@ int main(int argc, char **argv) {
     all(70, 1024, 200, 3, false, 0);
     all(64, 256, 33, 4, false, 0);
     all(65, 2048, 65, 5, false, 0);
+    // The f16 kernel (batches above 64): the same shapes, and 2-byte aligned rows left to
+    // the int8 kernels.
+    all(77, 416, 130, F16, false, 0);
+    all(65, 2048, 65, F16, true, 0);
+    all(130, 768, 257, F16, false, 2);
+    all(70, 1024, 200, F16, false, 0);
+    all(65, 2048, 130, F16, false, 4);
+    if (which < 0 || which == 0) fails += check_group<T_Q4_0>(256, 130);
+    if (which < 0 || which == 4) fails += check_group<T_Q6_K>(512, 130);
+    // With 8 warps per block.
+    all(65, 2048, 65, F16 + 8, true, 0);
+    all(70, 1024, 200, F16 + 8, false, 0);
+    all(65, 2048, 130, F16 + 8, false, 4);
     printf("%d failed\n", fails);
     return fails != 0;
 }

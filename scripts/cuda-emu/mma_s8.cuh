@@ -119,6 +119,42 @@ inline void mma_k16_c(int c[4], int a0, int a1, int b0, int c0) {
     for (int e = 0; e < 4; e++) c[e] = (int)((uint32_t)c[e] + (uint32_t)c0);
 }
 
+// mma_f16: A(row, k) and B(k, col) as f16 from the lanes' registers (PTX fragment layout);
+// the products summed in double, then added to c.
+inline float emu_h(const EmuWarp &W, int lane, int reg, int half) {
+    return __half2float(__half((uint16_t)(W.in[lane][reg] >> (16 * half))));
+}
+inline void mma_f16(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
+    EmuWarp &W = emu_w();
+    int l = emu_lane();
+    uint32_t v[6] = {a[0], a[1], a[2], a[3], b0, b1};
+    for (int i = 0; i < 6; i++) W.in[l][i] = v[i];
+    W.bar->arrive_and_wait();
+    int g = l / 4, t = l % 4;
+    for (int e = 0; e < 4; e++) {
+        int row = g + 8 * (e / 2), col = 2 * t + e % 2;
+        double s = 0;
+        for (int k = 0; k < 16; k++) {
+            double x = emu_h(W, (row % 8) * 4 + (k % 8) / 2, (row >= 8) + 2 * (k >= 8), k % 2);
+            double y = emu_h(W, col * 4 + (k % 8) / 2, 4 + (k >= 8), k % 2);
+            s += x * y;
+        }
+        c[e] = (float)(c[e] + s);
+    }
+    W.bar->arrive_and_wait();
+}
+inline uint32_t f16x2_splat(float x) {
+    uint32_t h = __float2half(x).x;
+    return h | h << 16;
+}
+inline void s8x4_to_f16(uint32_t w, uint32_t d, uint32_t m, uint32_t &lo, uint32_t &hi) {
+    double dh = __half2float(__half((uint16_t)d)), mh = __half2float(__half((uint16_t)m));
+    uint32_t r[4];
+    for (int i = 0; i < 4; i++) r[i] = __float2half((float)((int8_t)(w >> (8 * i)) * dh + mh)).x;
+    lo = r[0] | r[1] << 16;
+    hi = r[2] | r[3] << 16;
+}
+
 extern uint8_t *emu_smem_lo, *emu_smem_hi;
 inline void emu_check_smem(const void *p, size_t n) {
     const uint8_t *b = (const uint8_t *)p;

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Checks kernels/cuda/gemm_q8.cu on a machine without a GPU: builds it as host C++ with
+# Checks kernels/cuda/gemm_q8.cu and gemm_f16.cu on a machine without a GPU: builds it as host C++ with
 # every GPU thread a host thread, the warp-wide instructions of mma_s8.cuh emulated (this
 # directory's copy replaces the real one), cp.async done at random times, and compares
 # wick_gemm_q8 with a double-precision product of the decoded weights and activations.
@@ -22,6 +22,7 @@ if [ "${1:-}" = matvec ]; then
     kernel=matvec_q8 harness=matvec
     shift
 fi
+[ $kernel = gemm_q8 ] && cp "$src/gemm_f16.cu" "$work/src/"
 perl -pe 's/(\w+)<<<(.*?)>>>\(/emu_run($1, emu_cfg($2), /' "$src/$kernel.cu" > "$work/src/$kernel.cu"
 g++ -std=c++20 -O1 -g -fsanitize=address -Wno-unknown-pragmas -I"$here/inc" -I"$work/src" \
     "$here/$harness.cpp" -o "$work/harness" -lpthread

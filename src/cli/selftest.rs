@@ -403,7 +403,7 @@ mod gpu {
                     ..=16 if all_shapes => &MV_VARIANTS,
                     ..=16 => &MV_VARIANTS[..2],
                     17..=64 => &[0, 1, 4],
-                    _ => &[0, 6, 2, 5],
+                    _ => &[0, 3, 6, 2, 5],
                 };
                 for &variant in variants {
                     if nb <= 16 {
@@ -531,8 +531,9 @@ mod gpu {
     }
 
     /// The int8-activation products: the matrix-vector kernel (batches up to 16) and the
-    /// tensor-core kernels (64 tokens per block up to 64, 128 above; each batch above 16
-    /// also through the other kernels, set_gemm_variant: the 128-token ones from 17
+    /// tensor-core kernels (64 tokens per block up to 64, the f16 kernel above, its
+    /// rounding of q * d and of weights to f16 well inside the int8 noise; each batch above
+    /// 16 also through the other kernels, set_gemm_variant: the 128-token int8 ones from 17
     /// tokens, the 64-token one above 64, wide2 with both unrolls), at odd row counts, batches that
     /// are not multiples of 8 or of a token tile, and rows whose last 256 values are a
     /// partial stage. Against the exact CPU product, the error is the rounding of
@@ -607,7 +608,7 @@ mod gpu {
                 let variants: &[i32] = match nb {
                     ..=16 => &MV_VARIANTS,
                     17..=64 => &[0, 1, 4],
-                    _ => &[0, 6, 2, 5],
+                    _ => &[0, 3, 6, 2, 5],
                 };
                 for &variant in variants {
                     if nb <= 16 {

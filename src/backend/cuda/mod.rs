@@ -217,6 +217,9 @@ pub struct Cuda {
     /// RoPE and the KV store as one launch (f16 and q8_0 caches); WICK_FUSE=0 runs them
     /// as two, to compare.
     fuse_rope_store: bool,
+    /// Batches above 64 rows through the f16 tensor-core kernel (wick_gemm_f16) where it
+    /// applies; WICK_GEMM_F16=0 keeps them on the int8 kernels, to compare.
+    gemm_f16: bool,
     /// Device-side state of speculation (`DeviceSpec`).
     spec: SpecScratch,
     /// Partial results of single-row attention's position slices (attention_split.cuh);
@@ -273,6 +276,8 @@ struct Q8Scratch {
     cols: usize,
     xq: DeviceMem,
     xd: DeviceMem,
+    /// The int8 activations as f16 values, for wick_gemm_f16.
+    xh: DeviceMem,
     ws: DeviceMem,
 }
 
@@ -338,6 +343,7 @@ impl Cuda {
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0),
             fuse_rope_store: std::env::var("WICK_FUSE").map_or(true, |v| v != "0"),
+            gemm_f16: std::env::var("WICK_GEMM_F16").map_or(true, |v| v != "0"),
             spec: SpecScratch::new()?,
             att_scratch: DeviceMem::new(ATT_SCRATCH_FLOATS * 4)?,
         })
@@ -363,6 +369,11 @@ impl Cuda {
                 Ok("split") => set_attention_decode(false, -1),
                 Ok(v) => set_attention_decode(false, v.parse().unwrap_or(0)),
                 Err(_) => {}
+            }
+            // WICK_GEMM_F16=8 runs the f16 kernel with 8 warps per block (4 by default).
+            if std::env::var("WICK_GEMM_F16").is_ok_and(|v| v == "8") {
+                // SAFETY: sets a plain integer read at launch.
+                unsafe { ffi::wick_gemm_f16_warps(8) };
             }
             // WICK_GEMM picks the tensor-core kernels (set_gemm_variant), to compare.
             if let Some(v) = std::env::var("WICK_GEMM").ok().and_then(|v| v.parse().ok()) {
@@ -392,6 +403,7 @@ impl Cuda {
             cols,
             xq: DeviceMem::new(n)?,
             xd: DeviceMem::new(n / 32 * 4)?,
+            xh: DeviceMem::new(n * 2)?,
             ws: DeviceMem::new(GEMM_WS_FLOATS * 4)?,
         });
         Ok(())
@@ -463,36 +475,14 @@ impl Cuda {
             ensure!(rows * w.rows * 4 <= out.bytes, "matmul output too small");
         }
         if matvec {
-            ensure!(ws.len() <= 8, "too many weights in one product");
-            let mut done = [false; 8];
-            for i in 0..ws.len() {
-                if done[i] {
-                    continue;
-                }
-                let mut targets = [ffi::wick_mv_target {
-                    w: std::ptr::null(),
-                    y: std::ptr::null_mut(),
-                    rows: 0,
-                }; 3];
-                let mut n_targets = 0;
-                for j in i..ws.len() {
-                    if !done[j] && ws[j].ty == ws[i].ty && n_targets < 3 {
-                        targets[n_targets] = ffi::wick_mv_target {
-                            w: ws[j].mem.ptr,
-                            y: outs[j].f32(),
-                            rows: ws[j].rows as i32,
-                        };
-                        n_targets += 1;
-                        done[j] = true;
-                    }
-                }
+            for_type_groups(ws, outs, |ty, targets| {
                 // SAFETY: sizes checked above; each weight holds `rows` rows of `cols` values.
                 check(
                     unsafe {
                         ffi::wick_matvec_q8(
-                            type_id(ws[i].ty),
+                            type_id(ty),
                             targets.as_ptr(),
-                            n_targets as i32,
+                            targets.len() as i32,
                             cols as i32,
                             xq,
                             xd,
@@ -501,12 +491,56 @@ impl Cuda {
                         )
                     },
                     "matmul",
-                )?;
-            }
+                )
+            })?;
         } else {
             let q8 = self.q8.borrow();
             let scratch = q8.as_ref().context("no int8 scratch")?;
-            for (w, out) in ws.iter().zip(outs.iter()) {
+            // The f16 kernel where it takes every weight: the activations become f16 once.
+            let f16 = self.gemm_f16
+                && GEMM_VARIANT.load(std::sync::atomic::Ordering::Relaxed) == 0
+                && ws.iter().all(|w| {
+                    // SAFETY: a pure query.
+                    let applies = unsafe {
+                        ffi::wick_gemm_f16_applies(
+                            type_id(w.ty),
+                            w.mem.ptr,
+                            cols as i32,
+                            rows as i32,
+                        )
+                    };
+                    applies != 0
+                });
+            if f16 {
+                // SAFETY: xq and xd hold n values (q8_scratch checked); xh has room for n
+                // f16 values (reserve_q8).
+                check(
+                    unsafe { ffi::wick_q8_to_f16(xq, xd, n as i32, scratch.xh.ptr) },
+                    "activations to f16",
+                )?;
+            }
+            if f16 {
+                for_type_groups(ws, outs, |ty, targets| {
+                    // SAFETY: as for wick_gemm_q8 below, with xh holding the n values.
+                    check(
+                        unsafe {
+                            ffi::wick_gemm_f16(
+                                type_id(ty),
+                                targets.as_ptr(),
+                                targets.len() as i32,
+                                cols as i32,
+                                scratch.xh.ptr,
+                                rows as i32,
+                                accumulate as i32,
+                                scratch.ws.f32(),
+                                scratch.ws.bytes / 4,
+                            )
+                        },
+                        "matmul",
+                    )
+                })?;
+            }
+            for (w, out) in ws.iter().zip(outs.iter()).filter(|_| !f16) {
                 // SAFETY: sizes checked above; the weight holds `w.rows` rows of `cols`
                 // values; the workspace is passed with its true size, and the kernel uses
                 // no more.
@@ -1509,15 +1543,56 @@ pub fn set_matvec_variant(v: i32) {
     unsafe { ffi::wick_matvec_q8_variant(v) }
 }
 
-/// Selects the int8 tensor-core kernels: 0 = the 64-token one up to 64 tokens and the
-/// 128-token one above (default), 1 = the 128-token one from 17 tokens, 2 = the 64-token
-/// one only (wider batches in launches of 64), 3 / 4 = as 0 / 1 with the second 128-token
-/// kernel (wide2: cp.async weights, cheaper scaling) in place of the first, 5 = as 3 with
-/// wide2's multiply unrolled twice, for timing one against the other.
+/// Calls `f` once per group of up to three weights of one type (in the order given), with
+/// their launch targets: the kernels that take several weights over one input run them
+/// in one launch.
+fn for_type_groups(
+    ws: &[&DeviceWeight],
+    outs: &[&mut DeviceMem],
+    mut f: impl FnMut(GgmlType, &[ffi::wick_mv_target]) -> Result<()>,
+) -> Result<()> {
+    ensure!(ws.len() <= 8, "too many weights in one product");
+    let mut done = [false; 8];
+    for i in 0..ws.len() {
+        if done[i] {
+            continue;
+        }
+        let mut targets = [ffi::wick_mv_target {
+            w: std::ptr::null(),
+            y: std::ptr::null_mut(),
+            rows: 0,
+        }; 3];
+        let mut n = 0;
+        for j in i..ws.len() {
+            if !done[j] && ws[j].ty == ws[i].ty && n < 3 {
+                targets[n] = ffi::wick_mv_target {
+                    w: ws[j].mem.ptr,
+                    y: outs[j].f32(),
+                    rows: ws[j].rows as i32,
+                };
+                n += 1;
+                done[j] = true;
+            }
+        }
+        f(ws[i].ty, &targets[..n])?;
+    }
+    Ok(())
+}
+
+/// Selects the tensor-core kernels: 0 = the 64-token int8 one up to 64 tokens and the f16
+/// one above where it applies (default; else as 3), 1 = the 128-token int8 one from 17
+/// tokens, 2 = the 64-token one only (wider batches in launches of 64), 3 / 4 = as 0 / 1
+/// with the second 128-token int8 kernel (wide2: cp.async weights, cheaper scaling) above
+/// 64 tokens, 5 = as 3 with wide2's multiply unrolled twice, 6 = as 0 with the first
+/// 128-token int8 kernel; for timing one against the other.
 pub fn set_gemm_variant(v: i32) {
+    GEMM_VARIANT.store(v, std::sync::atomic::Ordering::Relaxed);
     // SAFETY: sets a plain integer read at launch.
     unsafe { ffi::wick_gemm_q8_variant(v) }
 }
+
+/// The variant set by set_gemm_variant: the f16 kernel runs only under the default.
+static GEMM_VARIANT: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
 
 /// Selects the kernel of multi-row attention: 0 = the tiled tensor-core one (default),
 /// 1 = the single-row one, for timing one against the other.
