@@ -335,6 +335,7 @@ extern "C" int wick_gemm_f16_applies(int type, const void *w, int cols, int nb) 
         case T_Q4_1: return f16_applies<T_Q4_1>(w, cols);
         case T_Q8_0: return f16_applies<T_Q8_0>(w, cols);
         case T_Q4_K: return f16_applies<T_Q4_K>(w, cols);
+        case T_Q5_K: return f16_applies<T_Q5_K>(w, cols);
         case T_Q6_K: return f16_applies<T_Q6_K>(w, cols);
         default: return 0;
     }
@@ -360,6 +361,7 @@ extern "C" int wick_gemm_f16(int type, const wick_mv_target *targets, int n_targ
         case T_Q4_1: return launch_type_f16<T_Q4_1>(targets, n_targets, cols, x, nb, accumulate, ws, ws_floats);
         case T_Q8_0: return launch_type_f16<T_Q8_0>(targets, n_targets, cols, x, nb, accumulate, ws, ws_floats);
         case T_Q4_K: return launch_type_f16<T_Q4_K>(targets, n_targets, cols, x, nb, accumulate, ws, ws_floats);
+        case T_Q5_K: return launch_type_f16<T_Q5_K>(targets, n_targets, cols, x, nb, accumulate, ws, ws_floats);
         case T_Q6_K: return launch_type_f16<T_Q6_K>(targets, n_targets, cols, x, nb, accumulate, ws, ws_floats);
         default: return (int)cudaErrorInvalidValue;
     }

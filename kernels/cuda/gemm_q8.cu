@@ -980,7 +980,7 @@ int launch_type(const uint8_t *w, int rows, int cols, const int8_t *xq, const fl
         if (rb % 16 == 0 && (uintptr_t)w % 16 == 0)
             return launch_nt<TYPE, 16>(w, rows, cols, xq, xd, nb, y, accumulate, ws, ws_floats);
     }
-    if constexpr (TYPE == T_Q4_K) {
+    if constexpr (TYPE == T_Q4_K || TYPE == T_Q5_K) {
         return (int)cudaErrorMisalignedAddress;  // a cudaMalloc buffer is 256-byte aligned
     } else {
         if (rb % 4 == 0 && (uintptr_t)w % 4 == 0)
@@ -995,7 +995,7 @@ extern "C" void wick_gemm_q8_variant(int v) { gemm_variant = v; }
 
 extern "C" int wick_gemm_q8_supports(int type) {
     return type == T_Q4_0 || type == T_Q4_1 || type == T_Q8_0 || type == T_Q4_K ||
-           type == T_Q6_K;
+           type == T_Q5_K || type == T_Q6_K;
 }
 
 extern "C" int wick_gemm_q8(int type, const void *w, int rows, int cols, const int8_t *xq,
@@ -1009,6 +1009,7 @@ extern "C" int wick_gemm_q8(int type, const void *w, int rows, int cols, const i
         case T_Q4_1: return launch_type<T_Q4_1>(wb, rows, cols, xq, xd, nb, y, accumulate, ws, ws_floats);
         case T_Q8_0: return launch_type<T_Q8_0>(wb, rows, cols, xq, xd, nb, y, accumulate, ws, ws_floats);
         case T_Q4_K: return launch_type<T_Q4_K>(wb, rows, cols, xq, xd, nb, y, accumulate, ws, ws_floats);
+        case T_Q5_K: return launch_type<T_Q5_K>(wb, rows, cols, xq, xd, nb, y, accumulate, ws, ws_floats);
         case T_Q6_K: return launch_type<T_Q6_K>(wb, rows, cols, xq, xd, nb, y, accumulate, ws, ws_floats);
         default: return (int)cudaErrorInvalidValue;
     }

@@ -41,20 +41,29 @@ __device__ inline void load_unit(const uint8_t *row, int u, Unit &q) {
         for (int i = 0; i < 8; i++) q.w[i] = load_u32_2(b + 2 + 4 * i);
         q.d0 = q.d1 = f16_at(b);
         q.m = 0.f;
-    } else if constexpr (TYPE == T_Q4_K) {
-        // Unit p of a 144-byte super-block: a 6-bit scale and minimum, and the low or high
-        // nibbles of 32 bytes.
-        const uint8_t *b = row + (size_t)(u / 8) * 144;
+    } else if constexpr (TYPE == T_Q4_K || TYPE == T_Q5_K) {
+        // Unit p of a 144-byte (Q4_K) or 176-byte (Q5_K) super-block: a 6-bit scale and
+        // minimum, the low or high nibbles of 32 bytes of qs, and for Q5_K the fifth bit of
+        // value l in bit p of qh[l] (qh: 32 bytes after the scales, before qs).
+        constexpr int BYTES = TYPE == T_Q4_K ? 144 : 176, QS = TYPE == T_Q4_K ? 16 : 48;
+        const uint8_t *b = row + (size_t)(u / 8) * BYTES;
         int p = u % 8;
         const uint8_t *sc = b + 4;
         int sv, mn;
         k4_scale_min(sc, p, sv, mn);
-        const uint4 *qs = reinterpret_cast<const uint4 *>(b + 16 + 32 * (p / 2));
+        const uint4 *qs = reinterpret_cast<const uint4 *>(b + QS + 32 * (p / 2));
         uint4 a = qs[0], c = qs[1];
         uint32_t words[8] = {a.x, a.y, a.z, a.w, c.x, c.y, c.z, c.w};
         int shift = 4 * (p % 2);
 #pragma unroll
         for (int i = 0; i < 8; i++) q.w[i] = (int)((words[i] >> shift) & 0x0f0f0f0f);
+        if constexpr (TYPE == T_Q5_K) {
+            const uint4 *qh = reinterpret_cast<const uint4 *>(b + 16);
+            uint4 e = qh[0], f = qh[1];
+            uint32_t hw[8] = {e.x, e.y, e.z, e.w, f.x, f.y, f.z, f.w};
+#pragma unroll
+            for (int i = 0; i < 8; i++) q.w[i] |= (int)(((hw[i] >> p) & 0x01010101) << 4);
+        }
         q.d0 = q.d1 = f16_at(b) * sv;
         q.m = -f16_at(b + 2) * mn;
     } else if constexpr (TYPE == T_Q6_K) {
@@ -81,5 +90,5 @@ __device__ inline void load_unit(const uint8_t *row, int u, Unit &q) {
 
 template <int TYPE>
 __host__ __device__ constexpr bool has_min() {
-    return TYPE == T_Q4_1 || TYPE == T_Q4_K;
+    return TYPE == T_Q4_1 || TYPE == T_Q4_K || TYPE == T_Q5_K;
 }

@@ -7,6 +7,7 @@ uint3 blockIdx;
 dim3 gridDim, blockDim;
 size_t emu_smem_optin = 227 * 1024;
 cudaStream_t wick_stream = nullptr;
+bool wick_early = true;
 EmuWarp emu_warps[32];
 thread_local std::vector<EmuCopy> emu_pending;
 thread_local std::vector<std::vector<EmuCopy>> emu_groups;
@@ -72,7 +73,7 @@ static void random_row(uint8_t *row, int cols) {
         uint8_t *p = row + (size_t)b * bb;
         auto put = [&](int off) { uint16_t h = halves[rng() % 64]; memcpy(p + off, &h, 2); };
         if (TYPE == T_Q4_0 || TYPE == T_Q8_0) put(0);
-        else if (TYPE == T_Q4_1 || TYPE == T_Q4_K) { put(0); put(2); }
+        else if (TYPE == T_Q4_1 || TYPE == T_Q4_K || TYPE == T_Q5_K) { put(0); put(2); }
         else if (TYPE == T_Q6_K) put(208);
     }
 }

@@ -116,6 +116,7 @@ int main(int argc, char **argv) {
         if (cols % 256 == 0) {
             if (which < 0 || which == 3) fails += check<T_Q4_K>(rows, cols, nb, variant, acc, 0);
             if (which < 0 || which == 4) fails += check<T_Q6_K>(rows, cols, nb, variant, acc, mis);
+            if (which < 0 || which == 5) fails += check<T_Q5_K>(rows, cols, nb, variant, acc, 0);
         }
     };
     // The 64-token kernel, to show the emulation agrees with what passes on the GPU.

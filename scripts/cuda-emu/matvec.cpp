@@ -123,7 +123,7 @@ int main(int argc, char **argv) {
     int which = argc > 1 ? atoi(argv[1]) : -1;
     quick = argc > 2 && strcmp(argv[2], "quick") == 0;
     int fails = 0;
-    const int types[] = {T_Q4_0, T_Q4_1, T_Q8_0, T_Q4_K, T_Q6_K};
+    const int types[] = {T_Q4_0, T_Q4_1, T_Q8_0, T_Q4_K, T_Q6_K, T_Q5_K};
     const Case cases[] = {
         // Three targets, odd row counts; 40 units: a whole step and a partial one.
         {0, 1280, 3, {77, 33, 5}, 0},
@@ -135,20 +135,21 @@ int main(int argc, char **argv) {
         {0, 288, 2, {9, 40, 0}, 0},
         {0, 512, 1, {21, 0, 0}, 2},
     };
-    for (int ti = 0; ti < 5; ti++) {
+    for (int ti = 0; ti < 6; ti++) {
         if (which >= 0 && which != ti) continue;
         for (Case c : cases) {
             if (quick && c.cols != 14336) continue;
             c.type = types[ti];
             if (c.cols % block_elems(c.type) != 0) continue;
-            // Q4_1 and Q4_K blocks are read with 4- and 16-byte loads: never misaligned.
-            if (c.misalign && (c.type == T_Q4_1 || c.type == T_Q4_K)) continue;
+            // Q4_1, Q4_K and Q5_K blocks are read with 4- and 16-byte loads: never misaligned.
+            if (c.misalign && (c.type == T_Q4_1 || c.type == T_Q4_K || c.type == T_Q5_K)) continue;
             switch (c.type) {
                 case T_Q4_0: fails += run_case<T_Q4_0>(c); break;
                 case T_Q4_1: fails += run_case<T_Q4_1>(c); break;
                 case T_Q8_0: fails += run_case<T_Q8_0>(c); break;
                 case T_Q4_K: fails += run_case<T_Q4_K>(c); break;
                 case T_Q6_K: fails += run_case<T_Q6_K>(c); break;
+                case T_Q5_K: fails += run_case<T_Q5_K>(c); break;
             }
         }
     }

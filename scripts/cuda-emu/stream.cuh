@@ -7,6 +7,9 @@
 extern cudaStream_t wick_stream;
 
 inline void pdl_start() {}
+inline void pdl_trigger() {}
+inline void pdl_wait() {}
+extern bool wick_early;
 
 template <class K, class... A>
 cudaError_t wick_launch(K kernel, dim3 grid, dim3 block, size_t smem, A... args) {

@@ -553,6 +553,7 @@ mod gpu {
             GgmlType::Q4_1,
             GgmlType::Q8_0,
             GgmlType::Q4_K,
+            GgmlType::Q5_K,
             GgmlType::Q6_K,
         ] {
             for (rows, cols, nb) in [
