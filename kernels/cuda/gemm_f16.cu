@@ -333,6 +333,8 @@ extern "C" int wick_gemm_f16_applies(int type, const void *w, int cols, int nb) 
     switch (type) {
         case T_Q4_0: return f16_applies<T_Q4_0>(w, cols);
         case T_Q4_1: return f16_applies<T_Q4_1>(w, cols);
+        case T_Q5_0: return f16_applies<T_Q5_0>(w, cols);
+        case T_Q5_1: return f16_applies<T_Q5_1>(w, cols);
         case T_Q8_0: return f16_applies<T_Q8_0>(w, cols);
         case T_Q4_K: return f16_applies<T_Q4_K>(w, cols);
         case T_Q5_K: return f16_applies<T_Q5_K>(w, cols);
@@ -359,6 +361,8 @@ extern "C" int wick_gemm_f16(int type, const wick_mv_target *targets, int n_targ
     switch (type) {
         case T_Q4_0: return launch_type_f16<T_Q4_0>(targets, n_targets, cols, x, nb, accumulate, ws, ws_floats);
         case T_Q4_1: return launch_type_f16<T_Q4_1>(targets, n_targets, cols, x, nb, accumulate, ws, ws_floats);
+        case T_Q5_0: return launch_type_f16<T_Q5_0>(targets, n_targets, cols, x, nb, accumulate, ws, ws_floats);
+        case T_Q5_1: return launch_type_f16<T_Q5_1>(targets, n_targets, cols, x, nb, accumulate, ws, ws_floats);
         case T_Q8_0: return launch_type_f16<T_Q8_0>(targets, n_targets, cols, x, nb, accumulate, ws, ws_floats);
         case T_Q4_K: return launch_type_f16<T_Q4_K>(targets, n_targets, cols, x, nb, accumulate, ws, ws_floats);
         case T_Q5_K: return launch_type_f16<T_Q5_K>(targets, n_targets, cols, x, nb, accumulate, ws, ws_floats);

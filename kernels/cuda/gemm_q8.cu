@@ -653,8 +653,9 @@ struct Wide2Smem {
     static constexpr int XM = has_min<TYPE>() ? XD : 0;
     static constexpr int TOTAL = RAW + W + 2 * X + WD + WD1 + WM + 2 * XD + XM;
     static_assert(RAW % 16 == 0 && WD % 16 == 0 && XD % 16 == 0, "float4 alignment");
-    // Two blocks per SM on sm_90 (228 KiB, 1 KiB of it reserved per block).
-    static_assert(2 * (TOTAL + 1024) <= 228 * 1024, "two blocks per SM");
+    // Two blocks per SM on sm_90 (228 KiB, 1 KiB of it reserved per block), as the
+    // kernel's launch bounds promise; types that need more (Q5_1) take the wide kernel.
+    static constexpr bool TWO_PER_SM = 2 * (TOTAL + 1024) <= 228 * 1024;
 };
 
 // UNROLL: units of a stage unrolled in the multiply; 1 holds fewer registers (ptxas
@@ -955,7 +956,7 @@ int launch_nt(const uint8_t *w, int rows, int cols, const int8_t *xq, const floa
         return 0;
     }
     if (wide && (nb > 64 || ((gemm_variant == 1 || gemm_variant == 4) && nb > 16))) {
-        if constexpr (V != 2) {
+        if constexpr (V != 2 && Wide2Smem<TYPE>::TWO_PER_SM) {
             if (gemm_variant == 0 || (gemm_variant >= 3 && gemm_variant != 6))
                 return gemm_variant == 5
                            ? launch_wide2<TYPE, V, 2>(w, rows, cols, xq, xd, nb, y, accumulate,
@@ -994,8 +995,8 @@ int launch_type(const uint8_t *w, int rows, int cols, const int8_t *xq, const fl
 extern "C" void wick_gemm_q8_variant(int v) { gemm_variant = v; }
 
 extern "C" int wick_gemm_q8_supports(int type) {
-    return type == T_Q4_0 || type == T_Q4_1 || type == T_Q8_0 || type == T_Q4_K ||
-           type == T_Q5_K || type == T_Q6_K;
+    return type == T_Q4_0 || type == T_Q4_1 || type == T_Q5_0 || type == T_Q5_1 ||
+           type == T_Q8_0 || type == T_Q4_K || type == T_Q5_K || type == T_Q6_K;
 }
 
 extern "C" int wick_gemm_q8(int type, const void *w, int rows, int cols, const int8_t *xq,
@@ -1007,6 +1008,8 @@ extern "C" int wick_gemm_q8(int type, const void *w, int rows, int cols, const i
     switch (type) {
         case T_Q4_0: return launch_type<T_Q4_0>(wb, rows, cols, xq, xd, nb, y, accumulate, ws, ws_floats);
         case T_Q4_1: return launch_type<T_Q4_1>(wb, rows, cols, xq, xd, nb, y, accumulate, ws, ws_floats);
+        case T_Q5_0: return launch_type<T_Q5_0>(wb, rows, cols, xq, xd, nb, y, accumulate, ws, ws_floats);
+        case T_Q5_1: return launch_type<T_Q5_1>(wb, rows, cols, xq, xd, nb, y, accumulate, ws, ws_floats);
         case T_Q8_0: return launch_type<T_Q8_0>(wb, rows, cols, xq, xd, nb, y, accumulate, ws, ws_floats);
         case T_Q4_K: return launch_type<T_Q4_K>(wb, rows, cols, xq, xd, nb, y, accumulate, ws, ws_floats);
         case T_Q5_K: return launch_type<T_Q5_K>(wb, rows, cols, xq, xd, nb, y, accumulate, ws, ws_floats);

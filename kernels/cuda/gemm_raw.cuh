@@ -18,8 +18,9 @@ constexpr int THREADS = 128;
 constexpr int SU = 8;  // units per stage (one K-quant super-block)
 
 __host__ __device__ constexpr int unit_bytes(int type) {
-    return type == T_Q4_0 ? 18 : type == T_Q4_1 ? 20 : type == T_Q8_0 ? 34
-         : type == T_Q4_K ? 144 : type == T_Q5_K ? 176 : 210;
+    return type == T_Q4_0 ? 18 : type == T_Q4_1 ? 20 : type == T_Q5_0 ? 22
+         : type == T_Q5_1 ? 24 : type == T_Q8_0 ? 34 : type == T_Q4_K ? 144
+         : type == T_Q5_K ? 176 : 210;
 }
 
 // Bytes of one row's stage: 8 blocks of 32-value types, one super-block of K-quants.

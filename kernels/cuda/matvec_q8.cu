@@ -130,8 +130,9 @@ __host__ __device__ constexpr int ms_units() {  // units per step
 }
 template <int TYPE>
 __host__ __device__ constexpr int ms_bytes() {  // bytes per step, a multiple of 16
-    return TYPE == T_Q4_0 ? 576 : TYPE == T_Q4_1 ? 640 : TYPE == T_Q8_0 ? 1088
-         : TYPE == T_Q4_K ? 576 : TYPE == T_Q5_K ? 704 : 1680;
+    return TYPE == T_Q4_0 ? 576 : TYPE == T_Q4_1 ? 640 : TYPE == T_Q5_0 ? 704
+         : TYPE == T_Q5_1 ? 768 : TYPE == T_Q8_0 ? 1088 : TYPE == T_Q4_K ? 576
+         : TYPE == T_Q5_K ? 704 : 1680;
 }
 // A row's slot in the ring: one step plus a word that decoding may read past its end.
 template <int TYPE>
@@ -204,7 +205,7 @@ __device__ inline void smem_unit(const uint8_t *s, int ul, Unit &q) {
         q.m = 0.f;
     } else {
         // Q4_1 units (20 bytes) and Q4_K and Q5_K super-blocks (144, 176) are 4- and
-        // 16-byte aligned.
+        // 16-byte aligned; Q5_0 and Q5_1 units load by 2-byte halves.
         load_unit<TYPE>(s, ul, q);
     }
 }
@@ -344,8 +345,8 @@ matvec_q8_stream_kernel(MvTargets t, int cols, const int8_t *__restrict__ xq,
 }  // namespace
 
 extern "C" int wick_matvec_q8_supports(int type) {
-    return type == T_Q4_0 || type == T_Q4_1 || type == T_Q8_0 || type == T_Q4_K ||
-           type == T_Q5_K || type == T_Q6_K;
+    return type == T_Q4_0 || type == T_Q4_1 || type == T_Q5_0 || type == T_Q5_1 ||
+           type == T_Q8_0 || type == T_Q4_K || type == T_Q5_K || type == T_Q6_K;
 }
 
 extern "C" int wick_quantize_q8(const float *x, int n, int8_t *xq, float *xd) {
@@ -454,6 +455,8 @@ extern "C" int wick_matvec_q8(int type, const wick_mv_target *targets, int n_tar
     switch (type) {
         case T_Q4_0: e = launch_type<T_Q4_0>(t, cols, xq, xd, nb, accumulate); break;
         case T_Q4_1: e = launch_type<T_Q4_1>(t, cols, xq, xd, nb, accumulate); break;
+        case T_Q5_0: e = launch_type<T_Q5_0>(t, cols, xq, xd, nb, accumulate); break;
+        case T_Q5_1: e = launch_type<T_Q5_1>(t, cols, xq, xd, nb, accumulate); break;
         case T_Q8_0: e = launch_type<T_Q8_0>(t, cols, xq, xd, nb, accumulate); break;
         case T_Q4_K: e = launch_type<T_Q4_K>(t, cols, xq, xd, nb, accumulate); break;
         case T_Q5_K: e = launch_type<T_Q5_K>(t, cols, xq, xd, nb, accumulate); break;

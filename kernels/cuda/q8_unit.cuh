@@ -35,6 +35,24 @@ __device__ inline void load_unit(const uint8_t *row, int u, Unit &q) {
         }
         q.d0 = q.d1 = f16_at(b);
         q.m = TYPE == T_Q4_0 ? 0.f : f16_at(b + 2);
+    } else if constexpr (TYPE == T_Q5_0 || TYPE == T_Q5_1) {
+        // d, [Q5_1: m], qh (bit j: value j's fifth bit), then qs as Q4_0's; Q5_0 values are
+        // offset by 16. Blocks of 22 bytes are only 2-byte aligned.
+        constexpr int BYTES = TYPE == T_Q5_0 ? 22 : 24, QH = TYPE == T_Q5_0 ? 2 : 4;
+        const uint8_t *b = row + (size_t)u * BYTES;
+        const uint32_t qh = (uint32_t)load_u32_2(b + QH);
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            int v = load_u32_2(b + QH + 4 + 4 * i);
+            // Four bits of qh to bit 4 of four bytes (the shifted copies do not overlap).
+            int h_lo = (int)((((qh >> (4 * i)) & 0xf) * 0x00204081u & 0x01010101u) << 4);
+            int h_hi = (int)((((qh >> (16 + 4 * i)) & 0xf) * 0x00204081u & 0x01010101u) << 4);
+            int lo = (v & 0x0f0f0f0f) | h_lo, hi = ((v >> 4) & 0x0f0f0f0f) | h_hi;
+            q.w[i] = TYPE == T_Q5_0 ? __vsubss4(lo, 0x10101010) : lo;
+            q.w[4 + i] = TYPE == T_Q5_0 ? __vsubss4(hi, 0x10101010) : hi;
+        }
+        q.d0 = q.d1 = f16_at(b);
+        q.m = TYPE == T_Q5_0 ? 0.f : f16_at(b + 2);
     } else if constexpr (TYPE == T_Q8_0) {
         const uint8_t *b = row + (size_t)u * 34;
 #pragma unroll
@@ -90,5 +108,5 @@ __device__ inline void load_unit(const uint8_t *row, int u, Unit &q) {
 
 template <int TYPE>
 __host__ __device__ constexpr bool has_min() {
-    return TYPE == T_Q4_1 || TYPE == T_Q4_K || TYPE == T_Q5_K;
+    return TYPE == T_Q4_1 || TYPE == T_Q5_1 || TYPE == T_Q4_K || TYPE == T_Q5_K;
 }

@@ -72,8 +72,8 @@ static void random_row(uint8_t *row, int cols) {
     for (int b = 0; b < n; b++) {
         uint8_t *p = row + (size_t)b * bb;
         auto put = [&](int off) { uint16_t h = halves[rng() % 64]; memcpy(p + off, &h, 2); };
-        if (TYPE == T_Q4_0 || TYPE == T_Q8_0) put(0);
-        else if (TYPE == T_Q4_1 || TYPE == T_Q4_K || TYPE == T_Q5_K) { put(0); put(2); }
+        if (TYPE == T_Q4_0 || TYPE == T_Q5_0 || TYPE == T_Q8_0) put(0);
+        else if (TYPE == T_Q4_1 || TYPE == T_Q5_1 || TYPE == T_Q4_K || TYPE == T_Q5_K) { put(0); put(2); }
         else if (TYPE == T_Q6_K) put(208);
     }
 }

@@ -113,6 +113,8 @@ int main(int argc, char **argv) {
         if (which < 0 || which == 0) fails += check<T_Q4_0>(rows, cols, nb, variant, acc, mis);
         if (which < 0 || which == 1) if (cols % 32 == 0) fails += check<T_Q4_1>(rows, cols, nb, variant, acc, 0);
         if (which < 0 || which == 2) fails += check<T_Q8_0>(rows, cols, nb, variant, acc, mis);
+        if (which < 0 || which == 6) fails += check<T_Q5_0>(rows, cols, nb, variant, acc, mis);
+        if (which < 0 || which == 7) fails += check<T_Q5_1>(rows, cols, nb, variant, acc, 0);
         if (cols % 256 == 0) {
             if (which < 0 || which == 3) fails += check<T_Q4_K>(rows, cols, nb, variant, acc, 0);
             if (which < 0 || which == 4) fails += check<T_Q6_K>(rows, cols, nb, variant, acc, mis);

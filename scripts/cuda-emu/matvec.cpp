@@ -123,7 +123,7 @@ int main(int argc, char **argv) {
     int which = argc > 1 ? atoi(argv[1]) : -1;
     quick = argc > 2 && strcmp(argv[2], "quick") == 0;
     int fails = 0;
-    const int types[] = {T_Q4_0, T_Q4_1, T_Q8_0, T_Q4_K, T_Q6_K, T_Q5_K};
+    const int types[] = {T_Q4_0, T_Q4_1, T_Q8_0, T_Q4_K, T_Q6_K, T_Q5_K, T_Q5_0, T_Q5_1};
     const Case cases[] = {
         // Three targets, odd row counts; 40 units: a whole step and a partial one.
         {0, 1280, 3, {77, 33, 5}, 0},
@@ -135,7 +135,7 @@ int main(int argc, char **argv) {
         {0, 288, 2, {9, 40, 0}, 0},
         {0, 512, 1, {21, 0, 0}, 2},
     };
-    for (int ti = 0; ti < 6; ti++) {
+    for (int ti = 0; ti < 8; ti++) {
         if (which >= 0 && which != ti) continue;
         for (Case c : cases) {
             if (quick && c.cols != 14336) continue;
@@ -150,6 +150,8 @@ int main(int argc, char **argv) {
                 case T_Q4_K: fails += run_case<T_Q4_K>(c); break;
                 case T_Q6_K: fails += run_case<T_Q6_K>(c); break;
                 case T_Q5_K: fails += run_case<T_Q5_K>(c); break;
+                case T_Q5_0: fails += run_case<T_Q5_0>(c); break;
+                case T_Q5_1: fails += run_case<T_Q5_1>(c); break;
             }
         }
     }

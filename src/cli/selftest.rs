@@ -551,6 +551,8 @@ mod gpu {
         for t in [
             GgmlType::Q4_0,
             GgmlType::Q4_1,
+            GgmlType::Q5_0,
+            GgmlType::Q5_1,
             GgmlType::Q8_0,
             GgmlType::Q4_K,
             GgmlType::Q5_K,
