@@ -244,15 +244,8 @@ int launch_f16(Group grp, int n, int cols, const __half *xh, int nb, int accumul
                size_t ws_floats) {
     constexpr int SMEM = F16Smem<TYPE>::TOTAL;
     auto kernel = gemm_f16_kernel<TYPE, V, NW>;
-    // Above 48 KiB a block must opt in; once per instantiation (not a stream operation,
-    // so also legal while a graph records).
     static bool opted = false;
-    if (!opted) {
-        cudaError_t e =
-            cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, SMEM);
-        if (e != cudaSuccess) return (int)e;
-        opted = true;
-    }
+    if (cudaError_t e = opt_in_smem(kernel, SMEM, opted)) return (int)e;
     int row_blocks = 0;
     for (int i = 0; i < 4; i++) {
         grp.first[i] = i < n ? row_blocks : INT_MAX;

@@ -870,15 +870,8 @@ int launch(const uint8_t *w, int rows, int cols, const int8_t *xq, const float *
            float *y, int accumulate, float *ws, size_t ws_floats) {
     constexpr int SMEM = Smem<TYPE, NT>::TOTAL;
     auto kernel = gemm_q8_kernel<TYPE, NT, V>;
-    // Above 48 KiB a block must opt in; once per instantiation (not a stream operation,
-    // so also legal while a graph records).
     static bool opted = false;
-    if (!opted) {
-        cudaError_t e =
-            cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, SMEM);
-        if (e != cudaSuccess) return (int)e;
-        opted = true;
-    }
+    if (cudaError_t e = opt_in_smem(kernel, SMEM, opted)) return (int)e;
     int row_blocks = (rows + BM - 1) / BM;
     int n_stages = (cols / 32 + SU - 1) / SU;
     int slices = std::min(65535, pick_slices(row_blocks, n_stages, nb, rows, ws, ws_floats));
@@ -903,12 +896,7 @@ int launch_wide(const uint8_t *w, int rows, int cols, const int8_t *xq, const fl
         else return gemm_q8_wide_kernel<TYPE, V>;
     }();
     static bool opted = false;
-    if (!opted) {
-        cudaError_t e =
-            cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, SMEM);
-        if (e != cudaSuccess) return (int)e;
-        opted = true;
-    }
+    if (cudaError_t e = opt_in_smem(kernel, SMEM, opted)) return (int)e;
     int tok_blocks = (nb + WBN - 1) / WBN;
     int row_blocks = (rows + BM - 1) / BM;
     int n_stages = (cols / 32 + SU - 1) / SU;

@@ -76,6 +76,16 @@ __device__ inline void copy_raw(uint8_t *raw, const uint8_t *__restrict__ w, int
     }
 }
 
+// Above 48 KiB a block must opt in to its shared memory; once per kernel (`opted`, a
+// static of the caller), and not a stream operation, so also legal while a graph records.
+template <typename K>
+inline cudaError_t opt_in_smem(K kernel, int smem, bool &opted) {
+    if (opted) return cudaSuccess;
+    cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+    opted = e == cudaSuccess;
+    return e;
+}
+
 // y (+)= the sum of n_slices partial products, in slice order.
 __global__ void gemm_reduce_kernel(const float *__restrict__ part, int n, int n_slices,
                                    float *__restrict__ y, int accumulate) {
