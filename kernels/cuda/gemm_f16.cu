@@ -122,13 +122,7 @@ gemm_f16_kernel(const Group grp, int cols, const __half *__restrict__ xh, int nb
             int q = tid + i * NT, row = q / (HK / 32), uu = q % (HK / 32);
             int u = (HK / 32) * h + uu;
             Unit un;
-            if (r0 + row < rows && st * SU + u < n_units) {
-                load_unit<TYPE>(raw + row * RS + raw_shift<V>(TYPE, st), u, un);
-            } else {
-#pragma unroll
-                for (int j = 0; j < 8; j++) un.w[j] = 0;
-                un.d0 = un.d1 = un.m = 0.f;
-            }
+            raw_unit<TYPE, V>(raw + row * RS, st, u, r0 + row < rows && st * SU + u < n_units, un);
             const uint32_t d0 = f16x2_splat(un.d0), d1 = f16x2_splat(un.d1);
             const uint32_t m = f16x2_splat(un.m);
             uint32_t hv[16];

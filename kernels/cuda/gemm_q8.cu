@@ -144,18 +144,12 @@ __device__ __forceinline__ int wpos(int row) {
 template <int TYPE, int V, bool PERM = false>
 __device__ inline void decode_raw(const uint8_t *raw, int *sw, float *swd, float *swd1,
                                   float *swm, int rows, int r0, int st, int n_units, int tid) {
-    constexpr int S = stage_bytes(TYPE), RS = raw_stride<V>(TYPE);
+    constexpr int RS = raw_stride<V>(TYPE);
 #pragma unroll
     for (int i = 0; i < BM * SU / THREADS; i++) {
         int q = tid + i * THREADS, row = q / SU, u = q % SU;
         Unit un;
-        if (r0 + row < rows && st * SU + u < n_units) {
-            load_unit<TYPE>(raw + row * RS + raw_shift<V>(TYPE, st), u, un);
-        } else {
-#pragma unroll
-            for (int j = 0; j < 8; j++) un.w[j] = 0;
-            un.d0 = un.d1 = un.m = 0.f;
-        }
+        raw_unit<TYPE, V>(raw + row * RS, st, u, r0 + row < rows && st * SU + u < n_units, un);
         int4 *dst = reinterpret_cast<int4 *>(sw + row * WSTRIDE + 8 * u);
         dst[0] = make_int4(un.w[0], un.w[1], un.w[2], un.w[3]);
         dst[1] = make_int4(un.w[4], un.w[5], un.w[6], un.w[7]);

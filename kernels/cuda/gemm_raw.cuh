@@ -9,6 +9,7 @@
 
 #include "common.cuh"
 #include "mma_s8.cuh"
+#include "q8_unit.cuh"
 #include "stream.cuh"
 
 namespace {
@@ -73,6 +74,19 @@ __device__ inline void copy_raw(uint8_t *raw, const uint8_t *__restrict__ w, int
             if constexpr (V == 16) cp_async16(raw + 16 * p, src, ok);
             else cp_async4(raw + 4 * p, src, ok);
         }
+    }
+}
+
+// Unit u of a row of the raw tile holding stage st (load_unit), or zeros where `live` is
+// false (rows past the matrix, units past the row).
+template <int TYPE, int V>
+__device__ inline void raw_unit(const uint8_t *raw_row, int st, int u, bool live, Unit &un) {
+    if (live) {
+        load_unit<TYPE>(raw_row + raw_shift<V>(TYPE, st), u, un);
+    } else {
+#pragma unroll
+        for (int j = 0; j < 8; j++) un.w[j] = 0;
+        un.d0 = un.d1 = un.m = 0.f;
     }
 }
 
