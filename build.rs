@@ -82,13 +82,26 @@ mod cuda {
             .flag("-std=c++17")
             .flag("-cudart=static")
             .flag("-Xcompiler=-fPIC");
-        for gencode in [
-            "arch=compute_80,code=sm_80",
-            "arch=compute_86,code=sm_86",
-            "arch=compute_89,code=sm_89",
-            "arch=compute_90a,code=sm_90a",
-            "arch=compute_90,code=compute_90",
-        ] {
+        // WICK_CUDA_ARCHS (a comma list such as "90a") builds machine code for those GPUs
+        // only, and no PTX: a kernel experiment then compiles in a quarter of the time. The
+        // binary it makes runs on those GPUs alone.
+        println!("cargo:rerun-if-env-changed=WICK_CUDA_ARCHS");
+        let gencodes: Vec<String> = match std::env::var("WICK_CUDA_ARCHS") {
+            Ok(list) if !list.trim().is_empty() => list
+                .split(',')
+                .map(|a| format!("arch=compute_{0},code=sm_{0}", a.trim()))
+                .collect(),
+            _ => [
+                "arch=compute_80,code=sm_80",
+                "arch=compute_86,code=sm_86",
+                "arch=compute_89,code=sm_89",
+                "arch=compute_90a,code=sm_90a",
+                "arch=compute_90,code=compute_90",
+            ]
+            .map(String::from)
+            .to_vec(),
+        };
+        for gencode in gencodes {
             b.flag(format!("-gencode={gencode}"));
         }
         b.files(&sources).compile("wick_cuda");
