@@ -1,6 +1,7 @@
 // Emulation of mma_s8.cuh: every lane is a host thread; warp-wide instructions exchange
 // operands through a per-warp table between two warp barriers.
 #pragma once
+#include <cuda_fp16.h>
 #include <cstdint>
 #include <barrier>
 #include <vector>
