@@ -21,8 +21,13 @@ __host__ __device__ inline size_t kv_row_bytes(int type, int kv_dim) {
                            : (size_t)kv_dim * 2;
 }
 
+// offset is the ring's rotation, in [0, capacity - keep) (src/kv/layout.rs), so the sum
+// fits 32 unsigned bits: a 64-bit remainder is a long software division, and single-row
+// attention computes one per cached position.
 __device__ inline int kv_slot(int p, int capacity, int keep, int offset) {
-    return p < keep ? p : keep + (int)(((long long)(p - keep) + offset) % (capacity - keep));
+    return p < keep ? p
+                    : keep + (int)(((unsigned)(p - keep) + (unsigned)offset) %
+                                   (unsigned)(capacity - keep));
 }
 
 // The chunk rows are Hadamard-rotated in (src/kv/rotate.rs, `chunk`): the largest power
