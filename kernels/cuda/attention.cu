@@ -100,12 +100,21 @@ attention_kernel(const float *q, const uint8_t *kc, const uint8_t *vc, const int
         if (lane + 32 * i < head_dim) part_acc[warp][lane + 32 * i] = acc[i];
     __syncthreads();
 
-    // Merge the warps: rescale each to the overall max.
-    float mx = -INFINITY;
-    for (int w = 0; w < ATT_WARPS; w++) mx = fmaxf(mx, part_m[w]);
-    float total = 0.f;
-    for (int w = 0; w < ATT_WARPS; w++)
-        if (part_l[w] > 0.f) total += part_l[w] * __expf(part_m[w] - mx);
+    // Merge the warps: each warp's weight (its partial rescaled to the overall max, over
+    // the total) is computed once, by one warp's lanes, rather than by every thread in a
+    // chain of sixteen exponentials: at decode's short contexts the merge was a large part
+    // of this kernel's time. A warp that saw no position has l = 0 and acc = 0.
+    static_assert(ATT_WARPS <= 32, "one lane per warp's partial");
+    __shared__ float weight[ATT_WARPS];
+    if (warp == 0) {
+        float pm = lane < ATT_WARPS ? part_m[lane] : -INFINITY;
+        float pl = lane < ATT_WARPS ? part_l[lane] : 0.f;
+        float mx = warp_max(pm);  // every lane: the shuffles need all 32
+        float e = pl > 0.f ? __expf(pm - mx) : 0.f;
+        float total = warp_sum(pl * e);
+        if (lane < ATT_WARPS) weight[lane] = e / total;
+    }
+    __syncthreads();
     // One value per thread (the block is wider than any head), so that a warp's lanes
     // hold a Hadamard chunk of the output to turn back.
     static_assert(MAX_HEAD_DIM <= ATT_WARPS * 32, "a thread per output value");
@@ -113,9 +122,8 @@ attention_kernel(const float *q, const uint8_t *kc, const uint8_t *vc, const int
     int d = threadIdx.x;
     float v = 0.f;
     if (d < head_dim) {
-        for (int w = 0; w < ATT_WARPS; w++)
-            if (part_l[w] > 0.f) v += part_acc[w][d] * __expf(part_m[w] - mx);
-        v /= total;
+#pragma unroll
+        for (int w = 0; w < ATT_WARPS; w++) v += part_acc[w][d] * weight[w];
     }
     if (rot > 1 && warp * 32 < head_dim) v = kv_hadamard(v, lane, rot);
     if (d < head_dim) o[d] = v;
