@@ -51,20 +51,14 @@ struct F16Smem {
     static_assert(2 * (TOTAL + 1024) <= 228 * 1024, "two blocks per SM");
 };
 
-// Up to three weights of one type over the same activations, in one launch: weight i
-// owns the row blocks first[i] <= blockIdx.y < first[i + 1] (first[n] and above: INT_MAX).
-struct Group {
-    const uint8_t *w[3];
-    float *y[3];
-    int rows[3];
-    int first[4];
-};
+// Up to three weights in one launch (WeightGroup): weight i owns the row blocks
+// first[i] <= blockIdx.y < first[i + 1] (first[n] and above: INT_MAX).
 
 // NW warps: 4 of 32 rows by 64 tokens, or 8 of 32 by 32 (twice the warps per SM to hide
 // latency with, at 128 registers per thread).
 template <int TYPE, int V, int NW>
 __global__ void __launch_bounds__(NW * 32, 2)
-gemm_f16_kernel(const Group grp, int cols, const __half *__restrict__ xh, int nb,
+gemm_f16_kernel(const WeightGroup grp, int cols, const __half *__restrict__ xh, int nb,
                 int accumulate, float *__restrict__ part, int n_slices) {
     pdl_start();
     // Selects rather than an indexed parameter array, which would go through local memory.
@@ -234,7 +228,7 @@ int f16_warps = 8;
 // One launch over the n weights of `grp` (first[] filled in here), split along the stages
 // when the blocks are too few (then n must be 1: the partial sums have one weight's shape).
 template <int TYPE, int V, int NW>
-int launch_f16(Group grp, int n, int cols, const __half *xh, int nb, int accumulate, float *ws,
+int launch_f16(WeightGroup grp, int n, int cols, const __half *xh, int nb, int accumulate, float *ws,
                size_t ws_floats) {
     constexpr int SMEM = F16Smem<TYPE>::TOTAL;
     auto kernel = gemm_f16_kernel<TYPE, V, NW>;
@@ -268,7 +262,7 @@ int slot_bytes(const void *w, int cols) {
 }
 
 template <int TYPE>
-int launch_group(const Group &grp, int n, int cols, const __half *xh, int nb, int accumulate,
+int launch_group(const WeightGroup &grp, int n, int cols, const __half *xh, int nb, int accumulate,
                  float *ws, size_t ws_floats) {
     int v = 16;
     for (int i = 0; i < n; i++) v = std::min(v, slot_bytes<TYPE>(grp.w[i], cols));
@@ -285,7 +279,7 @@ int launch_group(const Group &grp, int n, int cols, const __half *xh, int nb, in
 template <int TYPE>
 int launch_type_f16(const wick_mv_target *targets, int n, int cols, const __half *xh, int nb,
                     int accumulate, float *ws, size_t ws_floats) {
-    Group grp = {};
+    WeightGroup grp = {};
     long blocks = 0;
     for (int i = 0; i < n; i++) {
         grp.w[i] = (const uint8_t *)targets[i].w;
@@ -296,7 +290,7 @@ int launch_type_f16(const wick_mv_target *targets, int n, int cols, const __half
     if (n == 1 || blocks >= 2L * sm_count())
         return launch_group<TYPE>(grp, n, cols, xh, nb, accumulate, ws, ws_floats);
     for (int i = 0; i < n; i++) {
-        Group one = {};
+        WeightGroup one = {};
         one.w[0] = grp.w[i];
         one.y[0] = grp.y[i];
         one.rows[0] = grp.rows[i];

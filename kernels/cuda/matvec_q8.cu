@@ -35,27 +35,20 @@ __global__ void quantize_q8_kernel(const float *__restrict__ x, int n_blocks,
 // ...), so a warp's loads cover 32 contiguous units and each lane has a whole unit's bytes
 // in flight per step: decode is bound by how many bytes are in flight, and quarter units
 // per lane left the memory system idle. No block ever waits at a barrier.
-// Up to three weights that share the input (q/k/v, gate/up) go in one launch: the
-// grid's blocks are dealt out to them in order, which saves launches and lets the small
-// K and V products fill the GPU alongside Q.
-struct MvTargets {
-    const uint8_t *w[3];
-    float *y[3];
-    int rows[3];
-    int first_block[4];
-};
+// Up to three weights that share the input go in one launch (WeightGroup), the grid's
+// blocks dealt out to them in order.
 
 template <int TYPE, int NB, int UNR>
 __global__ void __launch_bounds__(MV_WARPS * 32)
-matvec_q8_kernel(MvTargets t, int cols, const int8_t *__restrict__ xq,
+matvec_q8_kernel(WeightGroup t, int cols, const int8_t *__restrict__ xq,
                  const float *__restrict__ xd, int nb, int accumulate) {
     pdl_start();
-    int ti = blockIdx.x >= t.first_block[1] ? (blockIdx.x >= t.first_block[2] ? 2 : 1) : 0;
+    int ti = blockIdx.x >= t.first[1] ? (blockIdx.x >= t.first[2] ? 2 : 1) : 0;
     const uint8_t *__restrict__ w = t.w[ti];
     float *__restrict__ y = t.y[ti];
     int rows = t.rows[ti];
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    int row = (blockIdx.x - t.first_block[ti]) * MV_WARPS + warp;
+    int row = (blockIdx.x - t.first[ti]) * MV_WARPS + warp;
     if (row >= rows) return;
     int n_units = cols / 32;
     const uint8_t *wr = w + (size_t)row * row_bytes(TYPE, cols);
@@ -212,18 +205,18 @@ __device__ inline void smem_unit(const uint8_t *s, int ul, Unit &q) {
 
 template <int TYPE, int NB, int R, int S>
 __global__ void __launch_bounds__(MS_WARPS * 32)
-matvec_q8_stream_kernel(MvTargets t, int cols, const int8_t *__restrict__ xq,
+matvec_q8_stream_kernel(WeightGroup t, int cols, const int8_t *__restrict__ xq,
                         const float *__restrict__ xd, int nb, int accumulate, int early) {
     pdl_trigger();
     extern __shared__ __align__(16) uint8_t smem[];
     constexpr int UNITS = ms_units<TYPE>(), PIECES = ms_bytes<TYPE>() / 16;
     constexpr int STRIDE = ms_stride<TYPE>();
-    int ti = blockIdx.x >= t.first_block[1] ? (blockIdx.x >= t.first_block[2] ? 2 : 1) : 0;
+    int ti = blockIdx.x >= t.first[1] ? (blockIdx.x >= t.first[2] ? 2 : 1) : 0;
     const uint8_t *__restrict__ w = t.w[ti];
     float *__restrict__ y = t.y[ti];
     int rows = t.rows[ti];
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    int row0 = ((blockIdx.x - t.first_block[ti]) * MS_WARPS + warp) * R;
+    int row0 = ((blockIdx.x - t.first[ti]) * MS_WARPS + warp) * R;
     // Warp-uniform, and nothing below waits for other warps.
     bool active = row0 < rows;
     int nr = rows - row0 < R ? rows - row0 : R;
@@ -366,20 +359,20 @@ static int mv_variant = 0;
 extern "C" void wick_matvec_q8_variant(int v) { mv_variant = v; }
 
 template <int TYPE, int NB>
-static int launch_old(const MvTargets &t, int cols, const int8_t *xq, const float *xd, int nb,
+static int launch_old(const WeightGroup &t, int cols, const int8_t *xq, const float *xd, int nb,
                       int accumulate) {
     // Its batch passes stay at most MV_NB rows wide, as it always ran.
     constexpr int ONB = NB > MV_NB ? MV_NB : NB;
-    MvTargets u = t;
+    WeightGroup u = t;
     for (int i = 0; i < 3; i++)
-        u.first_block[i + 1] = u.first_block[i] + (u.rows[i] + MV_WARPS - 1) / MV_WARPS;
-    wick_launch(matvec_q8_kernel<TYPE, ONB, 1>, u.first_block[3], MV_WARPS * 32, 0, u, cols, xq,
+        u.first[i + 1] = u.first[i] + (u.rows[i] + MV_WARPS - 1) / MV_WARPS;
+    wick_launch(matvec_q8_kernel<TYPE, ONB, 1>, u.first[3], MV_WARPS * 32, 0, u, cols, xq,
                 xd, nb, accumulate);
     return 0;
 }
 
 template <int TYPE, int NB, int R, int S>
-static int launch_stream(const MvTargets &t, int cols, const int8_t *xq, const float *xd,
+static int launch_stream(const WeightGroup &t, int cols, const int8_t *xq, const float *xd,
                          int nb, int accumulate) {
     constexpr int SMEM = MS_WARPS * S * R * ms_stride<TYPE>();
     auto kernel = matvec_q8_stream_kernel<TYPE, NB, R, S>;
@@ -389,16 +382,16 @@ static int launch_stream(const MvTargets &t, int cols, const int8_t *xq, const f
         if (e != cudaSuccess) return (int)e;
         opted = true;
     }
-    MvTargets u = t;
+    WeightGroup u = t;
     for (int i = 0; i < 3; i++)
-        u.first_block[i + 1] = u.first_block[i] + (u.rows[i] + MS_WARPS * R - 1) / (MS_WARPS * R);
-    wick_launch(kernel, u.first_block[3], MS_WARPS * 32, SMEM, u, cols, xq, xd, nb, accumulate,
+        u.first[i + 1] = u.first[i] + (u.rows[i] + MS_WARPS * R - 1) / (MS_WARPS * R);
+    wick_launch(kernel, u.first[3], MS_WARPS * 32, SMEM, u, cols, xq, xd, nb, accumulate,
                 wick_early ? 1 : 0);
     return 0;
 }
 
 template <int TYPE, int NB>
-static int launch_shape(const MvTargets &t, int cols, const int8_t *xq, const float *xd, int nb,
+static int launch_shape(const WeightGroup &t, int cols, const int8_t *xq, const float *xd, int nb,
                         int accumulate) {
     // The streaming kernel copies whole 16-byte pieces of 16-byte aligned rows.
     bool aligned = row_bytes(TYPE, cols) % 16 == 0;
@@ -429,7 +422,7 @@ static int launch_shape(const MvTargets &t, int cols, const int8_t *xq, const fl
 }
 
 template <int TYPE>
-static int launch_type(const MvTargets &t, int cols, const int8_t *xq, const float *xd, int nb,
+static int launch_type(const WeightGroup &t, int cols, const int8_t *xq, const float *xd, int nb,
                        int accumulate) {
     if (nb == 1) return launch_shape<TYPE, 1>(t, cols, xq, xd, nb, accumulate);
     if (nb == 2) return launch_shape<TYPE, 2>(t, cols, xq, xd, nb, accumulate);
@@ -444,7 +437,7 @@ extern "C" int wick_matvec_q8(int type, const wick_mv_target *targets, int n_tar
     if (!wick_matvec_q8_supports(type) || cols % block_elems(type) != 0 || n_targets < 1 ||
         n_targets > 3)
         return (int)cudaErrorInvalidValue;
-    MvTargets t = {};
+    WeightGroup t = {};
     for (int i = 0; i < 3; i++) {
         const wick_mv_target &g = targets[i < n_targets ? i : n_targets - 1];
         t.w[i] = (const uint8_t *)g.w;

@@ -106,6 +106,16 @@ __device__ inline void load_unit(const uint8_t *row, int u, Unit &q) {
     }
 }
 
+// Up to three weights of one type over the same activations, run in one launch (q/k/v,
+// gate/up): weight i owns the blocks first[i] <= b < first[i + 1] of the grid dimension
+// its kernel deals out, so the small K and V products fill the GPU alongside Q.
+struct WeightGroup {
+    const uint8_t *w[3];
+    float *y[3];
+    int rows[3];
+    int first[4];
+};
+
 template <int TYPE>
 __host__ __device__ constexpr bool has_min() {
     return TYPE == T_Q4_1 || TYPE == T_Q5_1 || TYPE == T_Q4_K || TYPE == T_Q5_K;
