@@ -44,11 +44,11 @@ matvec_q8_kernel(WeightGroup t, int cols, const int8_t *__restrict__ xq,
                  const float *__restrict__ xd, int nb, int accumulate) {
     pdl_start();
     int ti = blockIdx.x >= t.first[1] ? (blockIdx.x >= t.first[2] ? 2 : 1) : 0;
-    const uint8_t *__restrict__ w = t.w[ti];
-    float *__restrict__ y = t.y[ti];
-    int rows = t.rows[ti];
+    const uint8_t *__restrict__ w = pick3(t.w, ti);
+    float *__restrict__ y = pick3(t.y, ti);
+    int rows = pick3(t.rows, ti);
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    int row = (blockIdx.x - t.first[ti]) * MV_WARPS + warp;
+    int row = (blockIdx.x - pick3(t.first, ti)) * MV_WARPS + warp;
     if (row >= rows) return;
     int n_units = cols / 32;
     const uint8_t *wr = w + (size_t)row * row_bytes(TYPE, cols);
@@ -212,11 +212,11 @@ matvec_q8_stream_kernel(WeightGroup t, int cols, const int8_t *__restrict__ xq,
     constexpr int UNITS = ms_units<TYPE>(), PIECES = ms_bytes<TYPE>() / 16;
     constexpr int STRIDE = ms_stride<TYPE>();
     int ti = blockIdx.x >= t.first[1] ? (blockIdx.x >= t.first[2] ? 2 : 1) : 0;
-    const uint8_t *__restrict__ w = t.w[ti];
-    float *__restrict__ y = t.y[ti];
-    int rows = t.rows[ti];
+    const uint8_t *__restrict__ w = pick3(t.w, ti);
+    float *__restrict__ y = pick3(t.y, ti);
+    int rows = pick3(t.rows, ti);
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    int row0 = ((blockIdx.x - t.first[ti]) * MS_WARPS + warp) * R;
+    int row0 = ((blockIdx.x - pick3(t.first, ti)) * MS_WARPS + warp) * R;
     // Warp-uniform, and nothing below waits for other warps.
     bool active = row0 < rows;
     int nr = rows - row0 < R ? rows - row0 : R;
