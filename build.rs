@@ -104,6 +104,11 @@ mod cuda {
         for gencode in gencodes {
             b.flag(format!("-gencode={gencode}"));
         }
+        // Given several files, cc compiles them as relocatable device code (--device-c).
+        // No kernel needs that, but building each file whole-program instead made the
+        // decode step slower (H100 Q4_0 tg128 377 against 400 tok/s, docs/PERF.md session
+        // 16): ptxas gives the streaming matrix-vector kernel 64 registers instead of 80,
+        // and the code that streams best is the relocatable build's.
         b.files(&sources).compile("wick_cuda");
 
         println!("cargo:rustc-link-search=native={}", lib.display());
