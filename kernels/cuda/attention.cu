@@ -103,7 +103,8 @@ attention_kernel(const float *q, const uint8_t *kc, const uint8_t *vc, const int
     // Merge the warps: each warp's weight (its partial rescaled to the overall max, over
     // the total) is computed once, by one warp's lanes, rather than by every thread in a
     // chain of sixteen exponentials: at decode's short contexts that chain was about a fifth
-    // of this kernel's time in a decode step (docs/PERF.md, session 15). A warp that saw no position has l = 0 and acc = 0.
+    // of this kernel's time in a decode step (docs/PERF.md, session 15). A warp that saw no
+    // position has l = 0 and acc = 0.
     static_assert(ATT_WARPS <= 32, "one lane per warp's partial");
     __shared__ float weight[ATT_WARPS];
     if (warp == 0) {
