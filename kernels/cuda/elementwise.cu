@@ -2,6 +2,7 @@
 #include <cuda_runtime.h>
 
 #include "common.cuh"
+#include "kv.cuh"
 #include "quantize_q8.cuh"
 #include "stream.cuh"
 
@@ -125,12 +126,9 @@ __global__ void rope_kernel(float *q, float *k, const int *pos0p, int n_heads, i
         if (2 * i >= rope_dims) continue;
         float *row = is_q ? q + (size_t)b * n_heads * head_dim : k + (size_t)b * kv_dim;
         float a = row[2 * pp], c = row[2 * pp + 1];
-        // Same formula as the CPU (powf of theta), so both round alike.
-        float f = powf(theta, -2.0f * i / rope_dims);
-        float s, co;
-        sincosf(pos * f, &s, &co);
-        row[2 * pp] = a * co - c * s;
-        row[2 * pp + 1] = a * s + c * co;
+        rope_pair_rn(a, c, i, rope_dims, theta, pos);
+        row[2 * pp] = a;
+        row[2 * pp + 1] = c;
     }
 }
 

@@ -54,13 +54,10 @@ rope_store_kernel(float *q, float *k, const float *v, uint8_t *kc, uint8_t *vc,
     float x = valid ? (part == 2 ? v[(size_t)b * kv_dim + e] : row[e]) : 0.f;
     if (part < 2) {
         float other = __shfl_xor_sync(0xffffffff, x, 1);
-        int i = (e % head_dim) / 2;
-        if (valid && 2 * i < rope_dims) {
-            float f = powf(theta, -2.0f * i / rope_dims);
-            float s, co;
-            sincosf(pos * f, &s, &co);
-            x = e % 2 == 0 ? x * co - other * s : other * s + x * co;
-        }
+        bool even = e % 2 == 0;
+        float a = even ? x : other, c = even ? other : x;
+        if (valid) rope_pair_rn(a, c, (e % head_dim) / 2, rope_dims, theta, pos);
+        x = even ? a : c;
         if (valid) row[e] = x;
         if (part == 0) return;
     }

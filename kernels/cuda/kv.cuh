@@ -50,6 +50,29 @@ __device__ inline float kv_hadamard(float x, int lane, int n) {
     return x;
 }
 
+// RoPE of the pair (a, c) = values 2i, 2i + 1 of a head at position pos, with the CPU's
+// arithmetic (src/backend/cpu/ops.rs): each product and sum rounded on its own, so that no
+// kernel's compilation contracts them differently and every path rotates alike.
+// In two halves for kernels that share one pair's angle among threads: the angle, then the
+// rotation by it.
+__device__ inline void rope_angle(int i, int rope_dims, float theta, int pos, float &s,
+                                  float &co) {
+    float f = powf(theta, -2.0f * i / rope_dims);
+    sincosf(pos * f, &s, &co);
+}
+__device__ inline void rope_rotate(float &a, float &c, float s, float co) {
+    float x = a, y = c;
+    a = __fsub_rn(__fmul_rn(x, co), __fmul_rn(y, s));
+    c = __fadd_rn(__fmul_rn(x, s), __fmul_rn(y, co));
+}
+__device__ inline void rope_pair_rn(float &a, float &c, int i, int rope_dims, float theta,
+                                    int pos) {
+    if (2 * i >= rope_dims) return;
+    float s, co;
+    rope_angle(i, rope_dims, theta, pos, s, co);
+    rope_rotate(a, c, s, co);
+}
+
 // An e4m3 byte as f32 (exact).
 __device__ inline float fp8_to_float(uint8_t b) {
     __half_raw h = __nv_cvt_fp8_to_halfraw((__nv_fp8_storage_t)b, __NV_E4M3);
