@@ -69,27 +69,30 @@ constexpr int NORM_Q8_WARPS = 8;
 __global__ void __launch_bounds__(NORM_Q8_WARPS * 32)
 rmsnorm_q8_kernel(const float *x, const float *w, float eps, int cols, float *out, int8_t *xq,
                   float *xd) {
-    pdl_start();
+    pdl_trigger();
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32, n_blk = cols / 32;
+    int c = blockIdx.y * NORM_Q8_WARPS + warp, i = c * 32 + lane;
+    // The norm's weight is never written, so its load may start before the kernel launched
+    // before this one has finished (PDL): one round trip less after the wait.
+    float wi = c < n_blk ? w[i] : 0.f;
+    pdl_wait();
     __shared__ float partial[NORM_Q8_WARPS];
     const float *xr = x + (size_t)blockIdx.x * cols;
     const float4 *x4 = reinterpret_cast<const float4 *>(xr);
     float ss = 0.f;
-    for (int i = threadIdx.x; i < cols / 4; i += blockDim.x) {
-        float4 v = x4[i];
+    for (int j = threadIdx.x; j < cols / 4; j += blockDim.x) {
+        float4 v = x4[j];
         ss += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
     }
     ss = warp_sum(ss);
-    int warp = threadIdx.x / 32, lane = threadIdx.x % 32, n_blk = cols / 32;
     if (lane == 0) partial[warp] = ss;
     __syncthreads();
     float total = 0.f;
 #pragma unroll
-    for (int i = 0; i < NORM_Q8_WARPS; i++) total += partial[i];
+    for (int j = 0; j < NORM_Q8_WARPS; j++) total += partial[j];
     float scale = rsqrtf(total / cols + eps);
-    int c = blockIdx.y * NORM_Q8_WARPS + warp;
     if (c >= n_blk) return;
-    int i = c * 32 + lane;
-    float v = xr[i] * scale * w[i];
+    float v = xr[i] * scale * wi;
     out[(size_t)blockIdx.x * cols + i] = v;
     quantize_q8_lane(v, (size_t)blockIdx.x * n_blk + c, lane, xq, xd);
 }
