@@ -5,14 +5,17 @@
 //
 // Several query rows go to attention_tiled.cu, which shares each K/V row among the rows
 // and the heads of a group. A single row (decode, and each row of a batch that must match
-// decode) goes to attention_split.cuh, which splits the positions over blocks. The kernel
-// below is the former single-row one, kept to compare (wick_attention_decode): one block
-// per (query row, head). Each warp walks its own share of the cached positions with an online softmax
-// (running max, running sum, running weighted sum of values), so the kernel needs no
-// memory that grows with the context and its launch does not depend on the position: the
-// decode step can be captured into a CUDA graph. At the end the warps' partial results are
-// merged through shared memory.
+// decode) goes to attention_split.cuh, which splits the positions over blocks, where there
+// are too few heads to fill the GPU; otherwise to one block per (query row, head): for f16
+// caches and heads of 64 or 128, attention_lanes_kernel (which may also do RoPE and the
+// cache store), for the rest the kernel below. Their warps walk their own shares of the
+// cached positions with an online softmax (running max, running sum, running weighted sum
+// of values), so they need no memory that grows with the context and their launch does not
+// depend on the position: the decode step can be captured into a CUDA graph. At the end
+// the warps' partial results are merged through shared memory.
 #include <cuda_runtime.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include "attention_split.cuh"
 #include "attention_tiled.cuh"
@@ -134,6 +137,250 @@ attention_kernel(const float *q, const uint8_t *kc, const uint8_t *vc, const int
         quantize_q8_lane(v, (((size_t)b * n_heads + h) * head_dim + d) / 32, lane, xq, xd);
 }
 
+// Single-row attention over an f16 cache with each warp on four positions at once: eight
+// lanes per position, each lane holding 8 consecutive values of every 64 of the head, so
+// that a key or value row arrives as one 16-byte load per lane and per 64 values. At
+// decode's short contexts the former kernel's warps walked their positions one after
+// another (four dependent load-and-reduce rounds at 64 positions); here one round covers
+// 64 positions.
+//
+// Given k_new (a single row), RoPE and the cache store happen here too: q and k_new come
+// unrotated, the block rotates its q head, the new position's key and value are taken from
+// k_new and v_new (rounded to f16, as the cache would hold them), and the first block of
+// each KV group stores them. That saves a decode step's layer one launch, and rows agree
+// bit for bit with the two-launch path (rope_store_kernel, then this kernel from the cache).
+constexpr int AL_WARPS = 16;
+constexpr int AL_LANES = 8;                   // lanes per position
+constexpr int AL_POS = 32 / AL_LANES;         // positions per warp per round
+
+// Value c * 64 + sub * 8 + e of a head, for the lane's e-th value of chunk c.
+__device__ inline int al_dim(int c, int sub, int e) { return c * 64 + sub * 8 + e; }
+
+// 8 f16 values at p (16-byte aligned) as floats.
+__device__ inline void al_load8(const uint8_t *p, float *out) {
+    uint4 raw = *reinterpret_cast<const uint4 *>(p);
+    uint32_t w[4] = {raw.x, raw.y, raw.z, raw.w};
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        out[2 * i] = __half2float(__ushort_as_half((unsigned short)(w[i] & 0xffff)));
+        out[2 * i + 1] = __half2float(__ushort_as_half((unsigned short)(w[i] >> 16)));
+    }
+}
+
+// Two floats as the f16 pair of one 32-bit word (the first in the low half).
+__device__ inline uint32_t al_pack2(float a, float b) {
+    return (uint32_t)__half_as_ushort(__float2half(a)) |
+           ((uint32_t)__half_as_ushort(__float2half(b)) << 16);
+}
+
+// The lane's values of one head of an f32 row (h points at the head), rotated by the
+// angles in `cs` (sine and cosine of each pair, pairs past rope_dims left alone) when it is
+// given, and rounded through f16 when `round`.
+template <int CH>
+__device__ inline void al_head_f32(const float *h, int sub, const float2 *cs, int rope_dims,
+                                   bool round, float *out) {
+#pragma unroll
+    for (int c = 0; c < CH; c++) {
+        const float4 *p = reinterpret_cast<const float4 *>(h + al_dim(c, sub, 0));
+        float4 a = p[0], b = p[1];
+        float *o = out + 8 * c;
+        o[0] = a.x; o[1] = a.y; o[2] = a.z; o[3] = a.w;
+        o[4] = b.x; o[5] = b.y; o[6] = b.z; o[7] = b.w;
+        if (cs) {
+#pragma unroll
+            for (int e = 0; e < 8; e += 2) {
+                int i = al_dim(c, sub, e) / 2;
+                if (2 * i < rope_dims) rope_rotate(o[e], o[e + 1], cs[i].x, cs[i].y);
+            }
+        }
+        if (round) {
+#pragma unroll
+            for (int e = 0; e < 8; e++) o[e] = __half2float(__float2half(o[e]));
+        }
+    }
+}
+
+template <int HD>
+__global__ void __launch_bounds__(AL_WARPS * 32)
+attention_lanes_kernel(const float *q, uint8_t *kc, uint8_t *vc, const int *pos0p,
+                       const int32_t *state, int n_heads, int n_kv_heads, int capacity,
+                       int keep, int window, float *out, int8_t *xq, float *xd,
+                       const float *k_new, const float *v_new, int rope_dims, float theta) {
+    constexpr int CH = HD / 64, DPL = 8 * CH;
+    pdl_start();
+    __shared__ float part_m[AL_WARPS], part_l[AL_WARPS], weight[AL_WARPS];
+    __shared__ float part_acc[AL_WARPS][HD];
+    int b = blockIdx.y, h = blockIdx.x;
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    int grp = lane / AL_LANES, sub = lane % AL_LANES;
+    int pos = *pos0p + b;
+    int group = n_heads / n_kv_heads, kvh = h / group;
+    int kv_dim = n_kv_heads * HD;
+    size_t rb = (size_t)kv_dim * 2, head_off = (size_t)kvh * HD * 2;
+    const bool fused = k_new != nullptr;
+    // The pairs' angles, once per block: one thread each, rather than every lane computing
+    // eight of them in a row before its first position.
+    __shared__ float2 angles[HD / 2];
+    const float2 *cs = fused ? angles : nullptr;
+    if (fused) {
+        for (int i = threadIdx.x; i < HD / 2 && 2 * i < rope_dims; i += blockDim.x) {
+            float sn, co;
+            rope_angle(i, rope_dims, theta, pos, sn, co);
+            angles[i] = make_float2(sn, co);
+        }
+        __syncthreads();
+    }
+
+    float qv[DPL];
+    al_head_f32<CH>(q + ((size_t)b * n_heads + h) * HD, sub, cs, rope_dims, false, qv);
+
+    int offset = state[0], floor = state[1];
+    // The fused store: the first block of each KV group writes the new row, the same f16
+    // values that every block of the group uses for it below.
+    if (fused && h % group == 0 && warp == 0 && grp == 0) {
+        float kf[DPL], vf[DPL];
+        al_head_f32<CH>(k_new + (size_t)b * kv_dim + kvh * HD, sub, cs, rope_dims, true, kf);
+        al_head_f32<CH>(v_new + (size_t)b * kv_dim + kvh * HD, sub, nullptr, 0, true, vf);
+        size_t at = (size_t)kv_slot(pos, capacity, keep, offset) * rb + head_off;
+#pragma unroll
+        for (int c = 0; c < CH; c++) {
+            const float *k8 = kf + 8 * c, *v8 = vf + 8 * c;
+            size_t e = at + (size_t)al_dim(c, sub, 0) * 2;
+            *reinterpret_cast<uint4 *>(kc + e) =
+                make_uint4(al_pack2(k8[0], k8[1]), al_pack2(k8[2], k8[3]),
+                           al_pack2(k8[4], k8[5]), al_pack2(k8[6], k8[7]));
+            *reinterpret_cast<uint4 *>(vc + e) =
+                make_uint4(al_pack2(v8[0], v8[1]), al_pack2(v8[2], v8[3]),
+                           al_pack2(v8[4], v8[5]), al_pack2(v8[6], v8[7]));
+        }
+    }
+
+    float scale = rsqrtf((float)HD);
+    int n_sink, lo;
+    if (window > 0) {
+        n_sink = 0;
+        lo = max(max(pos + 1 - window, 0), floor);
+    } else {
+        n_sink = min(keep, pos + 1);
+        lo = max(n_sink, pos + 1 - (capacity - keep));
+    }
+    int n_live = n_sink + pos + 1 - lo;
+    float m = -INFINITY, l = 0.f, acc[DPL];
+#pragma unroll
+    for (int i = 0; i < DPL; i++) acc[i] = 0.f;
+    // Warp-uniform rounds (the reductions shuffle across the whole warp).
+    for (int j0 = warp * AL_POS; j0 < n_live; j0 += AL_WARPS * AL_POS) {
+        int j = j0 + grp;
+        if (j >= n_live) j = n_live - 1;  // a spare group redoes a position, then drops it
+        int t = j < n_sink ? j : lo + (j - n_sink);
+        float kf[DPL], vf[DPL];
+        if (fused && t == pos) {
+            al_head_f32<CH>(k_new + (size_t)b * kv_dim + kvh * HD, sub, cs, rope_dims, true, kf);
+            al_head_f32<CH>(v_new + (size_t)b * kv_dim + kvh * HD, sub, nullptr, 0, true, vf);
+        } else {
+            size_t at = (size_t)kv_slot(t, capacity, keep, offset) * rb + head_off;
+#pragma unroll
+            for (int c = 0; c < CH; c++) {
+                al_load8(kc + at + (size_t)al_dim(c, sub, 0) * 2, kf + 8 * c);
+                al_load8(vc + at + (size_t)al_dim(c, sub, 0) * 2, vf + 8 * c);
+            }
+        }
+        float s = 0.f;
+#pragma unroll
+        for (int i = 0; i < DPL; i++) s = __fmaf_rn(qv[i], kf[i], s);
+        // A butterfly: every lane of the eight ends with the same bits.
+#pragma unroll
+        for (int o = 1; o < AL_LANES; o *= 2) s += __shfl_xor_sync(0xffffffff, s, o);
+        if (j0 + grp < n_live) {
+            s *= scale;
+            float m_new = fmaxf(m, s);
+            float c = __expf(m - m_new), p = __expf(s - m_new);
+            l = l * c + p;
+#pragma unroll
+            for (int i = 0; i < DPL; i++) acc[i] = acc[i] * c + p * vf[i];
+            m = m_new;
+        }
+    }
+    // The warp's four position groups into one, by a butterfly over the groups (both
+    // partners compute the same products and sum them, so they stay equal).
+#pragma unroll
+    for (int o = AL_LANES; o < 32; o *= 2) {
+        float m2 = __shfl_xor_sync(0xffffffff, m, o), l2 = __shfl_xor_sync(0xffffffff, l, o);
+        float mx = fmaxf(m, m2);
+        float c1 = l > 0.f ? __expf(m - mx) : 0.f, c2 = l2 > 0.f ? __expf(m2 - mx) : 0.f;
+        l = __fadd_rn(__fmul_rn(l, c1), __fmul_rn(l2, c2));
+#pragma unroll
+        for (int i = 0; i < DPL; i++) {
+            float a2 = __shfl_xor_sync(0xffffffff, acc[i], o);
+            acc[i] = __fadd_rn(__fmul_rn(acc[i], c1), __fmul_rn(a2, c2));
+        }
+        m = l > 0.f ? mx : -INFINITY;
+    }
+    if (lane == 0) {
+        part_m[warp] = m;
+        part_l[warp] = l;
+    }
+    if (grp == 0) {
+#pragma unroll
+        for (int c = 0; c < CH; c++)
+#pragma unroll
+            for (int e = 0; e < 8; e++) part_acc[warp][al_dim(c, sub, e)] = acc[8 * c + e];
+    }
+    __syncthreads();
+    // The warps' partials merged as attention_kernel merges them.
+    if (warp == 0) {
+        float pm = lane < AL_WARPS ? part_m[lane] : -INFINITY;
+        float pl = lane < AL_WARPS ? part_l[lane] : 0.f;
+        float mx = warp_max(pm);
+        float e = pl > 0.f ? __expf(pm - mx) : 0.f;
+        float total = warp_sum(pl * e);
+        if (lane < AL_WARPS) weight[lane] = e / total;
+    }
+    __syncthreads();
+    int d = threadIdx.x;
+    float v = 0.f;
+    if (d < HD) {
+#pragma unroll
+        for (int w = 0; w < AL_WARPS; w++) v += part_acc[w][d] * weight[w];
+        out[((size_t)b * n_heads + h) * HD + d] = v;
+    }
+    if (xq && warp * 32 < HD)
+        quantize_q8_lane(v, (((size_t)b * n_heads + h) * HD + d) / 32, lane, xq, xd);
+}
+
+// WICK_ATT_LANES=0 keeps single rows on attention_kernel, to compare.
+static bool att_lanes() {
+    static int on = -1;
+    if (on < 0) {
+        const char *e = getenv("WICK_ATT_LANES");
+        on = !(e && strcmp(e, "0") == 0);
+    }
+    return on != 0;
+}
+
+// Whether single rows of this shape go to attention_lanes_kernel.
+static bool lanes_apply(int type, const void *kc, const void *vc, int head_dim) {
+    return att_lanes() && type == T_F16 && (head_dim == 64 || head_dim == 128) &&
+           (uintptr_t)kc % 16 == 0 && (uintptr_t)vc % 16 == 0;
+}
+
+static int launch_lanes(const float *q, const void *kc, const void *vc, const int32_t *pos0,
+                        const int32_t *state, int n, int n_heads, int n_kv_heads, int head_dim,
+                        int capacity, int keep, int window, float *out, int8_t *xq, float *xd,
+                        const float *k_new, const float *v_new, int rope_dims, float theta) {
+    dim3 grid(n_heads, n);
+#define LAUNCH(HD)                                                                         \
+    wick_launch(attention_lanes_kernel<HD>, grid, AL_WARPS * 32, 0, q, (uint8_t *)kc,      \
+                (uint8_t *)vc, pos0, state, n_heads, n_kv_heads, capacity, keep, window,   \
+                out, xq, xd, k_new, v_new, rope_dims, theta)
+    if (head_dim == 64)
+        LAUNCH(64);
+    else
+        LAUNCH(128);
+#undef LAUNCH
+    return (int)cudaGetLastError();
+}
+
 // 1 sends every call to the single-row kernel (for timing one against the other).
 static int att_variant = 0;
 // 1: single rows go to the former one-block-per-head kernel rather than the split one.
@@ -167,10 +414,13 @@ extern "C" int wick_attention(int type, const float *q, const void *kc, const vo
         return attention_split(type, q, kc, vc, pos0, state, n, n_heads, n_kv_heads, head_dim,
                                capacity, keep, window, out, scratch, scratch_floats, xq, xd,
                                rounded);
-    dim3 grid(n_heads, n);
     if (head_dim % 32) xq = nullptr;
     *rounded = xq != nullptr;
     if (!xq) xd = nullptr;
+    if (lanes_apply(type, kc, vc, head_dim))
+        return launch_lanes(q, kc, vc, pos0, state, n, n_heads, n_kv_heads, head_dim, capacity,
+                            keep, window, out, xq, xd, nullptr, nullptr, 0, 0.f);
+    dim3 grid(n_heads, n);
 #define LAUNCH(T)                                                                          \
     wick_launch(attention_kernel<T>, grid, ATT_WARPS * 32, 0,                           \
         q, (const uint8_t *)kc, (const uint8_t *)vc, pos0, state, n_heads, n_kv_heads,      \
@@ -185,4 +435,27 @@ extern "C" int wick_attention(int type, const float *q, const void *kc, const vo
         return (int)cudaErrorInvalidValue;
 #undef LAUNCH
     return (int)cudaGetLastError();
+}
+
+extern "C" int wick_attention_rope_applies(int type, const void *kc, const void *vc, int n,
+                                           int n_heads, int head_dim) {
+    // Where wick_attention would send a single row to the split kernel, so does this.
+    bool split = !att_decode_old && (split_override != 0 || n_heads * 8 < sm_count());
+    return n == 1 && !split && lanes_apply(type, kc, vc, head_dim);
+}
+
+extern "C" int wick_attention_rope(int type, const float *q, const float *k, const float *v,
+                                   void *kc, void *vc, const int32_t *pos0,
+                                   const int32_t *state, int n_heads, int n_kv_heads,
+                                   int head_dim, int rope_dims, float theta, int capacity,
+                                   int keep, int window, float *out, int8_t *xq, float *xd,
+                                   int *rounded) {
+    *rounded = 0;
+    if (!wick_attention_rope_applies(type, kc, vc, 1, n_heads, head_dim) || capacity <= keep ||
+        n_kv_heads <= 0 || n_heads % n_kv_heads != 0 || rope_dims % 2 != 0)
+        return (int)cudaErrorInvalidValue;
+    *rounded = xq != nullptr;
+    if (!xq) xd = nullptr;
+    return launch_lanes(q, kc, vc, pos0, state, 1, n_heads, n_kv_heads, head_dim, capacity, keep,
+                        window, out, xq, xd, k, v, rope_dims, theta);
 }

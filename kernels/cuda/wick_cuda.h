@@ -136,6 +136,18 @@ int wick_attention(int type, const float *d_q, const void *d_kcache, const void 
                    int n_kv_heads, int head_dim, int capacity, int keep, int window,
                    float *d_out, float *d_scratch, size_t scratch_floats, int8_t *d_xq,
                    float *d_xd, int *rounded);
+/* Whether wick_attention_rope takes a single row of this shape (F16 caches, head_dim 64
+ * or 128, where single rows do not go to the split kernel). */
+int wick_attention_rope_applies(int type, const void *d_kcache, const void *d_vcache, int n,
+                                int n_heads, int head_dim);
+/* wick_rope_store and wick_attention for one row (n = 1) in one launch: d_q and d_k come
+ * unrotated and are left so; the new position's key (rotated) and value are stored in the
+ * caches and used as the cache would return them. Same results, bit for bit. */
+int wick_attention_rope(int type, const float *d_q, const float *d_k, const float *d_v,
+                        void *d_kcache, void *d_vcache, const int32_t *d_pos0,
+                        const int32_t *d_state, int n_heads, int n_kv_heads, int head_dim,
+                        int rope_dims, float theta, int capacity, int keep, int window,
+                        float *d_out, int8_t *d_xq, float *d_xd, int *rounded);
 /* Single-row attention: old_kernel 1 = the former one-block-per-head kernel, 0 = the
  * split one (default) with `splits` slices per KV head (0 = from the SM count). */
 void wick_attention_decode(int old_kernel, int splits);

@@ -134,6 +134,24 @@ pub trait Backend<'a> {
         shape: AttnShape,
         out: &mut Self::Buf,
     ) -> Result<()>;
+    /// [`Backend::rope_store`], then [`Backend::attention`]: one op, so that a backend may
+    /// fuse the two (`q` and `k` may then be left unrotated; nothing reads them after).
+    #[allow(clippy::too_many_arguments)]
+    fn rope_attention(
+        &self,
+        q: &mut Self::Buf,
+        k: &mut Self::Buf,
+        v: &Self::Buf,
+        kv: &mut Self::Kv,
+        layer: usize,
+        pos0: usize,
+        rows: usize,
+        shape: AttnShape,
+        out: &mut Self::Buf,
+    ) -> Result<()> {
+        self.rope_store(q, k, v, kv, layer, pos0, rows, shape)?;
+        self.attention(q, kv, layer, pos0, rows, shape, out)
+    }
     /// `gate = silu(gate) * up`, over `n` values.
     fn swiglu(&self, gate: &mut Self::Buf, up: &Self::Buf, n: usize) -> Result<()>;
     /// Copies row `row` of `src` (rows of `width`) to row 0 of `dst`.
@@ -365,6 +383,20 @@ impl<'a, T: Backend<'a>> Backend<'a> for &T {
         out: &mut Self::Buf,
     ) -> Result<()> {
         (**self).attention(q, kv, layer, pos0, rows, shape, out)
+    }
+    fn rope_attention(
+        &self,
+        q: &mut Self::Buf,
+        k: &mut Self::Buf,
+        v: &Self::Buf,
+        kv: &mut Self::Kv,
+        layer: usize,
+        pos0: usize,
+        rows: usize,
+        shape: AttnShape,
+        out: &mut Self::Buf,
+    ) -> Result<()> {
+        (**self).rope_attention(q, k, v, kv, layer, pos0, rows, shape, out)
     }
     fn swiglu(&self, gate: &mut Self::Buf, up: &Self::Buf, n: usize) -> Result<()> {
         (**self).swiglu(gate, up, n)

@@ -995,6 +995,7 @@ mod gpu {
             }
         }
 
+        fused_rope_attention(g, cpu, rng, r)?;
         quantized_attention(g, cpu, rng, r)?;
         kv_layouts(g, cpu, rng, r)?;
         super::decode::long_contexts(g, cpu, rng, r)?;
@@ -1126,6 +1127,87 @@ mod gpu {
         Ok(())
     }
 
+    /// RoPE and attention of a single row as one op (`rope_attention`), which the GPU
+    /// fuses into one kernel, against the two ops over a copy of the same cache: the same
+    /// bits in the output and in the stored rows; and the output against the CPU's.
+    fn fused_rope_attention(g: &Cuda, cpu: &Cpu, rng: &mut Rng, r: &mut Report) -> Result<()> {
+        for (n_heads, n_kv, head_dim, rope_dims, pos, window) in [
+            (32, 8, 128, 128, 0, None),
+            (32, 8, 128, 128, 70, None),
+            (20, 4, 64, 32, 130, None),
+            (32, 8, 128, 128, 90, Some(24)),
+        ] {
+            let s = AttnShape {
+                n_heads,
+                n_kv_heads: n_kv,
+                head_dim,
+                rope_dims,
+                rope_theta: 10000.0,
+            };
+            let (qd, kd) = (s.q_dim(), s.kv_dim());
+            let settings = KvSettings {
+                ctx: 256,
+                keep: 4,
+                ty: KvType::F16,
+                window,
+            };
+            let layouts = [KvLayout::new(&settings, None)];
+            let mut ckv = <Cpu as Backend>::kv_cache(cpu, &layouts, kd)?;
+            let mut plain = <Cuda as Backend>::kv_cache(g, &layouts, kd)?;
+            let mut fused = <Cuda as Backend>::kv_cache(g, &layouts, kd)?;
+            let name = format!(
+                "rope+attention fused {n_heads}/{n_kv}x{head_dim} rope {rope_dims} pos {pos}{}",
+                window.map_or(String::new(), |w| format!(" window {w}"))
+            );
+            ensure!(
+                g.fuses_rope(&fused, 0, 1, s),
+                "{name}: the GPU does not fuse this shape"
+            );
+            // The same prefix in all three caches, in chunks.
+            let mut start = 0;
+            while start <= pos {
+                let len = if start < pos {
+                    (pos - start).min(16)
+                } else {
+                    1
+                };
+                let (q, k, v) = (rng.vec(len * qd), rng.vec(len * kd), rng.vec(len * kd));
+                let (mut cq, mut ck) = (q.clone(), k.clone());
+                let mut want = vec![f32::NAN; len * qd];
+                cpu.rope_attention(&mut cq, &mut ck, &v, &mut ckv, 0, start, len, s, &mut want)?;
+                g.begin_forward(&vec![0; len], start)?;
+                let mut outs = Vec::new();
+                for (kv, one_op) in [(&mut plain, false), (&mut fused, true)] {
+                    let (mut dq, mut dk, dv) = (upload(g, &q)?, upload(g, &k)?, upload(g, &v)?);
+                    let mut out = g.buffer(len * qd)?;
+                    g.poison(&mut out)?;
+                    if one_op {
+                        g.rope_attention(&mut dq, &mut dk, &dv, kv, 0, start, len, s, &mut out)?;
+                    } else {
+                        g.rope_store(&mut dq, &mut dk, &dv, kv, 0, start, len, s)?;
+                        g.attention(&dq, kv, 0, start, len, s, &mut out)?;
+                    }
+                    outs.push(download(g, &out, len * qd)?);
+                }
+                if start == pos {
+                    r.check(&name, &outs[1], &outs[0], 0.0);
+                    r.check(&format!("{name} against the CPU"), &outs[1], &want, 2e-3);
+                }
+                start += len;
+            }
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            g.kv_save(&plain, pos + 1, &mut a)?;
+            g.kv_save(&fused, pos + 1, &mut b)?;
+            r.check(
+                &format!("{name} stored rows"),
+                &decode_rows(KvType::F16, kd, &b),
+                &decode_rows(KvType::F16, kd, &a),
+                0.0,
+            );
+        }
+        Ok(())
+    }
+
     /// The cache layouts of src/kv/layout.rs, f16, Q8_0 and fp8: a full-attention layer
     /// through several context shifts (sinks kept, keys re-rotated), and a sliding window
     /// whose ring wraps, in batches up to MAX_BATCH; the stored rows after it all; then a
@@ -1133,9 +1215,13 @@ mod gpu {
     fn kv_layouts(g: &Cuda, cpu: &Cpu, rng: &mut Rng, r: &mut Report) -> Result<()> {
         for ty in [KvType::F16, KvType::Q8_0, KvType::Fp8] {
             let (row_bound, att_bound) = kv_bounds(ty);
-            for (n_heads, n_kv, head_dim, rope_dims) in
-                [(8, 2, 64, 64), (4, 4, 32, 16), (8, 4, 8, 8)]
-            {
+            // 32 heads take the one-block-per-head kernel, fused with RoPE for single rows.
+            for (n_heads, n_kv, head_dim, rope_dims) in [
+                (8, 2, 64, 64),
+                (4, 4, 32, 16),
+                (8, 4, 8, 8),
+                (32, 8, 128, 128),
+            ] {
                 let s = AttnShape {
                     n_heads,
                     n_kv_heads: n_kv,
@@ -1176,15 +1262,17 @@ mod gpu {
                             rng.vec(batch * kd),
                         );
                         let (mut cq, mut ck) = (q.clone(), k.clone());
-                        cpu.rope_store(&mut cq, &mut ck, &v, &mut ckv, 0, len, batch, s)?;
                         let mut want = vec![f32::NAN; batch * qd];
-                        cpu.attention(&cq, &ckv, 0, len, batch, s, &mut want)?;
+                        cpu.rope_attention(
+                            &mut cq, &mut ck, &v, &mut ckv, 0, len, batch, s, &mut want,
+                        )?;
                         let (mut dq, mut dk, dv) = (upload(g, &q)?, upload(g, &k)?, upload(g, &v)?);
                         g.begin_forward(&vec![0; batch], len)?;
-                        g.rope_store(&mut dq, &mut dk, &dv, &mut gkv, 0, len, batch, s)?;
                         let mut dout = g.buffer(batch * qd)?;
                         g.poison(&mut dout)?;
-                        g.attention(&dq, &gkv, 0, len, batch, s, &mut dout)?;
+                        g.rope_attention(
+                            &mut dq, &mut dk, &dv, &mut gkv, 0, len, batch, s, &mut dout,
+                        )?;
                         worst.0.extend(download(g, &dout, batch * qd)?);
                         worst.1.extend(want);
                         len += batch;

@@ -379,8 +379,9 @@ impl<'a, B: Backend<'a>> Llama<'a, B> {
                 &[&w.wq, &w.wk, &w.wv],
                 &mut [&mut s.q, &mut s.k, &mut s.v],
             )?;
-            be.rope_store(&mut s.q, &mut s.k, &s.v, &mut s.kv, l, pos0, n, shape)?;
-            be.attention(&s.q, &s.kv, l, pos0, n, shape, &mut s.att)?;
+            be.rope_attention(
+                &mut s.q, &mut s.k, &s.v, &mut s.kv, l, pos0, n, shape, &mut s.att,
+            )?;
             be.matmul_add(&s.att, n, &w.wo, &mut s.x)?;
 
             // Feed-forward block.

@@ -217,6 +217,9 @@ pub struct Cuda {
     /// RoPE and the KV store as one launch (f16 and q8_0 caches); WICK_FUSE=0 runs them
     /// as two, to compare.
     fuse_rope_store: bool,
+    /// Single rows' RoPE and cache store inside the attention kernel (WICK_FUSE_ATT=0:
+    /// as a launch of their own, to compare).
+    fuse_rope_attention: bool,
     /// Batches above 64 rows through the f16 tensor-core kernel (wick_gemm_f16) where it
     /// applies; WICK_GEMM_F16=0 keeps them on the int8 kernels, to compare.
     gemm_f16: bool,
@@ -343,6 +346,7 @@ impl Cuda {
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0),
             fuse_rope_store: std::env::var("WICK_FUSE").map_or(true, |v| v != "0"),
+            fuse_rope_attention: std::env::var("WICK_FUSE_ATT").map_or(true, |v| v != "0"),
             gemm_f16: std::env::var("WICK_GEMM_F16").map_or(true, |v| v != "0"),
             spec: SpecScratch::new()?,
             att_scratch: DeviceMem::new(ATT_SCRATCH_FLOATS * 4)?,
@@ -568,6 +572,30 @@ impl Cuda {
             self.wrote(out);
         }
         Ok(true)
+    }
+
+    /// Whether `rope_attention` runs as one kernel for `rows` rows of this layer: single
+    /// rows over an f16 cache, where attention takes the one-block-per-head kernel.
+    pub fn fuses_rope(&self, kv: &DeviceKv, layer: usize, rows: usize, s: AttnShape) -> bool {
+        let l = kv.layouts[layer];
+        let (kc, vc) = kv.layer(layer);
+        rows == 1
+            && self.fuse_rope_store
+            && self.fuse_rope_attention
+            && l.ty == KvType::F16
+            && s.rope_dims % 2 == 0
+            && !self.skip.iter().any(|n| n == "rope" || n == "attn")
+            // SAFETY: a pure query.
+            && unsafe {
+                ffi::wick_attention_rope_applies(
+                    l.ty.id() as i32,
+                    kc,
+                    vc,
+                    1,
+                    s.n_heads as i32,
+                    s.head_dim as i32,
+                )
+            } != 0
     }
 
     /// Whether WICK_SKIP leaves out op `name`; if so, the int8 scratch is taken to hold
@@ -1155,6 +1183,74 @@ impl<'a> Backend<'a> for Cuda {
             },
             "kv store",
         )
+    }
+
+    fn rope_attention(
+        &self,
+        q: &mut DeviceMem,
+        k: &mut DeviceMem,
+        v: &DeviceMem,
+        kv: &mut DeviceKv,
+        layer: usize,
+        pos0: usize,
+        rows: usize,
+        s: AttnShape,
+        out: &mut DeviceMem,
+    ) -> Result<()> {
+        if !self.fuses_rope(kv, layer, rows, s) {
+            self.rope_store(q, k, v, kv, layer, pos0, rows, s)?;
+            return self.attention(q, kv, layer, pos0, rows, s, out);
+        }
+        let _t = self.span(|| "rope_attention x1".to_string());
+        let l = kv.layouts[layer];
+        let (kc, vc) = kv.layer(layer);
+        l.check_store(pos0, rows)?;
+        ensure!(
+            s.q_dim() * 4 <= q.bytes
+                && s.kv_dim() * 4 <= k.bytes.min(v.bytes)
+                && s.q_dim() * 4 <= out.bytes,
+            "attention buffers too small"
+        );
+        self.wrote(out);
+        let n = s.n_heads * s.head_dim;
+        let (xq, xd) = self
+            .q8_scratch(n)
+            .unwrap_or((std::ptr::null_mut(), std::ptr::null_mut()));
+        let mut rounded = 0;
+        // SAFETY: as in rope_store and attention: one row of q, k and v (checked above), the
+        // new position's slot inside this layer's caches (check_store), and the int8
+        // scratch holding n values (q8_scratch checked).
+        check(
+            unsafe {
+                ffi::wick_attention_rope(
+                    l.ty.id() as i32,
+                    q.f32(),
+                    k.f32(),
+                    v.f32(),
+                    kc,
+                    vc,
+                    self.params.ptr.cast(),
+                    kv.state(layer),
+                    s.n_heads as i32,
+                    s.n_kv_heads as i32,
+                    s.head_dim as i32,
+                    s.rope_dims as i32,
+                    s.rope_theta,
+                    l.capacity as i32,
+                    l.keep as i32,
+                    l.window.unwrap_or(0) as i32,
+                    out.f32(),
+                    xq,
+                    xd,
+                    &mut rounded,
+                )
+            },
+            "rope and attention",
+        )?;
+        if rounded != 0 {
+            self.q8_holds.set(Some((out.ptr as usize, n)));
+        }
+        Ok(())
     }
 
     fn attention(
