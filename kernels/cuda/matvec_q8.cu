@@ -259,6 +259,20 @@ matvec_q8_stream_kernel(WeightGroup t, int cols, const int8_t *__restrict__ xq,
     pdl_wait();
     if (!active) return;
     for (int b0 = 0; b0 < nb; b0 += NB) {
+        // An accumulated output's old value, loaded now so that its round trip overlaps
+        // the weights' rather than following the last step (decode's o and down products:
+        // the last warps of a product wait on it). Lane (r * NB + j) % 32 holds (r, j).
+        constexpr bool HOIST = R * NB <= 4;
+        float old[HOIST ? R : 1][HOIST ? NB : 1];
+        if constexpr (HOIST) {
+#pragma unroll
+            for (int r = 0; r < R; r++)
+#pragma unroll
+                for (int j = 0; j < NB; j++)
+                    old[r][j] = accumulate && r < nr && b0 + j < nb && lane == (r * NB + j) % 32
+                                    ? y[(size_t)(b0 + j) * rows + row0 + r]
+                                    : 0.f;
+        }
         if (b0 > 0 || !early) {
 #pragma unroll
             for (int s = 0; s < S - 1; s++) issue(s);
@@ -327,7 +341,10 @@ matvec_q8_stream_kernel(WeightGroup t, int cols, const int8_t *__restrict__ xq,
                     float s = warp_sum(acc[r][j]);
                     if (lane == (r * NB + j) % 32) {
                         float *o = y + (size_t)(b0 + j) * rows + row0 + r;
-                        *o = accumulate ? *o + s : s;
+                        if constexpr (HOIST)
+                            *o = accumulate ? old[r][j] + s : s;
+                        else
+                            *o = accumulate ? *o + s : s;
                     }
                 }
             }
