@@ -583,7 +583,7 @@ impl Cuda {
             && self.fuse_rope_store
             && self.fuse_rope_attention
             && l.ty == KvType::F16
-            && s.rope_dims % 2 == 0
+            && s.rope_dims.is_multiple_of(2)
             && !self.skip.iter().any(|n| n == "rope" || n == "attn")
             // SAFETY: a pure query.
             && unsafe {
