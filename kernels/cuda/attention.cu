@@ -62,16 +62,8 @@ attention_kernel(const float *q, const uint8_t *kc, const uint8_t *vc, const int
             if (32 * i < head_dim) qv[i] = kv_hadamard(qv[i], lane, rot);
     }
     float scale = rsqrtf((float)head_dim);
-    // The live positions: sinks 0..n_sink, then lo..=pos (src/kv/layout.rs, `live`).
-    int offset = state[0], floor = state[1];
-    int n_sink, lo;
-    if (window > 0) {
-        n_sink = 0;
-        lo = max(max(pos + 1 - window, 0), floor);
-    } else {
-        n_sink = min(keep, pos + 1);
-        lo = max(n_sink, pos + 1 - (capacity - keep));
-    }
+    int offset = state[0], n_sink, lo;
+    kv_live(pos, capacity, keep, window, state[1], n_sink, lo);
     int n_live = n_sink + pos + 1 - lo;
     size_t rb = kv_row_bytes(TYPE, kv_dim);
     float m = -INFINITY, l = 0.f;
@@ -234,7 +226,7 @@ attention_lanes_kernel(const float *q, uint8_t *kc, uint8_t *vc, const int *pos0
     float qv[DPL];
     al_head_f32<CH>(q + ((size_t)b * n_heads + h) * HD, sub, cs, rope_dims, false, qv);
 
-    int offset = state[0], floor = state[1];
+    int offset = state[0];
     // The fused store: the first block of each KV group writes the new row, the same f16
     // values that every block of the group uses for it below.
     if (fused && h % group == 0 && warp == 0 && grp == 0) {
@@ -257,13 +249,7 @@ attention_lanes_kernel(const float *q, uint8_t *kc, uint8_t *vc, const int *pos0
 
     float scale = rsqrtf((float)HD);
     int n_sink, lo;
-    if (window > 0) {
-        n_sink = 0;
-        lo = max(max(pos + 1 - window, 0), floor);
-    } else {
-        n_sink = min(keep, pos + 1);
-        lo = max(n_sink, pos + 1 - (capacity - keep));
-    }
+    kv_live(pos, capacity, keep, window, state[1], n_sink, lo);
     int n_live = n_sink + pos + 1 - lo;
     float m = -INFINITY, l = 0.f, acc[DPL];
 #pragma unroll

@@ -38,14 +38,7 @@ __host__ __device__ constexpr int split_group() {
 __device__ inline void split_live(int pos, const int32_t *state, int capacity, int keep,
                                   int window, int *n_sink, int *lo, int *offset) {
     *offset = state[0];
-    int floor = state[1];
-    if (window > 0) {
-        *n_sink = 0;
-        *lo = max(max(pos + 1 - window, 0), floor);
-    } else {
-        *n_sink = min(keep, pos + 1);
-        *lo = max(*n_sink, pos + 1 - (capacity - keep));
-    }
+    kv_live(pos, capacity, keep, window, state[1], *n_sink, *lo);
 }
 
 // Partials of row b, head h, slice s: part_ml[2 * i] = max, [2 * i + 1] = sum of

@@ -63,18 +63,6 @@ __device__ __forceinline__ uint32_t pack(__half lo, __half hi) {
 
 __device__ __forceinline__ uint32_t pack(__half2 h) { return pack(__low2half(h), __high2half(h)); }
 
-// The live positions of a query at p: sinks 0..ns, then lo..=p (as attention.cu).
-__device__ __forceinline__ void live_of(int p, int capacity, int keep, int window, int floor_,
-                                        int &ns, int &lo) {
-    if (window > 0) {
-        ns = 0;
-        lo = max(max(p + 1 - window, 0), floor_);
-    } else {
-        ns = min(keep, p + 1);
-        lo = max(ns, p + 1 - (capacity - keep));
-    }
-}
-
 // Values e..e+7 of a stored row (e a multiple of 8, so they lie in one Q8_0 block; f16
 // rows are 16-byte aligned and fp8 rows 4-byte aligned, see attention_tiled_fits), as f16.
 template <int TYPE>
@@ -163,8 +151,8 @@ attention_tiled_kernel(const float *q, const uint8_t *kc, const uint8_t *vc, con
     // u_lo + (u - n_s).
     const int r_first = v0 / group, r_last = min(v0 + 15, n_vec - 1) / group;
     int ns_first, lo_first, n_s, lo_last;
-    live_of(pos0 + r_first, capacity, keep, window, floor_, ns_first, lo_first);
-    live_of(pos0 + r_last, capacity, keep, window, floor_, n_s, lo_last);
+    kv_live(pos0 + r_first, capacity, keep, window, floor_, ns_first, lo_first);
+    kv_live(pos0 + r_last, capacity, keep, window, floor_, n_s, lo_last);
     const int u_lo = max(lo_first, n_s);
     const int n_union = n_s + max(0, pos0 + r_last + 1 - u_lo);
 
@@ -178,7 +166,7 @@ attention_tiled_kernel(const float *q, const uint8_t *kc, const uint8_t *vc, con
         my_ns[h] = my_lo[h] = 0;
         if (vg < n_vec) {
             my_pos[h] = pos0 + vg / group;
-            live_of(my_pos[h], capacity, keep, window, floor_, my_ns[h], my_lo[h]);
+            kv_live(my_pos[h], capacity, keep, window, floor_, my_ns[h], my_lo[h]);
         }
     }
     __syncthreads();

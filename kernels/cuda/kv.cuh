@@ -21,6 +21,19 @@ __host__ __device__ inline size_t kv_row_bytes(int type, int kv_dim) {
                            : (size_t)kv_dim * 2;
 }
 
+// The live positions of a query at p (src/kv/layout.rs, `live`): sinks 0..ns, then lo..=p.
+// A sliding-window layer (window > 0) keeps no sinks and nothing below its floor.
+__device__ inline void kv_live(int p, int capacity, int keep, int window, int floor, int &ns,
+                               int &lo) {
+    if (window > 0) {
+        ns = 0;
+        lo = max(max(p + 1 - window, 0), floor);
+    } else {
+        ns = min(keep, p + 1);
+        lo = max(ns, p + 1 - (capacity - keep));
+    }
+}
+
 // offset is the ring's rotation, in [0, capacity - keep) (src/kv/layout.rs), so the sum
 // fits 32 unsigned bits: a 64-bit remainder is a long software division, and single-row
 // attention computes one per cached position.
