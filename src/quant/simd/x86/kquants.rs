@@ -62,6 +62,21 @@ pub(super) fn overlay(level: Level, t: GgmlType, k: &mut Kernels) -> bool {
         _ => return false,
     };
     k.vec_dot = Some(dot);
+    // Without AVX-512 VNNI's tiles, prefill and row-exact batches both take the one-row
+    // bodies over four activation rows, which unpack each super-block once for all four.
+    if matches!(level, Level::Avx2 | Level::AvxVnni) {
+        match t {
+            T::Q4_K => {
+                k.gemm_4x4 = Some(q4_k_tile_avx2);
+                k.vec_dot_4rows_n = Some(q4_k_rows_n_avx2);
+            }
+            T::Q6_K => {
+                k.gemm_4x4 = Some(q6_k_tile_avx2);
+                k.vec_dot_4rows_n = Some(q6_k_rows_n_avx2);
+            }
+            _ => {}
+        }
+    }
     if level == Level::Avx512Vnni {
         match t {
             T::Q4_K => {
@@ -809,10 +824,12 @@ unsafe fn q6_k_body_n<const T: usize>(w: &[BlockQ6K], a: [&[BlockQ8K]; T]) -> [f
 }
 
 /// A `VecDot4N` over a one-row body generic in its activation rows: the weight rows one
-/// at a time, the activation rows in groups of four.
+/// at a time, the activation rows in groups of four, compiled with the features of the
+/// `vec_dot` it must match bit for bit. `k_tile` makes a prefill tile of the same body,
+/// for CPUs without AVX-512 VNNI's tiles.
 macro_rules! k_rows_n {
-    ($name:ident, $inner:ident, $body:ident, $wt:ty) => {
-        #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl")]
+    ($name:ident, $inner:ident, $body:ident, $wt:ty, $feat:literal) => {
+        #[target_feature(enable = $feat)]
         unsafe fn $inner<const T: usize>(w: &[$wt], a: [&[BlockQ8K]; T]) -> [f32; T] {
             $body(w, a)
         }
@@ -822,7 +839,8 @@ macro_rules! k_rows_n {
                 let at = |t: usize| blocks::<BlockQ8K>(a[t]);
                 for r in 0..4 {
                     let wr = blocks::<$wt>(w[r]);
-                    // SAFETY: installed only for Avx512Vnni, after `supported` detected it.
+                    // SAFETY: installed only for levels with these features, after
+                    // `supported` detected them.
                     let v: &[f32] = unsafe {
                         match a.len() {
                             1 => &$inner::<1>(wr, [at(0)]),
@@ -840,5 +858,44 @@ macro_rules! k_rows_n {
     };
 }
 
-k_rows_n!(q4_k_rows_n_avx512vnni, q4_k_n, q4_k_body_n, BlockQ4K);
-k_rows_n!(q6_k_rows_n_avx512vnni, q6_k_n, q6_k_body_n, BlockQ6K);
+macro_rules! k_tile {
+    ($tile:ident, $inner:ident, $wt:ty) => {
+        fn $tile(w: &[&[u8]; 4], a: &[&[u8]; 4]) -> [[f32; 4]; 4] {
+            let a = a.map(blocks::<BlockQ8K>);
+            // SAFETY: installed only for levels with $inner's features, after `supported`
+            // detected them.
+            w.map(|w| unsafe { $inner::<4>(blocks::<$wt>(w), a) })
+        }
+    };
+}
+
+k_rows_n!(
+    q4_k_rows_n_avx512vnni,
+    q4_k_n,
+    q4_k_body_n,
+    BlockQ4K,
+    "avx2,fma,f16c,avx512f,avx512bw,avx512vl"
+);
+k_rows_n!(
+    q6_k_rows_n_avx512vnni,
+    q6_k_n,
+    q6_k_body_n,
+    BlockQ6K,
+    "avx2,fma,f16c,avx512f,avx512bw,avx512vl"
+);
+k_rows_n!(
+    q4_k_rows_n_avx2,
+    q4_k_n_avx2,
+    q4_k_body_n,
+    BlockQ4K,
+    "avx2,fma,f16c"
+);
+k_rows_n!(
+    q6_k_rows_n_avx2,
+    q6_k_n_avx2,
+    q6_k_body_n,
+    BlockQ6K,
+    "avx2,fma,f16c"
+);
+k_tile!(q4_k_tile_avx2, q4_k_n_avx2, BlockQ4K);
+k_tile!(q6_k_tile_avx2, q6_k_n_avx2, BlockQ6K);
