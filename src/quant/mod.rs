@@ -13,6 +13,7 @@ mod float;
 mod kquants;
 mod legacy;
 pub mod mix;
+pub mod pack;
 pub mod simd;
 mod types;
 
@@ -21,6 +22,7 @@ use std::sync::OnceLock;
 pub use block::{as_blocks, as_blocks_mut, Block};
 pub use kquants::{BlockQ2K, BlockQ3K, BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K, QK_K};
 pub use legacy::{BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, BlockQ8_1, QK};
+pub use pack::Packed4;
 pub use types::GgmlType;
 
 /// Dot product of a weight row with an activation row, as raw block bytes.
@@ -32,6 +34,10 @@ pub type Gemm4x4 = fn(&[&[u8]; 4], &[&[u8]; 4]) -> [[f32; 4]; 4];
 /// Four weight rows against a few activation rows: `out[t][r] = w[r] · a[t]`, with
 /// `out.len() == a.len()`.
 pub type VecDot4N = fn(&[&[u8]; 4], &[&[u8]], &mut [[f32; 4]]);
+/// Four weight rows packed block by block (`pack`) dotted with one activation row.
+pub type VecDot4Packed = fn(&[u8], &[u8]) -> [f32; 4];
+/// Four weight rows packed block by block by four activation rows, as `Gemm4x4`.
+pub type Gemm4x4Packed = fn(&[u8], &[&[u8]; 4]) -> [[f32; 4]; 4];
 
 /// The CPU kernels of one type. All take raw little-endian GGUF bytes.
 #[derive(Clone, Copy)]
@@ -58,6 +64,13 @@ pub struct Kernels {
     /// For row-exact batches (`Backend::set_row_exact`), where `gemm_4x4`'s rounding
     /// would not do.
     pub vec_dot_4rows_n: Option<VecDot4N>,
+    /// Decode over weights packed four rows at a time (`pack`): where it exists, the CPU
+    /// backend packs this type's matrices at load, and every product with them goes
+    /// through it (one activation row at a time) or `packed_4x4`.
+    pub packed_4rows: Option<VecDot4Packed>,
+    /// Prefill's tile over packed weights; without it, packed weights take
+    /// `packed_4rows` per activation row.
+    pub packed_4x4: Option<Gemm4x4Packed>,
 }
 
 fn blocks<T: Block>(bytes: &[u8]) -> &[T] {
@@ -80,6 +93,8 @@ pub fn scalar_kernels(t: GgmlType) -> Option<Kernels> {
             vec_dot_4rows: None,
             gemm_4x4: None,
             vec_dot_4rows_n: None,
+            packed_4rows: None,
+            packed_4x4: None,
         })
     };
     match t {
@@ -424,6 +439,31 @@ impl DotInput {
         for (j, o) in out.iter_mut().enumerate() {
             *o = self.dot4(t, w_rows, i + j);
         }
+    }
+
+    /// Rows `4g..4g + 4` of a packed weight of type `t` dotted with prepared row `i`.
+    pub fn dot4_packed(&self, t: GgmlType, w: &Packed4, g: usize, i: usize) -> [f32; 4] {
+        assert!(self.ready_for(t), "activations prepared for another type");
+        let f = kernels(t)
+            .and_then(|k| k.packed_4rows)
+            .expect("packed only with a kernel");
+        f(w.group(g), self.row(i))
+    }
+
+    /// True if `dot4x4_packed` has a tile for type `t`; else packed weights take
+    /// `dot4_packed` per activation row.
+    pub fn has_packed_tile(&self, t: GgmlType) -> bool {
+        kernels(t).is_some_and(|k| k.packed_4x4.is_some())
+    }
+
+    /// `out[r][j]`: row `4g + r` of a packed weight dotted with prepared row `i + j`.
+    pub fn dot4x4_packed(&self, t: GgmlType, w: &Packed4, g: usize, i: usize) -> [[f32; 4]; 4] {
+        assert!(self.ready_for(t), "activations prepared for another type");
+        let f = kernels(t)
+            .and_then(|k| k.packed_4x4)
+            .expect("checked by has_packed_tile");
+        let a = [0, 1, 2, 3].map(|j| self.row(i + j));
+        f(w.group(g), &a)
     }
 
     /// True if `dot4x4` has a tile kernel for type `t`, rather than falling back to dots.

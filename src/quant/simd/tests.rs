@@ -172,6 +172,57 @@ fn four_row_dots_match_scalar() {
     }
 }
 
+/// Packed decode and tile kernels against the scalar dots of the rows they interleave.
+#[test]
+fn packed_dots_match_scalar() {
+    let mut rng = Rng::new(29);
+    let mut checked = 0;
+    for t in DOT_TYPES {
+        let reference = scalar_kernels(t).unwrap();
+        for n in lengths(t) {
+            let rows: Vec<Vec<u8>> = (0..4).map(|_| weight_row(t, n, &mut rng)).collect();
+            let packed =
+                crate::quant::pack::interleave4(&rows.concat(), rows[0].len(), t.block_bytes());
+            let acts: Vec<Vec<u8>> = (0..4)
+                .map(|_| encode(reference.vec_dot_type, &rng.values(n)))
+                .collect();
+            for level in supported_levels() {
+                let k = kernels_at(level, t).unwrap();
+                let Some(f) = k.packed_4rows else {
+                    assert!(
+                        k.packed_4x4.is_none(),
+                        "{t}: a packed tile without a decode kernel"
+                    );
+                    continue;
+                };
+                let tile = k
+                    .packed_4x4
+                    .map(|g| g(&packed, &[0, 1, 2, 3].map(|j| &acts[j][..])));
+                for (j, a) in acts.iter().enumerate() {
+                    let got = f(&packed, a);
+                    for (r, w) in rows.iter().enumerate() {
+                        let want = (reference.vec_dot.unwrap())(w, a);
+                        let tol = 1e-5 * magnitude(t, w, a, n) + 1e-30;
+                        let mut gots = vec![got[r]];
+                        gots.extend(tile.map(|v| v[r][j]));
+                        for g in gots {
+                            assert!(
+                                ((g - want) as f64).abs() <= tol,
+                                "{t} n={n} {} row {r} act {j}: {g} vs scalar {want}",
+                                level.name()
+                            );
+                        }
+                        checked += 1;
+                    }
+                }
+            }
+        }
+    }
+    // Every x86-64 CPU that runs CI has AVX2, and with it packed Q4_0 kernels.
+    #[cfg(target_arch = "x86_64")]
+    assert!(checked > 0 || !super::Level::Avx2.is_supported());
+}
+
 /// The row-exact batch kernel gives, for each activation row, the very bits of the
 /// one-row decode path (`vec_dot_4rows`, else `vec_dot`): verified tokens must equal
 /// decode steps.

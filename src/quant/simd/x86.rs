@@ -9,7 +9,8 @@ use std::arch::x86_64::*;
 
 use super::super::legacy::to_h;
 use super::super::{
-    blocks, blocks_mut, BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1, Gemm4x4, GgmlType, Kernels, QK,
+    blocks, blocks_mut, BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1, Gemm4x4, Gemm4x4Packed,
+    GgmlType, Kernels, VecDot4Packed, QK,
 };
 use super::Level;
 
@@ -31,6 +32,38 @@ pub(super) fn supported(level: Level) -> bool {
     }
 }
 
+/// Block `i` of each of four weight rows: from four row slices, or from a packed group
+/// (`quant::pack`), where it is block `4 * i + r`. Both check the length once up front.
+trait Rows4<W> {
+    fn check(&self, n: usize);
+    /// # Safety
+    /// `i` is below the `n` that `check` accepted.
+    unsafe fn get(&self, r: usize, i: usize) -> &W;
+}
+
+impl<W> Rows4<W> for [&[W]; 4] {
+    fn check(&self, n: usize) {
+        assert!(self.iter().all(|r| r.len() == n), "rows of unequal length");
+    }
+    #[inline(always)]
+    unsafe fn get(&self, r: usize, i: usize) -> &W {
+        self[r].get_unchecked(i)
+    }
+}
+
+/// Four rows interleaved block by block (`quant::pack`).
+struct Packed<'a, W>(&'a [W]);
+
+impl<W> Rows4<W> for Packed<'_, W> {
+    fn check(&self, n: usize) {
+        assert_eq!(self.0.len(), 4 * n, "packed group of the wrong length");
+    }
+    #[inline(always)]
+    unsafe fn get(&self, r: usize, i: usize) -> &W {
+        self.0.get_unchecked(4 * i + r)
+    }
+}
+
 type Dot = fn(&[u8], &[u8]) -> f32;
 type Quantize = fn(&[f32], &mut [u8]);
 
@@ -47,6 +80,7 @@ macro_rules! entry {
 }
 
 mod kquants;
+mod rows4_avx2;
 mod rows_n;
 
 entry!(q4_0_avx2: (w: &[u8], a: &[u8]) -> f32 = avx2_q4_0(blocks(w), blocks(a)));
@@ -119,9 +153,18 @@ pub(super) fn overlay(level: Level, t: GgmlType, k: &mut Kernels) {
     if let Some(q) = quantize {
         k.from_float = q;
     }
+    k.packed_4rows = rows4_avx2::for_type(level, t);
+    let tiles = match t {
+        T::Q4_0 => q4_0_tile_avx2(level),
+        T::Q8_0 => q8_0_tile_avx2(level),
+        _ => None,
+    };
+    k.gemm_4x4 = tiles.map(|t| t.0);
+    // Packed weights only where the packed decode kernel exists too (`quant::pack`).
+    if k.packed_4rows.is_some() {
+        k.packed_4x4 = tiles.map(|t| t.1);
+    }
     match t {
-        T::Q4_0 => k.gemm_4x4 = q4_0_tile_avx2(level),
-        T::Q8_0 => k.gemm_4x4 = q8_0_tile_avx2(level),
         T::F32 if wide => k.gemm_4x4 = Some(f32_tile_avx512),
         T::F16 if wide => k.gemm_4x4 = Some(f16_tile_avx512),
         T::BF16 if wide => k.gemm_4x4 = Some(bf16_tile_avx512),
@@ -786,24 +829,33 @@ unsafe fn broadcast_f16(d: [u8; 2]) -> __m256 {
 /// and row or token. `wblock` gives a weight block's signed bytes and f16 scale.
 #[inline(always)]
 unsafe fn avx2_tile<W, const VNNI: bool>(
-    w: [&[W]; 4],
+    w: impl Rows4<W>,
     a: [&[BlockQ8_0]; 4],
     wblock: impl Fn(&W) -> (__m256i, [u8; 2]),
 ) -> [[f32; 4]; 4] {
+    let n = a[0].len();
+    w.check(n);
+    assert!(
+        a.iter().all(|a| a.len() == n),
+        "activation rows of unequal length"
+    );
     let mut acc = [[_mm256_setzero_ps(); 4]; 4];
-    for i in 0..a[0].len() {
+    // `i` indexes four activation rows and the weight accessor alike.
+    #[allow(clippy::needless_range_loop)]
+    for i in 0..n {
         let mut y = [_mm256_setzero_si256(); 4];
         let mut da = [_mm256_setzero_ps(); 4];
-        for t in 0..4 {
-            y[t] = _mm256_loadu_si256(a[t][i].qs.as_ptr().cast());
-            da[t] = broadcast_f16(a[t][i].d);
+        for (t, (y, da)) in y.iter_mut().zip(&mut da).enumerate() {
+            *y = _mm256_loadu_si256(a[t][i].qs.as_ptr().cast());
+            *da = broadcast_f16(a[t][i].d);
         }
-        for r in 0..4 {
-            let (x, d) = wblock(&w[r][i]);
+        for (r, acc) in acc.iter_mut().enumerate() {
+            // SAFETY: `check` accepted `n` blocks per row.
+            let (x, d) = wblock(w.get(r, i));
             let dw = broadcast_f16(d);
             for t in 0..4 {
                 let s = _mm256_cvtepi32_ps(dot_ss_256::<VNNI>(x, y[t]));
-                acc[r][t] = _mm256_fmadd_ps(_mm256_mul_ps(dw, da[t]), s, acc[r][t]);
+                acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(dw, da[t]), s, acc[t]);
             }
         }
     }
@@ -819,27 +871,33 @@ unsafe fn avx2_tile<W, const VNNI: bool>(
 
 macro_rules! avx2_tiles {
     ($name:ident, $wt:ty, $wblock:expr) => {
-        fn $name(level: Level) -> Option<Gemm4x4> {
+        /// The tile for four weight rows, and the one for a packed group of four.
+        fn $name(level: Level) -> Option<(Gemm4x4, Gemm4x4Packed)> {
             #[target_feature(enable = "avx2,fma,f16c")]
-            unsafe fn plain(w: [&[$wt]; 4], a: [&[BlockQ8_0]; 4]) -> [[f32; 4]; 4] {
+            unsafe fn plain(w: impl Rows4<$wt>, a: [&[BlockQ8_0]; 4]) -> [[f32; 4]; 4] {
                 avx2_tile::<_, false>(w, a, $wblock)
             }
             #[target_feature(enable = "avx2,fma,f16c,avxvnni")]
-            unsafe fn vnni(w: [&[$wt]; 4], a: [&[BlockQ8_0]; 4]) -> [[f32; 4]; 4] {
+            unsafe fn vnni(w: impl Rows4<$wt>, a: [&[BlockQ8_0]; 4]) -> [[f32; 4]; 4] {
                 avx2_tile::<_, true>(w, a, $wblock)
             }
-            fn plain_entry(w: &[&[u8]; 4], a: &[&[u8]; 4]) -> [[f32; 4]; 4] {
-                // SAFETY: installed only for levels with AVX2, FMA and F16C, after
-                // `supported` detected them.
+            // SAFETY (all four): installed only for the levels named in `match level`
+            // below, after `supported` detected their features.
+            fn plain_rows(w: &[&[u8]; 4], a: &[&[u8]; 4]) -> [[f32; 4]; 4] {
                 unsafe { plain(w.map(blocks::<$wt>), a.map(blocks::<BlockQ8_0>)) }
             }
-            fn vnni_entry(w: &[&[u8]; 4], a: &[&[u8]; 4]) -> [[f32; 4]; 4] {
-                // SAFETY: installed only for AvxVnni, after `supported` detected it.
+            fn vnni_rows(w: &[&[u8]; 4], a: &[&[u8]; 4]) -> [[f32; 4]; 4] {
                 unsafe { vnni(w.map(blocks::<$wt>), a.map(blocks::<BlockQ8_0>)) }
             }
+            fn plain_packed(w: &[u8], a: &[&[u8]; 4]) -> [[f32; 4]; 4] {
+                unsafe { plain(Packed(blocks::<$wt>(w)), a.map(blocks::<BlockQ8_0>)) }
+            }
+            fn vnni_packed(w: &[u8], a: &[&[u8]; 4]) -> [[f32; 4]; 4] {
+                unsafe { vnni(Packed(blocks::<$wt>(w)), a.map(blocks::<BlockQ8_0>)) }
+            }
             match level {
-                Level::Avx2 | Level::Avx512 => Some(plain_entry),
-                Level::AvxVnni => Some(vnni_entry),
+                Level::Avx2 | Level::Avx512 => Some((plain_rows, plain_packed)),
+                Level::AvxVnni => Some((vnni_rows, vnni_packed)),
                 _ => None,
             }
         }

@@ -1,0 +1,121 @@
+//! Weights repacked at load for CPUs where one sequential weight stream decodes faster
+//! than four: each group of four rows is interleaved block by block, so block `i` of row
+//! `4g + r` lands at block `4i + r` of group `g`. The kernels then read the four rows of
+//! a group as one stream, as llama.cpp's repacked layouts do. The file stays untouched;
+//! the copy takes memory equal to the tensor's size, and the mapped pages it replaces are
+//! handed back to the kernel, so the resident total stays about the file's size.
+
+use super::{kernels, GgmlType, Precision};
+
+/// Four rows interleaved block by block, for the products of one weight matrix.
+pub struct Packed4 {
+    bytes: Vec<u8>,
+    /// Bytes of one group of four rows.
+    group_bytes: usize,
+}
+
+impl Packed4 {
+    /// Packs `rows` rows of `t` in `data`, if this CPU has packed kernels for `t` and the
+    /// rows split into whole groups of four; `None` otherwise, or with `WICK_PACK=0`.
+    pub fn new(t: GgmlType, data: &[u8], rows: usize, precision: Precision) -> Option<Packed4> {
+        let k = kernels(t)?;
+        if precision != Precision::Fast
+            || k.packed_4rows.is_none()
+            || rows == 0
+            || !rows.is_multiple_of(4)
+            || std::env::var("WICK_PACK").is_ok_and(|v| v.trim() == "0")
+        {
+            return None;
+        }
+        let row_bytes = data.len() / rows;
+        let bb = t.block_bytes();
+        if row_bytes * rows != data.len() || !row_bytes.is_multiple_of(bb) {
+            return None;
+        }
+        let bytes = interleave4(data, row_bytes, bb);
+        release(data);
+        Some(Packed4 {
+            bytes,
+            group_bytes: 4 * row_bytes,
+        })
+    }
+
+    /// All groups, in row order.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// The group holding rows `4g..4g + 4`.
+    pub fn group(&self, g: usize) -> &[u8] {
+        &self.bytes[g * self.group_bytes..(g + 1) * self.group_bytes]
+    }
+
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+}
+
+/// Asks the kernel to reclaim the pages that lie wholly inside `bytes`, which products no
+/// longer read once packed, so the copy does not double the resident memory. Reclaim
+/// never changes contents: pages of a mapped file come back from the file if anything
+/// reads them again (the embedding lookup of a tied output matrix), and pages of heap
+/// memory without swap simply stay.
+pub fn release(bytes: &[u8]) {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: sysconf has no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as usize;
+        let start = (bytes.as_ptr() as usize).next_multiple_of(page);
+        let end = (bytes.as_ptr() as usize + bytes.len()) / page * page;
+        if end > start {
+            // SAFETY: the range lies inside a live allocation or mapping, and
+            // MADV_PAGEOUT is a hint that keeps every byte's value. A failure (kernels
+            // before 5.4) leaves the pages resident.
+            unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_PAGEOUT) };
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = bytes;
+}
+
+/// Rows of `row_bytes` in `data`, interleaved four at a time in blocks of `block_bytes`.
+pub fn interleave4(data: &[u8], row_bytes: usize, block_bytes: usize) -> Vec<u8> {
+    assert!(row_bytes.is_multiple_of(block_bytes) && data.len().is_multiple_of(4 * row_bytes));
+    let mut bytes = vec![0u8; data.len()];
+    for (src, dst) in data
+        .chunks_exact(4 * row_bytes)
+        .zip(bytes.chunks_exact_mut(4 * row_bytes))
+    {
+        for (r, row) in src.chunks_exact(row_bytes).enumerate() {
+            for (i, block) in row.chunks_exact(block_bytes).enumerate() {
+                let at = (4 * i + r) * block_bytes;
+                dst[at..at + block_bytes].copy_from_slice(block);
+            }
+        }
+    }
+    bytes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::interleave4;
+
+    #[test]
+    fn interleaves_blocks_of_four_rows() {
+        // Eight rows of three 2-byte blocks; byte = 10 * row + block.
+        let data: Vec<u8> = (0..8u8)
+            .flat_map(|r| (0..3u8).flat_map(move |b| [10 * r + b; 2]))
+            .collect();
+        let p = interleave4(&data, 6, 2);
+        let want: Vec<u8> = (0..2u8)
+            .flat_map(|g| {
+                (0..3u8).flat_map(move |b| (0..4u8).flat_map(move |r| [10 * (4 * g + r) + b; 2]))
+            })
+            .collect();
+        assert_eq!(p, want);
+    }
+}
