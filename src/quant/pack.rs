@@ -5,7 +5,24 @@
 //! the copy takes memory equal to the tensor's size, and the mapped pages it replaces are
 //! handed back to the kernel, so the resident total stays about the file's size.
 
-use super::{kernels, GgmlType, Precision};
+use super::{kernels, Block, BlockQ4_0, GgmlType, Precision};
+
+/// Block `i` of four Q4_0 rows as the packed Q4_0 kernels read it: the four scales, then
+/// bytes 0..8 of each row's quants, then bytes 8..16. One 32-byte load then holds the
+/// four rows side by side in 64-bit lanes, elements 0..8 in its low nibbles and 16..24 in
+/// its high ones (8..16 and 24..32 in the second load), so a vector's i32 sums belong to
+/// the rows lane pair by lane pair.
+#[derive(Clone, Copy)]
+#[repr(C)]
+pub struct BlockQ4_0x4 {
+    pub d: [[u8; 2]; 4],
+    pub qs: [u8; 64],
+}
+
+// SAFETY: repr(C) over byte arrays: alignment 1, no padding, any bit pattern.
+unsafe impl Block for BlockQ4_0x4 {}
+
+const _: () = assert!(std::mem::size_of::<BlockQ4_0x4>() == 4 * std::mem::size_of::<BlockQ4_0>());
 
 /// Four rows interleaved block by block, for the products of one weight matrix.
 pub struct Packed4 {
@@ -32,7 +49,7 @@ impl Packed4 {
         if row_bytes * rows != data.len() || !row_bytes.is_multiple_of(bb) {
             return None;
         }
-        let bytes = interleave4(data, row_bytes, bb);
+        let bytes = layout(t, data, row_bytes);
         release(data);
         Some(Packed4 {
             bytes,
@@ -98,6 +115,37 @@ pub fn interleave4(data: &[u8], row_bytes: usize, block_bytes: usize) -> Vec<u8>
         }
     }
     bytes
+}
+
+/// Rows of type `t` in groups of four, laid out as the packed kernels of `t` read them.
+pub fn layout(t: GgmlType, data: &[u8], row_bytes: usize) -> Vec<u8> {
+    match t {
+        GgmlType::Q4_0 => q4_0x4(data, row_bytes),
+        _ => interleave4(data, row_bytes, t.block_bytes()),
+    }
+}
+
+/// Q4_0 rows in groups of four as `BlockQ4_0x4`s.
+pub fn q4_0x4(data: &[u8], row_bytes: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(data.len());
+    for group in data.chunks_exact(4 * row_bytes) {
+        let rows: Vec<&[BlockQ4_0]> = group
+            .chunks_exact(row_bytes)
+            .map(|r| super::blocks(r))
+            .collect();
+        for i in 0..rows[0].len() {
+            for r in &rows {
+                out.extend_from_slice(&r[i].d);
+            }
+            for half in [0..8, 8..16] {
+                for r in &rows {
+                    out.extend_from_slice(&r[i].qs[half.clone()]);
+                }
+            }
+        }
+    }
+    assert_eq!(out.len(), data.len(), "whole groups of four rows");
+    out
 }
 
 #[cfg(test)]

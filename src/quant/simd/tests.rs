@@ -181,8 +181,7 @@ fn packed_dots_match_scalar() {
         let reference = scalar_kernels(t).unwrap();
         for n in lengths(t) {
             let rows: Vec<Vec<u8>> = (0..4).map(|_| weight_row(t, n, &mut rng)).collect();
-            let packed =
-                crate::quant::pack::interleave4(&rows.concat(), rows[0].len(), t.block_bytes());
+            let packed = crate::quant::pack::layout(t, &rows.concat(), rows[0].len());
             let acts: Vec<Vec<u8>> = (0..4)
                 .map(|_| encode(reference.vec_dot_type, &rng.values(n)))
                 .collect();

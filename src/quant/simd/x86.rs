@@ -153,7 +153,8 @@ pub(super) fn overlay(level: Level, t: GgmlType, k: &mut Kernels) {
     if let Some(q) = quantize {
         k.from_float = q;
     }
-    k.packed_4rows = rows4_avx2::for_type(level, t);
+    let packed = rows4_avx2::for_type(level, t);
+    k.packed_4rows = packed.map(|p| p.0);
     let tiles = match t {
         T::Q4_0 => q4_0_tile_avx2(level),
         T::Q8_0 => q8_0_tile_avx2(level),
@@ -161,8 +162,8 @@ pub(super) fn overlay(level: Level, t: GgmlType, k: &mut Kernels) {
     };
     k.gemm_4x4 = tiles.map(|t| t.0);
     // Packed weights only where the packed decode kernel exists too (`quant::pack`).
-    if k.packed_4rows.is_some() {
-        k.packed_4x4 = tiles.map(|t| t.1);
+    if let Some((_, own)) = packed {
+        k.packed_4x4 = own.or(tiles.map(|t| t.1));
     }
     match t {
         T::F32 if wide => k.gemm_4x4 = Some(f32_tile_avx512),

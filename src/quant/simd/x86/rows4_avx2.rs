@@ -17,7 +17,8 @@ use std::arch::x86_64::*;
 use super::{
     bits, dot_ss_256, dot_us_256, hsum_ps, nibbles_256, Level, Packed, Rows4, VecDot4Packed,
 };
-use crate::quant::{blocks, BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1};
+use crate::quant::pack::BlockQ4_0x4;
+use crate::quant::{blocks, BlockQ4_1, BlockQ8_0, BlockQ8_1, Gemm4x4Packed};
 
 /// Four f16 values in one word, for one conversion.
 #[inline(always)]
@@ -59,37 +60,111 @@ unsafe fn rows4<W, A, P: Copy>(
     out
 }
 
-/// Q4_0's nibbles stay unsigned (0..=15) against the activations; the -8 offset comes off
-/// as `8 * sum(y)`, computed once per activation block rather than once per row as the
-/// one-row kernel's sign trick is.
+/// Packed Q4_0 (`BlockQ4_0x4`) against `T` activation rows: `out[t][r]`. Per block, the
+/// weights are unpacked once (nibbles, -8, and their absolute values for the sign trick)
+/// and each activation row meets them in four rounds of eight elements per row, its bytes
+/// broadcast to the four rows' lanes. The four rounds' i16 sums add up before one
+/// widening, and the vector's lane pairs are the four rows, so a block costs one
+/// conversion and one multiply-add per activation row for all four weight rows.
 #[inline(always)]
-unsafe fn q4_0_body<const VNNI: bool>(w: impl Rows4<BlockQ4_0>, a: &[BlockQ8_0]) -> [f32; 4] {
-    rows4(
-        w,
-        a,
-        |b| b.d,
-        |b| b.d,
-        |ab| {
-            let y = _mm256_loadu_si256(ab.qs.as_ptr().cast());
-            let eight = _mm256_set1_epi8(8);
-            if VNNI {
-                (y, _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), eight, y))
+unsafe fn q4_0x4_body<const VNNI: bool, const T: usize>(
+    w: &[BlockQ4_0x4],
+    a: [&[BlockQ8_0]; T],
+) -> [[f32; 4]; T] {
+    assert!(
+        a.iter().all(|a| a.len() == w.len()),
+        "rows of unequal length"
+    );
+    let lo4 = _mm256_set1_epi8(0x0f);
+    let eight = _mm256_set1_epi8(8);
+    // Lanes 2r and 2r + 1 take row r's scale.
+    let spread = _mm256_set_epi32(3, 3, 2, 2, 1, 1, 0, 0);
+    let mut acc = [_mm256_setzero_ps(); T];
+    for (i, wb) in w.iter().enumerate() {
+        let d4 = _mm_cvtph_ps(_mm_loadl_epi64(wb.d.as_ptr().cast()));
+        let dw = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(d4), spread);
+        let qa = _mm256_loadu_si256(wb.qs.as_ptr().cast());
+        let qb = _mm256_loadu_si256(wb.qs.as_ptr().add(32).cast());
+        // Rounds: elements 0..8, 16..24, 8..16, 24..32 of each row.
+        let x = [
+            _mm256_and_si256(qa, lo4),
+            _mm256_and_si256(_mm256_srli_epi16::<4>(qa), lo4),
+            _mm256_and_si256(qb, lo4),
+            _mm256_and_si256(_mm256_srli_epi16::<4>(qb), lo4),
+        ]
+        .map(|q| _mm256_sub_epi8(q, eight));
+        let ax = x.map(|x| _mm256_abs_epi8(x));
+        for t in 0..T {
+            let ab = &a[t][i];
+            let y = |off: usize| {
+                _mm256_set1_epi64x(std::ptr::read_unaligned(
+                    ab.qs.as_ptr().add(off).cast::<i64>(),
+                ))
+            };
+            let ys = [y(0), y(16), y(8), y(24)];
+            let s = if VNNI {
+                let mut s = _mm256_setzero_si256();
+                for k in 0..4 {
+                    s = _mm256_dpbusd_avx_epi32(s, ax[k], _mm256_sign_epi8(ys[k], x[k]));
+                }
+                s
             } else {
-                (y, _mm256_maddubs_epi16(eight, y))
-            }
-        },
-        |wb, (y, off)| {
-            let q = nibbles_256(&wb.qs);
-            if VNNI {
-                let s = _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), q, y);
-                _mm256_sub_epi32(s, off)
-            } else {
-                // |q * y pair sums| <= 2 * 15 * 127, and so is the difference.
-                let p = _mm256_sub_epi16(_mm256_maddubs_epi16(q, y), off);
+                // |pair sums| <= 2 * 8 * 127 per round, 8128 over four: no saturation.
+                let mut p = _mm256_maddubs_epi16(ax[0], _mm256_sign_epi8(ys[0], x[0]));
+                for k in 1..4 {
+                    let pk = _mm256_maddubs_epi16(ax[k], _mm256_sign_epi8(ys[k], x[k]));
+                    p = _mm256_add_epi16(p, pk);
+                }
                 _mm256_madd_epi16(p, _mm256_set1_epi16(1))
-            }
-        },
-    )
+            };
+            let da = _mm256_cvtph_ps(_mm_set1_epi16(i16::from_le_bytes(ab.d)));
+            acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(dw, da), _mm256_cvtepi32_ps(s), acc[t]);
+        }
+    }
+    let mut out = [[0f32; 4]; T];
+    for t in 0..T {
+        let mut v = [0f32; 8];
+        _mm256_storeu_ps(v.as_mut_ptr(), acc[t]);
+        for r in 0..4 {
+            out[t][r] = v[2 * r] + v[2 * r + 1];
+        }
+    }
+    out
+}
+
+/// Packed Q4_0 kernels at `level`: decode, and prefill's tile.
+fn q4_0x4(level: Level) -> Option<(VecDot4Packed, Gemm4x4Packed)> {
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn plain<const T: usize>(w: &[BlockQ4_0x4], a: [&[BlockQ8_0]; T]) -> [[f32; 4]; T] {
+        q4_0x4_body::<false, T>(w, a)
+    }
+    #[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+    unsafe fn vnni<const T: usize>(w: &[BlockQ4_0x4], a: [&[BlockQ8_0]; T]) -> [[f32; 4]; T] {
+        q4_0x4_body::<true, T>(w, a)
+    }
+    // SAFETY (all four): installed only for the level named in `match level` below,
+    // after `supported` detected its features.
+    fn plain_dec(w: &[u8], a: &[u8]) -> [f32; 4] {
+        unsafe { plain::<1>(blocks(w), [blocks(a)])[0] }
+    }
+    fn vnni_dec(w: &[u8], a: &[u8]) -> [f32; 4] {
+        unsafe { vnni::<1>(blocks(w), [blocks(a)])[0] }
+    }
+    fn plain_tile(w: &[u8], a: &[&[u8]; 4]) -> [[f32; 4]; 4] {
+        transpose(unsafe { plain::<4>(blocks(w), a.map(blocks::<BlockQ8_0>)) })
+    }
+    fn vnni_tile(w: &[u8], a: &[&[u8]; 4]) -> [[f32; 4]; 4] {
+        transpose(unsafe { vnni::<4>(blocks(w), a.map(blocks::<BlockQ8_0>)) })
+    }
+    match level {
+        Level::Avx2 => Some((plain_dec, plain_tile)),
+        Level::AvxVnni => Some((vnni_dec, vnni_tile)),
+        _ => None,
+    }
+}
+
+fn transpose(m: [[f32; 4]; 4]) -> [[f32; 4]; 4] {
+    std::array::from_fn(|r| std::array::from_fn(|t| m[t][r]))
 }
 
 #[inline(always)]
@@ -167,17 +242,21 @@ macro_rules! rows4_entries {
     };
 }
 
-rows4_entries!(q4_0, q4_0_body, BlockQ4_0, BlockQ8_0);
 rows4_entries!(q8_0, q8_0_body, BlockQ8_0, BlockQ8_0);
 rows4_entries!(q4_1, q4_1_body, BlockQ4_1, BlockQ8_1);
 
-/// The packed decode kernel of `t` at `level`, if these cover it.
-pub(super) fn for_type(level: Level, t: crate::quant::GgmlType) -> Option<VecDot4Packed> {
+/// The packed decode kernel of `t` at `level`, if these cover it, and the packed tile
+/// where this file has its own (else the caller's block-interleaved tile applies).
+pub(super) fn for_type(
+    level: Level,
+    t: crate::quant::GgmlType,
+) -> Option<(VecDot4Packed, Option<Gemm4x4Packed>)> {
     use crate::quant::GgmlType as T;
+    let no_tile = |f: Option<VecDot4Packed>| f.map(|f| (f, None));
     match t {
-        T::Q4_0 => q4_0(level),
-        T::Q8_0 => q8_0(level),
-        T::Q4_1 => q4_1(level),
+        T::Q4_0 => q4_0x4(level).map(|(d, g)| (d, Some(g))),
+        T::Q8_0 => no_tile(q8_0(level)),
+        T::Q4_1 => no_tile(q4_1(level)),
         _ => None,
     }
 }
