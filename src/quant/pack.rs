@@ -5,7 +5,8 @@
 //! the copy takes memory equal to the tensor's size, and the mapped pages it replaces are
 //! handed back to the kernel, so the resident total stays about the file's size.
 
-use super::{kernels, Block, BlockQ4_0, GgmlType, Precision};
+use super::kquants::scale_min_k4;
+use super::{kernels, Block, BlockQ4K, BlockQ4_0, GgmlType, Precision};
 
 /// Block `i` of four Q4_0 rows as the packed Q4_0 kernels read it: the four scales, then
 /// bytes 0..8 of each row's quants, then bytes 8..16. One 32-byte load then holds the
@@ -23,6 +24,27 @@ pub struct BlockQ4_0x4 {
 unsafe impl Block for BlockQ4_0x4 {}
 
 const _: () = assert!(std::mem::size_of::<BlockQ4_0x4>() == 4 * std::mem::size_of::<BlockQ4_0>());
+
+/// Super-block `i` of four Q4_K rows as the packed Q4_K kernels read it. The 6-bit scales
+/// and minimums are unpacked to bytes (16 more bytes than four `BlockQ4K`s): scale of
+/// sub-block `j` of row `r` at `sc[4 * j + r]`, its minimum at `mn[8 * r + j]`. The quants
+/// follow in 32-byte runs, run `4 * c + p` holding bytes `32 * c + 8 * p..+ 8` of each row,
+/// so one load carries eight elements of sub-blocks `2c` (low nibbles) and `2c + 1` (high)
+/// for the four rows side by side.
+#[derive(Clone, Copy)]
+#[repr(C)]
+pub struct BlockQ4Kx4 {
+    pub d: [[u8; 2]; 4],
+    pub dmin: [[u8; 2]; 4],
+    pub sc: [u8; 32],
+    pub mn: [u8; 32],
+    pub qs: [u8; 512],
+}
+
+// SAFETY: repr(C) over byte arrays: alignment 1, no padding, any bit pattern.
+unsafe impl Block for BlockQ4Kx4 {}
+
+const _: () = assert!(std::mem::size_of::<BlockQ4Kx4>() == 4 * 144 + 16);
 
 /// Four rows interleaved block by block, for the products of one weight matrix.
 pub struct Packed4 {
@@ -52,8 +74,8 @@ impl Packed4 {
         let bytes = layout(t, data, row_bytes);
         release(data);
         Some(Packed4 {
+            group_bytes: bytes.len() / (rows / 4),
             bytes,
-            group_bytes: 4 * row_bytes,
         })
     }
 
@@ -121,18 +143,51 @@ pub fn interleave4(data: &[u8], row_bytes: usize, block_bytes: usize) -> Vec<u8>
 pub fn layout(t: GgmlType, data: &[u8], row_bytes: usize) -> Vec<u8> {
     match t {
         GgmlType::Q4_0 => q4_0x4(data, row_bytes),
+        GgmlType::Q4_K => q4_kx4(data, row_bytes),
         _ => interleave4(data, row_bytes, t.block_bytes()),
     }
+}
+
+/// Q4_K rows in groups of four as `BlockQ4Kx4`s.
+fn q4_kx4(data: &[u8], row_bytes: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(data.len() / 576 * 592);
+    for group in data.chunks_exact(4 * row_bytes) {
+        let rows: Vec<&[BlockQ4K]> = group.chunks_exact(row_bytes).map(super::blocks).collect();
+        for i in 0..rows[0].len() {
+            let mut b = BlockQ4Kx4 {
+                d: [[0; 2]; 4],
+                dmin: [[0; 2]; 4],
+                sc: [0; 32],
+                mn: [0; 32],
+                qs: [0; 512],
+            };
+            for (r, row) in rows.iter().enumerate() {
+                let w = &row[i];
+                b.d[r] = w.d;
+                b.dmin[r] = w.dmin;
+                for j in 0..8 {
+                    let (sc, m) = scale_min_k4(j, &w.scales);
+                    b.sc[4 * j + r] = sc;
+                    b.mn[8 * r + j] = m;
+                }
+                for run in 0..16 {
+                    let at = (4 * run + r) * 8;
+                    b.qs[at..at + 8].copy_from_slice(&w.qs[8 * run..8 * run + 8]);
+                }
+            }
+            // SAFETY: BlockQ4Kx4 is plain bytes without padding (the Block contract).
+            let bytes: &[u8; 592] = unsafe { &*(&b as *const BlockQ4Kx4).cast() };
+            out.extend_from_slice(bytes);
+        }
+    }
+    out
 }
 
 /// Q4_0 rows in groups of four as `BlockQ4_0x4`s.
 pub fn q4_0x4(data: &[u8], row_bytes: usize) -> Vec<u8> {
     let mut out = Vec::with_capacity(data.len());
     for group in data.chunks_exact(4 * row_bytes) {
-        let rows: Vec<&[BlockQ4_0]> = group
-            .chunks_exact(row_bytes)
-            .map(|r| super::blocks(r))
-            .collect();
+        let rows: Vec<&[BlockQ4_0]> = group.chunks_exact(row_bytes).map(super::blocks).collect();
         for i in 0..rows[0].len() {
             for r in &rows {
                 out.extend_from_slice(&r[i].d);

@@ -603,7 +603,12 @@ mod tests {
         let (rows, cols) = (24, 256);
         let cpu = Cpu::new(2, Precision::Fast);
         let mut compared = 0;
-        for t in [GgmlType::Q4_0, GgmlType::Q8_0, GgmlType::Q4_1] {
+        for t in [
+            GgmlType::Q4_0,
+            GgmlType::Q8_0,
+            GgmlType::Q4_1,
+            GgmlType::Q4_K,
+        ] {
             let mut data = vec![0u8; t.bytes_for((rows * cols) as u64).unwrap() as usize];
             (scalar_kernels(t).unwrap().from_float)(&values(rows * cols, 3), &mut data);
             let tensor = Tensor {

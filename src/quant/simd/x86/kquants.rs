@@ -15,6 +15,7 @@
 use std::arch::x86_64::*;
 
 use super::{bits, dot_ss_256, dot_us_256, hsum_ps, nibbles_256, scale_product, Dot};
+use crate::quant::pack::BlockQ4Kx4;
 use crate::quant::simd::Level;
 use crate::quant::{
     blocks, blocks_mut, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K,
@@ -69,6 +70,8 @@ pub(super) fn overlay(level: Level, t: GgmlType, k: &mut Kernels) -> bool {
             T::Q4_K => {
                 k.gemm_4x4 = Some(q4_k_tile_avx2);
                 k.vec_dot_4rows_n = Some(q4_k_rows_n_avx2);
+                k.packed_4rows = Some(q4_kx4_dec);
+                k.packed_4x4 = Some(q4_kx4_tile);
             }
             T::Q6_K => {
                 k.gemm_4x4 = Some(q6_k_tile_avx2);
@@ -899,3 +902,100 @@ k_rows_n!(
 );
 k_tile!(q4_k_tile_avx2, q4_k_n_avx2, BlockQ4K);
 k_tile!(q6_k_tile_avx2, q6_k_n_avx2, BlockQ6K);
+
+// ---------------------------------------------------------------------------------------
+// Packed Q4_K (`BlockQ4Kx4`) on AVX2: the four rows side by side in 64-bit lanes, so the
+// multiply-adds leave each row's sums in its own lane pair. A sub-block's four rounds of
+// eight elements add up in i16 (at most 4 * 2 * 15 * 127) before one `vpmaddwd` applies
+// the four rows' scales; the minimums' term takes two more per super-block. Each
+// super-block then costs two float multiply-adds per activation row for all four rows.
+
+/// `out[t][r]`: row `r` of the packed group against activation row `t`.
+#[inline(always)]
+unsafe fn q4_kx4_body<const T: usize>(w: &[BlockQ4Kx4], a: [&[BlockQ8K]; T]) -> [[f32; 4]; T] {
+    assert!(
+        a.iter().all(|a| a.len() == w.len()),
+        "rows of unequal length"
+    );
+    let lo4 = _mm256_set1_epi8(0x0f);
+    // Lanes 2r and 2r + 1 take row r's value.
+    let spread = _mm256_set_epi32(3, 3, 2, 2, 1, 1, 0, 0);
+    // Four scale bytes, each over the four i16 lanes of its row.
+    let rep4 = _mm_set_epi8(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
+    let f16x4 = |h: &[[u8; 2]; 4]| {
+        let v = _mm_cvtph_ps(_mm_loadl_epi64(h.as_ptr().cast()));
+        _mm256_permutevar8x32_ps(_mm256_castps128_ps256(v), spread)
+    };
+    let bcast8 = |p: *const i8| _mm256_set1_epi64x(std::ptr::read_unaligned(p.cast::<i64>()));
+    let mut acc = [_mm256_setzero_ps(); T];
+    for (i, wb) in w.iter().enumerate() {
+        let (d, dmin) = (f16x4(&wb.d), f16x4(&wb.dmin));
+        let mins01 = _mm256_cvtepu8_epi16(_mm_loadu_si128(wb.mn.as_ptr().cast()));
+        let mins23 = _mm256_cvtepu8_epi16(_mm_loadu_si128(wb.mn.as_ptr().add(16).cast()));
+        let mut s = [_mm256_setzero_si256(); T];
+        for c in 0..4 {
+            let scale = |j: usize| {
+                let b = std::ptr::read_unaligned(wb.sc.as_ptr().add(4 * j).cast::<i32>());
+                _mm256_cvtepu8_epi16(_mm_shuffle_epi8(_mm_cvtsi32_si128(b), rep4))
+            };
+            let (scl, sch) = (scale(2 * c), scale(2 * c + 1));
+            let mut pl = [_mm256_setzero_si256(); T];
+            let mut ph = [_mm256_setzero_si256(); T];
+            for p in 0..4 {
+                let q = load(wb.qs.as_ptr().add(32 * (4 * c + p)));
+                let ql = _mm256_and_si256(q, lo4);
+                let qh = _mm256_and_si256(_mm256_srli_epi16::<4>(q), lo4);
+                for t in 0..T {
+                    let y = a[t][i].qs.as_ptr().add(64 * c + 8 * p);
+                    pl[t] = _mm256_add_epi16(pl[t], _mm256_maddubs_epi16(ql, bcast8(y)));
+                    ph[t] = _mm256_add_epi16(ph[t], _mm256_maddubs_epi16(qh, bcast8(y.add(32))));
+                }
+            }
+            for t in 0..T {
+                let v =
+                    _mm256_add_epi32(_mm256_madd_epi16(pl[t], scl), _mm256_madd_epi16(ph[t], sch));
+                s[t] = _mm256_add_epi32(s[t], v);
+            }
+        }
+        for t in 0..T {
+            let ab = &a[t][i];
+            let bs = bsums(ab);
+            // Sums of the eight 32-element sub-blocks, in both halves.
+            let b = _mm_hadd_epi16(
+                _mm256_castsi256_si128(bs),
+                _mm256_extracti128_si256::<1>(bs),
+            );
+            let b = _mm256_broadcastsi128_si256(b);
+            // [r0 r0 r2 r2 | r1 r1 r3 r3] -> lane pairs in row order.
+            let m = _mm256_hadd_epi32(_mm256_madd_epi16(mins01, b), _mm256_madd_epi16(mins23, b));
+            let m = _mm256_permute4x64_epi64::<0b11_01_10_00>(m);
+            let da = _mm256_set1_ps(ab.d());
+            acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(d, da), _mm256_cvtepi32_ps(s[t]), acc[t]);
+            acc[t] = _mm256_fnmadd_ps(_mm256_mul_ps(dmin, da), _mm256_cvtepi32_ps(m), acc[t]);
+        }
+    }
+    let mut out = [[0f32; 4]; T];
+    for t in 0..T {
+        let mut v = [0f32; 8];
+        _mm256_storeu_ps(v.as_mut_ptr(), acc[t]);
+        for r in 0..4 {
+            out[t][r] = v[2 * r] + v[2 * r + 1];
+        }
+    }
+    out
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q4_kx4_avx2<const T: usize>(w: &[BlockQ4Kx4], a: [&[BlockQ8K]; T]) -> [[f32; 4]; T] {
+    q4_kx4_body::<T>(w, a)
+}
+
+// SAFETY (both): installed only for AVX2 levels, after `supported` detected them.
+fn q4_kx4_dec(w: &[u8], a: &[u8]) -> [f32; 4] {
+    unsafe { q4_kx4_avx2::<1>(blocks(w), [blocks(a)])[0] }
+}
+
+fn q4_kx4_tile(w: &[u8], a: &[&[u8]; 4]) -> [[f32; 4]; 4] {
+    let m = unsafe { q4_kx4_avx2::<4>(blocks(w), a.map(blocks::<BlockQ8K>)) };
+    std::array::from_fn(|r| std::array::from_fn(|t| m[t][r]))
+}
