@@ -6,7 +6,7 @@
 //! handed back to the kernel, so the resident total stays about the file's size.
 
 use super::kquants::scale_min_k4;
-use super::{kernels, Block, BlockQ4K, BlockQ4_0, GgmlType, Precision};
+use super::{kernels, Block, BlockQ4K, BlockQ4_0, BlockQ8_0, GgmlType, Precision};
 
 /// Block `i` of four Q4_0 rows as the packed Q4_0 kernels read it: the four scales, then
 /// bytes 0..8 of each row's quants, then bytes 8..16. One 32-byte load then holds the
@@ -24,6 +24,20 @@ pub struct BlockQ4_0x4 {
 unsafe impl Block for BlockQ4_0x4 {}
 
 const _: () = assert!(std::mem::size_of::<BlockQ4_0x4>() == 4 * std::mem::size_of::<BlockQ4_0>());
+
+/// Block `i` of four Q8_0 rows as the packed Q8_0 kernels read it: the four scales, then
+/// four 32-byte runs, run `k` holding bytes `8k..8k + 8` of each row (see `BlockQ4_0x4`).
+#[derive(Clone, Copy)]
+#[repr(C)]
+pub struct BlockQ8_0x4 {
+    pub d: [[u8; 2]; 4],
+    pub qs: [u8; 128],
+}
+
+// SAFETY: repr(C) over byte arrays: alignment 1, no padding, any bit pattern.
+unsafe impl Block for BlockQ8_0x4 {}
+
+const _: () = assert!(std::mem::size_of::<BlockQ8_0x4>() == 4 * std::mem::size_of::<BlockQ8_0>());
 
 /// Super-block `i` of four Q4_K rows as the packed Q4_K kernels read it. The 6-bit scales
 /// and minimums are unpacked to bytes (16 more bytes than four `BlockQ4K`s): scale of
@@ -144,6 +158,7 @@ pub fn layout(t: GgmlType, data: &[u8], row_bytes: usize) -> Vec<u8> {
     match t {
         GgmlType::Q4_0 => q4_0x4(data, row_bytes),
         GgmlType::Q4_K => q4_kx4(data, row_bytes),
+        GgmlType::Q8_0 => q8_0x4(data, row_bytes),
         _ => interleave4(data, row_bytes, t.block_bytes()),
     }
 }
@@ -181,6 +196,31 @@ fn q4_kx4(data: &[u8], row_bytes: usize) -> Vec<u8> {
         }
     }
     out
+}
+
+/// Q8_0 rows in groups of four as `BlockQ8_0x4`s.
+fn q8_0x4(data: &[u8], row_bytes: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(data.len());
+    for group in data.chunks_exact(4 * row_bytes) {
+        let rows: Vec<&[BlockQ8_0]> = group.chunks_exact(row_bytes).map(super::blocks).collect();
+        for i in 0..rows[0].len() {
+            for r in &rows {
+                out.extend_from_slice(&r[i].d);
+            }
+            for k in 0..4 {
+                for r in &rows {
+                    let q: &[u8; 32] = bytemuck_i8(&r[i].qs);
+                    out.extend_from_slice(&q[8 * k..8 * k + 8]);
+                }
+            }
+        }
+    }
+    out
+}
+
+fn bytemuck_i8(q: &[i8; 32]) -> &[u8; 32] {
+    // SAFETY: i8 and u8 have the same size, alignment and (all) bit patterns.
+    unsafe { &*(q as *const [i8; 32]).cast() }
 }
 
 /// Q4_0 rows in groups of four as `BlockQ4_0x4`s.

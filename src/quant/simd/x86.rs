@@ -9,8 +9,8 @@ use std::arch::x86_64::*;
 
 use super::super::legacy::to_h;
 use super::super::{
-    blocks, blocks_mut, BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1, Gemm4x4, Gemm4x4Packed,
-    GgmlType, Kernels, VecDot4Packed, QK,
+    blocks, blocks_mut, BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1, Gemm4x4, GgmlType, Kernels,
+    VecDot4Packed, QK,
 };
 use super::Level;
 
@@ -155,17 +155,10 @@ pub(super) fn overlay(level: Level, t: GgmlType, k: &mut Kernels) {
     }
     let packed = rows4_avx2::for_type(level, t);
     k.packed_4rows = packed.map(|p| p.0);
-    let tiles = match t {
-        T::Q4_0 => q4_0_tile_avx2(level),
-        T::Q8_0 => q8_0_tile_avx2(level),
-        _ => None,
-    };
-    k.gemm_4x4 = tiles.map(|t| t.0);
-    // Packed weights only where the packed decode kernel exists too (`quant::pack`).
-    if let Some((_, own)) = packed {
-        k.packed_4x4 = own.or(tiles.map(|t| t.1));
-    }
+    k.packed_4x4 = packed.and_then(|p| p.1);
     match t {
+        T::Q4_0 => k.gemm_4x4 = q4_0_tile_avx2(level),
+        T::Q8_0 => k.gemm_4x4 = q8_0_tile_avx2(level),
         T::F32 if wide => k.gemm_4x4 = Some(f32_tile_avx512),
         T::F16 if wide => k.gemm_4x4 = Some(f16_tile_avx512),
         T::BF16 if wide => k.gemm_4x4 = Some(bf16_tile_avx512),
@@ -872,33 +865,27 @@ unsafe fn avx2_tile<W, const VNNI: bool>(
 
 macro_rules! avx2_tiles {
     ($name:ident, $wt:ty, $wblock:expr) => {
-        /// The tile for four weight rows, and the one for a packed group of four.
-        fn $name(level: Level) -> Option<(Gemm4x4, Gemm4x4Packed)> {
+        fn $name(level: Level) -> Option<Gemm4x4> {
             #[target_feature(enable = "avx2,fma,f16c")]
-            unsafe fn plain(w: impl Rows4<$wt>, a: [&[BlockQ8_0]; 4]) -> [[f32; 4]; 4] {
+            unsafe fn plain(w: [&[$wt]; 4], a: [&[BlockQ8_0]; 4]) -> [[f32; 4]; 4] {
                 avx2_tile::<_, false>(w, a, $wblock)
             }
             #[target_feature(enable = "avx2,fma,f16c,avxvnni")]
-            unsafe fn vnni(w: impl Rows4<$wt>, a: [&[BlockQ8_0]; 4]) -> [[f32; 4]; 4] {
+            unsafe fn vnni(w: [&[$wt]; 4], a: [&[BlockQ8_0]; 4]) -> [[f32; 4]; 4] {
                 avx2_tile::<_, true>(w, a, $wblock)
             }
-            // SAFETY (all four): installed only for the levels named in `match level`
-            // below, after `supported` detected their features.
-            fn plain_rows(w: &[&[u8]; 4], a: &[&[u8]; 4]) -> [[f32; 4]; 4] {
+            fn plain_entry(w: &[&[u8]; 4], a: &[&[u8]; 4]) -> [[f32; 4]; 4] {
+                // SAFETY: installed only for levels with AVX2, FMA and F16C, after
+                // `supported` detected them.
                 unsafe { plain(w.map(blocks::<$wt>), a.map(blocks::<BlockQ8_0>)) }
             }
-            fn vnni_rows(w: &[&[u8]; 4], a: &[&[u8]; 4]) -> [[f32; 4]; 4] {
+            fn vnni_entry(w: &[&[u8]; 4], a: &[&[u8]; 4]) -> [[f32; 4]; 4] {
+                // SAFETY: installed only for AvxVnni, after `supported` detected it.
                 unsafe { vnni(w.map(blocks::<$wt>), a.map(blocks::<BlockQ8_0>)) }
             }
-            fn plain_packed(w: &[u8], a: &[&[u8]; 4]) -> [[f32; 4]; 4] {
-                unsafe { plain(Packed(blocks::<$wt>(w)), a.map(blocks::<BlockQ8_0>)) }
-            }
-            fn vnni_packed(w: &[u8], a: &[&[u8]; 4]) -> [[f32; 4]; 4] {
-                unsafe { vnni(Packed(blocks::<$wt>(w)), a.map(blocks::<BlockQ8_0>)) }
-            }
             match level {
-                Level::Avx2 | Level::Avx512 => Some((plain_rows, plain_packed)),
-                Level::AvxVnni => Some((vnni_rows, vnni_packed)),
+                Level::Avx2 | Level::Avx512 => Some(plain_entry),
+                Level::AvxVnni => Some(vnni_entry),
                 _ => None,
             }
         }

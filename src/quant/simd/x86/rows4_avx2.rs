@@ -14,10 +14,8 @@
 
 use std::arch::x86_64::*;
 
-use super::{
-    bits, dot_ss_256, dot_us_256, hsum_ps, nibbles_256, Level, Packed, Rows4, VecDot4Packed,
-};
-use crate::quant::pack::BlockQ4_0x4;
+use super::{bits, dot_us_256, hsum_ps, nibbles_256, Level, Packed, Rows4, VecDot4Packed};
+use crate::quant::pack::{BlockQ4_0x4, BlockQ8_0x4};
 use crate::quant::{blocks, BlockQ4_1, BlockQ8_0, BlockQ8_1, Gemm4x4Packed};
 
 /// Four f16 values in one word, for one conversion.
@@ -26,96 +24,58 @@ fn pack4(h: [[u8; 2]; 4]) -> i64 {
     (bits(h[0]) | bits(h[1]) << 16 | bits(h[2]) << 32 | bits(h[3]) << 48) as i64
 }
 
-/// `prep` loads an activation block once, with any term the weights need; `block` gives
-/// one weight block's eight i32 sums against it; `wd` and `ad` are the f16 scales.
+/// A packed group's block against `T` activation rows, `out[t][r]`, for the layouts
+/// whose 32-byte runs hold eight elements of each of the four rows side by side
+/// (`BlockQ4_0x4`, `BlockQ8_0x4`). `unpack` gives a block's four runs as signed bytes and
+/// the four rows' f16 scales; run `k` meets activation bytes `offsets[k]..+8`, broadcast to
+/// the four rows' lanes. The vector's lane pairs are then the four rows, so a block costs
+/// one conversion and one multiply-add per activation row for all four weight rows. With
+/// `NARROW` (weights in -8..=7) the rounds add up in i16 before one widening: at most
+/// 4 * 2 * 8 * 127.
 #[inline(always)]
-unsafe fn rows4<W, A, P: Copy>(
-    w: impl Rows4<W>,
-    a: &[A],
-    wd: impl Fn(&W) -> [u8; 2],
-    ad: impl Fn(&A) -> [u8; 2],
-    prep: impl Fn(&A) -> P,
-    block: impl Fn(&W, P) -> __m256i,
-) -> [f32; 4] {
-    w.check(a.len());
-    let mut acc = [_mm256_setzero_ps(); 4];
-    for (i, ab) in a.iter().enumerate() {
-        let p = prep(ab);
-        // SAFETY: `check` accepted `a.len()` blocks per row.
-        let wb = [0, 1, 2, 3].map(|r| unsafe { w.get(r, i) });
-        // Each product d_w * d_a rounds once, as in the one-row kernels.
-        let dw = _mm_cvtph_ps(_mm_cvtsi64_si128(pack4(wb.map(&wd))));
-        let da = _mm_cvtph_ps(_mm_set1_epi16(i16::from_le_bytes(ad(ab))));
-        let d = _mm256_castps128_ps256(_mm_mul_ps(dw, da));
-        for r in 0..4 {
-            let s = _mm256_cvtepi32_ps(block(wb[r], p));
-            let dr = _mm256_permutevar8x32_ps(d, _mm256_set1_epi32(r as i32));
-            acc[r] = _mm256_fmadd_ps(dr, s, acc[r]);
-        }
-    }
-    let mut out = [0f32; 4];
-    for r in 0..4 {
-        out[r] = hsum_ps(acc[r]);
-    }
-    out
-}
-
-/// Packed Q4_0 (`BlockQ4_0x4`) against `T` activation rows: `out[t][r]`. Per block, the
-/// weights are unpacked once (nibbles, -8, and their absolute values for the sign trick)
-/// and each activation row meets them in four rounds of eight elements per row, its bytes
-/// broadcast to the four rows' lanes. The four rounds' i16 sums add up before one
-/// widening, and the vector's lane pairs are the four rows, so a block costs one
-/// conversion and one multiply-add per activation row for all four weight rows.
-#[inline(always)]
-unsafe fn q4_0x4_body<const VNNI: bool, const T: usize>(
-    w: &[BlockQ4_0x4],
+unsafe fn lanes_body<W, const VNNI: bool, const NARROW: bool, const T: usize>(
+    w: &[W],
     a: [&[BlockQ8_0]; T],
+    offsets: [usize; 4],
+    unpack: impl Fn(&W) -> ([__m256i; 4], &[[u8; 2]; 4]),
 ) -> [[f32; 4]; T] {
     assert!(
         a.iter().all(|a| a.len() == w.len()),
         "rows of unequal length"
     );
-    let lo4 = _mm256_set1_epi8(0x0f);
-    let eight = _mm256_set1_epi8(8);
     // Lanes 2r and 2r + 1 take row r's scale.
     let spread = _mm256_set_epi32(3, 3, 2, 2, 1, 1, 0, 0);
     let mut acc = [_mm256_setzero_ps(); T];
     for (i, wb) in w.iter().enumerate() {
-        let d4 = _mm_cvtph_ps(_mm_loadl_epi64(wb.d.as_ptr().cast()));
+        let (x, d) = unpack(wb);
+        let d4 = _mm_cvtph_ps(_mm_loadl_epi64(d.as_ptr().cast()));
         let dw = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(d4), spread);
-        let qa = _mm256_loadu_si256(wb.qs.as_ptr().cast());
-        let qb = _mm256_loadu_si256(wb.qs.as_ptr().add(32).cast());
-        // Rounds: elements 0..8, 16..24, 8..16, 24..32 of each row.
-        let x = [
-            _mm256_and_si256(qa, lo4),
-            _mm256_and_si256(_mm256_srli_epi16::<4>(qa), lo4),
-            _mm256_and_si256(qb, lo4),
-            _mm256_and_si256(_mm256_srli_epi16::<4>(qb), lo4),
-        ]
-        .map(|q| _mm256_sub_epi8(q, eight));
         let ax = x.map(|x| _mm256_abs_epi8(x));
         for t in 0..T {
             let ab = &a[t][i];
-            let y = |off: usize| {
-                _mm256_set1_epi64x(std::ptr::read_unaligned(
-                    ab.qs.as_ptr().add(off).cast::<i64>(),
-                ))
+            let y = |k: usize| {
+                let p = ab.qs.as_ptr().add(offsets[k]).cast::<i64>();
+                _mm256_sign_epi8(_mm256_set1_epi64x(std::ptr::read_unaligned(p)), x[k])
             };
-            let ys = [y(0), y(16), y(8), y(24)];
             let s = if VNNI {
                 let mut s = _mm256_setzero_si256();
-                for k in 0..4 {
-                    s = _mm256_dpbusd_avx_epi32(s, ax[k], _mm256_sign_epi8(ys[k], x[k]));
+                for (k, ax) in ax.iter().enumerate() {
+                    s = _mm256_dpbusd_avx_epi32(s, *ax, y(k));
                 }
                 s
-            } else {
-                // |pair sums| <= 2 * 8 * 127 per round, 8128 over four: no saturation.
-                let mut p = _mm256_maddubs_epi16(ax[0], _mm256_sign_epi8(ys[0], x[0]));
-                for k in 1..4 {
-                    let pk = _mm256_maddubs_epi16(ax[k], _mm256_sign_epi8(ys[k], x[k]));
-                    p = _mm256_add_epi16(p, pk);
+            } else if NARROW {
+                let mut p = _mm256_maddubs_epi16(ax[0], y(0));
+                for (k, ax) in ax.iter().enumerate().skip(1) {
+                    p = _mm256_add_epi16(p, _mm256_maddubs_epi16(*ax, y(k)));
                 }
                 _mm256_madd_epi16(p, _mm256_set1_epi16(1))
+            } else {
+                let mut s = _mm256_setzero_si256();
+                for (k, ax) in ax.iter().enumerate() {
+                    let p = _mm256_maddubs_epi16(*ax, y(k));
+                    s = _mm256_add_epi32(s, _mm256_madd_epi16(p, _mm256_set1_epi16(1)));
+                }
+                s
             };
             let da = _mm256_cvtph_ps(_mm_set1_epi16(i16::from_le_bytes(ab.d)));
             acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(dw, da), _mm256_cvtepi32_ps(s), acc[t]);
@@ -132,51 +92,78 @@ unsafe fn q4_0x4_body<const VNNI: bool, const T: usize>(
     out
 }
 
-/// Packed Q4_0 kernels at `level`: decode, and prefill's tile.
-fn q4_0x4(level: Level) -> Option<(VecDot4Packed, Gemm4x4Packed)> {
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn plain<const T: usize>(w: &[BlockQ4_0x4], a: [&[BlockQ8_0]; T]) -> [[f32; 4]; T] {
-        q4_0x4_body::<false, T>(w, a)
-    }
-    #[target_feature(enable = "avx2,fma,f16c,avxvnni")]
-    unsafe fn vnni<const T: usize>(w: &[BlockQ4_0x4], a: [&[BlockQ8_0]; T]) -> [[f32; 4]; T] {
-        q4_0x4_body::<true, T>(w, a)
-    }
-    // SAFETY (all four): installed only for the level named in `match level` below,
-    // after `supported` detected its features.
-    fn plain_dec(w: &[u8], a: &[u8]) -> [f32; 4] {
-        unsafe { plain::<1>(blocks(w), [blocks(a)])[0] }
-    }
-    fn vnni_dec(w: &[u8], a: &[u8]) -> [f32; 4] {
-        unsafe { vnni::<1>(blocks(w), [blocks(a)])[0] }
-    }
-    fn plain_tile(w: &[u8], a: &[&[u8]; 4]) -> [[f32; 4]; 4] {
-        transpose(unsafe { plain::<4>(blocks(w), a.map(blocks::<BlockQ8_0>)) })
-    }
-    fn vnni_tile(w: &[u8], a: &[&[u8]; 4]) -> [[f32; 4]; 4] {
-        transpose(unsafe { vnni::<4>(blocks(w), a.map(blocks::<BlockQ8_0>)) })
-    }
-    match level {
-        Level::Avx2 => Some((plain_dec, plain_tile)),
-        Level::AvxVnni => Some((vnni_dec, vnni_tile)),
-        _ => None,
-    }
-}
-
-fn transpose(m: [[f32; 4]; 4]) -> [[f32; 4]; 4] {
-    std::array::from_fn(|r| std::array::from_fn(|t| m[t][r]))
+/// Q4_0's runs: low nibbles are elements 0..8 and 8..16, high ones 16..24 and 24..32.
+#[inline(always)]
+unsafe fn q4_0x4_body<const VNNI: bool, const T: usize>(
+    w: &[BlockQ4_0x4],
+    a: [&[BlockQ8_0]; T],
+) -> [[f32; 4]; T] {
+    lanes_body::<_, VNNI, true, T>(w, a, [0, 16, 8, 24], |wb| {
+        let lo4 = _mm256_set1_epi8(0x0f);
+        let qa = _mm256_loadu_si256(wb.qs.as_ptr().cast());
+        let qb = _mm256_loadu_si256(wb.qs.as_ptr().add(32).cast());
+        let x = [
+            _mm256_and_si256(qa, lo4),
+            _mm256_and_si256(_mm256_srli_epi16::<4>(qa), lo4),
+            _mm256_and_si256(qb, lo4),
+            _mm256_and_si256(_mm256_srli_epi16::<4>(qb), lo4),
+        ]
+        .map(|q| _mm256_sub_epi8(q, _mm256_set1_epi8(8)));
+        (x, &wb.d)
+    })
 }
 
 #[inline(always)]
-unsafe fn q8_0_body<const VNNI: bool>(w: impl Rows4<BlockQ8_0>, a: &[BlockQ8_0]) -> [f32; 4] {
-    rows4(
-        w,
-        a,
-        |b| b.d,
-        |b| b.d,
-        |ab| _mm256_loadu_si256(ab.qs.as_ptr().cast()),
-        |wb, y| dot_ss_256::<VNNI>(_mm256_loadu_si256(wb.qs.as_ptr().cast()), y),
-    )
+unsafe fn q8_0x4_body<const VNNI: bool, const T: usize>(
+    w: &[BlockQ8_0x4],
+    a: [&[BlockQ8_0]; T],
+) -> [[f32; 4]; T] {
+    lanes_body::<_, VNNI, false, T>(w, a, [0, 8, 16, 24], |wb| {
+        let x = [0, 1, 2, 3].map(|k| _mm256_loadu_si256(wb.qs.as_ptr().add(32 * k).cast()));
+        (x, &wb.d)
+    })
+}
+
+macro_rules! lanes_entries {
+    ($pick:ident, $body:ident, $wt:ty) => {
+        /// Packed kernels at `level`: decode, and prefill's tile.
+        fn $pick(level: Level) -> Option<(VecDot4Packed, Gemm4x4Packed)> {
+            #[target_feature(enable = "avx2,fma,f16c")]
+            unsafe fn plain<const T: usize>(w: &[$wt], a: [&[BlockQ8_0]; T]) -> [[f32; 4]; T] {
+                $body::<false, T>(w, a)
+            }
+            #[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+            unsafe fn vnni<const T: usize>(w: &[$wt], a: [&[BlockQ8_0]; T]) -> [[f32; 4]; T] {
+                $body::<true, T>(w, a)
+            }
+            // SAFETY (all four): installed only for the level named in `match level`
+            // below, after `supported` detected its features.
+            fn plain_dec(w: &[u8], a: &[u8]) -> [f32; 4] {
+                unsafe { plain::<1>(blocks(w), [blocks(a)])[0] }
+            }
+            fn vnni_dec(w: &[u8], a: &[u8]) -> [f32; 4] {
+                unsafe { vnni::<1>(blocks(w), [blocks(a)])[0] }
+            }
+            fn plain_tile(w: &[u8], a: &[&[u8]; 4]) -> [[f32; 4]; 4] {
+                transpose(unsafe { plain::<4>(blocks(w), a.map(blocks::<BlockQ8_0>)) })
+            }
+            fn vnni_tile(w: &[u8], a: &[&[u8]; 4]) -> [[f32; 4]; 4] {
+                transpose(unsafe { vnni::<4>(blocks(w), a.map(blocks::<BlockQ8_0>)) })
+            }
+            match level {
+                Level::Avx2 => Some((plain_dec, plain_tile)),
+                Level::AvxVnni => Some((vnni_dec, vnni_tile)),
+                _ => None,
+            }
+        }
+    };
+}
+
+lanes_entries!(q4_0x4, q4_0x4_body, BlockQ4_0x4);
+lanes_entries!(q8_0x4, q8_0x4_body, BlockQ8_0x4);
+
+fn transpose(m: [[f32; 4]; 4]) -> [[f32; 4]; 4] {
+    std::array::from_fn(|r| std::array::from_fn(|t| m[t][r]))
 }
 
 /// Q4_1 adds `m_w * s_a` per block: the four rows' minimums take one conversion with
@@ -242,7 +229,6 @@ macro_rules! rows4_entries {
     };
 }
 
-rows4_entries!(q8_0, q8_0_body, BlockQ8_0, BlockQ8_0);
 rows4_entries!(q4_1, q4_1_body, BlockQ4_1, BlockQ8_1);
 
 /// The packed decode kernel of `t` at `level`, if these cover it, and the packed tile
@@ -255,7 +241,7 @@ pub(super) fn for_type(
     let no_tile = |f: Option<VecDot4Packed>| f.map(|f| (f, None));
     match t {
         T::Q4_0 => q4_0x4(level).map(|(d, g)| (d, Some(g))),
-        T::Q8_0 => no_tile(q8_0(level)),
+        T::Q8_0 => q8_0x4(level).map(|(d, g)| (d, Some(g))),
         T::Q4_1 => no_tile(q4_1(level)),
         _ => None,
     }
