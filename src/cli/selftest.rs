@@ -603,9 +603,19 @@ mod gpu {
                 let dx = upload(g, &x)?;
                 let base = rng.vec(nb * rows);
                 let mut want_set = base.clone();
-                cpu.matmul(&x, nb, &[&tensor], &mut [&mut want_set])?;
+                cpu.matmul(
+                    &x,
+                    nb,
+                    &[&<Cpu as Backend>::weight(cpu, tensor)?],
+                    &mut [&mut want_set],
+                )?;
                 let mut want_add = base.clone();
-                cpu.matmul_add(&x, nb, &tensor, &mut want_add)?;
+                cpu.matmul_add(
+                    &x,
+                    nb,
+                    &<Cpu as Backend>::weight(cpu, tensor)?,
+                    &mut want_add,
+                )?;
                 // Up to 16 rows every matrix-vector kernel (set_matvec_variant), above the
                 // tensor-core kernels (set_gemm_variant).
                 let variants: &[i32] = match nb {
@@ -745,10 +755,21 @@ mod gpu {
             g.matmul(&dxb, rows, &ws, &mut outs)?;
         }
         let mut xb = vec![0f32; rows * dim];
-        cpu.rmsnorm(&x, &norm_t, 1e-5, rows, &mut xb)?;
+        cpu.rmsnorm(
+            &x,
+            &<Cpu as Backend>::weight(cpu, norm_t)?,
+            1e-5,
+            rows,
+            &mut xb,
+        )?;
         for ((t, d), &(ty, n)) in tensors.iter().zip(&douts).zip(&shapes) {
             let mut want = vec![f32::NAN; rows * n];
-            cpu.matmul(&xb, rows, &[t], &mut [&mut want])?;
+            cpu.matmul(
+                &xb,
+                rows,
+                &[&<Cpu as Backend>::weight(cpu, *t)?],
+                &mut [&mut want],
+            )?;
             r.check(
                 &format!("int8 rmsnorm then matmul {ty} {n}x{dim} of 3"),
                 &download(g, d, rows * n)?,
@@ -773,7 +794,7 @@ mod gpu {
         let mut hg = gate.clone();
         cpu.swiglu(&mut hg, &up, rows * ffn)?;
         let mut want = base.clone();
-        cpu.matmul_add(&hg, rows, &down, &mut want)?;
+        cpu.matmul_add(&hg, rows, &<Cpu as Backend>::weight(cpu, down)?, &mut want)?;
         r.check(
             "int8 swiglu then matmul_add Q4_0",
             &download(g, &dy, rows * dim)?,
@@ -836,7 +857,12 @@ mod gpu {
                 g.poison(&mut dy)?;
                 g.matmul(&dx, nb, &[&dw], &mut [&mut dy])?;
                 let mut want = vec![f32::NAN; nb * rows];
-                cpu.matmul(&x, nb, &[&tensor], &mut [&mut want])?;
+                cpu.matmul(
+                    &x,
+                    nb,
+                    &[&<Cpu as Backend>::weight(cpu, tensor)?],
+                    &mut [&mut want],
+                )?;
                 let mag = term_magnitudes(t, &q, &x, (nb, rows, cols));
                 r.check_scaled(
                     &format!("matmul {t} {rows}x{cols} batch {nb}"),
@@ -850,7 +876,7 @@ mod gpu {
                 let mut dy = upload(g, &base)?;
                 g.matmul_add(&dx, nb, &dw, &mut dy)?;
                 let mut want = base.clone();
-                cpu.matmul_add(&x, nb, &tensor, &mut want)?;
+                cpu.matmul_add(&x, nb, &<Cpu as Backend>::weight(cpu, tensor)?, &mut want)?;
                 let mag: Vec<f32> = mag.iter().zip(&base).map(|(m, b)| m + b.abs()).collect();
                 r.check_scaled(
                     &format!("matmul_add {t} {rows}x{cols} batch {nb}"),
@@ -876,7 +902,7 @@ mod gpu {
             g.begin_forward(&tokens, 0)?;
             g.embed(&dt, &tokens, &mut dx)?;
             let mut want = vec![f32::NAN; tokens.len() * dim];
-            cpu.embed(&tensor, &tokens, &mut want)?;
+            cpu.embed(&<Cpu as Backend>::weight(cpu, tensor)?, &tokens, &mut want)?;
             r.check(
                 &format!("embed {t}"),
                 &download(g, &dx, want.len())?,
@@ -902,7 +928,13 @@ mod gpu {
             g.poison(&mut dout)?;
             g.rmsnorm(&dx, &dw, 1e-5, rows, &mut dout)?;
             let mut want = vec![f32::NAN; rows * cols];
-            cpu.rmsnorm(&x, &tensor, 1e-5, rows, &mut want)?;
+            cpu.rmsnorm(
+                &x,
+                &<Cpu as Backend>::weight(cpu, tensor)?,
+                1e-5,
+                rows,
+                &mut want,
+            )?;
             r.check(
                 &format!("rmsnorm {rows}x{cols}"),
                 &download(g, &dout, want.len())?,
