@@ -51,7 +51,7 @@ pub struct Cpu {
     pool: ThreadPool,
     precision: Precision,
     /// Software prefetch ahead of the weight rows. It helps where the kernels outrun the
-    /// hardware prefetcher (AVX-512 on Zen 4: SmolLM2 decode 126 -> 165 tok/s) and hurts
+    /// hardware prefetcher (AVX-512 on the Sapphire Rapids VM: SmolLM2 decode 126 -> 165) and hurts
     /// where they do not (AVX2 on Zen 3: tinyllama Q4_K_M 18.1 -> 15.8), so it follows
     /// the kernel level.
     prefetch: bool,
