@@ -51,9 +51,9 @@ pub struct Cpu {
     pool: ThreadPool,
     precision: Precision,
     /// Software prefetch ahead of the weight rows. It helps where the kernels outrun the
-    /// hardware prefetcher (AVX-512 on the Sapphire Rapids VM: SmolLM2 decode 126 -> 165) and hurts
-    /// where they do not (AVX2 on Zen 3: tinyllama Q4_K_M 18.1 -> 15.8), so it follows
-    /// the kernel level.
+    /// hardware prefetcher (AVX-512 on the Sapphire Rapids VM: SmolLM2 decode 126 -> 165
+    /// tok/s) and hurts where they do not (AVX2 on Zen 3: tinyllama Q4_K_M 18.1 -> 15.8),
+    /// so it follows the kernel level.
     prefetch: bool,
     /// Activations converted for the last matmul's weight type.
     dot: RefCell<DotInput>,
