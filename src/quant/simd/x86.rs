@@ -160,6 +160,7 @@ pub(super) fn overlay(level: Level, t: GgmlType, k: &mut Kernels) {
         T::Q4_0 => k.gemm_4x4 = q4_0_tile_avx2(level),
         T::Q8_0 => k.gemm_4x4 = q8_0_tile_avx2(level),
         T::F32 if wide => k.gemm_4x4 = Some(f32_tile_avx512),
+        T::F32 => k.gemm_4x4 = Some(f32_tile_avx2),
         T::F16 if wide => k.gemm_4x4 = Some(f16_tile_avx512),
         T::BF16 if wide => k.gemm_4x4 = Some(bf16_tile_avx512),
         _ => {}
@@ -1044,6 +1045,57 @@ float_tile!(
     2,
     load_bf16_masked
 );
+/// Lane `k`: the sum of the lanes of `v[k]`.
+#[inline(always)]
+unsafe fn sums8(v: [__m256; 8]) -> __m256 {
+    let t = [0, 2, 4, 6].map(|k| _mm256_hadd_ps(v[k], v[k + 1]));
+    let u0 = _mm256_hadd_ps(t[0], t[1]);
+    let u1 = _mm256_hadd_ps(t[2], t[3]);
+    _mm256_add_ps(
+        _mm256_permute2f128_ps::<0x20>(u0, u1),
+        _mm256_permute2f128_ps::<0x31>(u0, u1),
+    )
+}
+
+/// The F32 tile on 256-bit vectors, two weight rows at a time so the eight accumulators,
+/// four activation vectors and the weight vector fit the sixteen registers; the last
+/// partial vector through masked loads.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn avx2_f32_tile(w: &[&[u8]; 4], a: &[&[u8]; 4]) -> [[f32; 4]; 4] {
+    let n = w.iter().chain(a).map(|r| r.len()).min().unwrap_or(0) / 4;
+    let (wp, ap) = (
+        w.map(|r| r.as_ptr().cast::<f32>()),
+        a.map(|r| r.as_ptr().cast::<f32>()),
+    );
+    let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    let mut out = [[0f32; 4]; 4];
+    for half in 0..2 {
+        let mut acc = [_mm256_setzero_ps(); 8];
+        let mut i = 0;
+        while i < n {
+            let k = _mm256_cmpgt_epi32(_mm256_set1_epi32((n - i).min(8) as i32), lane);
+            let mut x = [_mm256_setzero_ps(); 4];
+            for (x, p) in x.iter_mut().zip(ap) {
+                *x = _mm256_maskload_ps(p.add(i), k);
+            }
+            for r in 0..2 {
+                let wv = _mm256_maskload_ps(wp[2 * half + r].add(i), k);
+                for t in 0..4 {
+                    acc[4 * r + t] = _mm256_fmadd_ps(wv, x[t], acc[4 * r + t]);
+                }
+            }
+            i += 8;
+        }
+        let mut s = [0f32; 8];
+        _mm256_storeu_ps(s.as_mut_ptr(), sums8(acc));
+        for (k, v) in s.iter().enumerate() {
+            out[2 * half + k / 4][k % 4] = *v;
+        }
+    }
+    out
+}
+
+entry!(f32_tile_avx2: (w: &[&[u8]; 4], a: &[&[u8]; 4]) -> [[f32; 4]; 4] = avx2_f32_tile(w, a));
 entry!(f32_tile_avx512: (w: &[&[u8]; 4], a: &[&[u8]; 4]) -> [[f32; 4]; 4] = avx512_f32_tile(w, a));
 entry!(f16_tile_avx512: (w: &[&[u8]; 4], a: &[&[u8]; 4]) -> [[f32; 4]; 4] = avx512_f16_tile(w, a));
 entry!(bf16_tile_avx512: (w: &[&[u8]; 4], a: &[&[u8]; 4]) -> [[f32; 4]; 4] = avx512_bf16_tile(w, a));

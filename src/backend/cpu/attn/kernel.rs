@@ -19,7 +19,8 @@ pub const TILE: usize = 64;
 pub enum Isa {
     /// Heads of a multiple of 8 values on an AVX-512 CPU (a last half vector is masked).
     Avx512,
-    /// The portable loops, compiled for AVX2 and FMA.
+    /// AVX2 and FMA: explicit 256-bit loops for heads of a multiple of 8 values, else the
+    /// portable loops compiled for these features.
     Avx2,
     Portable,
 }
@@ -75,6 +76,16 @@ pub fn tile(isa: Isa, qs: Queries, kt: &[f32], v: &[f32], hd: usize, mask: u64, 
                 3 => avx512::tile::<3>(qs, kt, v, hd, mask, p),
                 2 => avx512::tile::<2>(qs, kt, v, hd, mask, p),
                 _ => avx512::tile::<1>(qs, kt, v, hd, mask, p),
+            }
+        },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Isa::detect` found AVX2 and FMA; the lengths were checked above.
+        Isa::Avx2 if hd.is_multiple_of(8) => unsafe {
+            match nq {
+                4 => avx2::tile::<4>(qs, kt, v, hd, mask, p),
+                3 => avx2::tile::<3>(qs, kt, v, hd, mask, p),
+                2 => avx2::tile::<2>(qs, kt, v, hd, mask, p),
+                _ => avx2::tile::<1>(qs, kt, v, hd, mask, p),
             }
         },
         #[cfg(target_arch = "x86_64")]
@@ -156,6 +167,143 @@ fn portable(qs: Queries, kt: &[f32], v: &[f32], hd: usize, mask: u64, p: &mut [f
             let pij = p[i * TILE + j];
             for (a, &x) in qs.acc[i * hd..(i + 1) * hd].iter_mut().zip(vj) {
                 *a = pij.mul_add(x, *a);
+            }
+        }
+    }
+}
+
+/// The AVX-512 kernel's steps on 256-bit vectors, for CPUs without AVX-512. Left to the
+/// compiler, the portable loops ran `exp2` one value at a time and the weighted sum four
+/// lanes wide (stories260K prefill on Zen 3: 7,700 tok/s, half in attention).
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    use super::{Queries, C, TILE};
+
+    /// `exp2` of eight values, the scalar function's steps.
+    #[inline(always)]
+    unsafe fn exp2(x: __m256) -> __m256 {
+        let x = _mm256_max_ps(x, _mm256_set1_ps(-127.0));
+        let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(x);
+        let f = _mm256_sub_ps(x, n);
+        let mut y = _mm256_set1_ps(C[7]);
+        for c in C[..7].iter().rev() {
+            y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(*c));
+        }
+        let e = _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127));
+        _mm256_mul_ps(y, _mm256_castsi256_ps(_mm256_slli_epi32::<23>(e)))
+    }
+
+    /// All ones in lane `l` where bit `l` of `bits` is set.
+    #[inline(always)]
+    unsafe fn lane_mask(bits: u8) -> __m256 {
+        let sel = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+        let b = _mm256_and_si256(_mm256_set1_epi32(bits as i32), sel);
+        _mm256_castsi256_ps(_mm256_cmpeq_epi32(b, sel))
+    }
+
+    #[inline(always)]
+    unsafe fn reduce(v: __m256, f: impl Fn(__m128, __m128) -> __m128) -> f32 {
+        let x = f(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+        let x = f(x, _mm_movehl_ps(x, x));
+        _mm_cvtss_f32(f(x, _mm_movehdup_ps(x)))
+    }
+
+    /// # Safety
+    /// AVX2 and FMA, `hd` a multiple of 8, and the lengths `super::tile` checks.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn tile<const NQ: usize>(
+        qs: Queries,
+        kt: &[f32],
+        v: &[f32],
+        hd: usize,
+        mask: u64,
+        p: &mut [f32],
+    ) {
+        let (q, kt, v, p) = (qs.q.as_ptr(), kt.as_ptr(), v.as_ptr(), p.as_mut_ptr());
+        let acc = qs.acc.as_mut_ptr();
+        let lanes = |c: usize| lane_mask((mask >> (8 * c)) as u8);
+        for i in 0..NQ {
+            // Scores: the tile's 64 positions in eight registers, one query at a time.
+            let mut s = [_mm256_setzero_ps(); 8];
+            for d in 0..hd {
+                let k = kt.add(d * TILE);
+                let qd = _mm256_set1_ps(*q.add(i * hd + d));
+                for (c, s) in s.iter_mut().enumerate() {
+                    *s = _mm256_fmadd_ps(qd, _mm256_loadu_ps(k.add(8 * c)), *s);
+                }
+            }
+            let mut top = _mm256_set1_ps(f32::NEG_INFINITY);
+            for (c, &s) in s.iter().enumerate() {
+                top = _mm256_max_ps(top, _mm256_blendv_ps(top, s, lanes(c)));
+            }
+            let m = qs.m[i].max(reduce(top, |a, b| _mm_max_ps(a, b)));
+            let alpha = super::exp2(qs.m[i] - m);
+            let mv = _mm256_set1_ps(m);
+            let mut sum = _mm256_setzero_ps();
+            for (c, &s) in s.iter().enumerate() {
+                let e = _mm256_and_ps(exp2(_mm256_sub_ps(s, mv)), lanes(c));
+                _mm256_storeu_ps(p.add(i * TILE + 8 * c), e);
+                sum = _mm256_add_ps(sum, e);
+            }
+            qs.l[i] = qs.l[i] * alpha + reduce(sum, |a, b| _mm_add_ps(a, b));
+            qs.m[i] = m;
+            if alpha != 1.0 {
+                let a = _mm256_set1_ps(alpha);
+                for d in (0..hd).step_by(8) {
+                    let x = acc.add(i * hd + d);
+                    _mm256_storeu_ps(x, _mm256_mul_ps(_mm256_loadu_ps(x), a));
+                }
+            }
+        }
+        let (lo, hi) = (
+            mask.trailing_zeros() as usize,
+            TILE - mask.leading_zeros() as usize,
+        );
+        let mut d = 0;
+        while d + 16 <= hd {
+            pv::<NQ, 2>(acc, p, v, hd, d, lo, hi);
+            d += 16;
+        }
+        if d < hd {
+            pv::<NQ, 1>(acc, p, v, hd, d, lo, hi);
+        }
+    }
+
+    /// `acc[i][d0..d0 + 8 W] += p[i][j] * v[j][d0..]` for `j` in `lo..hi`, in registers.
+    #[inline(always)]
+    unsafe fn pv<const NQ: usize, const W: usize>(
+        acc: *mut f32,
+        p: *const f32,
+        v: *const f32,
+        hd: usize,
+        d0: usize,
+        lo: usize,
+        hi: usize,
+    ) {
+        let mut a = [[_mm256_setzero_ps(); W]; NQ];
+        for (i, a) in a.iter_mut().enumerate() {
+            for (w, a) in a.iter_mut().enumerate() {
+                *a = _mm256_loadu_ps(acc.add(i * hd + d0 + 8 * w));
+            }
+        }
+        for j in lo..hi {
+            let row = v.add(j * hd + d0);
+            let mut x = [_mm256_setzero_ps(); W];
+            for (w, x) in x.iter_mut().enumerate() {
+                *x = _mm256_loadu_ps(row.add(8 * w));
+            }
+            for (i, a) in a.iter_mut().enumerate() {
+                let pij = _mm256_set1_ps(*p.add(i * TILE + j));
+                for w in 0..W {
+                    a[w] = _mm256_fmadd_ps(pij, x[w], a[w]);
+                }
+            }
+        }
+        for (i, a) in a.iter().enumerate() {
+            for (w, a) in a.iter().enumerate() {
+                _mm256_storeu_ps(acc.add(i * hd + d0 + 8 * w), *a);
             }
         }
     }
