@@ -64,6 +64,21 @@ impl<W> Rows4<W> for Packed<'_, W> {
     }
 }
 
+/// `out[t][r]`: the sum of lanes `2r` and `2r + 1` of `acc[t]`, where the packed kernels
+/// leave four rows' sums a lane pair each.
+#[inline(always)]
+unsafe fn lane_pairs<const T: usize>(acc: [__m256; T]) -> [[f32; 4]; T] {
+    let mut out = [[0f32; 4]; T];
+    for (o, acc) in out.iter_mut().zip(acc) {
+        let mut v = [0f32; 8];
+        _mm256_storeu_ps(v.as_mut_ptr(), acc);
+        for (r, o) in o.iter_mut().enumerate() {
+            *o = v[2 * r] + v[2 * r + 1];
+        }
+    }
+    out
+}
+
 type Dot = fn(&[u8], &[u8]) -> f32;
 type Quantize = fn(&[f32], &mut [u8]);
 

@@ -14,7 +14,7 @@
 
 use std::arch::x86_64::*;
 
-use super::{bits, dot_ss_256, dot_us_256, hsum_ps, nibbles_256, scale_product, Dot};
+use super::{bits, dot_ss_256, dot_us_256, hsum_ps, lane_pairs, nibbles_256, scale_product, Dot};
 use crate::quant::pack::BlockQ4Kx4;
 use crate::quant::simd::Level;
 use crate::quant::{
@@ -974,15 +974,7 @@ unsafe fn q4_kx4_body<const T: usize>(w: &[BlockQ4Kx4], a: [&[BlockQ8K]; T]) -> 
             acc[t] = _mm256_fnmadd_ps(_mm256_mul_ps(dmin, da), _mm256_cvtepi32_ps(m), acc[t]);
         }
     }
-    let mut out = [[0f32; 4]; T];
-    for t in 0..T {
-        let mut v = [0f32; 8];
-        _mm256_storeu_ps(v.as_mut_ptr(), acc[t]);
-        for r in 0..4 {
-            out[t][r] = v[2 * r] + v[2 * r + 1];
-        }
-    }
-    out
+    lane_pairs(acc)
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]

@@ -14,7 +14,9 @@
 
 use std::arch::x86_64::*;
 
-use super::{bits, dot_us_256, hsum_ps, nibbles_256, Level, Packed, Rows4, VecDot4Packed};
+use super::{
+    bits, dot_us_256, hsum_ps, lane_pairs, nibbles_256, Level, Packed, Rows4, VecDot4Packed,
+};
 use crate::quant::pack::{BlockQ4_0x4, BlockQ8_0x4};
 use crate::quant::{blocks, BlockQ4_1, BlockQ8_0, BlockQ8_1, Gemm4x4Packed};
 
@@ -81,15 +83,7 @@ unsafe fn lanes_body<W, const VNNI: bool, const NARROW: bool, const T: usize>(
             acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(dw, da), _mm256_cvtepi32_ps(s), acc[t]);
         }
     }
-    let mut out = [[0f32; 4]; T];
-    for t in 0..T {
-        let mut v = [0f32; 8];
-        _mm256_storeu_ps(v.as_mut_ptr(), acc[t]);
-        for r in 0..4 {
-            out[t][r] = v[2 * r] + v[2 * r + 1];
-        }
-    }
-    out
+    lane_pairs(acc)
 }
 
 /// Q4_0's runs: low nibbles are elements 0..8 and 8..16, high ones 16..24 and 24..32.
