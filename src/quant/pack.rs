@@ -5,7 +5,7 @@
 //! the copy takes memory equal to the tensor's size, and the mapped pages it replaces are
 //! handed back to the kernel, so the resident total stays about the file's size.
 
-use super::kquants::scale_min_k4;
+use super::kquants::{pack_scale_min_k4, scale_min_k4};
 use super::{kernels, Block, BlockQ4K, BlockQ4_0, BlockQ8_0, GgmlType, Precision};
 
 /// Block `i` of four Q4_0 rows as the packed Q4_0 kernels read it: the four scales, then
@@ -62,9 +62,12 @@ const _: () = assert!(std::mem::size_of::<BlockQ4Kx4>() == 4 * 144 + 16);
 
 /// Four rows interleaved block by block, for the products of one weight matrix.
 pub struct Packed4 {
+    t: GgmlType,
     bytes: Vec<u8>,
     /// Bytes of one group of four rows.
     group_bytes: usize,
+    /// Bytes of one row in the file's layout.
+    row_bytes: usize,
 }
 
 impl Packed4 {
@@ -88,9 +91,70 @@ impl Packed4 {
         let bytes = layout(t, data, row_bytes);
         release(data);
         Some(Packed4 {
+            t,
             group_bytes: bytes.len() / (rows / 4),
             bytes,
+            row_bytes,
         })
+    }
+
+    /// Row `r` in the file's layout, rebuilt from the copy into `out` (`row_bytes` long):
+    /// for the lookups of a table that is also a product's matrix (tied embeddings), whose
+    /// mapped pages went back to the kernel.
+    pub fn unpack_row(&self, r: usize, out: &mut [u8]) {
+        let g = self.group(r / 4);
+        let k = r % 4;
+        let bb = self.t.block_bytes();
+        match self.t {
+            GgmlType::Q4_0 => {
+                for (o, b) in out
+                    .chunks_exact_mut(bb)
+                    .zip(g.chunks_exact(std::mem::size_of::<BlockQ4_0x4>()))
+                {
+                    o[..2].copy_from_slice(&b[2 * k..2 * k + 2]);
+                    o[2..10].copy_from_slice(&b[8 + 8 * k..16 + 8 * k]);
+                    o[10..18].copy_from_slice(&b[40 + 8 * k..48 + 8 * k]);
+                }
+            }
+            GgmlType::Q8_0 => {
+                for (o, b) in out
+                    .chunks_exact_mut(bb)
+                    .zip(g.chunks_exact(std::mem::size_of::<BlockQ8_0x4>()))
+                {
+                    o[..2].copy_from_slice(&b[2 * k..2 * k + 2]);
+                    for run in 0..4 {
+                        let at = 8 + 32 * run + 8 * k;
+                        o[2 + 8 * run..10 + 8 * run].copy_from_slice(&b[at..at + 8]);
+                    }
+                }
+            }
+            GgmlType::Q4_K => {
+                let blocks: &[BlockQ4Kx4] = super::blocks(g);
+                for (o, b) in out.chunks_exact_mut(bb).zip(blocks) {
+                    let ls: [u8; 8] = std::array::from_fn(|j| b.sc[4 * j + k]);
+                    let lm: [u8; 8] = std::array::from_fn(|j| b.mn[8 * k + j]);
+                    o[..2].copy_from_slice(&b.d[k]);
+                    o[2..4].copy_from_slice(&b.dmin[k]);
+                    o[4..16].copy_from_slice(&pack_scale_min_k4(&ls, &lm));
+                    for run in 0..16 {
+                        let at = (4 * run + k) * 8;
+                        o[16 + 8 * run..24 + 8 * run].copy_from_slice(&b.qs[at..at + 8]);
+                    }
+                }
+            }
+            _ => {
+                for (i, o) in out.chunks_exact_mut(bb).enumerate() {
+                    let at = (4 * i + k) * bb;
+                    o.copy_from_slice(&g[at..at + bb]);
+                }
+            }
+        }
+        debug_assert_eq!(out.len(), self.row_bytes);
+    }
+
+    /// Bytes of one row in the file's layout.
+    pub fn row_bytes(&self) -> usize {
+        self.row_bytes
     }
 
     /// All groups, in row order.
@@ -245,7 +309,35 @@ pub fn q4_0x4(data: &[u8], row_bytes: usize) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
-    use super::interleave4;
+    use super::{interleave4, Packed4};
+    use crate::quant::{scalar_kernels, GgmlType, Precision};
+
+    /// Each packed layout gives back every row as the file holds it.
+    #[test]
+    fn rows_unpack_to_the_file_layout() {
+        for t in [
+            GgmlType::Q4_0,
+            GgmlType::Q8_0,
+            GgmlType::Q4_1,
+            GgmlType::Q4_K,
+        ] {
+            let (rows, cols) = (8, 512);
+            let x: Vec<f32> = (0..rows * cols)
+                .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
+                .collect();
+            let mut data = vec![0u8; t.bytes_for((rows * cols) as u64).unwrap() as usize];
+            (scalar_kernels(t).unwrap().from_float)(&x, &mut data);
+            let Some(p) = Packed4::new(t, &data, rows, Precision::Fast) else {
+                continue; // no packed kernel for `t` on this CPU
+            };
+            let rb = data.len() / rows;
+            let mut row = vec![0u8; rb];
+            for r in 0..rows {
+                p.unpack_row(r, &mut row);
+                assert_eq!(row, data[r * rb..(r + 1) * rb], "{t} row {r}");
+            }
+        }
+    }
 
     #[test]
     fn interleaves_blocks_of_four_rows() {

@@ -57,6 +57,8 @@ pub struct Cpu {
     prefetch: bool,
     /// Activations converted for the last matmul's weight type.
     dot: RefCell<DotInput>,
+    /// A row of a packed table in the file's layout, for `embed`.
+    scratch: RefCell<Vec<u8>>,
     /// Attention's buffers, one per thread.
     attn: RefCell<Vec<attn::Scratch>>,
     /// `Backend::set_row_exact`: no 4x4 tiles, whose sums round unlike a one-row dot's.
@@ -119,6 +121,7 @@ impl Cpu {
                 )
             },
             dot: RefCell::new(DotInput::new(precision)),
+            scratch: RefCell::new(Vec::new()),
             attn: RefCell::new(Vec::new()),
             row_exact: Cell::new(false),
             panels: RefCell::new(Vec::new()),
@@ -440,13 +443,25 @@ impl<'a> Backend<'a> for Cpu {
 
     fn embed(&self, table: &CpuWeight<'a>, tokens: &[u32], x: &mut Vec<f32>) -> Result<()> {
         let dim = table.cols;
+        // A table that is also the output matrix (tied embeddings) may be packed, its
+        // mapped pages handed back: its rows then come from the copy, so lookups do not
+        // fault the file's pages in again one by one.
+        let packed = table.packed.get().and_then(|p| p.as_ref());
+        let mut scratch = self.scratch.borrow_mut();
         for (&tok, row) in tokens.iter().zip(x.chunks_exact_mut(dim)) {
             ensure!(
                 (tok as usize) < table.rows,
                 "token id {tok} is outside the vocabulary of {}",
                 table.rows
             );
-            table.dequantize_row(tok as usize, row);
+            match packed {
+                Some(p) => {
+                    scratch.resize(p.row_bytes(), 0);
+                    p.unpack_row(tok as usize, &mut scratch);
+                    crate::quant::dequantize_row(table.ty, &scratch, row)?;
+                }
+                None => table.dequantize_row(tok as usize, row),
+            }
         }
         Ok(())
     }
@@ -629,6 +644,13 @@ mod tests {
                 // No packed kernel for this type on this CPU: nothing to compare.
                 continue;
             }
+            // A tied table's lookups read the packed copy: the same values.
+            let tokens = [0u32, 5, 23, 17];
+            let mut got = vec![0f32; tokens.len() * cols];
+            let mut want = got.clone();
+            cpu.embed(&packed, &tokens, &mut got).unwrap();
+            cpu.embed(&plain, &tokens, &mut want).unwrap();
+            assert_eq!(got, want, "{t} embedding rows from the packed copy");
             for n_b in [1, 3, 4, 6] {
                 let x = values(n_b * cols, 7 + n_b as u32);
                 let run = |w: &CpuWeight| {
