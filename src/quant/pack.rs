@@ -1,9 +1,11 @@
-//! Weights repacked at load for CPUs where one sequential weight stream decodes faster
-//! than four: each group of four rows is interleaved block by block, so block `i` of row
-//! `4g + r` lands at block `4i + r` of group `g`. The kernels then read the four rows of
-//! a group as one stream, as llama.cpp's repacked layouts do. The file stays untouched;
-//! the copy takes memory equal to the tensor's size, and the mapped pages it replaces are
-//! handed back to the kernel, so the resident total stays about the file's size.
+//! Weights repacked, at a matrix's first product, for CPUs where one sequential weight
+//! stream of four rows decodes faster than four streams: each group of four rows becomes
+//! one run of memory. Q4_0, Q8_0 and Q4_K get layouts that put the four rows side by side
+//! in each vector's lanes (`BlockQ4_0x4`, `BlockQ8_0x4`, `BlockQ4Kx4`), so the kernels'
+//! sums come out a lane pair per row, as in llama.cpp's repacked layouts; other types are
+//! interleaved block by block (block `i` of row `4g + r` at block `4i + r` of group `g`).
+//! The file stays untouched; the copy takes about the tensor's size, and the mapped pages
+//! it replaces are handed back to the kernel, so the resident total stays about the file's.
 
 use super::kquants::{pack_scale_min_k4, scale_min_k4};
 use super::{kernels, Block, BlockQ4K, BlockQ4_0, BlockQ8_0, GgmlType, Precision};
@@ -60,7 +62,7 @@ unsafe impl Block for BlockQ4Kx4 {}
 
 const _: () = assert!(std::mem::size_of::<BlockQ4Kx4>() == 4 * 144 + 16);
 
-/// Four rows interleaved block by block, for the products of one weight matrix.
+/// One weight matrix in groups of four rows, laid out by `layout`.
 pub struct Packed4 {
     t: GgmlType,
     bytes: Vec<u8>,
