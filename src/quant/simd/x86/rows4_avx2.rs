@@ -1,16 +1,18 @@
-//! Decode on 256-bit vectors over packed weights (`quant::pack`): four weight rows against
-//! one activation row, one block per step. Each activation block is loaded once for the
-//! four rows, with the term its weights need (Q4_0's `8 * sum(y)`), and the four rows' f16
-//! scales take one conversion, so a row costs little more than its own quants' unpacking
-//! and multiply-adds; the packing makes the four rows one sequential stream.
+//! Kernels over packed weights (`quant::pack`) on 256-bit vectors: a group of four weight
+//! rows against one activation row (decode) or four (prefill's tile).
+//!
+//! Q4_0 and Q8_0 (`lanes_body`) hold the four rows side by side in each vector's lanes, so
+//! one conversion and one multiply-add per block and activation row serve all four rows.
+//! Q4_1 is interleaved block by block: each activation block is loaded once for the four
+//! rows, and their f16 scales and minimums take one conversion.
 //!
 //! On Zen 3 (2 threads, tinyllama Q4_0 tg64) one-row dots over the file's layout gave 14.1
-//! tok/s and this kernel over packed rows 22.3; the same kernel over four unpacked rows
+//! tok/s and four-row dots over packed rows 22.3; the same four-row dots over unpacked rows
 //! gained nothing over one-row dots, as four short streams defeat the prefetcher.
 //!
-//! Each result is the one-row kernel's up to float summation order (one accumulator per
-//! row here, two there). Products with packed weights take this kernel for every
-//! activation row of row-exact batches too, so verification matches decode bit for bit.
+//! Each result is the one-row kernel's up to float summation order. Products with packed
+//! weights take the decode kernel for every activation row of row-exact batches too, so
+//! verification matches decode bit for bit.
 
 use std::arch::x86_64::*;
 
