@@ -34,9 +34,9 @@ pub type Gemm4x4 = fn(&[&[u8]; 4], &[&[u8]; 4]) -> [[f32; 4]; 4];
 /// Four weight rows against a few activation rows: `out[t][r] = w[r] · a[t]`, with
 /// `out.len() == a.len()`.
 pub type VecDot4N = fn(&[&[u8]; 4], &[&[u8]], &mut [[f32; 4]]);
-/// Four weight rows packed block by block (`pack`) dotted with one activation row.
+/// A packed group of four weight rows (`pack`) dotted with one activation row.
 pub type VecDot4Packed = fn(&[u8], &[u8]) -> [f32; 4];
-/// Four weight rows packed block by block by four activation rows, as `Gemm4x4`.
+/// A packed group of four weight rows by four activation rows, as `Gemm4x4`.
 pub type Gemm4x4Packed = fn(&[u8], &[&[u8]; 4]) -> [[f32; 4]; 4];
 
 /// The CPU kernels of one type. All take raw little-endian GGUF bytes.
@@ -65,8 +65,8 @@ pub struct Kernels {
     /// would not do.
     pub vec_dot_4rows_n: Option<VecDot4N>,
     /// Decode over weights packed four rows at a time (`pack`): where it exists, the CPU
-    /// backend packs this type's matrices at load, and every product with them goes
-    /// through it (one activation row at a time) or `packed_4x4`.
+    /// backend packs this type's matrices at their first product, and every product with
+    /// them goes through it (one activation row at a time) or `packed_4x4`.
     pub packed_4rows: Option<VecDot4Packed>,
     /// Prefill's tile over packed weights; without it, packed weights take
     /// `packed_4rows` per activation row.

@@ -64,6 +64,22 @@ impl<W> Rows4<W> for Packed<'_, W> {
     }
 }
 
+/// Four rows' f16 values in lanes `2r` and `2r + 1` for row `r`: the scales of a packed
+/// group, laid out as the packed kernels' sums are.
+#[inline(always)]
+unsafe fn lane_pair_f16(h: &[[u8; 2]; 4]) -> __m256 {
+    let v = _mm_cvtph_ps(_mm_loadl_epi64(h.as_ptr().cast()));
+    _mm256_permutevar8x32_ps(
+        _mm256_castps128_ps256(v),
+        _mm256_set_epi32(3, 3, 2, 2, 1, 1, 0, 0),
+    )
+}
+
+/// `m[t][r]` as `[r][t]`: the packed kernels' `out[t][r]` in a tile's order.
+fn transpose4(m: [[f32; 4]; 4]) -> [[f32; 4]; 4] {
+    std::array::from_fn(|r| std::array::from_fn(|t| m[t][r]))
+}
+
 /// `out[t][r]`: the sum of lanes `2r` and `2r + 1` of `acc[t]`, where the packed kernels
 /// leave four rows' sums a lane pair each.
 #[inline(always)]

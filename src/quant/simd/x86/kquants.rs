@@ -14,7 +14,10 @@
 
 use std::arch::x86_64::*;
 
-use super::{bits, dot_ss_256, dot_us_256, hsum_ps, lane_pairs, nibbles_256, scale_product, Dot};
+use super::{
+    bits, dot_ss_256, dot_us_256, hsum_ps, lane_pair_f16, lane_pairs, nibbles_256, scale_product,
+    transpose4, Dot,
+};
 use crate::quant::pack::BlockQ4Kx4;
 use crate::quant::simd::Level;
 use crate::quant::{
@@ -918,18 +921,12 @@ unsafe fn q4_kx4_body<const T: usize>(w: &[BlockQ4Kx4], a: [&[BlockQ8K]; T]) -> 
         "rows of unequal length"
     );
     let lo4 = _mm256_set1_epi8(0x0f);
-    // Lanes 2r and 2r + 1 take row r's value.
-    let spread = _mm256_set_epi32(3, 3, 2, 2, 1, 1, 0, 0);
     // Four scale bytes, each over the four i16 lanes of its row.
     let rep4 = _mm_set_epi8(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
-    let f16x4 = |h: &[[u8; 2]; 4]| {
-        let v = _mm_cvtph_ps(_mm_loadl_epi64(h.as_ptr().cast()));
-        _mm256_permutevar8x32_ps(_mm256_castps128_ps256(v), spread)
-    };
     let bcast8 = |p: *const i8| _mm256_set1_epi64x(std::ptr::read_unaligned(p.cast::<i64>()));
     let mut acc = [_mm256_setzero_ps(); T];
     for (i, wb) in w.iter().enumerate() {
-        let (d, dmin) = (f16x4(&wb.d), f16x4(&wb.dmin));
+        let (d, dmin) = (lane_pair_f16(&wb.d), lane_pair_f16(&wb.dmin));
         let mins01 = _mm256_cvtepu8_epi16(_mm_loadu_si128(wb.mn.as_ptr().cast()));
         let mins23 = _mm256_cvtepu8_epi16(_mm_loadu_si128(wb.mn.as_ptr().add(16).cast()));
         let mut s = [_mm256_setzero_si256(); T];
@@ -988,6 +985,5 @@ fn q4_kx4_dec(w: &[u8], a: &[u8]) -> [f32; 4] {
 }
 
 fn q4_kx4_tile(w: &[u8], a: &[&[u8]; 4]) -> [[f32; 4]; 4] {
-    let m = unsafe { q4_kx4_avx2::<4>(blocks(w), a.map(blocks::<BlockQ8K>)) };
-    std::array::from_fn(|r| std::array::from_fn(|t| m[t][r]))
+    transpose4(unsafe { q4_kx4_avx2::<4>(blocks(w), a.map(blocks::<BlockQ8K>)) })
 }

@@ -17,7 +17,8 @@
 use std::arch::x86_64::*;
 
 use super::{
-    bits, dot_us_256, hsum_ps, lane_pairs, nibbles_256, Level, Packed, Rows4, VecDot4Packed,
+    bits, dot_us_256, hsum_ps, lane_pair_f16, lane_pairs, nibbles_256, transpose4, Level, Packed,
+    Rows4, VecDot4Packed,
 };
 use crate::quant::pack::{BlockQ4_0x4, BlockQ8_0x4};
 use crate::quant::{blocks, BlockQ4_1, BlockQ8_0, BlockQ8_1, Gemm4x4Packed};
@@ -47,13 +48,10 @@ unsafe fn lanes_body<W, const VNNI: bool, const NARROW: bool, const T: usize>(
         a.iter().all(|a| a.len() == w.len()),
         "rows of unequal length"
     );
-    // Lanes 2r and 2r + 1 take row r's scale.
-    let spread = _mm256_set_epi32(3, 3, 2, 2, 1, 1, 0, 0);
     let mut acc = [_mm256_setzero_ps(); T];
     for (i, wb) in w.iter().enumerate() {
         let (x, d) = unpack(wb);
-        let d4 = _mm_cvtph_ps(_mm_loadl_epi64(d.as_ptr().cast()));
-        let dw = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(d4), spread);
+        let dw = lane_pair_f16(d);
         let ax = x.map(|x| _mm256_abs_epi8(x));
         for t in 0..T {
             let ab = &a[t][i];
@@ -141,10 +139,10 @@ macro_rules! lanes_entries {
                 unsafe { vnni::<1>(blocks(w), [blocks(a)])[0] }
             }
             fn plain_tile(w: &[u8], a: &[&[u8]; 4]) -> [[f32; 4]; 4] {
-                transpose(unsafe { plain::<4>(blocks(w), a.map(blocks::<BlockQ8_0>)) })
+                transpose4(unsafe { plain::<4>(blocks(w), a.map(blocks::<BlockQ8_0>)) })
             }
             fn vnni_tile(w: &[u8], a: &[&[u8]; 4]) -> [[f32; 4]; 4] {
-                transpose(unsafe { vnni::<4>(blocks(w), a.map(blocks::<BlockQ8_0>)) })
+                transpose4(unsafe { vnni::<4>(blocks(w), a.map(blocks::<BlockQ8_0>)) })
             }
             match level {
                 Level::Avx2 => Some((plain_dec, plain_tile)),
@@ -157,10 +155,6 @@ macro_rules! lanes_entries {
 
 lanes_entries!(q4_0x4, q4_0x4_body, BlockQ4_0x4);
 lanes_entries!(q8_0x4, q8_0x4_body, BlockQ8_0x4);
-
-fn transpose(m: [[f32; 4]; 4]) -> [[f32; 4]; 4] {
-    std::array::from_fn(|r| std::array::from_fn(|t| m[t][r]))
-}
 
 /// Q4_1 adds `m_w * s_a` per block: the four rows' minimums take one conversion with
 /// their scales, and their products gather in one vector, a lane per row.
