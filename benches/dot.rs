@@ -56,8 +56,9 @@ fn main() {
         .find(|a| !a.starts_with('-'))
         .unwrap_or_default();
     let min = Duration::from_millis(300);
-    // A Llama-7B-like FFN matrix (out of cache) and a 256-row slice of it (in L2).
-    for (rows, cols) in [(5632usize, 2048usize), (256, 2048)] {
+    // Eight 1B-model FFN matrices (beyond a 32 MiB L3: memory), one (in a large L3), and
+    // a 256-row slice (in L2).
+    for (rows, cols) in [(8 * 5632usize, 2048usize), (5632, 2048), (256, 2048)] {
         println!("== {rows} x {cols}");
         for t in [
             GgmlType::Q4_0,
@@ -101,6 +102,17 @@ fn main() {
                         }
                     });
                     report(&format!("{t} 4 rows"), level, w.len(), blocks, d);
+                }
+                if let Some(dot4) = k.packed_4rows {
+                    // The layout products use where this kernel exists (`quant::Packed4`).
+                    let packed = wick::quant::pack::layout(t, &w, row_bytes).unwrap();
+                    let group = 4 * row_bytes * packed.len() / w.len();
+                    let d = time(min, || {
+                        for g in packed.chunks_exact(group) {
+                            black_box(dot4(black_box(g), black_box(&a)));
+                        }
+                    });
+                    report(&format!("{t} packed"), level, w.len(), blocks, d);
                 }
                 if let Some(tile) = k.gemm_4x4 {
                     // Four activation rows per pass: ns/block counts block dots, so it

@@ -1,14 +1,12 @@
 //! Weights repacked, at a matrix's first product, for CPUs where one sequential weight
 //! stream of four rows decodes faster than four streams: each group of four rows becomes
-//! one run of memory. Q4_0, Q8_0 and Q4_K get layouts that put the four rows side by side
-//! in each vector's lanes (`BlockQ4_0x4`, `BlockQ8_0x4`, `BlockQ4Kx4`), so the kernels'
-//! sums come out a lane pair per row, as in llama.cpp's repacked layouts; other types are
-//! interleaved block by block (block `i` of row `4g + r` at block `4i + r` of group `g`).
-//! The file stays untouched; the copy takes about the tensor's size, and the mapped pages
+//! one run of memory. The layouts put the four rows side by side in each vector's lanes
+//! (`BlockQ4_0x4`, `BlockQ4_1x4`, `BlockQ8_0x4`, `BlockQ4Kx4`), so the kernels' sums come
+//! out a lane pair per row, as in llama.cpp's repacked layouts. The file stays untouched; the copy takes about the tensor's size, and the mapped pages
 //! it replaces are handed back to the kernel, so the resident total stays about the file's.
 
 use super::kquants::{pack_scale_min_k4, scale_min_k4};
-use super::{kernels, Block, BlockQ4K, BlockQ4_0, BlockQ8_0, GgmlType, Precision};
+use super::{kernels, Block, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ8_0, GgmlType, Precision};
 
 /// Block `i` of four Q4_0 rows as the packed Q4_0 kernels read it: the four scales, then
 /// bytes 0..8 of each row's quants, then bytes 8..16. One 32-byte load then holds the
@@ -26,6 +24,20 @@ pub struct BlockQ4_0x4 {
 unsafe impl Block for BlockQ4_0x4 {}
 
 const _: () = assert!(std::mem::size_of::<BlockQ4_0x4>() == 4 * std::mem::size_of::<BlockQ4_0>());
+
+/// Block `i` of four Q4_1 rows: `BlockQ4_0x4` with the four minimums after the scales.
+#[derive(Clone, Copy)]
+#[repr(C)]
+pub struct BlockQ4_1x4 {
+    pub d: [[u8; 2]; 4],
+    pub m: [[u8; 2]; 4],
+    pub qs: [u8; 64],
+}
+
+// SAFETY: repr(C) over byte arrays: alignment 1, no padding, any bit pattern.
+unsafe impl Block for BlockQ4_1x4 {}
+
+const _: () = assert!(std::mem::size_of::<BlockQ4_1x4>() == 4 * std::mem::size_of::<BlockQ4_1>());
 
 /// Block `i` of four Q8_0 rows as the packed Q8_0 kernels read it: the four scales, then
 /// four 32-byte runs, run `k` holding bytes `8k..8k + 8` of each row (see `BlockQ4_0x4`).
@@ -90,7 +102,7 @@ impl Packed4 {
         if row_bytes * rows != data.len() || !row_bytes.is_multiple_of(bb) {
             return None;
         }
-        let bytes = layout(t, data, row_bytes);
+        let bytes = layout(t, data, row_bytes)?;
         release(data);
         Some(Packed4 {
             t,
@@ -116,6 +128,17 @@ impl Packed4 {
                     o[..2].copy_from_slice(&b[2 * k..2 * k + 2]);
                     o[2..10].copy_from_slice(&b[8 + 8 * k..16 + 8 * k]);
                     o[10..18].copy_from_slice(&b[40 + 8 * k..48 + 8 * k]);
+                }
+            }
+            GgmlType::Q4_1 => {
+                for (o, b) in out
+                    .chunks_exact_mut(bb)
+                    .zip(g.chunks_exact(std::mem::size_of::<BlockQ4_1x4>()))
+                {
+                    o[..2].copy_from_slice(&b[2 * k..2 * k + 2]);
+                    o[2..4].copy_from_slice(&b[8 + 2 * k..10 + 2 * k]);
+                    o[4..12].copy_from_slice(&b[16 + 8 * k..24 + 8 * k]);
+                    o[12..20].copy_from_slice(&b[48 + 8 * k..56 + 8 * k]);
                 }
             }
             GgmlType::Q8_0 => {
@@ -144,12 +167,8 @@ impl Packed4 {
                     }
                 }
             }
-            _ => {
-                for (i, o) in out.chunks_exact_mut(bb).enumerate() {
-                    let at = (4 * i + k) * bb;
-                    o.copy_from_slice(&g[at..at + bb]);
-                }
-            }
+            // `layout` gave `new` a copy only for the types above.
+            t => unreachable!("no packed layout for {t}"),
         }
         debug_assert_eq!(out.len(), self.row_bytes);
     }
@@ -201,32 +220,16 @@ pub fn release(bytes: &[u8]) {
     let _ = bytes;
 }
 
-/// Rows of `row_bytes` in `data`, interleaved four at a time in blocks of `block_bytes`.
-pub fn interleave4(data: &[u8], row_bytes: usize, block_bytes: usize) -> Vec<u8> {
-    assert!(row_bytes.is_multiple_of(block_bytes) && data.len().is_multiple_of(4 * row_bytes));
-    let mut bytes = vec![0u8; data.len()];
-    for (src, dst) in data
-        .chunks_exact(4 * row_bytes)
-        .zip(bytes.chunks_exact_mut(4 * row_bytes))
-    {
-        for (r, row) in src.chunks_exact(row_bytes).enumerate() {
-            for (i, block) in row.chunks_exact(block_bytes).enumerate() {
-                let at = (4 * i + r) * block_bytes;
-                dst[at..at + block_bytes].copy_from_slice(block);
-            }
-        }
-    }
-    bytes
-}
-
-/// Rows of type `t` in groups of four, laid out as the packed kernels of `t` read them.
-pub fn layout(t: GgmlType, data: &[u8], row_bytes: usize) -> Vec<u8> {
-    match t {
-        GgmlType::Q4_0 => q4_0x4(data, row_bytes),
+/// Rows of type `t` in groups of four, laid out as the packed kernels of `t` read them;
+/// `None` for a type without a packed layout.
+pub fn layout(t: GgmlType, data: &[u8], row_bytes: usize) -> Option<Vec<u8>> {
+    Some(match t {
+        GgmlType::Q4_0 => nibbles_x4::<BlockQ4_0>(data, row_bytes, |b| (&b.d, None, &b.qs)),
+        GgmlType::Q4_1 => nibbles_x4::<BlockQ4_1>(data, row_bytes, |b| (&b.d, Some(&b.m), &b.qs)),
         GgmlType::Q4_K => q4_kx4(data, row_bytes),
         GgmlType::Q8_0 => q8_0x4(data, row_bytes),
-        _ => interleave4(data, row_bytes, t.block_bytes()),
-    }
+        _ => return None,
+    })
 }
 
 /// Q4_K rows in groups of four as `BlockQ4Kx4`s.
@@ -289,19 +292,27 @@ fn bytemuck_i8(q: &[i8; 32]) -> &[u8; 32] {
     unsafe { &*(q as *const [i8; 32]).cast() }
 }
 
-/// Q4_0 rows in groups of four as `BlockQ4_0x4`s.
-pub fn q4_0x4(data: &[u8], row_bytes: usize) -> Vec<u8> {
+/// Q4_0 or Q4_1 rows in groups of four as `BlockQ4_0x4`s or `BlockQ4_1x4`s: the four
+/// scales, the four minimums if the type has them, then quant bytes 0..8 of each row and
+/// bytes 8..16. `fields` gives a block's scale, minimum and quants.
+fn nibbles_x4<B: Block>(
+    data: &[u8],
+    row_bytes: usize,
+    fields: impl Fn(&B) -> (&[u8; 2], Option<&[u8; 2]>, &[u8; 16]),
+) -> Vec<u8> {
     let mut out = Vec::with_capacity(data.len());
     for group in data.chunks_exact(4 * row_bytes) {
-        let rows: Vec<&[BlockQ4_0]> = group.chunks_exact(row_bytes).map(super::blocks).collect();
+        let rows: [&[B]; 4] =
+            std::array::from_fn(|r| super::blocks(&group[r * row_bytes..(r + 1) * row_bytes]));
         for i in 0..rows[0].len() {
-            for r in &rows {
-                out.extend_from_slice(&r[i].d);
-            }
+            let f = rows.map(|row| fields(&row[i]));
+            f.iter().for_each(|f| out.extend_from_slice(f.0));
+            f.iter()
+                .flat_map(|f| f.1)
+                .for_each(|m| out.extend_from_slice(m));
             for half in [0..8, 8..16] {
-                for r in &rows {
-                    out.extend_from_slice(&r[i].qs[half.clone()]);
-                }
+                f.iter()
+                    .for_each(|f| out.extend_from_slice(&f.2[half.clone()]));
             }
         }
     }
@@ -311,7 +322,7 @@ pub fn q4_0x4(data: &[u8], row_bytes: usize) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
-    use super::{interleave4, Packed4};
+    use super::Packed4;
     use crate::quant::{scalar_kernels, GgmlType, Precision};
 
     /// Each packed layout gives back every row as the file holds it.
@@ -339,20 +350,5 @@ mod tests {
                 assert_eq!(row, data[r * rb..(r + 1) * rb], "{t} row {r}");
             }
         }
-    }
-
-    #[test]
-    fn interleaves_blocks_of_four_rows() {
-        // Eight rows of three 2-byte blocks; byte = 10 * row + block.
-        let data: Vec<u8> = (0..8u8)
-            .flat_map(|r| (0..3u8).flat_map(move |b| [10 * r + b; 2]))
-            .collect();
-        let p = interleave4(&data, 6, 2);
-        let want: Vec<u8> = (0..2u8)
-            .flat_map(|g| {
-                (0..3u8).flat_map(move |b| (0..4u8).flat_map(move |r| [10 * (4 * g + r) + b; 2]))
-            })
-            .collect();
-        assert_eq!(p, want);
     }
 }

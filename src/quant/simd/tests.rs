@@ -194,11 +194,14 @@ fn packed_dots_match_scalar() {
                     );
                     continue;
                 };
+                let packed = packed
+                    .as_deref()
+                    .unwrap_or_else(|| panic!("{t}: a packed kernel without a layout"));
                 let tile = k
                     .packed_4x4
-                    .map(|g| g(&packed, &[0, 1, 2, 3].map(|j| &acts[j][..])));
+                    .map(|g| g(packed, &[0, 1, 2, 3].map(|j| &acts[j][..])));
                 for (j, a) in acts.iter().enumerate() {
-                    let got = f(&packed, a);
+                    let got = f(packed, a);
                     for (r, w) in rows.iter().enumerate() {
                         let want = (reference.vec_dot.unwrap())(w, a);
                         let tol = 1e-5 * magnitude(t, w, a, n) + 1e-30;

@@ -32,8 +32,7 @@ pub(super) fn supported(level: Level) -> bool {
     }
 }
 
-/// Block `i` of each of four weight rows: from four row slices, or from a packed group
-/// (`quant::pack`), where it is block `4 * i + r`. Both check the length once up front.
+/// Block `i` of each of four weight rows, with the length checked once up front.
 trait Rows4<W> {
     fn check(&self, n: usize);
     /// # Safety
@@ -48,19 +47,6 @@ impl<W> Rows4<W> for [&[W]; 4] {
     #[inline(always)]
     unsafe fn get(&self, r: usize, i: usize) -> &W {
         self[r].get_unchecked(i)
-    }
-}
-
-/// Four rows interleaved block by block (`quant::pack`).
-struct Packed<'a, W>(&'a [W]);
-
-impl<W> Rows4<W> for Packed<'_, W> {
-    fn check(&self, n: usize) {
-        assert_eq!(self.0.len(), 4 * n, "packed group of the wrong length");
-    }
-    #[inline(always)]
-    unsafe fn get(&self, r: usize, i: usize) -> &W {
-        self.0.get_unchecked(4 * i + r)
     }
 }
 
@@ -186,7 +172,7 @@ pub(super) fn overlay(level: Level, t: GgmlType, k: &mut Kernels) {
     }
     let packed = rows4_avx2::for_type(level, t);
     k.packed_4rows = packed.map(|p| p.0);
-    k.packed_4x4 = packed.and_then(|p| p.1);
+    k.packed_4x4 = packed.map(|p| p.1);
     match t {
         T::Q4_0 => k.gemm_4x4 = q4_0_tile_avx2(level),
         T::Q8_0 => k.gemm_4x4 = q8_0_tile_avx2(level),
