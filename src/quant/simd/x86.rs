@@ -290,32 +290,39 @@ macro_rules! avx2_dot {
     ($name:ident, $vnni_name:ident, $block:ident, $wt:ty, $at:ty) => {
         #[target_feature(enable = "avx2,fma,f16c")]
         unsafe fn $name(w: &[$wt], a: &[$at]) -> f32 {
-            avx2_blocks(w, a, |w, a| $block::<false>(w, a))
+            avx2_blocks!(w, a, $block::<false>)
         }
         #[target_feature(enable = "avx2,fma,f16c,avxvnni")]
         unsafe fn $vnni_name(w: &[$wt], a: &[$at]) -> f32 {
-            avx2_blocks(w, a, |w, a| $block::<true>(w, a))
+            avx2_blocks!(w, a, $block::<true>)
         }
     };
 }
 
-#[inline(always)]
-unsafe fn avx2_blocks<W, A>(w: &[W], a: &[A], block: impl Fn(&W, &A) -> (__m256, __m256)) -> f32 {
-    let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-    let mut wp = w.chunks_exact(2);
-    let mut ap = a.chunks_exact(2);
-    for (wc, ac) in (&mut wp).zip(&mut ap) {
-        let (d0, s0) = block(&wc[0], &ac[0]);
-        let (d1, s1) = block(&wc[1], &ac[1]);
-        acc0 = _mm256_fmadd_ps(d0, s0, acc0);
-        acc1 = _mm256_fmadd_ps(d1, s1, acc1);
-    }
-    if let (Some(wb), Some(ab)) = (wp.remainder().first(), ap.remainder().first()) {
-        let (d, s) = block(wb, ab);
-        acc0 = _mm256_fmadd_ps(d, s, acc0);
-    }
-    hsum_ps(_mm256_add_ps(acc0, acc1))
+/// Blocks of `w` and `a` through `$block` (a path to an inline block kernel), summed in
+/// two accumulators. A macro, not a function taking a closure: a closure written outside
+/// a `#[target_feature]` function (the AVX-512 bodies' tails) does not inherit the
+/// caller's features, and the intrinsics inside it stayed calls.
+macro_rules! avx2_blocks {
+    ($w:expr, $a:expr, $block:path) => {{
+        let (w, a) = ($w, $a);
+        let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        let mut wp = w.chunks_exact(2);
+        let mut ap = a.chunks_exact(2);
+        for (wc, ac) in (&mut wp).zip(&mut ap) {
+            let (d0, s0) = $block(&wc[0], &ac[0]);
+            let (d1, s1) = $block(&wc[1], &ac[1]);
+            acc0 = _mm256_fmadd_ps(d0, s0, acc0);
+            acc1 = _mm256_fmadd_ps(d1, s1, acc1);
+        }
+        if let (Some(wb), Some(ab)) = (wp.remainder().first(), ap.remainder().first()) {
+            let (d, s) = $block(wb, ab);
+            acc0 = _mm256_fmadd_ps(d, s, acc0);
+        }
+        hsum_ps(_mm256_add_ps(acc0, acc1))
+    }};
 }
+pub(super) use avx2_blocks;
 
 avx2_dot!(avx2_q4_0, avxvnni_q4_0, block_q4_0, BlockQ4_0, BlockQ8_0);
 avx2_dot!(avx2_q8_0, avxvnni_q8_0, block_q8_0, BlockQ8_0, BlockQ8_0);
@@ -443,9 +450,7 @@ unsafe fn avx512_q4_0_body<const VNNI: bool>(w: &[BlockQ4_0], a: &[BlockQ8_0]) -
         acc0 = _mm512_fmadd_ps(spread(p, 0, 2), _mm512_cvtepi32_ps(s0), acc0);
         acc1 = _mm512_fmadd_ps(spread(p, 4, 6), _mm512_cvtepi32_ps(s1), acc1);
     }
-    let tail = avx2_blocks(wq.remainder(), aq.remainder(), |w, a| {
-        block_q4_0::<false>(w, a)
-    });
+    let tail = avx2_blocks!(wq.remainder(), aq.remainder(), block_q4_0::<false>);
     _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1)) + tail
 }
 
@@ -470,9 +475,7 @@ unsafe fn avx512_q8_0_body<const VNNI: bool>(w: &[BlockQ8_0], a: &[BlockQ8_0]) -
         acc0 = _mm512_fmadd_ps(spread(p, 0, 2), _mm512_cvtepi32_ps(s0), acc0);
         acc1 = _mm512_fmadd_ps(spread(p, 4, 6), _mm512_cvtepi32_ps(s1), acc1);
     }
-    let tail = avx2_blocks(wq.remainder(), aq.remainder(), |w, a| {
-        block_q8_0::<false>(w, a)
-    });
+    let tail = avx2_blocks!(wq.remainder(), aq.remainder(), block_q8_0::<false>);
     _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1)) + tail
 }
 
@@ -598,7 +601,7 @@ unsafe fn avx512vnni_q4_0_rows4(w: [&[BlockQ4_0]; 4], a: &[BlockQ8_0]) -> [f32; 
             let c = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_set1_epi8(8), y);
             (y, c)
         },
-        |w, a| avx2_blocks(w, a, |w, a| block_q4_0::<false>(w, a)),
+        |w, a| avx2_blocks!(w, a, block_q4_0::<false>),
     )
 }
 
@@ -611,7 +614,7 @@ unsafe fn avx512vnni_q8_0_rows4(w: [&[BlockQ8_0]; 4], a: &[BlockQ8_0]) -> [f32; 
         |b| b.d,
         |w0, w1, y, _| dot_ss_512::<true>(load_2x32(&w0.qs, &w1.qs), y),
         |a0, a1| (load_2x32(&a0.qs, &a1.qs), _mm512_setzero_si512()),
-        |w, a| avx2_blocks(w, a, |w, a| block_q8_0::<false>(w, a)),
+        |w, a| avx2_blocks!(w, a, block_q8_0::<false>),
     )
 }
 
@@ -767,7 +770,7 @@ unsafe fn avx512vnni_q4_0_tile(w: [&[BlockQ4_0]; 4], a: [&[BlockQ8_0]; 4]) -> [[
             let q = nibbles_512(&w0.qs, &w1.qs);
             (q, _mm512_setzero_si512(), scale_pair(w0.d, w1.d))
         },
-        |w, a| avx2_blocks(w, a, |w, a| block_q4_0::<false>(w, a)),
+        |w, a| avx2_blocks!(w, a, block_q4_0::<false>),
     )
 }
 
@@ -777,7 +780,7 @@ unsafe fn avx512vnni_q8_0_tile(w: [&[BlockQ8_0]; 4], a: [&[BlockQ8_0]; 4]) -> [[
         w,
         a,
         |w0, w1| tile_weights(load_2x32(&w0.qs, &w1.qs), w0.d, w1.d),
-        |w, a| avx2_blocks(w, a, |w, a| block_q8_0::<false>(w, a)),
+        |w, a| avx2_blocks!(w, a, block_q8_0::<false>),
     )
 }
 

@@ -13,7 +13,7 @@ use std::arch::x86_64::*;
 
 use super::{
     avx2_blocks, avx2_q4_1_body, bits, block_q4_0, block_q8_0, blocks, dot_ss_512, dot_us_512,
-    load_2x32, nibbles_512, spread, BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1,
+    hsum_ps, load_2x32, nibbles_512, spread, BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1,
 };
 
 /// Four f16 scales as two vectors: lanes 0-7 scale 0 and lanes 8-15 scale 1, then the
@@ -94,7 +94,7 @@ unsafe fn q4_0_rows_n<const T: usize>(w: [&[BlockQ4_0]; 4], a: [&[BlockQ8_0]; T]
             (y, c)
         },
         |q, y, c| _mm512_sub_epi32(dot_us_512::<true>(q, y), c),
-        |w, a| avx2_blocks(w, a, |w, a| block_q4_0::<false>(w, a)),
+        |w, a| avx2_blocks!(w, a, block_q4_0::<false>),
     )
 }
 
@@ -108,7 +108,7 @@ unsafe fn q8_0_rows_n<const T: usize>(w: [&[BlockQ8_0]; 4], a: [&[BlockQ8_0]; T]
         |w0, w1| load_2x32(&w0.qs, &w1.qs),
         |a0, a1| (load_2x32(&a0.qs, &a1.qs), _mm512_setzero_si512()),
         |x, y, _| dot_ss_512::<true>(x, y),
-        |w, a| avx2_blocks(w, a, |w, a| block_q8_0::<false>(w, a)),
+        |w, a| avx2_blocks!(w, a, block_q8_0::<false>),
     )
 }
 
