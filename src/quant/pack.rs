@@ -120,25 +120,17 @@ impl Packed4 {
         let k = r % 4;
         let bb = self.t.block_bytes();
         match self.t {
-            GgmlType::Q4_0 => {
-                for (o, b) in out
-                    .chunks_exact_mut(bb)
-                    .zip(g.chunks_exact(std::mem::size_of::<BlockQ4_0x4>()))
-                {
-                    o[..2].copy_from_slice(&b[2 * k..2 * k + 2]);
-                    o[2..10].copy_from_slice(&b[8 + 8 * k..16 + 8 * k]);
-                    o[10..18].copy_from_slice(&b[40 + 8 * k..48 + 8 * k]);
-                }
-            }
-            GgmlType::Q4_1 => {
-                for (o, b) in out
-                    .chunks_exact_mut(bb)
-                    .zip(g.chunks_exact(std::mem::size_of::<BlockQ4_1x4>()))
-                {
-                    o[..2].copy_from_slice(&b[2 * k..2 * k + 2]);
-                    o[2..4].copy_from_slice(&b[8 + 2 * k..10 + 2 * k]);
-                    o[4..12].copy_from_slice(&b[16 + 8 * k..24 + 8 * k]);
-                    o[12..20].copy_from_slice(&b[48 + 8 * k..56 + 8 * k]);
+            GgmlType::Q4_0 | GgmlType::Q4_1 => {
+                // `nibbles_x4` backwards: the four scales (and minimums), then the runs.
+                let head = if self.t == GgmlType::Q4_1 { 16 } else { 8 };
+                let q = head / 4;
+                for (o, b) in out.chunks_exact_mut(bb).zip(g.chunks_exact(head + 64)) {
+                    for part in 0..head / 8 {
+                        let at = 8 * part + 2 * k;
+                        o[2 * part..2 * part + 2].copy_from_slice(&b[at..at + 2]);
+                    }
+                    o[q..q + 8].copy_from_slice(&b[head + 8 * k..head + 8 * k + 8]);
+                    o[q + 8..q + 16].copy_from_slice(&b[head + 32 + 8 * k..head + 40 + 8 * k]);
                 }
             }
             GgmlType::Q8_0 => {
