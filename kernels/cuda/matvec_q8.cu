@@ -16,6 +16,7 @@
 #include "q8_unit.cuh"
 #include "quantize_q8.cuh"
 #include "stream.cuh"
+#include "stream_unit.cuh"
 #include "wick_cuda.h"
 
 constexpr int MV_WARPS = 4;  // rows per block; small blocks keep every SM busy
@@ -116,92 +117,6 @@ matvec_q8_kernel(WeightGroup t, int cols, const int8_t *__restrict__ xq,
 namespace {
 
 constexpr int MS_WARPS = 4;
-
-template <int TYPE>
-__host__ __device__ constexpr int ms_units() {  // units per step
-    return TYPE == T_Q6_K ? 64 : 32;
-}
-template <int TYPE>
-__host__ __device__ constexpr int ms_bytes() {  // bytes per step, a multiple of 16
-    return TYPE == T_Q4_0 ? 576 : TYPE == T_Q4_1 ? 640 : TYPE == T_Q5_0 ? 704
-         : TYPE == T_Q5_1 ? 768 : TYPE == T_Q8_0 ? 1088 : TYPE == T_Q4_K ? 576
-         : TYPE == T_Q5_K ? 704 : 1680;
-}
-// A row's slot in the ring: one step plus a word that decoding may read past its end.
-template <int TYPE>
-__host__ __device__ constexpr int ms_stride() {
-    return ms_bytes<TYPE>() + 16;
-}
-
-// N words from 2-byte-aligned shared memory, by N + 1 aligned loads and funnel shifts
-// (one 32-bit load instead of two 16-bit ones per word).
-template <int N>
-__device__ inline void smem_words(const uint8_t *p, uint32_t *out) {
-    // Stepping back from p (not masking an integer) keeps the pointer visibly shared, so
-    // the loads stay LDS rather than generic ones.
-    const uint32_t *a = reinterpret_cast<const uint32_t *>(p - ((uintptr_t)p & 3));
-    int sh = 8 * (int)((uintptr_t)p & 3);
-    uint32_t prev = a[0];
-#pragma unroll
-    for (int i = 0; i < N; i++) {
-        uint32_t next = a[i + 1];
-        out[i] = __funnelshift_r(prev, next, sh);
-        prev = next;
-    }
-}
-
-// Bytes v - bias of bytes v < 2 * bias, bias a power of two up to 0x40 in each byte: two
-// integer instructions where __vsubss4 is emulated with several (the same bytes, since
-// nothing saturates). v + (0x80 - bias) stays below 0x100 in every byte, so no carry
-// crosses bytes, and flipping bit 7 subtracts 0x80 modulo 256.
-__device__ inline int sub_bias(uint32_t v, uint32_t bias) {
-    return (int)((v + (0x80808080u - bias)) ^ 0x80808080u);
-}
-
-// Unit ul (< ms_units) of a step held in shared memory at s: load_unit's result.
-template <int TYPE>
-__device__ inline void smem_unit(const uint8_t *s, int ul, Unit &q) {
-    if constexpr (TYPE == T_Q4_0) {
-        const uint8_t *b = s + 18 * ul;
-        uint32_t v[4];
-        smem_words<4>(b + 2, v);
-#pragma unroll
-        for (int i = 0; i < 4; i++) {
-            uint32_t lo = v[i] & 0x0f0f0f0f, hi = (v[i] >> 4) & 0x0f0f0f0f;
-            q.w[i] = sub_bias(lo, 0x08080808);
-            q.w[4 + i] = sub_bias(hi, 0x08080808);
-        }
-        q.d0 = q.d1 = f16_at(b);
-        q.m = 0.f;
-    } else if constexpr (TYPE == T_Q8_0) {
-        const uint8_t *b = s + 34 * ul;
-        uint32_t v[8];
-        smem_words<8>(b + 2, v);
-#pragma unroll
-        for (int i = 0; i < 8; i++) q.w[i] = (int)v[i];
-        q.d0 = q.d1 = f16_at(b);
-        q.m = 0.f;
-    } else if constexpr (TYPE == T_Q6_K) {
-        const uint8_t *b = s + (ul / 8) * 210;
-        int p = ul % 8, half = p / 4, qr = p % 4;
-        uint32_t l[8], h[8];
-        smem_words<8>(b + 64 * half + 32 * (qr % 2), l);
-        smem_words<8>(b + 128 + 32 * half, h);
-        int sl = 4 * (qr / 2), sh = 2 * qr;
-#pragma unroll
-        for (int i = 0; i < 8; i++)
-            q.w[i] = sub_bias(((l[i] >> sl) & 0x0f0f0f0f) | (((h[i] >> sh) & 0x03030303) << 4),
-                              0x20202020);
-        float d = f16_at(b + 208);
-        q.d0 = d * (float)(int8_t)b[192 + 2 * p];
-        q.d1 = d * (float)(int8_t)b[193 + 2 * p];
-        q.m = 0.f;
-    } else {
-        // Q4_1 units (20 bytes) and Q4_K and Q5_K super-blocks (144, 176) are 4- and
-        // 16-byte aligned; Q5_0 and Q5_1 units load by 2-byte halves.
-        load_unit<TYPE>(s, ul, q);
-    }
-}
 
 template <int TYPE, int NB, int R, int S>
 __global__ void __launch_bounds__(MS_WARPS * 32)

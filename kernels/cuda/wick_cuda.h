@@ -73,6 +73,18 @@ int wick_rmsnorm_q8(const float *d_x, const float *d_w, float eps, int rows, int
                     float *d_out, int8_t *d_xq, float *d_xd);
 /* wick_swiglu, also writing the result as wick_quantize_q8 does (n a multiple of 32). */
 int wick_swiglu_q8(float *d_g, const float *d_u, int n, int8_t *d_xq, float *d_xd);
+/* 1 if wick_ffn_decode has a kernel for gate and up weights of `gate_type` and a down
+ * weight of `down_type`. */
+int wick_ffn_decode_supports(int gate_type, int down_type);
+/* The feed-forward half of a one-token decode step in one launch:
+ * x += down(silu(gate(n)) * up(n)) with n = RMSNorm(x) * norm_w, the activations rounded to
+ * int8 as wick_rmsnorm_q8 and wick_swiglu_q8 round them, bit for bit the separate launches'
+ * result. gate and up hold `ffn` rows of `dim`, down `dim` rows of `ffn` (both multiples of
+ * 256, rows 16-byte aligned); d_h receives SwiGLU's ffn values; d_barrier is two zeroed
+ * words that only this op uses (they are left zeroed in count for the next launch). */
+int wick_ffn_decode(int gate_type, int down_type, float *d_x, const float *d_norm_w, float eps,
+                    const void *d_gate, const void *d_up, const void *d_down, int dim, int ffn,
+                    float *d_h, unsigned *d_barrier);
 /* Selects a launch shape of wick_matvec_q8 (0 = default), for tuning runs. */
 void wick_matvec_q8_variant(int v);
 /* 1 if wick_gemm_q8 takes weights of `type`. */

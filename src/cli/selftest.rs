@@ -801,6 +801,123 @@ mod gpu {
             &want,
             2e-2,
         );
+        fused_ffn(g, cpu, rng, r)
+    }
+
+    /// The one-launch feed-forward block of a decode step against the separate launches
+    /// (bit for bit: the speculative decoder's verification runs those) and the CPU. Shapes
+    /// with fewer rows than the grid has warps, so some warps get no work in a phase.
+    fn fused_ffn(g: &Cuda, cpu: &Cpu, rng: &mut Rng, r: &mut Report) -> Result<()> {
+        use crate::backend::{Ffn, FfnScratch};
+        let cases = [
+            (GgmlType::Q4_0, GgmlType::Q4_0, 512, 1536),
+            (GgmlType::Q4_1, GgmlType::Q4_1, 768, 2816),
+            (GgmlType::Q8_0, GgmlType::Q8_0, 512, 1536),
+            (GgmlType::Q4_K, GgmlType::Q6_K, 768, 2816),
+            (GgmlType::Q5_K, GgmlType::Q5_K, 512, 1536),
+            (GgmlType::Q6_K, GgmlType::Q6_K, 256, 4096),
+            (GgmlType::Q4_0, GgmlType::Q4_0, 4096, 14336),
+        ];
+        let was = g.fuse_ffn();
+        for (tg, td, dim, hidden) in cases {
+            let gate_q = quantized(tg, &rng.vec(hidden * dim));
+            let up_q = quantized(tg, &rng.vec(hidden * dim));
+            let down_q = quantized(td, &rng.vec(dim * hidden));
+            let norm: Vec<u8> = rng.vec(dim).iter().flat_map(|v| v.to_le_bytes()).collect();
+            let t = |ty, rows, cols, data| Tensor {
+                ty,
+                rows,
+                cols,
+                data,
+            };
+            let tensors = [
+                t(GgmlType::F32, 1, dim, &norm[..]),
+                t(tg, hidden, dim, &gate_q[..]),
+                t(tg, hidden, dim, &up_q[..]),
+                t(td, dim, hidden, &down_q[..]),
+            ];
+            let x: Vec<f32> = rng.vec(dim).iter().map(|v| v * 4.0).collect();
+            let dw = tensors
+                .iter()
+                .map(|t| <Cuda as Backend>::weight(g, *t))
+                .collect::<Result<Vec<_>>>()?;
+            let ffn = Ffn {
+                norm: &dw[0],
+                eps: 1e-5,
+                gate: &dw[1],
+                up: &dw[2],
+                down: &dw[3],
+                hidden,
+            };
+            // Separate launches, then the fused one twice (its barrier must reset itself).
+            let mut runs = Vec::new();
+            for fused in [false, true, true] {
+                g.set_fuse_ffn(fused);
+                let mut dx = upload(g, &x)?;
+                let (mut xb, mut gate, mut up) =
+                    (g.buffer(dim)?, g.buffer(hidden)?, g.buffer(hidden)?);
+                g.poison(&mut gate)?;
+                let scratch = FfnScratch {
+                    xb: &mut xb,
+                    gate: &mut gate,
+                    up: &mut up,
+                };
+                g.feed_forward(&mut dx, ffn, 1, scratch)?;
+                runs.push((download(g, &dx, dim)?, download(g, &gate, hidden)?));
+            }
+            g.set_fuse_ffn(was);
+            let name = format!("fused feed-forward {tg}/{td} {dim}x{hidden}");
+            let differ: usize = runs[1..]
+                .iter()
+                .map(|(y, h)| {
+                    let bits = |a: &[f32], b: &[f32]| {
+                        a.iter()
+                            .zip(b)
+                            .filter(|(p, q)| p.to_bits() != q.to_bits())
+                            .count()
+                    };
+                    bits(y, &runs[0].0) + bits(h, &runs[0].1)
+                })
+                .sum();
+            r.lines += 1;
+            if differ > 0 {
+                r.failures += 1;
+            }
+            eprintln!(
+                "{} {name:<44} against separate launches: {differ} of {} values differ",
+                if differ > 0 { "FAIL" } else { "ok  " },
+                2 * (dim + hidden)
+            );
+            let cw = tensors
+                .iter()
+                .map(|t| <Cpu as Backend>::weight(cpu, *t))
+                .collect::<Result<Vec<_>>>()?;
+            let mut want = x.clone();
+            let (mut xb, mut gate, mut up) =
+                (vec![0f32; dim], vec![0f32; hidden], vec![0f32; hidden]);
+            let cffn = Ffn {
+                norm: &cw[0],
+                eps: 1e-5,
+                gate: &cw[1],
+                up: &cw[2],
+                down: &cw[3],
+                hidden,
+            };
+            let scratch = FfnScratch {
+                xb: &mut xb,
+                gate: &mut gate,
+                up: &mut up,
+            };
+            cpu.feed_forward(&mut want, cffn, 1, scratch)?;
+            // What the block added, so the residual does not hide its error.
+            let added = |y: &[f32]| -> Vec<f32> { y.iter().zip(&x).map(|(a, b)| a - b).collect() };
+            r.check(
+                &format!("{name} (CPU)"),
+                &added(&runs[1].0),
+                &added(&want),
+                2e-2,
+            );
+        }
         Ok(())
     }
 

@@ -7,7 +7,7 @@
 use anyhow::{bail, Result};
 
 use super::{Config, Tensor};
-use crate::backend::{AttnShape, Backend};
+use crate::backend::{AttnShape, Backend, Ffn, FfnScratch};
 use crate::gguf::GgufFile;
 use crate::kv::{KvLayout, KvSettings};
 
@@ -384,16 +384,20 @@ impl<'a, B: Backend<'a>> Llama<'a, B> {
             )?;
             be.matmul_add(&s.att, n, &w.wo, &mut s.x)?;
 
-            // Feed-forward block.
-            be.rmsnorm(&s.x, &w.ffn_norm, c.rms_eps, n, &mut s.xb)?;
-            be.matmul(
-                &s.xb,
-                n,
-                &[&w.w_gate, &w.w_up],
-                &mut [&mut s.gate, &mut s.up],
-            )?;
-            be.swiglu(&mut s.gate, &s.up, n * c.ffn_dim)?;
-            be.matmul_add(&s.gate, n, &w.w_down, &mut s.x)?;
+            let ffn = Ffn {
+                norm: &w.ffn_norm,
+                eps: c.rms_eps,
+                gate: &w.w_gate,
+                up: &w.w_up,
+                down: &w.w_down,
+                hidden: c.ffn_dim,
+            };
+            let scratch = FfnScratch {
+                xb: &mut s.xb,
+                gate: &mut s.gate,
+                up: &mut s.up,
+            };
+            be.feed_forward(&mut s.x, ffn, n, scratch)?;
         }
         let output = self.output.as_ref().unwrap_or(&self.embed);
         match which {

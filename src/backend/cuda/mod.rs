@@ -20,7 +20,7 @@ use std::ffi::CStr;
 
 use anyhow::{bail, ensure, Context, Result};
 
-use super::{AttnShape, Backend, DeviceSpec, DraftCut, Verdict};
+use super::{AttnShape, Backend, DeviceSpec, DraftCut, Ffn, FfnScratch, Verdict};
 use crate::kv::{KvLayout, KvType};
 use crate::model::{Tensor, MAX_BATCH};
 use crate::quant::{self, GgmlType, Precision};
@@ -228,6 +228,13 @@ pub struct Cuda {
     /// Partial results of single-row attention's position slices (attention_split.cuh);
     /// allocated once, before any graph records its address.
     att_scratch: DeviceMem,
+    /// One-row feed-forward blocks as one launch (wick_ffn_decode) where the types have a
+    /// kernel: WICK_FFN=1. Off by default: the same bits as the separate ops, but slower
+    /// on an H200 (it runs 44 % more instructions per weight byte, and decode is already
+    /// bound by instruction issue there; docs/PERF.md, session 20).
+    fuse_ffn: Cell<bool>,
+    /// The fused feed-forward kernel's grid barrier: two words it leaves zeroed in count.
+    ffn_barrier: DeviceMem,
 }
 
 /// The proposals of a draft picked on the device, their probabilities, the target's picks
@@ -350,6 +357,8 @@ impl Cuda {
             gemm_f16: std::env::var("WICK_GEMM_F16").map_or(true, |v| v != "0"),
             spec: SpecScratch::new()?,
             att_scratch: DeviceMem::new(ATT_SCRATCH_FLOATS * 4)?,
+            fuse_ffn: Cell::new(std::env::var("WICK_FFN").is_ok_and(|v| v == "1")),
+            ffn_barrier: DeviceMem::zeroed(8)?,
         })
         .inspect(|c| {
             // WICK_MV picks the int8 matrix-vector kernel: "old" (or 1) the direct one,
@@ -693,6 +702,15 @@ impl Cuda {
     }
 
     /// Fills a buffer with NaN bytes, so a value a kernel failed to write shows up.
+    /// Whether one-row feed-forward blocks run as one launch, for tests.
+    pub fn set_fuse_ffn(&self, on: bool) {
+        self.fuse_ffn.set(on);
+    }
+
+    pub fn fuse_ffn(&self) -> bool {
+        self.fuse_ffn.get()
+    }
+
     pub fn poison(&self, dst: &mut DeviceMem) -> Result<()> {
         self.wrote(dst);
         // SAFETY: the whole allocation.
@@ -1308,6 +1326,61 @@ impl<'a> Backend<'a> for Cuda {
             self.q8_holds.set(Some((out.ptr as usize, n)));
         }
         Ok(())
+    }
+
+    fn feed_forward(
+        &self,
+        x: &mut DeviceMem,
+        f: Ffn<'_, DeviceWeight>,
+        rows: usize,
+        s: FfnScratch<'_, DeviceMem>,
+    ) -> Result<()> {
+        let (dim, hidden) = (f.gate.cols, f.hidden);
+        let fused = rows == 1
+            && self.fuse_ffn.get()
+            && self.skip.is_empty()
+            && self.q8_scratch(hidden).is_some()
+            && f.up.ty == f.gate.ty
+            && (f.gate.rows, f.up.rows, f.down.rows, f.down.cols) == (hidden, hidden, dim, hidden)
+            // The kernel's ring copies whole 16-byte pieces of rows (device allocations
+            // are 256-byte aligned) and its int8 rounding takes whole super-blocks.
+            && dim.is_multiple_of(256)
+            && hidden.is_multiple_of(256)
+            && (dim / f.gate.ty.block_len() * f.gate.ty.block_bytes()).is_multiple_of(16)
+            && (hidden / f.down.ty.block_len() * f.down.ty.block_bytes()).is_multiple_of(16)
+            && x.bytes >= dim * 4
+            && s.gate.bytes >= hidden * 4
+            // SAFETY: pure query.
+            && unsafe { ffi::wick_ffn_decode_supports(type_id(f.gate.ty), type_id(f.down.ty)) }
+                != 0;
+        if !fused {
+            return super::feed_forward_ops(self, x, f, rows, s);
+        }
+        let _t = self.span(|| format!("ffn fused {} {}x{}", f.gate.ty, hidden, dim));
+        self.wrote(x);
+        self.wrote(s.xb);
+        self.wrote(s.gate);
+        // SAFETY: x holds dim values and gate hidden ones (checked above); the weights have
+        // the shapes checked above; the barrier is this backend's own.
+        check(
+            unsafe {
+                ffi::wick_ffn_decode(
+                    type_id(f.gate.ty),
+                    type_id(f.down.ty),
+                    x.f32(),
+                    f.norm.mem.f32(),
+                    f.eps,
+                    f.gate.mem.ptr,
+                    f.up.mem.ptr,
+                    f.down.mem.ptr,
+                    dim as i32,
+                    hidden as i32,
+                    s.gate.f32(),
+                    self.ffn_barrier.ptr.cast(),
+                )
+            },
+            "feed-forward",
+        )
     }
 
     fn swiglu(&self, gate: &mut DeviceMem, up: &DeviceMem, n: usize) -> Result<()> {
