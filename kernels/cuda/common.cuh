@@ -339,6 +339,28 @@ __device__ inline float warp_max(float x) {
     return x;
 }
 
+// 1 / rms(x) for a row of `cols` f32 values (a multiple of 4), summed by a whole block of
+// WARPS warps in a fixed order, so every block that norms the row gets the same bits
+// (rmsnorm_q8_kernel's blocks, and the fused feed-forward kernel's). Once per kernel: the
+// partial sums' shared array is not guarded against a second call.
+template <int WARPS>
+__device__ inline float block_rms_scale(const float *xr, int cols, float eps) {
+    __shared__ float partial[WARPS];
+    const float4 *x4 = reinterpret_cast<const float4 *>(xr);
+    float ss = 0.f;
+    for (int j = threadIdx.x; j < cols / 4; j += blockDim.x) {
+        float4 v = x4[j];
+        ss += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
+    }
+    ss = warp_sum(ss);
+    if (threadIdx.x % 32 == 0) partial[threadIdx.x / 32] = ss;
+    __syncthreads();
+    float total = 0.f;
+#pragma unroll
+    for (int j = 0; j < WARPS; j++) total += partial[j];
+    return rsqrtf(total / cols + eps);
+}
+
 // Dispatches a templated launch on a runtime type id; returns cudaErrorInvalidValue for
 // a type with no kernels.
 #define WICK_DISPATCH_TYPE(type, LAUNCH)                  \

@@ -76,21 +76,8 @@ rmsnorm_q8_kernel(const float *x, const float *w, float eps, int cols, float *ou
     // before this one has finished (PDL): one round trip less after the wait.
     float wi = c < n_blk ? w[i] : 0.f;
     pdl_wait();
-    __shared__ float partial[NORM_Q8_WARPS];
     const float *xr = x + (size_t)blockIdx.x * cols;
-    const float4 *x4 = reinterpret_cast<const float4 *>(xr);
-    float ss = 0.f;
-    for (int j = threadIdx.x; j < cols / 4; j += blockDim.x) {
-        float4 v = x4[j];
-        ss += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
-    }
-    ss = warp_sum(ss);
-    if (lane == 0) partial[warp] = ss;
-    __syncthreads();
-    float total = 0.f;
-#pragma unroll
-    for (int j = 0; j < NORM_Q8_WARPS; j++) total += partial[j];
-    float scale = rsqrtf(total / cols + eps);
+    float scale = block_rms_scale<NORM_Q8_WARPS>(xr, cols, eps);
     if (c >= n_blk) return;
     float v = xr[i] * scale * wi;
     out[(size_t)blockIdx.x * cols + i] = v;

@@ -275,26 +275,10 @@ ffn_decode_kernel(FfnArgs a) {
         ahead_slot = ahead_slot + 1 == S ? 0 : ahead_slot + 1;
     }
 
-    // RMSNorm of the residual into int8 blocks in this block's shared memory: the sums as
-    // rmsnorm_q8_kernel's blocks make them (the same threads, the same order).
-    {
-        __shared__ float partial[FF_WARPS];
-        const float4 *x4 = reinterpret_cast<const float4 *>(a.x);
-        float ss = 0.f;
-        for (int j = threadIdx.x; j < a.dim / 4; j += blockDim.x) {
-            float4 v = x4[j];
-            ss += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
-        }
-        ss = warp_sum(ss);
-        if (lane == 0) partial[warp] = ss;
-        __syncthreads();
-        float total = 0.f;
-#pragma unroll
-        for (int j = 0; j < FF_WARPS; j++) total += partial[j];
-        float scale = rsqrtf(total / a.dim + a.eps);
-        round_to_smem(a.x, a.norm_w, scale, a.dim, aq, ad);
-        __syncthreads();
-    }
+    // RMSNorm of the residual into int8 blocks in this block's shared memory, summed as
+    // rmsnorm_q8_kernel's blocks sum it (as many warps, the same function).
+    round_to_smem(a.x, a.norm_w, block_rms_scale<FF_WARPS>(a.x, a.dim, a.eps), a.dim, aq, ad);
+    __syncthreads();
 
     int cur_slot = 0;
     float acc[FF_R] = {0.f, 0.f};
