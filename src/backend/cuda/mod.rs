@@ -701,7 +701,6 @@ impl Cuda {
         read_picks(&s.target_ids, &s.target_top, rows)
     }
 
-    /// Fills a buffer with NaN bytes, so a value a kernel failed to write shows up.
     /// Whether one-row feed-forward blocks run as one launch, for tests.
     pub fn set_fuse_ffn(&self, on: bool) {
         self.fuse_ffn.set(on);
@@ -711,6 +710,7 @@ impl Cuda {
         self.fuse_ffn.get()
     }
 
+    /// Fills a buffer with NaN bytes, so a value a kernel failed to write shows up.
     pub fn poison(&self, dst: &mut DeviceMem) -> Result<()> {
         self.wrote(dst);
         // SAFETY: the whole allocation.
