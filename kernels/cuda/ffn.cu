@@ -103,26 +103,10 @@ __device__ inline void ff_step(const uint8_t *cur, int st, int n_units, int nr, 
             const int4 *xr = reinterpret_cast<const int4 *>(aq + u * 32);
             int4 xa = xr[0], xb = xr[1];
             float xs = ad[u];
-            int sx = 0;
-            if constexpr (has_min<TYPE>()) {
-                sx = __dp4a(0x01010101, xa.x, __dp4a(0x01010101, xa.y,
-                     __dp4a(0x01010101, xa.z, __dp4a(0x01010101, xa.w, 0))));
-                sx = __dp4a(0x01010101, xb.x, __dp4a(0x01010101, xb.y,
-                     __dp4a(0x01010101, xb.z, __dp4a(0x01010101, xb.w, sx))));
-            }
+            int sx = unit_act_sum<TYPE>(xa, xb);
 #pragma unroll
-            for (int r = 0; r < FF_R; r++) {
-                if (r < nr) {
-                    const Unit &k = q[r];
-                    int s0 = __dp4a(k.w[0], xa.x, __dp4a(k.w[1], xa.y,
-                             __dp4a(k.w[2], xa.z, __dp4a(k.w[3], xa.w, 0))));
-                    int s1 = __dp4a(k.w[4], xb.x, __dp4a(k.w[5], xb.y,
-                             __dp4a(k.w[6], xb.z, __dp4a(k.w[7], xb.w, 0))));
-                    float v = __fmaf_rn(k.d1, (float)s1, __fmul_rn(k.d0, (float)s0));
-                    if constexpr (has_min<TYPE>()) v = __fmaf_rn(k.m, (float)sx, v);
-                    acc[r] = __fmaf_rn(xs, v, acc[r]);
-                }
-            }
+            for (int r = 0; r < FF_R; r++)
+                if (r < nr) acc[r] = unit_dot<TYPE>(q[r], xa, xb, xs, sx, acc[r]);
         }
     }
 }

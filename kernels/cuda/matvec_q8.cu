@@ -218,27 +218,11 @@ matvec_q8_stream_kernel(WeightGroup t, int cols, const int8_t *__restrict__ xq,
                                 xq + (size_t)(b0 + j) * cols + u * 32);
                             int4 xa = xr[0], xb = xr[1];
                             float xs = xd[(size_t)(b0 + j) * n_units + u];
-                            int sx = 0;
-                            if constexpr (has_min<TYPE>()) {
-                                sx = __dp4a(0x01010101, xa.x, __dp4a(0x01010101, xa.y,
-                                     __dp4a(0x01010101, xa.z, __dp4a(0x01010101, xa.w, 0))));
-                                sx = __dp4a(0x01010101, xb.x, __dp4a(0x01010101, xb.y,
-                                     __dp4a(0x01010101, xb.z, __dp4a(0x01010101, xb.w, sx))));
-                            }
+                            int sx = unit_act_sum<TYPE>(xa, xb);
 #pragma unroll
                             for (int r = 0; r < R; r++) {
-                                if (r < nr) {
-                                    const Unit &k = q[r];
-                                    int s0 = __dp4a(k.w[0], xa.x, __dp4a(k.w[1], xa.y,
-                                             __dp4a(k.w[2], xa.z, __dp4a(k.w[3], xa.w, 0))));
-                                    int s1 = __dp4a(k.w[4], xb.x, __dp4a(k.w[5], xb.y,
-                                             __dp4a(k.w[6], xb.z, __dp4a(k.w[7], xb.w, 0))));
-                                    // Spelled out so that no instantiation contracts
-                                    // differently: rows must not depend on R or NB.
-                                    float v = __fmaf_rn(k.d1, (float)s1, __fmul_rn(k.d0, (float)s0));
-                                    if constexpr (has_min<TYPE>()) v = __fmaf_rn(k.m, (float)sx, v);
-                                    acc[r][j] = __fmaf_rn(xs, v, acc[r][j]);
-                                }
+                                if (r < nr)
+                                    acc[r][j] = unit_dot<TYPE>(q[r], xa, xb, xs, sx, acc[r][j]);
                             }
                         }
                     }

@@ -93,3 +93,29 @@ __device__ inline void smem_unit(const uint8_t *s, int ul, Unit &q) {
         load_unit<TYPE>(s, ul, q);
     }
 }
+
+// The activation sum a unit's minimum multiplies (0 for types without one).
+template <int TYPE>
+__device__ inline int unit_act_sum(int4 xa, int4 xb) {
+    if constexpr (!has_min<TYPE>()) return 0;
+    int sx = __dp4a(0x01010101, xa.x, __dp4a(0x01010101, xa.y,
+             __dp4a(0x01010101, xa.z, __dp4a(0x01010101, xa.w, 0))));
+    return __dp4a(0x01010101, xb.x, __dp4a(0x01010101, xb.y,
+           __dp4a(0x01010101, xb.z, __dp4a(0x01010101, xb.w, sx))));
+}
+
+// acc + xs * (k . x) for one weight unit and one activation unit (xa, xb its 32 int8
+// values, xs its scale, sx unit_act_sum). The one expression of both streaming kernels, so
+// a row's sum has the same bits in either: a batch row as the row alone, the fused
+// feed-forward kernel as the separate launches. Spelled out so that no instantiation
+// contracts differently.
+template <int TYPE>
+__device__ inline float unit_dot(const Unit &k, int4 xa, int4 xb, float xs, int sx, float acc) {
+    int s0 = __dp4a(k.w[0], xa.x, __dp4a(k.w[1], xa.y,
+             __dp4a(k.w[2], xa.z, __dp4a(k.w[3], xa.w, 0))));
+    int s1 = __dp4a(k.w[4], xb.x, __dp4a(k.w[5], xb.y,
+             __dp4a(k.w[6], xb.z, __dp4a(k.w[7], xb.w, 0))));
+    float v = __fmaf_rn(k.d1, (float)s1, __fmul_rn(k.d0, (float)s0));
+    if constexpr (has_min<TYPE>()) v = __fmaf_rn(k.m, (float)sx, v);
+    return __fmaf_rn(xs, v, acc);
+}
