@@ -9,6 +9,7 @@
 cudaStream_t wick_stream = nullptr;
 bool wick_pdl = false;
 bool wick_early = true;
+bool wick_bulk = false;
 
 extern "C" int wick_cuda_device_count(int *count) {
     return (int)cudaGetDeviceCount(count);
@@ -38,6 +39,10 @@ extern "C" int wick_cuda_init(int device, char *name, int name_len, size_t *tota
     wick_pdl = p.major >= 9 && !(env && strcmp(env, "0") == 0);
     env = getenv("WICK_EARLY");
     wick_early = !(env && strcmp(env, "0") == 0);
+    // Bulk copies into the streaming decode's rings (bulk_copy.cuh); WICK_BULK=0 keeps
+    // cp.async, for comparison runs.
+    env = getenv("WICK_BULK");
+    wick_bulk = p.major >= 9 && !(env && strcmp(env, "0") == 0);
     return 0;
 }
 

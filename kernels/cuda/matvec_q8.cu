@@ -11,6 +11,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include "bulk_copy.cuh"
 #include "common.cuh"
 #include "mma_s8.cuh"
 #include "q8_unit.cuh"
@@ -113,24 +114,47 @@ matvec_q8_kernel(WeightGroup t, int cols, const int8_t *__restrict__ xq,
 // Lane l still decodes units l, l + 32, ... of each row, and each row's sum is the
 // same expression in the same order for any R, NB and nb: a row of a batch is bitwise
 // the row computed alone (the speculative decoder's verification relies on it).
+//
+// On Hopper (BULK), lane 0 fills a slot with one bulk copy per row, and an mbarrier per
+// slot tells the lanes when its bytes have landed (bulk_copy.cuh): a few instructions per
+// step where cp.async took one per lane per 16 bytes.
 // In an anonymous namespace, as gemm_q8.cu's kernels: `smem` is then the same name there.
 namespace {
 
 constexpr int MS_WARPS = 4;
 
-template <int TYPE, int NB, int R, int S>
+// Ring steps per copy on the bulk path: each step has a fixed cost (a copy per row, a
+// barrier wait, the loop), so small steps are paired, to about a kilobyte per row.
+template <int TYPE, bool BULK>
+__host__ __device__ constexpr int ms_group() {
+    return BULK && ms_bytes<TYPE>() < 1024 ? 2 : 1;
+}
+template <int TYPE, bool BULK>
+__host__ __device__ constexpr int ms_step_stride() {
+    return ms_group<TYPE, BULK>() * ms_bytes<TYPE>() + 16;
+}
+template <int TYPE, int R, int S, bool BULK>
+__host__ __device__ constexpr int ms_smem() {
+    return MS_WARPS * S * R * ms_step_stride<TYPE, BULK>() + (BULK ? MS_WARPS * S * 8 : 0);
+}
+
+template <int TYPE, int NB, int R, int S, bool BULK>
 __global__ void __launch_bounds__(MS_WARPS * 32)
 matvec_q8_stream_kernel(WeightGroup t, int cols, const int8_t *__restrict__ xq,
                         const float *__restrict__ xd, int nb, int accumulate, int early) {
     pdl_trigger();
     extern __shared__ __align__(16) uint8_t smem[];
-    constexpr int UNITS = ms_units<TYPE>(), PIECES = ms_bytes<TYPE>() / 16;
-    constexpr int STRIDE = ms_stride<TYPE>();
+    constexpr int G = ms_group<TYPE, BULK>();
+    constexpr int UNITS = G * ms_units<TYPE>(), BYTES = G * ms_bytes<TYPE>(), PIECES = BYTES / 16;
+    constexpr int STRIDE = ms_step_stride<TYPE, BULK>();
     int ti = blockIdx.x >= t.first[1] ? (blockIdx.x >= t.first[2] ? 2 : 1) : 0;
     const uint8_t *__restrict__ w = pick3(t.w, ti);
     float *__restrict__ y = pick3(t.y, ti);
     int rows = pick3(t.rows, ti);
-    int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    // Bulk copies take their operands in uniform registers: every value they depend on
+    // must be visibly the same across the warp, or the compiler loops over the lanes'
+    // distinct values around each copy. Hence the warp index broadcast from lane 0.
+    int warp = __shfl_sync(~0u, threadIdx.x / 32, 0), lane = threadIdx.x % 32;
     int row0 = ((blockIdx.x - pick3(t.first, ti)) * MS_WARPS + warp) * R;
     // Warp-uniform, and nothing below waits for other warps.
     bool active = row0 < rows;
@@ -140,12 +164,40 @@ matvec_q8_stream_kernel(WeightGroup t, int cols, const int8_t *__restrict__ xq,
     int row_pieces = (int)(rb / 16);
     int n_units = cols / 32, n_steps = (n_units + UNITS - 1) / UNITS;
     const uint4 *wr = reinterpret_cast<const uint4 *>(w + (size_t)row0 * rb);
+    // The ring's slot of each step counts on across passes over the weights (a bulk
+    // slot's barrier phase is the number of times the slot was filled before).
+    static_assert((S & (S - 1)) == 0, "ring depth a power of two");
+    uint32_t base = 0;
+    uint32_t ring_s = smem_addr(ring);
+    uint32_t bars_s = smem_addr(smem) + MS_WARPS * S * R * STRIDE + warp * S * 8;
+    if constexpr (BULK) {
+        if (lane == 0) {
+#pragma unroll
+            for (int s = 0; s < S; s++) mbar_init(bars_s + 8 * s);
+            mbar_init_fence();
+        }
+        __syncwarp();
+    }
 
-    // Copies step `st` into its slot; always commits a group (maybe empty), so that
-    // "all but the newest S - 1 groups" is always the step about to be read.
+    // Copies step `st` into its slot; with cp.async, always commits a group (maybe
+    // empty), so that "all but the newest S - 1 groups" is always the step about to be read.
     auto issue = [&](int st) {
+        if constexpr (BULK) {
+            if (st < n_steps && lane == 0) {
+                uint32_t slot = (base + st) & (S - 1);
+                uint32_t off = (uint32_t)st * BYTES;
+                uint32_t n = (uint32_t)rb - off < (uint32_t)BYTES ? (uint32_t)rb - off : BYTES;
+                uint32_t bar = bars_s + 8 * slot;
+                mbar_expect(bar, n * nr);
+                const uint8_t *src = reinterpret_cast<const uint8_t *>(wr) + off;
+#pragma unroll
+                for (int r = 0; r < R; r++)
+                    if (r < nr) bulk_copy(ring_s + (slot * R + r) * STRIDE, src + r * rb, n, bar);
+            }
+            return;
+        }
         if (st < n_steps) {
-            uint8_t *dst = ring + (st % S) * R * STRIDE;
+            uint8_t *dst = ring + ((base + st) & (S - 1)) * R * STRIDE;
 #pragma unroll
             for (int r = 0; r < R; r++) {
                 if (r < nr) {
@@ -200,9 +252,33 @@ matvec_q8_stream_kernel(WeightGroup t, int cols, const int8_t *__restrict__ xq,
 #pragma unroll 1
         for (int st = 0; st < n_steps; st++) {
             issue(st + S - 1);
-            cp_async_wait<S - 1>();
-            __syncwarp();
-            const uint8_t *cur = ring + (st % S) * R * STRIDE;
+            // One activation row (decode): its units for this step are loaded before the
+            // wait, so that their round trip overlaps the weights' instead of following it
+            // (the wait is a compiler barrier). Q4_0 tg128 on an H200 about 495 -> 523,
+            // the down product 18.3 -> 14.8 us (docs/PERF.md, session 21).
+            constexpr int UL = UNITS / 32;
+            int4 pxa[UL], pxb[UL];
+            float pxs[UL];
+            if constexpr (NB == 1) {
+#pragma unroll
+                for (int g = 0; g < UL; g++) {
+                    int u = st * UNITS + 32 * g + lane;
+                    if (u < n_units) {
+                        const int4 *xr = reinterpret_cast<const int4 *>(xq + u * 32);
+                        pxa[g] = xr[0];
+                        pxb[g] = xr[1];
+                        pxs[g] = xd[u];
+                    }
+                }
+            }
+            uint32_t slot = (base + st) & (S - 1);
+            if constexpr (BULK) {
+                mbar_wait(bars_s + 8 * slot, ((base + st) / S) & 1);
+            } else {
+                cp_async_wait<S - 1>();
+                __syncwarp();
+            }
+            const uint8_t *cur = ring + slot * R * STRIDE;
 #pragma unroll
             for (int g = 0; g < UNITS / 32; g++) {
                 int ul = 32 * g + lane, u = st * UNITS + ul;
@@ -216,8 +292,17 @@ matvec_q8_stream_kernel(WeightGroup t, int cols, const int8_t *__restrict__ xq,
                         if (b0 + j < nb) {
                             const int4 *xr = reinterpret_cast<const int4 *>(
                                 xq + (size_t)(b0 + j) * cols + u * 32);
-                            int4 xa = xr[0], xb = xr[1];
-                            float xs = xd[(size_t)(b0 + j) * n_units + u];
+                            int4 xa, xb;
+                            float xs;
+                            if constexpr (NB == 1) {
+                                xa = pxa[g];
+                                xb = pxb[g];
+                                xs = pxs[g];
+                            } else {
+                                xa = xr[0];
+                                xb = xr[1];
+                                xs = xd[(size_t)(b0 + j) * n_units + u];
+                            }
                             int sx = unit_act_sum<TYPE>(xa, xb);
 #pragma unroll
                             for (int r = 0; r < R; r++) {
@@ -231,7 +316,8 @@ matvec_q8_stream_kernel(WeightGroup t, int cols, const int8_t *__restrict__ xq,
             // Every lane is done with this slot before the next iteration refills it.
             __syncwarp();
         }
-        cp_async_wait<0>();
+        if constexpr (!BULK) cp_async_wait<0>();
+        base += n_steps;
 #pragma unroll
         for (int r = 0; r < R; r++) {
 #pragma unroll
@@ -287,11 +373,11 @@ static int launch_old(const WeightGroup &t, int cols, const int8_t *xq, const fl
     return 0;
 }
 
-template <int TYPE, int NB, int R, int S>
+template <int TYPE, int NB, int R, int S, bool BULK>
 static int launch_stream(const WeightGroup &t, int cols, const int8_t *xq, const float *xd,
                          int nb, int accumulate) {
-    constexpr int SMEM = MS_WARPS * S * R * ms_stride<TYPE>();
-    auto kernel = matvec_q8_stream_kernel<TYPE, NB, R, S>;
+    constexpr int SMEM = ms_smem<TYPE, R, S, BULK>();
+    auto kernel = matvec_q8_stream_kernel<TYPE, NB, R, S, BULK>;
     static bool opted = false;
     if (!opted) {
         cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, SMEM);
@@ -304,6 +390,13 @@ static int launch_stream(const WeightGroup &t, int cols, const int8_t *xq, const
     wick_launch(kernel, u.first[3], MS_WARPS * 32, SMEM, u, cols, xq, xd, nb, accumulate,
                 wick_early ? 1 : 0);
     return 0;
+}
+
+template <int TYPE, int NB, int R, int S>
+static int launch_stream(const WeightGroup &t, int cols, const int8_t *xq, const float *xd,
+                         int nb, int accumulate) {
+    if (wick_bulk) return launch_stream<TYPE, NB, R, S, true>(t, cols, xq, xd, nb, accumulate);
+    return launch_stream<TYPE, NB, R, S, false>(t, cols, xq, xd, nb, accumulate);
 }
 
 template <int TYPE, int NB>

@@ -8,6 +8,7 @@ dim3 gridDim, blockDim;
 size_t emu_smem_optin = 227 * 1024;
 cudaStream_t wick_stream = nullptr;
 bool wick_early = true;
+bool wick_bulk = false;
 EmuWarp emu_warps[32];
 thread_local std::vector<EmuCopy> emu_pending;
 thread_local std::vector<std::vector<EmuCopy>> emu_groups;

@@ -13,9 +13,10 @@ template <class K, class... A> void emu_run(K kernel, EmuCfg c, A... args);
 #include "emu_host.h"
 
 constexpr int MAX_NB = 17;
-// Streaming variants must agree with each other bitwise; 1 (the direct kernel) only up to
-// rounding, since it groups each unit's two half sums differently.
-constexpr int VARIANTS[] = {0, 2, 3, 4, 5, 1};
+// Streaming variants must agree with each other bitwise, with cp.async or bulk copies (the
+// second of each pair: 1 = wick_bulk); 1 (the direct kernel) only up to rounding, since it
+// groups each unit's sums differently.
+constexpr int VARIANTS[][2] = {{0, 1}, {0, 0}, {2, 1}, {3, 1}, {3, 0}, {4, 1}, {5, 0}, {1, 0}};
 
 // "quick" (second argument): the long rows, the ring depths 8 and 4, two batch sizes;
 // for checking that a deliberately broken kernel fails.
@@ -81,9 +82,12 @@ static int run_case(const Case &c) {
     double maxerr = 0;
     // Each activation row alone, with the default variant: the bitwise reference.
     std::vector<std::vector<std::vector<float>>> alone(MAX_NB);
+    wick_bulk = false;
     for (int b = 0; b < (quick ? 5 : MAX_NB); b++) run(0, b, 1, false, alone[b]);
-    for (int variant : VARIANTS) {
+    for (const auto &vb : VARIANTS) {
+        int variant = vb[0], bulk = vb[1];
         if (quick && variant != 0 && variant != 5) continue;
+        wick_bulk = bulk;
         bool exact = variant != 1;
         for (int nb : {1, 2, 3, 5, 8, 9, 16, 17}) {
             if (quick && nb != 1 && nb != 5) continue;
@@ -99,15 +103,15 @@ static int run_case(const Case &c) {
                             float got = y[i][k];
                             double err = fabs(got - s) / (mag[i][k] + 1e-6);
                             if (!(err < 1e-5) && bad++ < 5)
-                                printf("  variant %d nb %d acc %d target %d row %d batch %d: got %g want %g\n",
-                                       variant, nb, acc, i, r, b, got, s);
+                                printf("  variant %d bulk %d nb %d acc %d target %d row %d batch %d: got %g want %g\n",
+                                       variant, bulk, nb, acc, i, r, b, got, s);
                             if (err > maxerr || err != err) maxerr = err;
                             float one = alone[b][i][r];
                             if (acc) one = base[k] + one;
                             bool same = acc ? true : memcmp(&got, &one, 4) == 0;
                             if (exact && !same && bad++ < 5)
-                                printf("  variant %d nb %d target %d row %d batch %d: %.9g, alone %.9g\n",
-                                       variant, nb, i, r, b, got, one);
+                                printf("  variant %d bulk %d nb %d target %d row %d batch %d: %.9g, alone %.9g\n",
+                                       variant, bulk, nb, i, r, b, got, one);
                         }
             }
         }

@@ -70,6 +70,16 @@ void __syncwarp(unsigned) {
     emu_w().bar->arrive_and_wait();
     if (emu_rng() % 8 == 0) std::this_thread::sleep_for(std::chrono::microseconds(20));
 }
+int __shfl_sync(unsigned, int v, int src_lane) {
+    EmuWarp &W = emu_w();
+    int l = emu_lane();
+    memcpy(&W.in[l][0], &v, 4);
+    W.bar->arrive_and_wait();
+    int r;
+    memcpy(&r, &W.in[src_lane][0], 4);
+    W.bar->arrive_and_wait();
+    return r;
+}
 float __shfl_xor_sync(unsigned, float v, int lane_mask) {
     EmuWarp &W = emu_w();
     int l = emu_lane();

@@ -4,7 +4,9 @@
 # directory's copy replaces the real one), cp.async done at random times, and compares
 # wick_gemm_q8 with a double-precision product of the decoded weights and activations.
 # `run.sh matvec` does the same for kernels/cuda/matvec_q8.cu (matvec.cpp), and also checks
-# that every row of a batch is bitwise the row computed alone.
+# that every row of a batch is bitwise the row computed alone, with cp.async and with
+# Hopper's bulk copies (bulk_copy.cuh: mbarriers as host records, each copy landing at once
+# or only at the first wait, at random).
 # Usage: scripts/cuda-emu/run.sh [matvec] [type index 0..4]
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -15,6 +17,7 @@ mkdir "$work/src"
 cp "$src"/*.cuh "$src"/wick_cuda.h "$work/src/"
 cp "$here/mma_s8.cuh" "$work/src/mma_s8.cuh"
 cp "$here/stream.cuh" "$work/src/stream.cuh"
+cp "$here/bulk_copy.cuh" "$work/src/bulk_copy.cuh"
 # Launches go through this directory's stream.cuh (wick_launch runs emu_run); any k<<<cfg>>>(args)
 # left in the source becomes emu_run(k, emu_cfg(cfg), args).
 kernel=gemm_q8 harness=harness
