@@ -18,17 +18,19 @@ extern EmuWarp emu_warps[32];
 inline EmuWarp &emu_w() { return emu_warps[threadIdx.x / 32]; }
 inline int emu_lane() { return threadIdx.x % 32; }
 
-// __shfl_xor_sync over the whole warp: every lane posts its value, then reads its partner's.
-inline float emu_shfl_xor(float x, int m) {
+// A shuffle over the whole warp: every lane posts its 4-byte value, then reads lane src's.
+template <class T>
+inline T emu_shfl(T x, int src) {
+    static_assert(sizeof(T) == 4);
     EmuWarp &W = emu_w();
-    int l = emu_lane();
-    memcpy(&W.in[l][0], &x, 4);
+    memcpy(&W.in[emu_lane()][0], &x, 4);
     W.bar->arrive_and_wait();
-    float r;
-    memcpy(&r, &W.in[l ^ m][0], 4);
+    T r;
+    memcpy(&r, &W.in[src][0], 4);
     W.bar->arrive_and_wait();
     return r;
 }
+inline float emu_shfl_xor(float x, int m) { return emu_shfl(x, emu_lane() ^ m); }
 
 // warp_sum and warp_max (common.cuh) in one exchange: each lane runs the same butterfly
 // (x += shfl_xor(x, o) for o = 16 .. 1) over all 32 values, so the sums round as on the GPU.
@@ -70,26 +72,8 @@ void __syncwarp(unsigned) {
     emu_w().bar->arrive_and_wait();
     if (emu_rng() % 8 == 0) std::this_thread::sleep_for(std::chrono::microseconds(20));
 }
-int __shfl_sync(unsigned, int v, int src_lane) {
-    EmuWarp &W = emu_w();
-    int l = emu_lane();
-    memcpy(&W.in[l][0], &v, 4);
-    W.bar->arrive_and_wait();
-    int r;
-    memcpy(&r, &W.in[src_lane][0], 4);
-    W.bar->arrive_and_wait();
-    return r;
-}
-float __shfl_xor_sync(unsigned, float v, int lane_mask) {
-    EmuWarp &W = emu_w();
-    int l = emu_lane();
-    memcpy(&W.in[l][0], &v, 4);
-    W.bar->arrive_and_wait();
-    float r;
-    memcpy(&r, &W.in[l ^ lane_mask][0], 4);
-    W.bar->arrive_and_wait();
-    return r;
-}
+int __shfl_sync(unsigned, int v, int src_lane) { return emu_shfl(v, src_lane); }
+float __shfl_xor_sync(unsigned, float v, int lane_mask) { return emu_shfl_xor(v, lane_mask); }
 
 inline void mma_k32(int c[4], int a0, int a1, int a2, int a3, int b0, int b1) {
     EmuWarp &W = emu_w();
