@@ -50,9 +50,9 @@ __device__ inline int sub_bias(uint32_t v, uint32_t bias) {
 }
 
 // What smem_unit leaves added to every weight: Q4_0's nibbles stay unsigned (0..15), and
-// unit_dot subtracts 8 times the activations' sum, the same integer as the signed product.
-// Decode on an H200 is bound by instruction issue, and this saves two instructions a word
-// (16 a unit and row) for one a unit and row (docs/PERF.md, session 21).
+// unit_dot subtracts 8 times the activations' sum, the same integer as the signed product:
+// two instructions a word saved (16 a unit and row) for one a unit and row. Fewer
+// instructions per byte gained little on their own (docs/PERF.md, session 21).
 template <int TYPE>
 __host__ __device__ constexpr int smem_offset() {
     return TYPE == T_Q4_0 ? 8 : 0;
