@@ -86,6 +86,11 @@ mod cuda {
         // only, and no PTX: a kernel experiment then compiles in a quarter of the time. The
         // binary it makes runs on those GPUs alone.
         println!("cargo:rerun-if-env-changed=WICK_CUDA_ARCHS");
+        // WICK_CUDA_TRACE=1 compiles in the launch timeline of kernels/cuda/trace.cuh.
+        println!("cargo:rerun-if-env-changed=WICK_CUDA_TRACE");
+        if std::env::var("WICK_CUDA_TRACE").is_ok_and(|v| v == "1") {
+            b.define("WICK_TRACE", "1");
+        }
         let gencodes: Vec<String> = match std::env::var("WICK_CUDA_ARCHS") {
             Ok(list) if !list.trim().is_empty() => list
                 .split(',')

@@ -6,6 +6,32 @@
 #include "common.cuh"
 #include "stream.cuh"
 
+#if WICK_TRACE
+#include <stdio.h>
+
+__device__ WickTraceRec wick_trace_buf[WICK_TRACE_CAP];
+__device__ unsigned wick_trace_n = 0;
+
+// Writes the timeline to $WICK_TRACE_OUT at exit: one line per stamp, "grid kind ns
+// blocks threads", in the order the stamps were taken.
+static void trace_dump() {
+    const char *path = getenv("WICK_TRACE_OUT");
+    unsigned n = 0;
+    if (!path || cudaDeviceSynchronize() != cudaSuccess ||
+        cudaMemcpyFromSymbol(&n, wick_trace_n, sizeof n) != cudaSuccess)
+        return;
+    if (n > WICK_TRACE_CAP) n = WICK_TRACE_CAP;
+    WickTraceRec *r = (WickTraceRec *)malloc(sizeof(WickTraceRec) * (n ? n : 1));
+    FILE *f = fopen(path, "w");
+    if (r && f && cudaMemcpyFromSymbol(r, wick_trace_buf, sizeof(WickTraceRec) * n) == cudaSuccess)
+        for (unsigned i = 0; i < n; i++)
+            fprintf(f, "%llu %u %llu %u %u\n", r[i].grid, r[i].kind, r[i].ns, r[i].blocks,
+                    r[i].threads);
+    if (f) fclose(f);
+    free(r);
+}
+#endif
+
 cudaStream_t wick_stream = nullptr;
 bool wick_pdl = false;
 bool wick_early = true;
@@ -33,6 +59,10 @@ extern "C" int wick_cuda_init(int device, char *name, int name_len, size_t *tota
     }
     *sm_major = p.major;
     *sm_minor = p.minor;
+#if WICK_TRACE
+    static bool dumps = false;
+    if (!dumps) dumps = atexit(trace_dump) == 0;
+#endif
     // Programmatic dependent launch needs Hopper (griddepcontrol); WICK_PDL=0 turns it off
     // for comparison runs.
     const char *env = getenv("WICK_PDL");

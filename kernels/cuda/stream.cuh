@@ -12,24 +12,17 @@
 
 #include <utility>
 
+#include "trace.cuh"
+
 extern cudaStream_t wick_stream;
 extern bool wick_pdl;  // set by wick_cuda_init: compute capability 9.0+, WICK_PDL not "0"
 // Kernels that read weights before pdl_wait (WICK_EARLY not "0"; set by wick_cuda_init).
 extern bool wick_early;
 
-// Every kernel starts with these two. Waiting is what makes PDL safe: no kernel reads or
-// writes memory before the kernel launched before it has completed (so, transitively,
-// every earlier kernel). Without a programmatic launch both are no-ops.
-__device__ inline void pdl_start() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
-    asm volatile("griddepcontrol.wait;" ::: "memory");
-#endif
-}
-
 // pdl_start in two halves, for kernels that have work to do before waiting: reads of
 // memory that no kernel writes (weights) may go between them.
 __device__ inline void pdl_trigger() {
+    WICK_TRACE_STAMP(0);
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
 #endif
@@ -38,6 +31,15 @@ __device__ inline void pdl_wait() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.wait;" ::: "memory");
 #endif
+    WICK_TRACE_STAMP(1);
+}
+
+// Every kernel starts with these two (or pdl_start). Waiting is what makes PDL safe: no
+// kernel reads or writes memory before the kernel launched before it has completed (so,
+// transitively, every earlier kernel). Without a programmatic launch both are no-ops.
+__device__ inline void pdl_start() {
+    pdl_trigger();
+    pdl_wait();
 }
 
 template <typename... Params, typename... Args>

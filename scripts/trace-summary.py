@@ -1,0 +1,73 @@
+#!/usr/bin/env python3
+"""Summarises a launch timeline written by a WICK_CUDA_TRACE=1 build (WICK_TRACE_OUT=file).
+
+Each launch has two stamps from its first block: when it started and when its pdl_wait
+returned (the launch before it had finished). Launches are ordered by release; a launch's
+share of the critical path is the time from its release to the next one's. Decode steps
+are cut at the output head (the launch with the most blocks), and each position of a step
+is averaged over the steps of the most common length; positions repeating with a layer's
+period are then averaged over the layers.
+
+Usage: scripts/trace-summary.py trace.txt
+"""
+import collections
+import sys
+
+
+def main(path):
+    launches = {}
+    for line in open(path):
+        grid, kind, ns, blocks, threads = map(int, line.split())
+        rec = launches.setdefault(grid, {"blocks": blocks, "threads": threads})
+        rec["start" if kind == 0 else "release"] = ns
+    seq = sorted((r for r in launches.values() if "start" in r and "release" in r),
+                 key=lambda r: r["release"])
+    for a, b in zip(seq, seq[1:]):
+        a["share"] = b["release"] - a["release"]
+    seq = seq[:-1]
+    head = max(r["blocks"] for r in seq)
+    steps, cur = [], []
+    for r in seq:
+        cur.append(r)
+        if r["blocks"] == head:
+            steps.append(cur)
+            cur = []
+    # The first step includes the prompt; keep those of the most common length.
+    n = collections.Counter(len(s) for s in steps[1:]).most_common(1)[0][0]
+    steps = [s for s in steps[1:] if len(s) == n]
+    # A step ends with the head; what follows it (sampling) begins the next list, so rotate
+    # each step to start after the head of the step before.
+    pos = []
+    for i in range(n):
+        shares = [s[i]["share"] for s in steps]
+        waits = [s[i]["release"] - s[i]["start"] for s in steps]
+        pos.append((steps[0][i]["blocks"], steps[0][i]["threads"],
+                    sum(shares) / len(shares), sum(waits) / len(waits)))
+    total = sum(p[2] for p in pos)
+    print(f"{len(steps)} steps of {n} launches: {total / 1000:.1f} us a step "
+          f"({1e9 / total:.1f} steps/s)")
+    sigs = [(p[0], p[1]) for p in pos]
+    period = next((p for p in range(2, 40)
+                   if all(sigs[i] == sigs[i + p] for i in range(8, 8 + 4 * p))), None)
+    print("position blocks threads share_us resident_before_release_us")
+    for i, p in enumerate(pos):
+        print(f"{i:4d} {p[0]:6d} {p[1]:5d} {p[2] / 1000:8.2f} {p[3] / 1000:8.2f}")
+    if period:
+        # Layers: the longest run of whole periods, starting where the pattern starts.
+        start = next(i for i in range(n) if all(sigs[i + k] == sigs[i + k + period]
+                                               for k in range(period)))
+        layers = (n - start) // period
+        while layers and any(sigs[start + k] != sigs[start + (layers - 1) * period + k]
+                             for k in range(period)):
+            layers -= 1
+        print(f"layer pattern: period {period}, {layers} layers from position {start}")
+        for k in range(period):
+            vals = [pos[start + l * period + k] for l in range(layers)]
+            share = sum(v[2] for v in vals) / layers
+            wait = sum(v[3] for v in vals) / layers
+            print(f"  {k}: blocks {vals[0][0]:6d} threads {vals[0][1]:5d} "
+                  f"share {share / 1000:7.2f} us, resident {wait / 1000:6.2f} us before release")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
