@@ -15,13 +15,17 @@ import sys
 
 
 def main(path):
-    launches = {}
+    # A recorded graph's kernels keep their grid ids from one replay to the next, so a
+    # launch is a start stamp and the next release stamp of the same grid id.
+    pending, seq = {}, []
     for line in open(path):
         grid, kind, ns, blocks, threads = map(int, line.split())
-        rec = launches.setdefault(grid, {"blocks": blocks, "threads": threads})
-        rec["start" if kind == 0 else "release"] = ns
-    seq = sorted((r for r in launches.values() if "start" in r and "release" in r),
-                 key=lambda r: r["release"])
+        if kind == 0:
+            pending[grid] = ns
+        elif grid in pending:
+            seq.append({"blocks": blocks, "threads": threads, "start": pending.pop(grid),
+                        "release": ns})
+    seq.sort(key=lambda r: r["release"])
     for a, b in zip(seq, seq[1:]):
         a["share"] = b["release"] - a["release"]
     seq = seq[:-1]
