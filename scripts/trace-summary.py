@@ -39,8 +39,7 @@ def main(path):
     # The first step includes the prompt; keep those of the most common length.
     n = collections.Counter(len(s) for s in steps[1:]).most_common(1)[0][0]
     steps = [s for s in steps[1:] if len(s) == n]
-    # A step ends with the head; what follows it (sampling) begins the next list, so rotate
-    # each step to start after the head of the step before.
+    # Each list ends with its step's head, so it begins with the step before's sampling.
     pos = []
     for i in range(n):
         shares = [s[i]["share"] for s in steps]
@@ -51,15 +50,19 @@ def main(path):
     print(f"{len(steps)} steps of {n} launches: {total / 1000:.1f} us a step "
           f"({1e9 / total:.1f} steps/s)")
     sigs = [(p[0], p[1]) for p in pos]
-    period = next((p for p in range(2, 40)
-                   if all(sigs[i] == sigs[i + p] for i in range(8, 8 + 4 * p))), None)
+
+    def repeats(i, p):  # positions i.. look the same as i + p..
+        return i + 2 * p <= n and all(sigs[i + k] == sigs[i + k + p] for k in range(p))
+
+    # The shortest period that repeats four times from some position near the start.
+    period = next((p for p in range(2, 40) for i in range(12)
+                   if all(repeats(i + m * p, p) for m in range(3))), None)
     print("position blocks threads share_us resident_before_release_us")
     for i, p in enumerate(pos):
         print(f"{i:4d} {p[0]:6d} {p[1]:5d} {p[2] / 1000:8.2f} {p[3] / 1000:8.2f}")
     if period:
         # Layers: the longest run of whole periods, starting where the pattern starts.
-        start = next(i for i in range(n) if all(sigs[i + k] == sigs[i + k + period]
-                                               for k in range(period)))
+        start = next(i for i in range(n) if repeats(i, period))
         layers = (n - start) // period
         while layers and any(sigs[start + k] != sigs[start + (layers - 1) * period + k]
                              for k in range(period)):
