@@ -313,14 +313,16 @@ attention_lanes_kernel(const float *q, uint8_t *kc, uint8_t *vc, const int *pos0
             for (int e = 0; e < 8; e++) part_acc[warp][al_dim(c, sub, e)] = acc[8 * c + e];
     }
     __syncthreads();
-    // The warps' partials merged as attention_kernel merges them.
+    // The warps' partials merged as attention_kernel merges them. A warp that saw no
+    // position gets its zero weight without dividing: a zero dividend takes the
+    // division's slow path (see rope_angle).
     if (warp == 0) {
         float pm = lane < AL_WARPS ? part_m[lane] : -INFINITY;
         float pl = lane < AL_WARPS ? part_l[lane] : 0.f;
         float mx = warp_max(pm);
         float e = pl > 0.f ? __expf(pm - mx) : 0.f;
         float total = warp_sum(pl * e);
-        if (lane < AL_WARPS) weight[lane] = e / total;
+        if (lane < AL_WARPS) weight[lane] = e != 0.f ? e / total : 0.f;
     }
     __syncthreads();
     int d = threadIdx.x;

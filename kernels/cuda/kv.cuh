@@ -70,7 +70,10 @@ __device__ inline float kv_hadamard(float x, int lane, int n) {
 // rotation by it.
 __device__ inline void rope_angle(int i, int rope_dims, float theta, int pos, float &s,
                                   float &co) {
-    float f = powf(theta, -2.0f * i / rope_dims);
+    // The first pair's exponent is -0 / rope_dims, and a zero dividend sends a whole warp
+    // into the division's slow path: a call that misses the instruction cache, on decode
+    // attention's critical path (ncu, session 22). theta^0 is 1 either way.
+    float f = i == 0 ? 1.f : powf(theta, -2.0f * i / rope_dims);
     sincosf(pos * f, &s, &co);
 }
 __device__ inline void rope_rotate(float &a, float &c, float s, float co) {
