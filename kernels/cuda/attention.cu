@@ -108,7 +108,8 @@ attention_kernel(const float *q, const uint8_t *kc, const uint8_t *vc, const int
         float mx = warp_max(pm);  // every lane: the shuffles need all 32
         float e = pl > 0.f ? __expf(pm - mx) : 0.f;
         float total = warp_sum(pl * e);
-        if (lane < ATT_WARPS) weight[lane] = e / total;
+        // No division for a warp that saw no position (see attention_lanes_kernel).
+        if (lane < ATT_WARPS) weight[lane] = e != 0.f ? e / total : 0.f;
     }
     __syncthreads();
     // One value per thread (the block is wider than any head), so that a warp's lanes

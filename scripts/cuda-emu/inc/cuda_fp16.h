@@ -34,5 +34,7 @@ inline float __half2float(__half h) {
     float v = e == 0 ? std::ldexp((float)m, -24) : e == 31 ? (m ? NAN : INFINITY) : std::ldexp((float)(m | 1024), e - 25);
     return s ? -v : v;
 }
+inline __half __ushort_as_half(unsigned short v) { return __half((uint16_t)v); }
+inline unsigned short __half_as_ushort(__half h) { return h.x; }
 struct __half2 { __half x, y; };
 inline float2 __half22float2(__half2 h);

@@ -62,6 +62,8 @@ inline unsigned __funnelshift_r(unsigned lo, unsigned hi, int shift) {
 }
 // Round-to-nearest products and fused multiply-adds, as the GPU computes them.
 inline float __fmul_rn(float a, float b) { return a * b; }
+inline float __fadd_rn(float a, float b) { return a + b; }
+inline float __fsub_rn(float a, float b) { return a - b; }
 inline double __dmul_rn(double a, double b) { return a * b; }
 inline float __fmaf_rn(float a, float b, float c) { return std::fma(a, b, c); }
 inline float __uint_as_float(uint32_t i) { float f; memcpy(&f, &i, 4); return f; }
