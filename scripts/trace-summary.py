@@ -8,6 +8,9 @@ are cut at the output head (the launch with the most blocks), and each position 
 is averaged over the steps of the most common length; positions repeating with a layer's
 period are then averaged over the layers.
 
+Points inside a kernel (kind 2 and up, WICK_TRACE_MARK in kernels/cuda/trace.cuh) are
+averaged per kernel shape and mark.
+
 Usage: scripts/trace-summary.py trace.txt
 """
 import collections
@@ -18,9 +21,12 @@ def main(path):
     # A recorded graph's kernels keep their grid ids from one replay to the next, so a
     # launch is a start stamp and the next release stamp of the same grid id.
     pending, seq = {}, []
+    marks = collections.defaultdict(list)  # (blocks, threads, kind) -> cycles since its start
     for line in open(path):
         grid, kind, ns, blocks, threads = map(int, line.split())
-        if kind == 0:
+        if kind >= 2:
+            marks[(blocks, threads, kind)].append(ns)
+        elif kind == 0:
             pending[grid] = ns
         elif grid in pending:
             seq.append({"blocks": blocks, "threads": threads, "start": pending.pop(grid),
@@ -74,6 +80,13 @@ def main(path):
             wait = sum(v[3] for v in vals) / layers
             print(f"  {k}: blocks {vals[0][0]:6d} threads {vals[0][1]:5d} "
                   f"share {share / 1000:7.2f} us, resident {wait / 1000:6.2f} us before release")
+    if marks:
+        # Points inside a kernel (WICK_TRACE_MARK): SM clocks from a start the kernel chose,
+        # in microseconds at the H100/H200 boost clock of 1.98 GHz.
+        print("marks inside kernels: blocks threads mark mean_cycles mean_us (at 1.98 GHz) count")
+        for (blocks, threads, kind), v in sorted(marks.items()):
+            mean = sum(v) / len(v)
+            print(f"  {blocks:6d} {threads:5d} {kind:3d} {mean:10.0f} {mean / 1980:7.2f} {len(v):6d}")
 
 
 if __name__ == "__main__":

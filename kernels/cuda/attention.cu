@@ -201,6 +201,7 @@ attention_lanes_kernel(const float *q, uint8_t *kc, uint8_t *vc, const int *pos0
                        const float *k_new, const float *v_new, int rope_dims, float theta) {
     constexpr int CH = HD / 64, DPL = 8 * CH;
     pdl_start();
+    WICK_TRACE_CLOCK(t0);
     __shared__ float part_m[AL_WARPS], part_l[AL_WARPS], weight[AL_WARPS];
     __shared__ float part_acc[AL_WARPS][HD];
     int b = blockIdx.y, h = blockIdx.x;
@@ -223,6 +224,7 @@ attention_lanes_kernel(const float *q, uint8_t *kc, uint8_t *vc, const int *pos0
         }
         __syncthreads();
     }
+    WICK_TRACE_MARK(2, t0);
 
     float qv[DPL];
     al_head_f32<CH>(q + ((size_t)b * n_heads + h) * HD, sub, cs, rope_dims, false, qv);
@@ -247,6 +249,7 @@ attention_lanes_kernel(const float *q, uint8_t *kc, uint8_t *vc, const int *pos0
                            al_pack2(v8[4], v8[5]), al_pack2(v8[6], v8[7]));
         }
     }
+    WICK_TRACE_MARK(3, t0);
 
     float scale = rsqrtf((float)HD);
     int n_sink, lo;
@@ -288,6 +291,7 @@ attention_lanes_kernel(const float *q, uint8_t *kc, uint8_t *vc, const int *pos0
             m = m_new;
         }
     }
+    WICK_TRACE_MARK(4, t0);
     // The warp's four position groups into one, by a butterfly over the groups (both
     // partners compute the same products and sum them, so they stay equal).
 #pragma unroll
@@ -313,7 +317,9 @@ attention_lanes_kernel(const float *q, uint8_t *kc, uint8_t *vc, const int *pos0
 #pragma unroll
             for (int e = 0; e < 8; e++) part_acc[warp][al_dim(c, sub, e)] = acc[8 * c + e];
     }
+    WICK_TRACE_MARK(5, t0);
     __syncthreads();
+    WICK_TRACE_MARK(6, t0);
     // The warps' partials merged as attention_kernel merges them. A warp that saw no
     // position gets its zero weight without dividing: a zero dividend takes the
     // division's slow path (see rope_angle).
@@ -326,6 +332,7 @@ attention_lanes_kernel(const float *q, uint8_t *kc, uint8_t *vc, const int *pos0
         if (lane < AL_WARPS) weight[lane] = e != 0.f ? e / total : 0.f;
     }
     __syncthreads();
+    WICK_TRACE_MARK(7, t0);
     int d = threadIdx.x;
     float v = 0.f;
     if (d < HD) {
@@ -335,6 +342,7 @@ attention_lanes_kernel(const float *q, uint8_t *kc, uint8_t *vc, const int *pos0
     }
     if (xq && warp * 32 < HD)
         quantize_q8_lane(v, (((size_t)b * n_heads + h) * HD + d) / 32, lane, xq, xd);
+    WICK_TRACE_MARK(8, t0);
 }
 
 // WICK_ATT_LANES=0 keeps single rows on attention_kernel, to compare.

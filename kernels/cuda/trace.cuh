@@ -25,7 +25,22 @@ __device__ inline void wick_trace_stamp(unsigned kind) {
     if (i < WICK_TRACE_CAP)
         wick_trace_buf[i] = {grid, ns, kind, gridDim.x * gridDim.y * gridDim.z, blockDim.x, 0};
 }
+// A point inside a kernel (kind 2 and up): the first block's thread 0 records `cycles`,
+// the SM clocks since a start of the kernel's own choosing, for the phases of one kernel.
+__device__ inline void wick_trace_mark(unsigned kind, long long cycles) {
+    if ((blockIdx.x | blockIdx.y | blockIdx.z | threadIdx.x) != 0) return;
+    unsigned long long grid;
+    asm volatile("mov.u64 %0, %%gridid;" : "=l"(grid));
+    unsigned i = atomicAdd(&wick_trace_n, 1u);
+    if (i < WICK_TRACE_CAP)
+        wick_trace_buf[i] = {grid, (unsigned long long)cycles, kind,
+                             gridDim.x * gridDim.y * gridDim.z, blockDim.x, 0};
+}
 #define WICK_TRACE_STAMP(kind) wick_trace_stamp(kind)
+#define WICK_TRACE_CLOCK(t) long long t = clock64()
+#define WICK_TRACE_MARK(kind, t0) wick_trace_mark(kind, clock64() - (t0))
 #else
 #define WICK_TRACE_STAMP(kind)
+#define WICK_TRACE_CLOCK(t)
+#define WICK_TRACE_MARK(kind, t0)
 #endif
