@@ -7,17 +7,7 @@
 #include <cstdio>
 #include <cuda_runtime.h>
 
-__global__ void read_all(const uint4 *p, size_t n, unsigned long long *sink) {
-    uint4 acc = {0, 0, 0, 0};
-    for (size_t i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
-        uint4 v;
-        asm volatile("ld.global.cg.v4.u32 {%0,%1,%2,%3}, [%4];"
-                     : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-                     : "l"(p + i));
-        acc.x ^= v.x, acc.y ^= v.y, acc.z ^= v.z, acc.w ^= v.w;
-    }
-    if ((acc.x ^ acc.y ^ acc.z ^ acc.w) == 0x12345678) *sink = 1;  // keeps the loads
-}
+#include "gpu-read.cuh"
 
 __global__ void bulk_prefetch(const char *p, size_t bytes) {
     size_t slots = (size_t)gridDim.x * blockDim.x, per = (bytes / slots + 15) & ~15ull;
@@ -44,10 +34,10 @@ __global__ void spin(long cycles) {
 int main() {
     const size_t big = 1ull << 30, flush_bytes = 256ull << 20;
     char *buf, *flush;
-    unsigned long long *sink;
+    unsigned *sink;
     cudaMalloc(&buf, big);
     cudaMalloc(&flush, flush_bytes);
-    cudaMalloc(&sink, 8);
+    cudaMalloc(&sink, 4);
     cudaMemset(buf, 1, big);
     cudaMemset(flush, 2, flush_bytes);
     cudaEvent_t a, b;
@@ -62,14 +52,14 @@ int main() {
             float best = 1e9f;
             for (int rep = 0; rep < 5; rep++) {
                 char *x = buf + (size_t)rep * (64ull << 20);
-                read_all<<<sms * 8, 256>>>((const uint4 *)flush, flush_bytes / 16, sink);  // evicts
-                if (mode == 1) read_all<<<sms * 8, 256>>>((const uint4 *)x, sz / 16, sink);
+                plain_read<<<sms * 8, 256>>>((const uint4 *)flush, flush_bytes / 16, sink);  // evicts
+                if (mode == 1) plain_read<<<sms * 8, 256>>>((const uint4 *)x, sz / 16, sink);
                 if (mode == 2) bulk_prefetch<<<sms, 32>>>(x, sz);
                 if (mode == 3) line_prefetch<<<sms * 4, 256>>>(x, sz);
                 if (mode == 4) bulk_prefetch<<<4, 32>>>(x, sz);
                 spin<<<1, 32>>>(30 * 1755);  // about 30 us
                 cudaEventRecord(a);
-                read_all<<<sms * 8, 256>>>((const uint4 *)x, sz / 16, sink);
+                plain_read<<<sms * 8, 256>>>((const uint4 *)x, sz / 16, sink);
                 cudaEventRecord(b);
                 cudaEventSynchronize(b);
                 float ms;

@@ -10,37 +10,11 @@
 #include <cstdio>
 #include <cuda_runtime.h>
 
+#include "../kernels/cuda/bulk_copy.cuh"
+#include "gpu-read.cuh"
+
 constexpr int WARPS = 4, R = 2, S = 4, STEP = 1152, STRIDE = STEP + 16;
 constexpr int SMEM = WARPS * S * R * STRIDE + WARPS * S * 8;
-
-__device__ __forceinline__ uint32_t smem_addr(const void *p) {
-    return (uint32_t)__cvta_generic_to_shared(p);
-}
-__device__ __forceinline__ void mbar_init(uint32_t bar) {
-    asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(bar) : "memory");
-}
-__device__ __forceinline__ void mbar_fence() {
-    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
-    asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
-}
-__device__ __forceinline__ void mbar_expect(uint32_t bar, uint32_t bytes) {
-    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(bytes)
-                 : "memory");
-}
-__device__ __forceinline__ void bulk_copy(uint32_t dst, const void *src, uint32_t bytes,
-                                          uint32_t bar) {
-    asm volatile(
-        "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(dst),
-        "l"(src), "r"(bytes), "r"(bar)
-        : "memory");
-}
-__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
-    asm volatile(
-        "{\n.reg .pred done;\nWAIT:\nmbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
-        "@!done bra WAIT;\n}\n" ::"r"(bar),
-        "r"(parity)
-        : "memory");
-}
 
 template <int WORK>
 __global__ void __launch_bounds__(WARPS * 32) stream_rows(const uint8_t *w, int rows, int rb,
@@ -54,7 +28,7 @@ __global__ void __launch_bounds__(WARPS * 32) stream_rows(const uint8_t *w, int 
     uint32_t bars = smem_addr(smem) + WARPS * S * R * STRIDE + warp * S * 8;
     if (lane == 0) {
         for (int s = 0; s < S; s++) mbar_init(bars + 8 * s);
-        mbar_fence();
+        mbar_init_fence();
     }
     __syncwarp();
     int n_steps = (rb + STEP - 1) / STEP;
@@ -93,18 +67,6 @@ __global__ void __launch_bounds__(WARPS * 32) stream_rows(const uint8_t *w, int 
         __syncwarp();
     }
     if ((a0 ^ a1 ^ a2 ^ a3) == 0x12345678u) *sink = a0;
-}
-
-__global__ void read_all(const uint4 *p, size_t n, unsigned *sink) {
-    uint4 acc = {0, 0, 0, 0};
-    for (size_t i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
-        uint4 v;
-        asm volatile("ld.global.cg.v4.u32 {%0,%1,%2,%3}, [%4];"
-                     : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-                     : "l"(p + i));
-        acc.x ^= v.x, acc.y ^= v.y, acc.z ^= v.z, acc.w ^= v.w;
-    }
-    if ((acc.x ^ acc.y ^ acc.z ^ acc.w) == 0x12345678) *sink = 1;
 }
 
 template <int WORK>
@@ -147,7 +109,7 @@ int main() {
                 at += (bytes + 255) & ~255ull;
                 cudaEventRecord(a);
                 if (m < 0)
-                    read_all<<<sms * 8, 256>>>((const uint4 *)w, bytes / 16, sink);
+                    plain_read<<<sms * 8, 256>>>((const uint4 *)w, bytes / 16, sink);
                 else if (works[m] == 0)
                     run_stream<0>(w, c.rows, c.rb, sink);
                 else if (works[m] == 64)

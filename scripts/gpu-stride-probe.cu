@@ -11,6 +11,8 @@
 #include <cstdio>
 #include <cuda_runtime.h>
 
+#include "gpu-read.cuh"
+
 constexpr int WARPS = 4, STEP = 576, PIECES = STEP / 16, STRIDE = STEP + 16;
 
 __device__ __forceinline__ void cp_async16(void *dst, const void *src) {
@@ -58,18 +60,6 @@ ring_read(const uint8_t *w, int rows, int rb, int tiled, unsigned *sink) {
         __syncwarp();
     }
     if (acc == 0x12345678) *sink = acc;  // keeps the reads
-}
-
-__global__ void plain_read(const uint4 *p, size_t n, unsigned *sink) {
-    uint4 acc = {0, 0, 0, 0};
-    for (size_t i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
-        uint4 v;
-        asm volatile("ld.global.cg.v4.u32 {%0,%1,%2,%3}, [%4];"
-                     : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-                     : "l"(p + i));
-        acc.x ^= v.x, acc.y ^= v.y, acc.z ^= v.z, acc.w ^= v.w;
-    }
-    if ((acc.x ^ acc.y ^ acc.z ^ acc.w) == 0x12345678) *sink = 1;
 }
 
 // One launch of the ring kernel with R rows per warp and an S-step ring.
