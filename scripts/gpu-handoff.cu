@@ -13,6 +13,8 @@
 #include <cstdio>
 #include <cuda_runtime.h>
 
+#include "../kernels/cuda/stream.cuh"
+
 constexpr int N = 256;  // launches in the chain
 
 __device__ inline unsigned ld_acquire(const unsigned *p) {
@@ -49,20 +51,14 @@ __global__ void link(int i, int prev_blocks, float *buf, unsigned *cnt) {
     }
 }
 
+// The launch path of every wick kernel (kernels/cuda/stream.cuh), with PDL switched per chain.
+cudaStream_t wick_stream;
+bool wick_pdl, wick_early;
+
 template <int MODE>
-static void launch(int i, int blocks, int prev, size_t smem, bool pdl, float *buf, unsigned *cnt,
-                   cudaStream_t s) {
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = blocks;
-    cfg.blockDim = 128;
-    cfg.dynamicSmemBytes = smem;
-    cfg.stream = s;
-    cudaLaunchAttribute attr[1];
-    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attr[0].val.programmaticStreamSerializationAllowed = 1;
-    cfg.attrs = attr;
-    cfg.numAttrs = pdl ? 1 : 0;
-    cudaLaunchKernelEx(&cfg, link<MODE>, i, prev, buf, cnt);
+static void launch(int i, int blocks, int prev, size_t smem, bool pdl, float *buf, unsigned *cnt) {
+    wick_pdl = pdl;
+    wick_launch(link<MODE>, blocks, 128, smem, i, prev, buf, cnt);
 }
 
 int main() {
@@ -70,8 +66,8 @@ int main() {
     unsigned *cnt;
     cudaMalloc(&buf, (size_t)N * 4096 * 4);
     cudaMalloc(&cnt, N * 4);
-    cudaStream_t s;
-    cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking);
+    cudaStreamCreateWithFlags(&wick_stream, cudaStreamNonBlocking);
+    cudaStream_t s = wick_stream;
     for (int m = 0; m < 2; m++)
         cudaFuncSetAttribute(m ? (void *)link<1> : (void *)link<0>,
                              cudaFuncAttributeMaxDynamicSharedMemorySize, 200 * 1024);
@@ -94,9 +90,9 @@ int main() {
                         int prev = i == 0 ? 1 : alt && (i - 1) % 2 ? 16 : blocks;
                         size_t sm = smem_kb ? (size_t)smem_kb * 1024 : 16;
                         if (mode == 2)
-                            launch<1>(i, nb, prev, sm, true, buf, cnt, s);
+                            launch<1>(i, nb, prev, sm, true, buf, cnt);
                         else
-                            launch<0>(i, nb, prev, sm, mode == 1, buf, cnt, s);
+                            launch<0>(i, nb, prev, sm, mode == 1, buf, cnt);
                     }
                     cudaStreamEndCapture(s, &g);
                     cudaGraphExec_t ge;
