@@ -30,6 +30,22 @@ constexpr int ATT_WARPS = 16;
 constexpr int MAX_HEAD_DIM = 256;
 constexpr int PER_LANE = MAX_HEAD_DIM / 32;
 
+// The weight of each of NW warps' partials (running max part_m, running sum part_l) in
+// the merged result: its sum rescaled to the overall max, over the total. Called by one
+// warp, lane w computing warp w's weight. A warp that saw no position gets 0 without
+// dividing: a zero dividend takes the division's slow path (see rope_angle).
+template <int NW>
+__device__ inline void merge_weights(const float *part_m, const float *part_l, float *weight,
+                                     int lane) {
+    static_assert(NW <= 32, "one lane per warp's partial");
+    float pm = lane < NW ? part_m[lane] : -INFINITY;
+    float pl = lane < NW ? part_l[lane] : 0.f;
+    float mx = warp_max(pm);  // every lane: the shuffles need all 32
+    float e = pl > 0.f ? __expf(pm - mx) : 0.f;
+    float total = warp_sum(pl * e);
+    if (lane < NW) weight[lane] = e != 0.f ? e / total : 0.f;
+}
+
 template <int TYPE>
 __global__ void __launch_bounds__(ATT_WARPS * 32)
 attention_kernel(const float *q, const uint8_t *kc, const uint8_t *vc, const int *pos0p,
@@ -100,17 +116,8 @@ attention_kernel(const float *q, const uint8_t *kc, const uint8_t *vc, const int
     // chain of sixteen exponentials: at decode's short contexts that chain was about a fifth
     // of this kernel's time in a decode step (docs/PERF.md, session 15). A warp that saw no
     // position has l = 0 and acc = 0.
-    static_assert(ATT_WARPS <= 32, "one lane per warp's partial");
     __shared__ float weight[ATT_WARPS];
-    if (warp == 0) {
-        float pm = lane < ATT_WARPS ? part_m[lane] : -INFINITY;
-        float pl = lane < ATT_WARPS ? part_l[lane] : 0.f;
-        float mx = warp_max(pm);  // every lane: the shuffles need all 32
-        float e = pl > 0.f ? __expf(pm - mx) : 0.f;
-        float total = warp_sum(pl * e);
-        // No division for a warp that saw no position (see attention_lanes_kernel).
-        if (lane < ATT_WARPS) weight[lane] = e != 0.f ? e / total : 0.f;
-    }
+    if (warp == 0) merge_weights<ATT_WARPS>(part_m, part_l, weight, lane);
     __syncthreads();
     // One value per thread (the block is wider than any head), so that a warp's lanes
     // hold a Hadamard chunk of the output to turn back.
@@ -320,17 +327,7 @@ attention_lanes_kernel(const float *q, uint8_t *kc, uint8_t *vc, const int *pos0
     WICK_TRACE_MARK(5, t0);
     __syncthreads();
     WICK_TRACE_MARK(6, t0);
-    // The warps' partials merged as attention_kernel merges them. A warp that saw no
-    // position gets its zero weight without dividing: a zero dividend takes the
-    // division's slow path (see rope_angle).
-    if (warp == 0) {
-        float pm = lane < AL_WARPS ? part_m[lane] : -INFINITY;
-        float pl = lane < AL_WARPS ? part_l[lane] : 0.f;
-        float mx = warp_max(pm);
-        float e = pl > 0.f ? __expf(pm - mx) : 0.f;
-        float total = warp_sum(pl * e);
-        if (lane < AL_WARPS) weight[lane] = e != 0.f ? e / total : 0.f;
-    }
+    if (warp == 0) merge_weights<AL_WARPS>(part_m, part_l, weight, lane);
     __syncthreads();
     WICK_TRACE_MARK(7, t0);
     int d = threadIdx.x;
