@@ -137,3 +137,34 @@ extern "C" int wick_event_elapsed(void *start, void *end, float *ms) {
     return (int)cudaEventElapsedTime(ms, (cudaEvent_t)start, (cudaEvent_t)end);
 }
 extern "C" int wick_event_destroy(void *e) { return (int)cudaEventDestroy((cudaEvent_t)e); }
+
+// Token ids copied to the host without waiting for the stream: each slot is a pinned int
+// and an event recorded after its copy, so the host can queue the next decode step before
+// it waits for the id of this one.
+constexpr int ID_SLOTS = 4;
+static int *id_host = nullptr;
+static cudaEvent_t id_done[ID_SLOTS];
+
+extern "C" int wick_id_post(const int *src, int slot) {
+    if (slot < 0 || slot >= ID_SLOTS) return (int)cudaErrorInvalidValue;
+    if (!id_host) {
+        cudaError_t e = cudaMallocHost(&id_host, ID_SLOTS * sizeof(int));
+        for (int i = 0; i < ID_SLOTS && e == cudaSuccess; i++)
+            e = cudaEventCreateWithFlags(&id_done[i], cudaEventDisableTiming);
+        if (e != cudaSuccess) {
+            id_host = nullptr;
+            return (int)e;
+        }
+    }
+    cudaError_t e =
+        cudaMemcpyAsync(id_host + slot, src, sizeof(int), cudaMemcpyDeviceToHost, wick_stream);
+    return (int)(e != cudaSuccess ? e : cudaEventRecord(id_done[slot], wick_stream));
+}
+
+extern "C" int wick_id_take(int slot, int *id) {
+    if (slot < 0 || slot >= ID_SLOTS || !id_host) return (int)cudaErrorInvalidValue;
+    cudaError_t e = cudaEventSynchronize(id_done[slot]);
+    if (e != cudaSuccess) return (int)e;
+    *id = id_host[slot];
+    return 0;
+}

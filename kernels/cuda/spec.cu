@@ -26,7 +26,7 @@ __device__ __forceinline__ bool better(int ka, int ia, int kb, int ib) {
 }
 
 // The argmax of one row of `vocab` logits, and the probability of that token at
-// temperature 1 (how sure the model is), by the whole block.
+// temperature 1 (how sure the model is) when top_out is given, by the whole block.
 __device__ void row_argmax(const float *__restrict__ x, int vocab, int *id_out,
                            float *top_out) {
     __shared__ int s_key[PICK_THREADS / 32], s_id[PICK_THREADS / 32];
@@ -66,6 +66,11 @@ __device__ void row_argmax(const float *__restrict__ x, int vocab, int *id_out,
     }
     __syncthreads();
     id = best_id;
+    // Plain greedy decoding needs no probability: a second pass over the row saved.
+    if (!top_out) {
+        if (threadIdx.x == 0) *id_out = id;
+        return;
+    }
     float mx = x[id];
     if (isnan(mx)) mx = -INFINITY;
     // sum(exp(l - max)); NaN logits count as impossible, as in the argmax.
@@ -100,11 +105,11 @@ pick_kernel(const float *__restrict__ logits, int vocab, int *params, int next_p
     pdl_start();
     __shared__ int id;
     __shared__ float p;
-    row_argmax(logits, vocab, &id, &p);
+    row_argmax(logits, vocab, &id, top ? &p : nullptr);
     __syncthreads();
     if (threadIdx.x == 0) {
         proposals[i] = id;
-        top[i] = p;
+        if (top) top[i] = p;
         params[0] = next_pos;
         params[1] = id;
     }

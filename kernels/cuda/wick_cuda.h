@@ -38,6 +38,10 @@ int wick_event_create(void **event);
 int wick_event_record(void *event);
 int wick_event_elapsed(void *start, void *end, float *ms);
 int wick_event_destroy(void *event);
+/* One int of device memory copied to pinned slot `slot` (< 4) behind the stream's work,
+ * and read once it has landed: the host queues more work between the two. */
+int wick_id_post(const int32_t *d_src, int slot);
+int wick_id_take(int slot, int32_t *id);
 /* 1 if kernels for `type` exist. */
 int wick_cuda_supports_type(int type);
 
@@ -174,7 +178,8 @@ int wick_swiglu(float *d_g, const float *d_u, int n);
  * to the lowest id, as the CPU's greedy sampler), and that token's probability at
  * temperature 1 into top[r]. */
 int wick_argmax_rows(const float *d_x, int rows, int vocab, int32_t *d_ids, float *d_top);
-/* Draft token i: the argmax of d_logits into d_proposals[i] (its probability into d_top[i]),
+/* Draft token i: the argmax of d_logits into d_proposals[i] (its probability into d_top[i],
+ * unless d_top is null),
  * and staged as the next decode step's token at position next_pos: d_params = {pos, token}
  * as the forward pass reads them. */
 int wick_spec_pick(const float *d_logits, int vocab, int32_t *d_params, int next_pos,

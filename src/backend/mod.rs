@@ -314,7 +314,20 @@ pub trait DeviceSpec<Buf> {
     /// The next token after `logits` (`vocab` values; the masked ones are overwritten with
     /// -inf), staged as the next decode step's token at `next_pos` (as `pick` stages it),
     /// and copied to the host: the one wait of a token.
-    fn plain_pick(&self, logits: &Buf, vocab: usize, next_pos: usize) -> Result<u32>;
+    fn plain_pick(&self, logits: &Buf, vocab: usize, next_pos: usize) -> Result<u32> {
+        self.plain_queue(logits, vocab, next_pos)?;
+        self.plain_take()
+    }
+    /// `plain_pick` in two halves, so that the host can queue the next step between them:
+    /// `plain_queue` queues the pick and the copy of its id, `plain_take` waits for the
+    /// oldest id queued and not yet taken. At most four may be outstanding.
+    fn plain_queue(&self, logits: &Buf, vocab: usize, next_pos: usize) -> Result<()>;
+    fn plain_take(&self) -> Result<u32>;
+    /// Drops the ids queued and not taken: a generation stopped with a pick ahead.
+    fn plain_forget(&self);
+    /// Whether picks may run ahead of the host: a pick it never takes must change nothing
+    /// it will see (greedy: no random stream moves on).
+    fn plain_ahead(&self) -> bool;
 }
 
 /// Where `--draft-p-min` cuts a draft that was picked whole on the device: at the first

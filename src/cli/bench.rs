@@ -18,7 +18,9 @@ use crate::backend::{Backend, DraftCut, Verdict};
 use crate::gguf::GgufFile;
 use crate::model::Llama;
 use crate::quant::Precision;
+use crate::sample::{Sampler, SamplerParams};
 use crate::session::Session;
+use crate::spec::{Decoder, Plain};
 
 #[derive(Args)]
 pub struct BenchArgs {
@@ -284,9 +286,57 @@ fn measure<'a, B: Backend<'a>>(
             n_gen: a.n_gen,
             samples,
         });
+        if model.backend.device_spec().is_some() {
+            results.push(Result1 {
+                test: format!("tg{} picked on device", a.n_gen),
+                n_prompt: 0,
+                n_gen: a.n_gen,
+                samples: measure_device_picks(a, model, tokens[0])?,
+            });
+        }
     }
 
     Ok(results)
+}
+
+/// Generation as `wick gen` runs it on a GPU: greedy picks on the device, only their ids
+/// copied back (`spec::Plain`). The tg test above copies every step's logits to the host,
+/// as llama-bench's does. Tokens handed out per second, after one untimed token: each
+/// needs one more forward pass done.
+fn measure_device_picks<'a, B: Backend<'a>>(
+    a: &BenchArgs,
+    model: &Llama<'a, B>,
+    first: u32,
+) -> Result<Vec<f64>, Failure> {
+    let greedy = SamplerParams {
+        temp: 0.0,
+        repeat_penalty: 1.0,
+        ..SamplerParams::default()
+    };
+    let vocab = model.config.vocab_size;
+    let mut samples = Vec::new();
+    for rep in 0..=a.reps.max(1) {
+        let s = Session::new(model, a.n_gen + 4).generation()?;
+        let mut d = Plain::new(s, Sampler::new(greedy.clone(), vocab));
+        d.prefill(&[first]).generation()?;
+        d.next().generation()?;
+        let t = Instant::now();
+        for _ in 0..a.n_gen {
+            d.next()
+                .generation()?
+                .context("the context filled up")
+                .generation()?;
+        }
+        let secs = t.elapsed().as_secs_f64();
+        if rep > 0 {
+            samples.push(a.n_gen as f64 / secs);
+        }
+        // The step queued ahead is done before the next repetition's clock starts.
+        if let Some(ds) = model.backend.device_spec() {
+            ds.sync().generation()?;
+        }
+    }
+    Ok(samples)
 }
 
 fn report(

@@ -52,10 +52,19 @@ pub fn host_sampling_forced() -> bool {
     std::env::var(SAMPLE_HOST_ENV).is_ok_and(|v| v == "1")
 }
 
+/// Set to 0, device picks wait for each token before queuing the next step (A/B runs).
+pub const AHEAD_ENV: &str = "WICK_AHEAD";
+
 /// One forward pass per token. On a backend with [`crate::backend::DeviceSpec`] whose
 /// device follows the sampler's settings, each token is picked on the device from logits
 /// that never leave it, and only its id is copied back (`DeviceSpec::plain_pick`); the
 /// device continues the sampler's random stream, so the text is the host's.
+///
+/// Greedy device picks run one token ahead: the step that feeds a token, and the pick after
+/// it, are queued before the host waits for that token's id, so the device never idles
+/// while the host prints a token and queues the next step. The session then holds every
+/// token handed out, where otherwise the last one is held back until the next call (so the
+/// token that ends a generation costs a forward pass; `resume` drops the pick after it).
 pub struct Plain<'m, 'a, B: Backend<'a>> {
     session: Session<'m, 'a, B>,
     sampler: Sampler,
@@ -73,6 +82,10 @@ pub struct Plain<'m, 'a, B: Backend<'a>> {
     on_device: Option<bool>,
     /// Whether the device staged `pending` as the next step's token at the next position.
     staged: bool,
+    /// Whether the last token handed out is already fed, and the pick after it queued.
+    ahead: bool,
+    /// Whether greedy device picks may run ahead (`AHEAD_ENV`), decided at the first pick.
+    may_run_ahead: bool,
 }
 
 impl<'m, 'a, B: Backend<'a>> Plain<'m, 'a, B> {
@@ -87,6 +100,8 @@ impl<'m, 'a, B: Backend<'a>> Plain<'m, 'a, B> {
             masked: Vec::new(),
             on_device: None,
             staged: false,
+            ahead: false,
+            may_run_ahead: false,
         }
     }
 
@@ -119,6 +134,11 @@ impl<'m, 'a, B: Backend<'a>> Plain<'m, 'a, B> {
     pub fn resume(&mut self) {
         self.pending = None;
         self.staged = false;
+        if std::mem::take(&mut self.ahead) {
+            if let Some(ds) = self.session.backend().device_spec() {
+                ds.plain_forget();
+            }
+        }
     }
 
     /// Whether tokens are picked on the device: decided once, setting the device up to
@@ -138,7 +158,65 @@ impl<'m, 'a, B: Backend<'a>> Plain<'m, 'a, B> {
             _ => false,
         };
         self.on_device = Some(d);
+        self.may_run_ahead = d
+            && !std::env::var(AHEAD_ENV).is_ok_and(|v| v == "0")
+            && self
+                .session
+                .backend()
+                .device_spec()
+                .is_some_and(|ds| ds.plain_ahead());
         Ok(d)
+    }
+
+    /// Feeds the token handed out last, if it was held back; false when the context is full
+    /// and may not shift.
+    fn feed_pending(&mut self, on_device: bool) -> Result<bool> {
+        let Some(t) = self.pending.take() else {
+            return Ok(true);
+        };
+        let mut staged = std::mem::take(&mut self.staged);
+        if self.session.room() == 0 {
+            if !self.shift {
+                return Ok(false);
+            }
+            self.session.shift()?;
+            self.shifts += 1;
+            staged = false;
+        }
+        self.feed(t, staged, on_device)?;
+        Ok(true)
+    }
+
+    /// `next` with greedy device picks running one token ahead (see [`Plain`]).
+    fn next_ahead(&mut self) -> Result<Option<u32>> {
+        let ds = self
+            .session
+            .backend()
+            .device_spec()
+            .context("device picks without a device")?;
+        let vocab = self.session.vocab();
+        if !self.ahead {
+            if !self.feed_pending(true)? {
+                return Ok(None);
+            }
+            ds.plain_queue(self.session.logits_buf(), vocab, self.session.len())?;
+        }
+        // The token being picked is staged at the next position: its step is queued before
+        // the host knows it, unless the context is full (a shift, or the end, is the host's).
+        let go = self.session.room() > 0;
+        if go {
+            self.session.step_staged()?;
+            ds.plain_queue(self.session.logits_buf(), vocab, self.session.len())?;
+        }
+        let t = ds.plain_take()?;
+        if go {
+            self.session.settle_staged(&[t])?;
+        } else {
+            self.pending = Some(t);
+            self.staged = true;
+        }
+        self.ahead = go;
+        Ok(Some(t))
     }
 
     /// Feeds the token handed out last: from where the device staged it, or from the host.
@@ -169,17 +247,11 @@ impl<'a, B: Backend<'a>> Decoder for Plain<'_, 'a, B> {
 
     fn next(&mut self) -> Result<Option<u32>> {
         let on_device = self.picks_on_device()?;
-        if let Some(t) = self.pending.take() {
-            let mut staged = std::mem::take(&mut self.staged);
-            if self.session.room() == 0 {
-                if !self.shift {
-                    return Ok(None);
-                }
-                self.session.shift()?;
-                self.shifts += 1;
-                staged = false;
-            }
-            self.feed(t, staged, on_device)?;
+        if self.may_run_ahead {
+            return self.next_ahead();
+        }
+        if !self.feed_pending(on_device)? {
+            return Ok(None);
         }
         if on_device {
             let s = &self.session;

@@ -1598,16 +1598,28 @@ impl DeviceSpec<DeviceMem> for Cuda {
         self.spec.sample.plain_setup(params, rng, mask, vocab)
     }
 
-    fn plain_pick(&self, logits: &DeviceMem, vocab: usize, next_pos: usize) -> Result<u32> {
-        let id = self
-            .spec
+    fn plain_queue(&self, logits: &DeviceMem, vocab: usize, next_pos: usize) -> Result<()> {
+        self.spec
             .sample
-            .plain_pick(logits, vocab, &self.params, next_pos)?;
-        // The pick waited for the step, as `read` does: its ops' times are final.
+            .plain_queue(logits, vocab, &self.params, next_pos)
+    }
+
+    fn plain_take(&self) -> Result<u32> {
+        let id = self.spec.sample.plain_take()?;
+        // The id waited for its step, as `read` does: the times of the ops before are final.
         if let Some(p) = &self.profile {
             p.borrow_mut().collect();
         }
         Ok(id)
+    }
+
+    fn plain_forget(&self) {
+        self.spec.sample.plain_forget()
+    }
+
+    fn plain_ahead(&self) -> bool {
+        // Per-op times are read when an id is taken, and a step queued ahead is not done.
+        self.profile.is_none() && self.spec.sample.plain_ahead()
     }
 }
 

@@ -80,10 +80,15 @@ pub(super) struct SampleScratch {
     /// Plain decoding's masked tokens (`MASK_CAP`), `plain_masked` of them in use.
     plain_mask: DeviceMem,
     plain_masked: Cell<usize>,
-    /// Plain decoding's pick, and the probability greedy picks leave beside it.
+    /// Plain decoding's pick.
     plain_out: DeviceMem,
-    plain_top: DeviceMem,
+    /// Picks queued (`wick_id_post`) and taken so far: slot `n % ID_SLOTS` holds pick n.
+    plain_posted: Cell<usize>,
+    plain_taken: Cell<usize>,
 }
+
+/// Picks whose ids may be on their way to the host at once (slots of `wick_id_post`).
+const ID_SLOTS: usize = 4;
 
 impl SampleScratch {
     pub(super) fn new() -> Result<SampleScratch> {
@@ -100,7 +105,8 @@ impl SampleScratch {
             plain_mask: DeviceMem::zeroed(MASK_CAP * 4)?,
             plain_masked: Cell::new(0),
             plain_out: DeviceMem::zeroed(4)?,
-            plain_top: DeviceMem::zeroed(4)?,
+            plain_posted: Cell::new(0),
+            plain_taken: Cell::new(0),
         })
     }
 
@@ -131,6 +137,8 @@ impl SampleScratch {
                 None => return Ok(false),
             }
         };
+        // A pick a previous decoding queued ahead and never took is not this one's.
+        self.plain_forget();
         // The host skips ids past the vocabulary, and masking one twice changes nothing.
         let mut ids: Vec<u32> = mask
             .iter()
@@ -161,14 +169,19 @@ impl SampleScratch {
         Ok(true)
     }
 
-    /// `DeviceSpec::plain_pick`: queues the mask and the pick, then waits for the id.
-    pub(super) fn plain_pick(
+    /// `DeviceSpec::plain_queue`: queues the mask, the pick and the copy of its id.
+    pub(super) fn plain_queue(
         &self,
         logits: &DeviceMem,
         vocab: usize,
         params: &DeviceMem,
         next_pos: usize,
-    ) -> Result<u32> {
+    ) -> Result<()> {
+        let (posted, taken) = (self.plain_posted.get(), self.plain_taken.get());
+        ensure!(
+            posted - taken < ID_SLOTS,
+            "{ID_SLOTS} picks queued and none taken"
+        );
         let Some((mode, set_vocab)) = self.plain.get() else {
             anyhow::bail!("plain pick without plain decoding set up on the GPU");
         };
@@ -196,7 +209,7 @@ impl SampleScratch {
                         params.ptr.cast(),
                         next_pos as i32,
                         out,
-                        self.plain_top.f32(),
+                        std::ptr::null_mut(),
                         0,
                     )
                 },
@@ -218,14 +231,45 @@ impl SampleScratch {
                 "sampling a token",
             )?,
         }
-        let mut id = [0i32; 1];
-        d2h(&mut id, &self.plain_out)?;
+        // SAFETY: one int of device memory; the slot is below ID_SLOTS.
+        check(
+            unsafe { ffi::wick_id_post(out, (posted % ID_SLOTS) as i32) },
+            "copying a token id to the host",
+        )?;
+        self.plain_posted.set(posted + 1);
+        Ok(())
+    }
+
+    /// `DeviceSpec::plain_take`: waits for the oldest queued pick's id.
+    pub(super) fn plain_take(&self) -> Result<u32> {
+        let taken = self.plain_taken.get();
+        ensure!(taken < self.plain_posted.get(), "no pick queued to take");
+        let Some((_, vocab)) = self.plain.get() else {
+            anyhow::bail!("plain pick without plain decoding set up on the GPU");
+        };
+        let mut id = 0i32;
+        // SAFETY: a slot below ID_SLOTS that wick_id_post filled; writes one int.
+        check(
+            unsafe { ffi::wick_id_take((taken % ID_SLOTS) as i32, &mut id) },
+            "a kernel",
+        )?;
+        self.plain_taken.set(taken + 1);
         ensure!(
-            (0..vocab as i64).contains(&(id[0] as i64)),
-            "the GPU picked token {} of a vocabulary of {vocab}",
-            id[0]
+            (0..vocab as i64).contains(&(id as i64)),
+            "the GPU picked token {id} of a vocabulary of {vocab}"
         );
-        Ok(id[0] as u32)
+        Ok(id as u32)
+    }
+
+    /// `DeviceSpec::plain_forget`: the queued picks' ids are never read.
+    pub(super) fn plain_forget(&self) {
+        self.plain_taken.set(self.plain_posted.get());
+    }
+
+    /// `DeviceSpec::plain_ahead`: greedy picks draw nothing from a random stream, so one
+    /// the host never takes changes nothing it will see.
+    pub(super) fn plain_ahead(&self) -> bool {
+        matches!(self.plain.get(), Some((PlainMode::Greedy, _)))
     }
 
     /// Plain decoding's random stream as it stands now (self-test).
