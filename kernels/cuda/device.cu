@@ -138,33 +138,42 @@ extern "C" int wick_event_elapsed(void *start, void *end, float *ms) {
 }
 extern "C" int wick_event_destroy(void *e) { return (int)cudaEventDestroy((cudaEvent_t)e); }
 
-// Token ids copied to the host without waiting for the stream: each slot is a pinned int
-// and an event recorded after its copy, so the host can queue the next decode step before
-// it waits for the id of this one.
+// Token ids for the host, written by the kernel that picks them straight into pinned,
+// mapped host memory (no copy queued between the pick and the next step), with an event
+// recorded behind the pick: the host queues the next decode step before it waits for the
+// id of this one.
 constexpr int ID_SLOTS = 4;
-static int *id_host = nullptr;
+static int *id_host = nullptr, *id_dev = nullptr;
 static cudaEvent_t id_done[ID_SLOTS];
 
-extern "C" int wick_id_post(const int *src, int slot) {
-    if (slot < 0 || slot >= ID_SLOTS) return (int)cudaErrorInvalidValue;
-    if (!id_host) {
-        cudaError_t e = cudaMallocHost(&id_host, ID_SLOTS * sizeof(int));
-        for (int i = 0; i < ID_SLOTS && e == cudaSuccess; i++)
-            e = cudaEventCreateWithFlags(&id_done[i], cudaEventDisableTiming);
-        if (e != cudaSuccess) {
-            id_host = nullptr;
-            return (int)e;
-        }
-    }
-    cudaError_t e =
-        cudaMemcpyAsync(id_host + slot, src, sizeof(int), cudaMemcpyDeviceToHost, wick_stream);
-    return (int)(e != cudaSuccess ? e : cudaEventRecord(id_done[slot], wick_stream));
+static cudaError_t id_setup() {
+    if (id_host) return cudaSuccess;
+    int *h = nullptr;
+    cudaError_t e = cudaHostAlloc(&h, ID_SLOTS * sizeof(int), cudaHostAllocMapped);
+    if (e == cudaSuccess) e = cudaHostGetDevicePointer(&id_dev, h, 0);
+    for (int i = 0; i < ID_SLOTS && e == cudaSuccess; i++)
+        e = cudaEventCreateWithFlags(&id_done[i], cudaEventDisableTiming);
+    if (e == cudaSuccess) id_host = h;
+    return e;
 }
 
-extern "C" int wick_id_take(int slot, int *id) {
+extern "C" int wick_id_slot(int slot, int32_t **d_ptr) {
+    if (slot < 0 || slot >= ID_SLOTS) return (int)cudaErrorInvalidValue;
+    cudaError_t e = id_setup();
+    if (e != cudaSuccess) return (int)e;
+    *d_ptr = id_dev + slot;
+    return 0;
+}
+
+extern "C" int wick_id_post(int slot) {
+    if (slot < 0 || slot >= ID_SLOTS || !id_host) return (int)cudaErrorInvalidValue;
+    return (int)cudaEventRecord(id_done[slot], wick_stream);
+}
+
+extern "C" int wick_id_take(int slot, int32_t *id) {
     if (slot < 0 || slot >= ID_SLOTS || !id_host) return (int)cudaErrorInvalidValue;
     cudaError_t e = cudaEventSynchronize(id_done[slot]);
     if (e != cudaSuccess) return (int)e;
-    *id = id_host[slot];
+    *id = *(volatile int *)(id_host + slot);
     return 0;
 }

@@ -6,6 +6,7 @@
 // ordered as f32::total_cmp orders them (so -0 < +0), and ties go to the lowest id.
 #include <cuda_runtime.h>
 #include <limits.h>
+#include <stdint.h>
 #include <math.h>
 
 #include "common.cuh"
@@ -34,13 +35,27 @@ __device__ void row_argmax(const float *__restrict__ x, int vocab, int *id_out,
     __shared__ int best_id;
     int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
     int key = INT_MIN, id = INT_MAX;
-    for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
-        int k = order_key(x[i]);
+    auto consider = [&](float v, int i) {
+        int k = order_key(v);
         if (better(k, i, key, id)) {
             key = k;
             id = i;
         }
+    };
+    // 16-byte loads where the row allows (one block reads a whole row of ~128K logits, so
+    // bytes in flight per thread set its time); ties still go to the lowest id, whatever
+    // the order in which a thread meets its values.
+    int n4 = reinterpret_cast<uintptr_t>(x) % 16 == 0 ? vocab / 4 : 0;
+    const float4 *x4 = reinterpret_cast<const float4 *>(x);
+#pragma unroll 4
+    for (int j = threadIdx.x; j < n4; j += blockDim.x) {
+        float4 v = x4[j];
+        consider(v.x, 4 * j);
+        consider(v.y, 4 * j + 1);
+        consider(v.z, 4 * j + 2);
+        consider(v.w, 4 * j + 3);
     }
+    for (int i = 4 * n4 + threadIdx.x; i < vocab; i += blockDim.x) consider(x[i], i);
     for (int o = 16; o > 0; o /= 2) {
         int k2 = __shfl_down_sync(0xffffffff, key, o);
         int i2 = __shfl_down_sync(0xffffffff, id, o);

@@ -38,9 +38,11 @@ int wick_event_create(void **event);
 int wick_event_record(void *event);
 int wick_event_elapsed(void *start, void *end, float *ms);
 int wick_event_destroy(void *event);
-/* One int of device memory copied to pinned slot `slot` (< 4) behind the stream's work,
- * and read once it has landed: the host queues more work between the two. */
-int wick_id_post(const int32_t *d_src, int slot);
+/* Token ids for the host: a kernel writes one to the device address of slot `slot` (< 4,
+ * pinned host memory), wick_id_post marks the slot behind the stream's work, and
+ * wick_id_take waits for that mark and reads the id: the host queues more work between. */
+int wick_id_slot(int slot, int32_t **d_ptr);
+int wick_id_post(int slot);
 int wick_id_take(int slot, int32_t *id);
 /* 1 if kernels for `type` exist. */
 int wick_cuda_supports_type(int type);

@@ -80,8 +80,6 @@ pub(super) struct SampleScratch {
     /// Plain decoding's masked tokens (`MASK_CAP`), `plain_masked` of them in use.
     plain_mask: DeviceMem,
     plain_masked: Cell<usize>,
-    /// Plain decoding's pick.
-    plain_out: DeviceMem,
     /// Picks queued (`wick_id_post`) and taken so far: slot `n % ID_SLOTS` holds pick n.
     plain_posted: Cell<usize>,
     plain_taken: Cell<usize>,
@@ -104,7 +102,6 @@ impl SampleScratch {
             plain: Cell::new(None),
             plain_mask: DeviceMem::zeroed(MASK_CAP * 4)?,
             plain_masked: Cell::new(0),
-            plain_out: DeviceMem::zeroed(4)?,
             plain_posted: Cell::new(0),
             plain_taken: Cell::new(0),
         })
@@ -197,10 +194,16 @@ impl SampleScratch {
             },
             "masking tokens",
         )?;
-        let out: *mut i32 = self.plain_out.ptr.cast();
+        let slot = (posted % ID_SLOTS) as i32;
+        let mut out: *mut i32 = std::ptr::null_mut();
+        // SAFETY: a slot below ID_SLOTS; writes one pointer.
+        check(
+            unsafe { ffi::wick_id_slot(slot, &mut out) },
+            "mapping a token id for the host",
+        )?;
         match mode {
-            // SAFETY: bounds checked above; params holds a position and a token, out and
-            // top one value each.
+            // SAFETY: bounds checked above; params holds a position and a token, out (the
+            // slot's mapped int) one value; no probability is written.
             PlainMode::Greedy => check(
                 unsafe {
                     ffi::wick_spec_pick(
@@ -231,11 +234,8 @@ impl SampleScratch {
                 "sampling a token",
             )?,
         }
-        // SAFETY: one int of device memory; the slot is below ID_SLOTS.
-        check(
-            unsafe { ffi::wick_id_post(out, (posted % ID_SLOTS) as i32) },
-            "copying a token id to the host",
-        )?;
+        // SAFETY: a slot below ID_SLOTS, set up by wick_id_slot above.
+        check(unsafe { ffi::wick_id_post(slot) }, "marking a token id")?;
         self.plain_posted.set(posted + 1);
         Ok(())
     }
