@@ -27,7 +27,7 @@ __device__ __forceinline__ bool better(int ka, int ia, int kb, int ib) {
 }
 
 // The argmax of one row of `vocab` logits, and the probability of that token at
-// temperature 1 (how sure the model is) when top_out is given, by the whole block.
+// temperature 1 (how sure the model is), by the whole block.
 __device__ void row_argmax(const float *__restrict__ x, int vocab, int *id_out,
                            float *top_out) {
     __shared__ int s_key[PICK_THREADS / 32], s_id[PICK_THREADS / 32];
@@ -81,11 +81,6 @@ __device__ void row_argmax(const float *__restrict__ x, int vocab, int *id_out,
     }
     __syncthreads();
     id = best_id;
-    // Plain greedy decoding needs no probability: a second pass over the row saved.
-    if (!top_out) {
-        if (threadIdx.x == 0) *id_out = id;
-        return;
-    }
     float mx = x[id];
     if (isnan(mx)) mx = -INFINITY;
     // sum(exp(l - max)); NaN logits count as impossible, as in the argmax.
@@ -120,13 +115,83 @@ pick_kernel(const float *__restrict__ logits, int vocab, int *params, int next_p
     pdl_start();
     __shared__ int id;
     __shared__ float p;
-    row_argmax(logits, vocab, &id, top ? &p : nullptr);
+    row_argmax(logits, vocab, &id, &p);
     __syncthreads();
     if (threadIdx.x == 0) {
         proposals[i] = id;
-        if (top) top[i] = p;
+        top[i] = p;
         params[0] = next_pos;
         params[1] = id;
+    }
+}
+
+// Plain greedy decoding's pick (no probability), over many blocks: one block read the
+// ~128K logits of a vocabulary in about 20 us. Candidates are packed into one integer whose
+// unsigned order is the pick's order (the value's order key, then the lower id), each
+// block leaves its best, and the last block to finish takes the best of those.
+constexpr int PICK_BLOCKS = 64, PICK_BLOCK_THREADS = 256;
+__device__ unsigned long long pick_part[PICK_BLOCKS];
+__device__ unsigned int pick_done;
+
+__device__ __forceinline__ unsigned long long pick_pack(float v, int i) {
+    return ((unsigned long long)((unsigned)order_key(v) ^ 0x80000000u) << 32) |
+           (unsigned)(INT_MAX - i);
+}
+
+__device__ __forceinline__ unsigned long long warp_max_u64(unsigned long long v) {
+    for (int o = 16; o > 0; o /= 2) {
+        unsigned long long w = __shfl_xor_sync(0xffffffff, v, o);
+        v = w > v ? w : v;
+    }
+    return v;
+}
+
+__global__ void __launch_bounds__(PICK_BLOCK_THREADS)
+pick_many_kernel(const float *__restrict__ x, int vocab, int *params, int next_pos, int *out) {
+    pdl_start();
+    __shared__ unsigned long long s_best[PICK_BLOCK_THREADS / 32];
+    __shared__ bool last;
+    int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    int t = blockIdx.x * blockDim.x + threadIdx.x, stride = gridDim.x * blockDim.x;
+    unsigned long long best = 0;  // below every candidate: a key is never INT_MIN
+    auto consider = [&](float v, int i) {
+        unsigned long long c = pick_pack(v, i);
+        best = c > best ? c : best;
+    };
+    int n4 = reinterpret_cast<uintptr_t>(x) % 16 == 0 ? vocab / 4 : 0;
+    const float4 *x4 = reinterpret_cast<const float4 *>(x);
+    for (int j = t; j < n4; j += stride) {
+        float4 v = x4[j];
+        consider(v.x, 4 * j);
+        consider(v.y, 4 * j + 1);
+        consider(v.z, 4 * j + 2);
+        consider(v.w, 4 * j + 3);
+    }
+    for (int i = 4 * n4 + t; i < vocab; i += stride) consider(x[i], i);
+    best = warp_max_u64(best);
+    if (lane == 0) s_best[warp] = best;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        for (int w = 0; w < PICK_BLOCK_THREADS / 32; w++) best = s_best[w] > best ? s_best[w] : best;
+        pick_part[blockIdx.x] = best;
+        __threadfence();
+        last = atomicAdd(&pick_done, 1) == gridDim.x - 1;
+    }
+    __syncthreads();
+    if (!last || warp != 0) return;
+    __threadfence();
+    unsigned long long b = 0;
+    for (int i = lane; i < gridDim.x; i += 32) {
+        unsigned long long p = ((volatile unsigned long long *)pick_part)[i];
+        b = p > b ? p : b;
+    }
+    b = warp_max_u64(b);
+    if (lane == 0) {
+        int id = INT_MAX - (int)(unsigned)(b & 0xffffffffu);
+        *out = id;
+        params[0] = next_pos;
+        params[1] = id;
+        pick_done = 0;  // for the next pick, which the stream orders after this one
     }
 }
 
@@ -173,6 +238,13 @@ extern "C" int wick_argmax_rows(const float *x, int rows, int vocab, int *ids, f
 extern "C" int wick_spec_pick(const float *logits, int vocab, int *params, int next_pos,
                               int *proposals, float *top, int i) {
     if (vocab <= 0) return (int)cudaErrorInvalidValue;
+    if (!top) {
+        int blocks = (vocab + 4 * PICK_BLOCK_THREADS - 1) / (4 * PICK_BLOCK_THREADS);
+        blocks = blocks < PICK_BLOCKS ? blocks : PICK_BLOCKS;
+        wick_launch(pick_many_kernel, blocks, PICK_BLOCK_THREADS, 0, logits, vocab, params,
+                    next_pos, proposals + i);
+        return (int)cudaGetLastError();
+    }
     wick_launch(pick_kernel, 1, threads_for(vocab), 0,
                     logits, vocab, params, next_pos,
                                                           proposals, top, i);

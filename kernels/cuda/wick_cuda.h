@@ -180,8 +180,8 @@ int wick_swiglu(float *d_g, const float *d_u, int n);
  * to the lowest id, as the CPU's greedy sampler), and that token's probability at
  * temperature 1 into top[r]. */
 int wick_argmax_rows(const float *d_x, int rows, int vocab, int32_t *d_ids, float *d_top);
-/* Draft token i: the argmax of d_logits into d_proposals[i] (its probability into d_top[i],
- * unless d_top is null),
+/* Draft token i: the argmax of d_logits into d_proposals[i] (its probability into d_top[i];
+ * with d_top null, none, by a kernel over many blocks),
  * and staged as the next decode step's token at position next_pos: d_params = {pos, token}
  * as the forward pass reads them. */
 int wick_spec_pick(const float *d_logits, int vocab, int32_t *d_params, int next_pos,
