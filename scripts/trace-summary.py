@@ -5,8 +5,10 @@ Each launch has two stamps from its first block: when it started and when its pd
 returned (the launch before it had finished). Launches are ordered by release; a launch's
 share of the critical path is the time from its release to the next one's. Decode steps
 are cut at the output head (the launch with the most blocks), and each position of a step
-is averaged over the steps of the most common length; positions repeating with a layer's
-period are then averaged over the layers.
+takes its median over the steps of the most common length (a mean let the last step's
+pick, whose share runs on to whatever the program does after generating, add 67 us to
+every step's: docs/PERF.md, session 24); positions repeating with a layer's period are then
+averaged over the layers.
 
 Points inside a kernel (kind 2 and up, WICK_TRACE_MARK in kernels/cuda/trace.cuh) are
 averaged per kernel shape and mark.
@@ -14,6 +16,7 @@ averaged per kernel shape and mark.
 Usage: scripts/trace-summary.py trace.txt
 """
 import collections
+import statistics
 import sys
 
 
@@ -51,7 +54,7 @@ def main(path):
         shares = [s[i]["share"] for s in steps]
         waits = [s[i]["release"] - s[i]["start"] for s in steps]
         pos.append((steps[0][i]["blocks"], steps[0][i]["threads"],
-                    sum(shares) / len(shares), sum(waits) / len(waits)))
+                    statistics.median(shares), statistics.median(waits)))
     total = sum(p[2] for p in pos)
     print(f"{len(steps)} steps of {n} launches: {total / 1000:.1f} us a step "
           f"({1e9 / total:.1f} steps/s)")
