@@ -1,10 +1,10 @@
 // What happens between two decode steps? A step is a recorded graph of ~260 launches
 // chained by PDL; after it, outside the graph, the pick (one small launch) and an event the
 // host waits on. The host queues the next step before it waits for this one's event, as
-// `wick gen` does (spec::Plain::next_ahead). A trace of wick (docs/PERF.md, session 24)
-// shows about 65 us from the pick's end to the next step's first kernel. This times that
-// gap with %globaltimer stamps taken by the first block of every launch, as it starts and
-// as it ends, for:
+// `wick gen` does (spec::Plain::next_ahead). What does the boundary between two steps
+// cost? (A mean in the trace summary once made it look like 65 us: docs/PERF.md, session
+// 24.) This times the gap with %globaltimer stamps taken by the first block of every
+// launch, as it starts and as it ends, for:
 //   graph sizes of 8, 64 and 260 launches (16 blocks of 128 threads each);
 //   the pick writing its result to device memory or to mapped, pinned host memory;
 //   no pick at all (the graph, then the event).
