@@ -319,8 +319,8 @@ pub trait DeviceSpec<Buf> {
         self.plain_take()
     }
     /// `plain_pick` in two halves, so that the host can queue the next step between them:
-    /// `plain_queue` queues the pick and the copy of its id, `plain_take` waits for the
-    /// oldest id queued and not yet taken. At most four may be outstanding.
+    /// `plain_queue` queues the pick and its id's way to the host, `plain_take` waits for
+    /// the oldest id queued and not yet taken. At most four may be outstanding.
     fn plain_queue(&self, logits: &Buf, vocab: usize, next_pos: usize) -> Result<()>;
     fn plain_take(&self) -> Result<u32>;
     /// Drops the ids queued and not taken: a generation stopped with a pick ahead.

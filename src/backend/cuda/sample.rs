@@ -166,7 +166,8 @@ impl SampleScratch {
         Ok(true)
     }
 
-    /// `DeviceSpec::plain_queue`: queues the mask, the pick and the copy of its id.
+    /// `DeviceSpec::plain_queue`: queues the mask and the pick, which writes its id into a
+    /// mapped slot of host memory, and marks the slot behind them.
     pub(super) fn plain_queue(
         &self,
         logits: &DeviceMem,
