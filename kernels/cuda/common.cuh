@@ -327,6 +327,20 @@ inline int sm_count() {
     return n;
 }
 
+// Shared memory a block may opt into (0 if the query fails): the 128-token tensor-core
+// kernels' ~105-113 KiB fit sm_80 and sm_90, not sm_86 or sm_89 (99 KiB).
+inline size_t smem_optin() {
+    static int n = -1;
+    if (n < 0) {
+        int dev = 0;
+        if (cudaGetDevice(&dev) != cudaSuccess ||
+            cudaDeviceGetAttribute(&n, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) !=
+                cudaSuccess)
+            n = 0;
+    }
+    return (size_t)n;
+}
+
 __device__ inline float warp_sum(float x) {
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffff, x, o);

@@ -134,18 +134,4 @@ inline void reduce_slices(const float *ws, int nb, int rows, int slices, float *
     }
 }
 
-// Shared memory a block may opt into: the 128-token kernels' ~105-113 KiB fit sm_80 and
-// sm_90, not sm_86 or sm_89 (99 KiB), which keep the 64-token kernel.
-inline size_t smem_optin() {
-    static int n = -1;
-    if (n < 0) {
-        int dev = 0;
-        if (cudaGetDevice(&dev) != cudaSuccess ||
-            cudaDeviceGetAttribute(&n, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) !=
-                cudaSuccess)
-            n = 0;
-    }
-    return (size_t)n;
-}
-
 }  // namespace

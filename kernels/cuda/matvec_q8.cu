@@ -32,6 +32,19 @@ __global__ void quantize_q8_kernel(const float *__restrict__ x, int n_blocks,
     quantize_q8_lane(x[(size_t)blk * 32 + lane], blk, lane, xq, xd);
 }
 
+// A folded norm's input side (wick_mv_fold): 1 / rms of input row b from the sums of
+// squares of its 32-value blocks. `partial` is this lane's sum of blocks lane, lane + 32,
+// ... when the caller added them up as it went (`have`), else it is summed here in the
+// same order, so that every kernel and batch shape gets the same bits.
+__device__ inline float fold_rms_scale(const wick_mv_fold &f, int b, int n_units, int lane,
+                                       float partial, bool have) {
+    if (!have) {
+        partial = 0.f;
+        for (int u = lane; u < n_units; u += 32) partial += f.in_ss[(size_t)b * n_units + u];
+    }
+    return rsqrtf(warp_sum(partial) / (n_units * 32) + f.eps);
+}
+
 // y[b][r] (+)= W[r] . x[b] for b < nb, with x as int8 blocks (xq, one scale per 32 in xd).
 // One warp per weight row, each lane a whole 32-value unit (lane l takes units l, l + 32,
 // ...), so a warp's loads cover 32 contiguous units and each lane has a whole unit's bytes
@@ -43,7 +56,7 @@ __global__ void quantize_q8_kernel(const float *__restrict__ x, int n_blocks,
 template <int TYPE, int NB, int UNR>
 __global__ void __launch_bounds__(MV_WARPS * 32)
 matvec_q8_kernel(WeightGroup t, int cols, const int8_t *__restrict__ xq,
-                 const float *__restrict__ xd, int nb, int accumulate) {
+                 const float *__restrict__ xd, int nb, int accumulate, wick_mv_fold f) {
     pdl_start();
     int ti = blockIdx.x >= t.first[1] ? (blockIdx.x >= t.first[2] ? 2 : 1) : 0;
     const uint8_t *__restrict__ w = pick3(t.w, ti);
@@ -88,6 +101,7 @@ matvec_q8_kernel(WeightGroup t, int cols, const int8_t *__restrict__ xq,
         for (int j = 0; j < NB; j++) {
             if (b0 + j < nb) {
                 float s = warp_sum(acc[j]);
+                if (f.in_ss) s *= fold_rms_scale(f, b0 + j, n_units, lane, 0.f, false);
                 if (lane == 0) {
                     float *o = y + (size_t)(b0 + j) * rows + row;
                     *o = accumulate ? *o + s : s;
@@ -133,16 +147,26 @@ template <int TYPE, bool BULK>
 __host__ __device__ constexpr int ms_step_stride() {
     return ms_group<TYPE, BULK>() * ms_bytes<TYPE>() + 16;
 }
-template <int TYPE, int R, int S, bool BULK>
+// Warps of a block that folds a norm into its output: with two rows a warp, a block owns
+// one whole 32-value block of the output, which it can then round to int8 itself.
+constexpr int MS_FOLD_WARPS = 16;
+
+template <int TYPE, int R, int S, bool BULK, int W = MS_WARPS>
+__host__ __device__ constexpr int ms_ring_smem() {
+    return W * S * R * ms_step_stride<TYPE, BULK>() + (BULK ? W * S * 8 : 0);
+}
+// The ring, and where a folding block gathers its 32 results of each batch row.
+template <int TYPE, int NB, int R, int S, bool BULK, int W = MS_WARPS>
 __host__ __device__ constexpr int ms_smem() {
-    return MS_WARPS * S * R * ms_step_stride<TYPE, BULK>() + (BULK ? MS_WARPS * S * 8 : 0);
+    return ms_ring_smem<TYPE, R, S, BULK, W>() + (W * R == 32 ? NB * 32 * 4 : 0);
 }
 
-template <int TYPE, int NB, int R, int S, bool BULK>
+template <int TYPE, int NB, int R, int S, bool BULK, int W, bool FIN>
 __device__ __forceinline__ void matvec_q8_stream(WeightGroup t, int cols,
                                                  const int8_t *__restrict__ xq,
                                                  const float *__restrict__ xd, int nb,
-                                                 int accumulate, int early) {
+                                                 int accumulate, int early,
+                                                 const wick_mv_fold &f) {
     pdl_trigger();
     extern __shared__ __align__(16) uint8_t smem[];
     constexpr int G = ms_group<TYPE, BULK>();
@@ -156,11 +180,19 @@ __device__ __forceinline__ void matvec_q8_stream(WeightGroup t, int cols,
     // must be visibly the same across the warp, or the compiler loops over the lanes'
     // distinct values around each copy. Hence the warp index broadcast from lane 0.
     int warp = __shfl_sync(~0u, threadIdx.x / 32, 0), lane = threadIdx.x % 32;
-    int row0 = ((blockIdx.x - pick3(t.first, ti)) * MS_WARPS + warp) * R;
+    int block = blockIdx.x - pick3(t.first, ti);
+    int row0 = (block * W + warp) * R;
     // Warp-uniform, and nothing below waits for other warps.
     bool active = row0 < rows;
     int nr = rows - row0 < R ? rows - row0 : R;
     uint8_t *ring = smem + (size_t)warp * S * R * STRIDE;
+    // A folding block (W * R == 32, every row present: the launcher checks) gathers its
+    // results here; warp j then rounds batch row j's block of 32.
+    constexpr bool FOLD = W * R == 32;
+    // A folded norm's input side: single rows have kernels of their own for it (FIN), so
+    // that the others keep the code (and registers) they had without it.
+    const float *__restrict__ in_ss = NB > 1 || FIN ? f.in_ss : nullptr;
+    float *gathered = reinterpret_cast<float *>(smem + ms_ring_smem<TYPE, R, S, BULK, W>());
     size_t rb = row_bytes(TYPE, cols);  // a multiple of 16 (the launcher checks)
     int row_pieces = (int)(rb / 16);
     int n_units = cols / 32, n_steps = (n_units + UNITS - 1) / UNITS;
@@ -170,7 +202,7 @@ __device__ __forceinline__ void matvec_q8_stream(WeightGroup t, int cols,
     static_assert((S & (S - 1)) == 0, "ring depth a power of two");
     uint32_t base = 0;
     uint32_t ring_s = smem_addr(ring);
-    uint32_t bars_s = smem_addr(smem) + MS_WARPS * S * R * STRIDE + warp * S * 8;
+    uint32_t bars_s = smem_addr(smem) + W * S * R * STRIDE + warp * S * 8;
     if constexpr (BULK) {
         if (lane == 0) {
 #pragma unroll
@@ -224,6 +256,8 @@ __device__ __forceinline__ void matvec_q8_stream(WeightGroup t, int cols,
 #pragma unroll
         for (int s = 0; s < S - 1; s++) issue(s);
     }
+    // The norm's weight is never written either.
+    float norm_w = FOLD && f.norm && warp < NB ? f.norm[block * 32 + lane] : 0.f;
     pdl_wait();
     if (!active) return;
     for (int b0 = 0; b0 < nb; b0 += NB) {
@@ -250,6 +284,8 @@ __device__ __forceinline__ void matvec_q8_stream(WeightGroup t, int cols,
         for (int r = 0; r < R; r++)
 #pragma unroll
             for (int j = 0; j < NB; j++) acc[r][j] = 0.f;
+        // A folded norm's sums of squares, added up with the activations of a single row.
+        float ss_part = 0.f;
 #pragma unroll 1
         for (int st = 0; st < n_steps; st++) {
             issue(st + S - 1);
@@ -269,6 +305,7 @@ __device__ __forceinline__ void matvec_q8_stream(WeightGroup t, int cols,
                         pxa[g] = xr[0];
                         pxb[g] = xr[1];
                         pxs[g] = xd[u];
+                        if (in_ss) ss_part += in_ss[u];
                     }
                 }
             }
@@ -320,28 +357,60 @@ __device__ __forceinline__ void matvec_q8_stream(WeightGroup t, int cols,
         if constexpr (!BULK) cp_async_wait<0>();
         base += n_steps;
 #pragma unroll
-        for (int r = 0; r < R; r++) {
+        for (int j = 0; j < NB; j++) {
+            float rms = in_ss && b0 + j < nb
+                            ? fold_rms_scale(f, b0 + j, n_units, lane, ss_part, NB == 1)
+                            : 1.f;
 #pragma unroll
-            for (int j = 0; j < NB; j++) {
+            for (int r = 0; r < R; r++) {
                 if (r < nr && b0 + j < nb) {
                     float s = warp_sum(acc[r][j]);
+                    if (in_ss) s *= rms;
                     if (lane == (r * NB + j) % 32) {
                         float *o = y + (size_t)(b0 + j) * rows + row0 + r;
+                        float v;
                         if constexpr (HOIST)
-                            *o = accumulate ? old[r][j] + s : s;
+                            v = accumulate ? old[r][j] + s : s;
                         else
-                            *o = accumulate ? *o + s : s;
+                            v = accumulate ? *o + s : s;
+                        *o = v;
+                        if constexpr (FOLD) gathered[j * 32 + warp * R + r] = v;
                     }
                 }
+            }
+        }
+        if constexpr (FOLD) {
+            if (f.norm) {
+                __syncthreads();
+                if (warp < NB && b0 + warp < nb) {
+                    // Rounded as quantize_q8_lane rounds, before the norm's 1 / rms, which
+                    // needs every block's sum: the next product applies it (fold_rms_scale).
+                    float v = gathered[warp * 32 + lane], u = v * norm_w;
+                    float d = warp_max(fabsf(u)) / 127.f;
+                    float id = d != 0.f ? 1.f / d : 0.f;
+                    size_t blk = (size_t)(b0 + warp) * (rows / 32) + block;
+                    f.out_q[blk * 32 + lane] = (int8_t)roundf(u * id);
+                    float ss = warp_sum(v * v);
+                    if (lane == 0) {
+                        f.out_d[blk] = d;
+                        f.out_ss[blk] = ss;
+                    }
+                }
+                // The next pass's results go where this one's were read.
+                __syncthreads();
             }
         }
     }
 }
 
-template <int TYPE, int NB, int R, int S, bool BULK>
-__global__ void __launch_bounds__(MS_WARPS * 32)
+// Single rows with a folded norm's input ask for six blocks an SM (at most 80 registers),
+// as many as the rings' shared memory allows: left free, ptxas gave the Q4_0 kernel 94
+// registers, five blocks fitted, and decode lost 4 % (docs/PERF.md, session 25).
+template <int TYPE, int NB, int R, int S, bool BULK, int W, bool FIN = false>
+__global__ void __launch_bounds__(W * 32, W == MS_WARPS && FIN ? 6 : 1)
 matvec_q8_stream_kernel(WeightGroup t, int cols, const int8_t *__restrict__ xq,
-                        const float *__restrict__ xd, int nb, int accumulate, int early) {
+                        const float *__restrict__ xd, int nb, int accumulate, int early,
+                        wick_mv_fold f) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
     // Launchers take the bulk path only from compute capability 9.0 (wick_bulk), so the
     // older architectures' machine code leaves it out: compiling it for all of them made
@@ -350,7 +419,8 @@ matvec_q8_stream_kernel(WeightGroup t, int cols, const int8_t *__restrict__ xq,
         __trap();
     else
 #endif
-        matvec_q8_stream<TYPE, NB, R, S, BULK>(t, cols, xq, xd, nb, accumulate, early);
+        matvec_q8_stream<TYPE, NB, R, S, BULK, W, FIN>(t, cols, xq, xd, nb, accumulate, early,
+                                                      f);
 }
 
 }  // namespace
@@ -378,22 +448,22 @@ extern "C" void wick_matvec_q8_variant(int v) { mv_variant = v; }
 
 template <int TYPE, int NB>
 static int launch_old(const WeightGroup &t, int cols, const int8_t *xq, const float *xd, int nb,
-                      int accumulate) {
+                      int accumulate, const wick_mv_fold &f) {
     // Its batch passes stay at most MV_NB rows wide, as it always ran.
     constexpr int ONB = NB > MV_NB ? MV_NB : NB;
     WeightGroup u = t;
     for (int i = 0; i < 3; i++)
         u.first[i + 1] = u.first[i] + (u.rows[i] + MV_WARPS - 1) / MV_WARPS;
     wick_launch(matvec_q8_kernel<TYPE, ONB, 1>, u.first[3], MV_WARPS * 32, 0, u, cols, xq,
-                xd, nb, accumulate);
+                xd, nb, accumulate, f);
     return 0;
 }
 
-template <int TYPE, int NB, int R, int S, bool BULK>
+template <int TYPE, int NB, int R, int S, bool BULK, int W = MS_WARPS, bool FIN = false>
 static int launch_stream(const WeightGroup &t, int cols, const int8_t *xq, const float *xd,
-                         int nb, int accumulate) {
-    constexpr int SMEM = ms_smem<TYPE, R, S, BULK>();
-    auto kernel = matvec_q8_stream_kernel<TYPE, NB, R, S, BULK>;
+                         int nb, int accumulate, const wick_mv_fold &f) {
+    constexpr int SMEM = ms_smem<TYPE, NB, R, S, BULK, W>();
+    auto kernel = matvec_q8_stream_kernel<TYPE, NB, R, S, BULK, W, FIN>;
     static bool opted = false;
     if (!opted) {
         cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, SMEM);
@@ -402,22 +472,51 @@ static int launch_stream(const WeightGroup &t, int cols, const int8_t *xq, const
     }
     WeightGroup u = t;
     for (int i = 0; i < 3; i++)
-        u.first[i + 1] = u.first[i] + (u.rows[i] + MS_WARPS * R - 1) / (MS_WARPS * R);
-    wick_launch(kernel, u.first[3], MS_WARPS * 32, SMEM, u, cols, xq, xd, nb, accumulate,
-                wick_early ? 1 : 0);
+        u.first[i + 1] = u.first[i] + (u.rows[i] + W * R - 1) / (W * R);
+    wick_launch(kernel, u.first[3], W * 32, SMEM, u, cols, xq, xd, nb, accumulate,
+                wick_early ? 1 : 0, f);
     return 0;
 }
 
 template <int TYPE, int NB, int R, int S>
 static int launch_stream(const WeightGroup &t, int cols, const int8_t *xq, const float *xd,
-                         int nb, int accumulate) {
-    if (wick_bulk) return launch_stream<TYPE, NB, R, S, true>(t, cols, xq, xd, nb, accumulate);
-    return launch_stream<TYPE, NB, R, S, false>(t, cols, xq, xd, nb, accumulate);
+                         int nb, int accumulate, const wick_mv_fold &f) {
+    if (!wick_bulk) {
+        // Norms fold only where bulk copies are (wick_matvec_fold_applies).
+        if (NB == 1 && f.in_ss) return (int)cudaErrorInvalidValue;
+        return launch_stream<TYPE, NB, R, S, false>(t, cols, xq, xd, nb, accumulate, f);
+    }
+    if (NB == 1 && f.in_ss)
+        return launch_stream<TYPE, NB, R, S, true, MS_WARPS, true>(t, cols, xq, xd, nb,
+                                                                 accumulate, f);
+    return launch_stream<TYPE, NB, R, S, true>(t, cols, xq, xd, nb, accumulate, f);
+}
+
+// A product that folds a norm into its output: blocks of 16 warps of two rows, each block
+// one 32-value block of the output. Bulk copies only (the Hopper path decode takes), so the
+// older architectures compile none of these kernels.
+constexpr int FOLD_R = 2, FOLD_S = 4;
+
+// Products of K-quant weights fold at a loss (H200, Q4_K_M tg128 picked on device 491 ->
+// 483; Q4_0 547 -> 570, Q8_0 391 -> 394: docs/PERF.md, session 25), so they keep the
+// separate norm, and have no folding kernels.
+__host__ __device__ constexpr bool fold_pays(int type) { return !is_kquant(type); }
+
+template <int TYPE>
+static bool fold_fits() {
+    return (size_t)ms_smem<TYPE, 16, FOLD_R, FOLD_S, true, MS_FOLD_WARPS>() <= smem_optin();
 }
 
 template <int TYPE, int NB>
 static int launch_shape(const WeightGroup &t, int cols, const int8_t *xq, const float *xd, int nb,
-                        int accumulate) {
+                        int accumulate, const wick_mv_fold &f) {
+    if constexpr (fold_pays(TYPE)) {
+        if (f.norm)
+            return launch_stream<TYPE, NB, FOLD_R, FOLD_S, true, MS_FOLD_WARPS>(t, cols, xq, xd,
+                                                                              nb, accumulate, f);
+    } else if (f.norm) {
+        return (int)cudaErrorInvalidValue;
+    }
     // The streaming kernel copies whole 16-byte pieces of 16-byte aligned rows.
     bool aligned = row_bytes(TYPE, cols) % 16 == 0;
     for (int i = 0; i < 3; i++) aligned = aligned && (uintptr_t)t.w[i] % 16 == 0;
@@ -438,29 +537,47 @@ static int launch_shape(const WeightGroup &t, int cols, const int8_t *xq, const 
         v = r == 1 ? 2 : r == 2 ? 3 : 4;
     }
     switch (v) {
-        case 1: return launch_old<TYPE, NB>(t, cols, xq, xd, nb, accumulate);
-        case 3: return launch_stream<TYPE, NB, 2, 4>(t, cols, xq, xd, nb, accumulate);
-        case 4: return launch_stream<TYPE, NB, 4, 4>(t, cols, xq, xd, nb, accumulate);
-        case 5: return launch_stream<TYPE, NB, 1, 4>(t, cols, xq, xd, nb, accumulate);
-        default: return launch_stream<TYPE, NB, 1, 8>(t, cols, xq, xd, nb, accumulate);
+        case 1: return launch_old<TYPE, NB>(t, cols, xq, xd, nb, accumulate, f);
+        case 3: return launch_stream<TYPE, NB, 2, 4>(t, cols, xq, xd, nb, accumulate, f);
+        case 4: return launch_stream<TYPE, NB, 4, 4>(t, cols, xq, xd, nb, accumulate, f);
+        case 5: return launch_stream<TYPE, NB, 1, 4>(t, cols, xq, xd, nb, accumulate, f);
+        default: return launch_stream<TYPE, NB, 1, 8>(t, cols, xq, xd, nb, accumulate, f);
     }
 }
 
 template <int TYPE>
 static int launch_type(const WeightGroup &t, int cols, const int8_t *xq, const float *xd, int nb,
-                       int accumulate) {
-    if (nb == 1) return launch_shape<TYPE, 1>(t, cols, xq, xd, nb, accumulate);
-    if (nb == 2) return launch_shape<TYPE, 2>(t, cols, xq, xd, nb, accumulate);
-    if (nb <= 4) return launch_shape<TYPE, 4>(t, cols, xq, xd, nb, accumulate);
-    if (nb <= 8) return launch_shape<TYPE, MV_NB>(t, cols, xq, xd, nb, accumulate);
+                       int accumulate, const wick_mv_fold &f) {
+    if (nb == 1) return launch_shape<TYPE, 1>(t, cols, xq, xd, nb, accumulate, f);
+    if (nb == 2) return launch_shape<TYPE, 2>(t, cols, xq, xd, nb, accumulate, f);
+    if (nb <= 4) return launch_shape<TYPE, 4>(t, cols, xq, xd, nb, accumulate, f);
+    if (nb <= 8) return launch_shape<TYPE, MV_NB>(t, cols, xq, xd, nb, accumulate, f);
     // Up to 16 rows in one pass over the weights; row_exact batches beyond in passes of 16.
-    return launch_shape<TYPE, 16>(t, cols, xq, xd, nb, accumulate);
+    return launch_shape<TYPE, 16>(t, cols, xq, xd, nb, accumulate, f);
+}
+
+#define WICK_MV_TYPES(X) X(T_Q4_0) X(T_Q4_1) X(T_Q5_0) X(T_Q5_1) X(T_Q8_0) X(T_Q4_K) X(T_Q5_K) X(T_Q6_K)
+
+extern "C" int wick_matvec_fold_applies(int type, const void *w, int rows, int cols) {
+    if (!wick_bulk || !wick_matvec_q8_supports(type) || !fold_pays(type) || rows % 32 != 0 ||
+        cols % block_elems(type) != 0 || row_bytes(type, cols) % 16 != 0 || (uintptr_t)w % 16 != 0)
+        return 0;
+    switch (type) {
+#define FITS(T) case T: return fold_fits<T>() ? 1 : 0;
+        WICK_MV_TYPES(FITS)
+#undef FITS
+        default: return 0;
+    }
 }
 
 extern "C" int wick_matvec_q8(int type, const wick_mv_target *targets, int n_targets, int cols,
-                              const int8_t *xq, const float *xd, int nb, int accumulate) {
+                              const int8_t *xq, const float *xd, int nb, int accumulate,
+                              const wick_mv_fold *fold) {
     if (!wick_matvec_q8_supports(type) || cols % block_elems(type) != 0 || n_targets < 1 ||
         n_targets > 3)
+        return (int)cudaErrorInvalidValue;
+    wick_mv_fold f = fold ? *fold : wick_mv_fold{};
+    if (f.norm && (n_targets != 1 || !wick_matvec_fold_applies(type, targets[0].w, targets[0].rows, cols)))
         return (int)cudaErrorInvalidValue;
     WeightGroup t = {};
     for (int i = 0; i < 3; i++) {
@@ -471,14 +588,9 @@ extern "C" int wick_matvec_q8(int type, const wick_mv_target *targets, int n_tar
     }
     int e = 0;
     switch (type) {
-        case T_Q4_0: e = launch_type<T_Q4_0>(t, cols, xq, xd, nb, accumulate); break;
-        case T_Q4_1: e = launch_type<T_Q4_1>(t, cols, xq, xd, nb, accumulate); break;
-        case T_Q5_0: e = launch_type<T_Q5_0>(t, cols, xq, xd, nb, accumulate); break;
-        case T_Q5_1: e = launch_type<T_Q5_1>(t, cols, xq, xd, nb, accumulate); break;
-        case T_Q8_0: e = launch_type<T_Q8_0>(t, cols, xq, xd, nb, accumulate); break;
-        case T_Q4_K: e = launch_type<T_Q4_K>(t, cols, xq, xd, nb, accumulate); break;
-        case T_Q5_K: e = launch_type<T_Q5_K>(t, cols, xq, xd, nb, accumulate); break;
-        case T_Q6_K: e = launch_type<T_Q6_K>(t, cols, xq, xd, nb, accumulate); break;
+#define LAUNCH(T) case T: e = launch_type<T>(t, cols, xq, xd, nb, accumulate, f); break;
+        WICK_MV_TYPES(LAUNCH)
+#undef LAUNCH
         default: return (int)cudaErrorInvalidValue;
     }
     return e ? e : (int)cudaGetLastError();

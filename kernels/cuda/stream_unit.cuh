@@ -1,6 +1,5 @@
-// A weight row's step as the streaming kernels hold it in shared memory, and the decoding
-// of one 32-value unit from there: shared by the matrix-vector kernel (matvec_q8.cu) and the
-// fused feed-forward kernel (ffn.cu), so both compute each row with the same instructions.
+// A weight row's step as the streaming matrix-vector kernel (matvec_q8.cu) holds it in
+// shared memory, and the decoding of one 32-value unit from there.
 #pragma once
 
 #include <cuda_runtime.h>

@@ -69,28 +69,38 @@ typedef struct {
     float *y;
     int rows;
 } wick_mv_target;
+/* An RMSNorm folded into wick_matvec_q8 (kernels/cuda/matvec_q8.cu), on either side of it.
+ * Input side (in_ss not NULL): the int8 input is a folded norm's output, whose scales lack
+ * each row's 1 / rms; in_ss holds, for each 32-value block of each input row, the sum of
+ * squares of the values before the norm, and every result of that row is multiplied by
+ * 1 / sqrt(sum / cols + eps).
+ * Output side (norm not NULL; see wick_matvec_fold_applies): after y is written, each
+ * block of 32 results of row b is multiplied by norm (one weight per result) and rounded to
+ * int8 as wick_quantize_q8 rounds (out_q, and out_d unrounded), and the sum of squares of
+ * the 32 values of y goes to out_ss: the next product's input side. */
+typedef struct {
+    const float *in_ss;
+    float eps;
+    const float *norm;
+    int8_t *out_q;
+    float *out_d;
+    float *out_ss;
+} wick_mv_fold;
 /* As wick_matmul for 1 to 3 weights of one type that share the input x (rows of `cols`),
  * given as wick_quantize_q8's output for nb rows: the bandwidth-bound path for decode and
- * small batches. */
+ * small batches. fold may be NULL. */
 int wick_matvec_q8(int type, const wick_mv_target *targets, int n_targets, int cols,
-                   const int8_t *d_xq, const float *d_xd, int nb, int accumulate);
+                   const int8_t *d_xq, const float *d_xd, int nb, int accumulate,
+                   const wick_mv_fold *fold);
+/* 1 if wick_matvec_q8 can fold a norm into its output for one weight of `type` at d_w with
+ * `rows` rows of `cols` (rows a multiple of 32, rows 16-byte aligned, a Hopper GPU, and not
+ * a K-quant, where folding was measured slower). */
+int wick_matvec_fold_applies(int type, const void *d_w, int rows, int cols);
 /* wick_rmsnorm, also writing its output as wick_quantize_q8 does (cols a multiple of 32). */
 int wick_rmsnorm_q8(const float *d_x, const float *d_w, float eps, int rows, int cols,
                     float *d_out, int8_t *d_xq, float *d_xd);
 /* wick_swiglu, also writing the result as wick_quantize_q8 does (n a multiple of 32). */
 int wick_swiglu_q8(float *d_g, const float *d_u, int n, int8_t *d_xq, float *d_xd);
-/* 1 if wick_ffn_decode has a kernel for gate and up weights of `gate_type` and a down
- * weight of `down_type`. */
-int wick_ffn_decode_supports(int gate_type, int down_type);
-/* The feed-forward half of a one-token decode step in one launch:
- * x += down(silu(gate(n)) * up(n)) with n = RMSNorm(x) * norm_w, the activations rounded to
- * int8 as wick_rmsnorm_q8 and wick_swiglu_q8 round them, bit for bit the separate launches'
- * result. gate and up hold `ffn` rows of `dim`, down `dim` rows of `ffn` (both multiples of
- * 256, rows 16-byte aligned); d_h receives SwiGLU's ffn values; d_barrier is two zeroed
- * words that only this op uses (they are left zeroed in count for the next launch). */
-int wick_ffn_decode(int gate_type, int down_type, float *d_x, const float *d_norm_w, float eps,
-                    const void *d_gate, const void *d_up, const void *d_down, int dim, int ffn,
-                    float *d_h, unsigned *d_barrier);
 /* Selects a launch shape of wick_matvec_q8 (0 = default), for tuning runs. */
 void wick_matvec_q8_variant(int v);
 /* 1 if wick_gemm_q8 takes weights of `type`. */

@@ -7,7 +7,7 @@
 # that every row of a batch is bitwise the row computed alone, with cp.async and with
 # Hopper's bulk copies (bulk_copy.cuh: mbarriers as host records, each copy landing at once
 # or only at the first wait, at random).
-# Usage: scripts/cuda-emu/run.sh [matvec] [type index 0..4]
+# Usage: scripts/cuda-emu/run.sh [matvec] [type index 0..7] [quick | fold]
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 src=$here/../../kernels/cuda

@@ -33,46 +33,6 @@ impl AttnShape {
     }
 }
 
-/// The weights of a feed-forward block, for [`Backend::feed_forward`].
-pub struct Ffn<'w, W> {
-    pub norm: &'w W,
-    pub eps: f32,
-    pub gate: &'w W,
-    pub up: &'w W,
-    pub down: &'w W,
-    /// Rows of `gate` and `up`: the width of the hidden layer.
-    pub hidden: usize,
-}
-
-impl<W> Clone for Ffn<'_, W> {
-    fn clone(&self) -> Self {
-        *self
-    }
-}
-impl<W> Copy for Ffn<'_, W> {}
-
-/// Scratch of a feed-forward block: the normed input, the gate (then SwiGLU's output) and
-/// the up projection, each sized for the batch.
-pub struct FfnScratch<'s, B> {
-    pub xb: &'s mut B,
-    pub gate: &'s mut B,
-    pub up: &'s mut B,
-}
-
-/// [`Backend::feed_forward`] as separate ops.
-pub fn feed_forward_ops<'a, B: Backend<'a> + ?Sized>(
-    be: &B,
-    x: &mut B::Buf,
-    f: Ffn<'_, B::Weight>,
-    rows: usize,
-    s: FfnScratch<'_, B::Buf>,
-) -> Result<()> {
-    be.rmsnorm(x, f.norm, f.eps, rows, s.xb)?;
-    be.matmul(s.xb, rows, &[f.gate, f.up], &mut [&mut *s.gate, &mut *s.up])?;
-    be.swiglu(s.gate, s.up, rows * f.hidden)?;
-    be.matmul_add(s.gate, rows, f.down, x)
-}
-
 /// The ops of a forward pass. Activations are row-major batches of `rows` tokens.
 pub trait Backend<'a> {
     /// A buffer of f32 activations.
@@ -147,6 +107,24 @@ pub trait Backend<'a> {
         w: &Self::Weight,
         x: &mut Self::Buf,
     ) -> Result<()>;
+    /// `x[b] += w · y[b]`, then `out[b] = rmsnorm(x[b]) * norm`: a projection, its
+    /// residual connection, and the RMSNorm that opens the next block, as one op so that a
+    /// backend may fold the norm into the product (CUDA does, for the rows its
+    /// matrix-vector kernel takes).
+    #[allow(clippy::too_many_arguments)]
+    fn matmul_add_norm(
+        &self,
+        y: &Self::Buf,
+        rows: usize,
+        w: &Self::Weight,
+        x: &mut Self::Buf,
+        norm: &Self::Weight,
+        eps: f32,
+        out: &mut Self::Buf,
+    ) -> Result<()> {
+        self.matmul_add(y, rows, w, x)?;
+        self.rmsnorm(x, norm, eps, rows, out)
+    }
     /// Rotates `q` and `k` for positions `pos0..pos0 + rows` and stores `k`, `v` in the
     /// cache of `layer`.
     #[allow(clippy::too_many_arguments)]
@@ -194,19 +172,6 @@ pub trait Backend<'a> {
     }
     /// `gate = silu(gate) * up`, over `n` values.
     fn swiglu(&self, gate: &mut Self::Buf, up: &Self::Buf, n: usize) -> Result<()>;
-    /// A layer's feed-forward block: `x[b] += down · (silu(gate · n) * (up · n))` with
-    /// `n = rmsnorm(x[b])`, with the scratch buffers holding what the separate ops would
-    /// leave there (`gate` ends as SwiGLU's output). One op so that a backend may run it as
-    /// one launch (CUDA does, for decode steps); by default, the separate ops.
-    fn feed_forward(
-        &self,
-        x: &mut Self::Buf,
-        ffn: Ffn<'_, Self::Weight>,
-        rows: usize,
-        scratch: FfnScratch<'_, Self::Buf>,
-    ) -> Result<()> {
-        feed_forward_ops(self, x, ffn, rows, scratch)
-    }
     /// Copies row `row` of `src` (rows of `width`) to row 0 of `dst`.
     fn copy_row(
         &self,
@@ -425,6 +390,18 @@ impl<'a, T: Backend<'a>> Backend<'a> for &T {
     ) -> Result<()> {
         (**self).matmul_add(y, rows, w, x)
     }
+    fn matmul_add_norm(
+        &self,
+        y: &Self::Buf,
+        rows: usize,
+        w: &Self::Weight,
+        x: &mut Self::Buf,
+        norm: &Self::Weight,
+        eps: f32,
+        out: &mut Self::Buf,
+    ) -> Result<()> {
+        (**self).matmul_add_norm(y, rows, w, x, norm, eps, out)
+    }
     fn rope_store(
         &self,
         q: &mut Self::Buf,
@@ -466,15 +443,6 @@ impl<'a, T: Backend<'a>> Backend<'a> for &T {
     }
     fn swiglu(&self, gate: &mut Self::Buf, up: &Self::Buf, n: usize) -> Result<()> {
         (**self).swiglu(gate, up, n)
-    }
-    fn feed_forward(
-        &self,
-        x: &mut Self::Buf,
-        ffn: Ffn<'_, Self::Weight>,
-        rows: usize,
-        scratch: FfnScratch<'_, Self::Buf>,
-    ) -> Result<()> {
-        (**self).feed_forward(x, ffn, rows, scratch)
     }
     fn copy_row(
         &self,

@@ -801,28 +801,30 @@ mod gpu {
             &want,
             2e-2,
         );
-        fused_ffn(g, cpu, rng, r)
+        folded_norm(g, cpu, rng, r)
     }
 
-    /// The one-launch feed-forward block of a decode step against the separate launches
-    /// (bit for bit: the speculative decoder's verification runs those) and the CPU. Shapes
-    /// with fewer rows than the grid has warps, so some warps get no work in a phase.
-    fn fused_ffn(g: &Cuda, cpu: &Cpu, rng: &mut Rng, r: &mut Report) -> Result<()> {
-        use crate::backend::{Ffn, FfnScratch};
+    /// A projection with its residual and the next RMSNorm as one op (`matmul_add_norm`),
+    /// then a product over the norm's output: on Hopper the norm is folded into the first
+    /// product's epilogue and the second product's scales. Checked against the CPU, every
+    /// batch row bit for bit against the row alone (speculative verification relies on
+    /// it), and the norm's f32 output, which the folded path writes only when read.
+    fn folded_norm(g: &Cuda, cpu: &Cpu, rng: &mut Rng, r: &mut Report) -> Result<()> {
+        // (producer type, norm width = producer rows, producer cols, consumer, its rows,
+        // batch rows). Q2_K has no matrix-vector kernel: its product reads the f32 output.
+        // K-quant producers keep the separate norm.
         let cases = [
-            (GgmlType::Q4_0, GgmlType::Q4_0, 512, 1536),
-            (GgmlType::Q4_1, GgmlType::Q4_1, 768, 2816),
-            (GgmlType::Q8_0, GgmlType::Q8_0, 512, 1536),
-            (GgmlType::Q4_K, GgmlType::Q6_K, 768, 2816),
-            (GgmlType::Q5_K, GgmlType::Q5_K, 512, 1536),
-            (GgmlType::Q6_K, GgmlType::Q6_K, 256, 4096),
-            (GgmlType::Q4_0, GgmlType::Q4_0, 4096, 14336),
+            (GgmlType::Q4_0, 4096, 14336, GgmlType::Q4_0, 1536, 1),
+            (GgmlType::Q4_0, 512, 1536, GgmlType::Q4_K, 768, 1),
+            (GgmlType::Q8_0, 768, 2816, GgmlType::Q8_0, 96, 3),
+            (GgmlType::Q4_1, 256, 4096, GgmlType::Q6_K, 256, 16),
+            (GgmlType::Q5_0, 512, 512, GgmlType::Q4_1, 160, 5),
+            (GgmlType::Q5_1, 512, 768, GgmlType::Q2_K, 256, 2),
+            (GgmlType::Q6_K, 256, 4096, GgmlType::Q6_K, 256, 3),
         ];
-        let was = g.fuse_ffn();
-        for (tg, td, dim, hidden) in cases {
-            let gate_q = quantized(tg, &rng.vec(hidden * dim));
-            let up_q = quantized(tg, &rng.vec(hidden * dim));
-            let down_q = quantized(td, &rng.vec(dim * hidden));
+        for (tp, dim, cols, tc, crows, nb) in cases {
+            let wq = quantized(tp, &rng.vec(dim * cols));
+            let cq = quantized(tc, &rng.vec(crows * dim));
             let norm: Vec<u8> = rng.vec(dim).iter().flat_map(|v| v.to_le_bytes()).collect();
             let t = |ty, rows, cols, data| Tensor {
                 ty,
@@ -831,92 +833,80 @@ mod gpu {
                 data,
             };
             let tensors = [
+                t(tp, dim, cols, &wq[..]),
                 t(GgmlType::F32, 1, dim, &norm[..]),
-                t(tg, hidden, dim, &gate_q[..]),
-                t(tg, hidden, dim, &up_q[..]),
-                t(td, dim, hidden, &down_q[..]),
+                t(tc, crows, dim, &cq[..]),
             ];
-            let x: Vec<f32> = rng.vec(dim).iter().map(|v| v * 4.0).collect();
+            let y = rng.vec(nb * cols);
+            let x: Vec<f32> = rng.vec(nb * dim).iter().map(|v| v * 4.0).collect();
             let dw = tensors
                 .iter()
                 .map(|t| <Cuda as Backend>::weight(g, *t))
                 .collect::<Result<Vec<_>>>()?;
-            let ffn = Ffn {
-                norm: &dw[0],
-                eps: 1e-5,
-                gate: &dw[1],
-                up: &dw[2],
-                down: &dw[3],
-                hidden,
+            // Rows b0..b0 + n: the residual, the consumer's output, the norm's output, and
+            // whether the norm was folded.
+            let run = |b0: usize, n: usize| -> Result<(Vec<f32>, Vec<f32>, Vec<f32>, bool)> {
+                let dy = upload(g, &y[b0 * cols..(b0 + n) * cols])?;
+                let mut dx = upload(g, &x[b0 * dim..(b0 + n) * dim])?;
+                let (mut dxb, mut dz) = (g.buffer(n * dim)?, g.buffer(n * crows)?);
+                g.poison(&mut dxb)?;
+                g.poison(&mut dz)?;
+                g.matmul_add_norm(&dy, n, &dw[0], &mut dx, &dw[1], 1e-5, &mut dxb)?;
+                let folded = g.norm_folded();
+                g.matmul(&dxb, n, &[&dw[2]], &mut [&mut dz])?;
+                Ok((
+                    download(g, &dx, n * dim)?,
+                    download(g, &dz, n * crows)?,
+                    download(g, &dxb, n * dim)?,
+                    folded,
+                ))
             };
-            // Separate launches, then the fused one twice (its barrier must reset itself).
-            let mut runs = Vec::new();
-            for fused in [false, true, true] {
-                g.set_fuse_ffn(fused);
-                let mut dx = upload(g, &x)?;
-                let (mut xb, mut gate, mut up) =
-                    (g.buffer(dim)?, g.buffer(hidden)?, g.buffer(hidden)?);
-                g.poison(&mut gate)?;
-                let scratch = FfnScratch {
-                    xb: &mut xb,
-                    gate: &mut gate,
-                    up: &mut up,
-                };
-                g.feed_forward(&mut dx, ffn, 1, scratch)?;
-                runs.push((download(g, &dx, dim)?, download(g, &gate, hidden)?));
-            }
-            g.set_fuse_ffn(was);
-            let name = format!("fused feed-forward {tg}/{td} {dim}x{hidden}");
-            let differ: usize = runs[1..]
-                .iter()
-                .map(|(y, h)| {
-                    let bits = |a: &[f32], b: &[f32]| {
-                        a.iter()
-                            .zip(b)
-                            .filter(|(p, q)| p.to_bits() != q.to_bits())
-                            .count()
-                    };
-                    bits(y, &runs[0].0) + bits(h, &runs[0].1)
-                })
-                .sum();
-            r.lines += 1;
-            if differ > 0 {
-                r.failures += 1;
-            }
-            eprintln!(
-                "{} {name:<44} against separate launches: {differ} of {} values differ",
-                if differ > 0 { "FAIL" } else { "ok  " },
-                2 * (dim + hidden)
+            let (gx, gz, gxb, folded) = run(0, nb)?;
+            let name = format!(
+                "{} norm {tp} {dim}x{cols} then {tc} x{nb}",
+                if folded { "folded" } else { "separate" }
             );
             let cw = tensors
                 .iter()
                 .map(|t| <Cpu as Backend>::weight(cpu, *t))
                 .collect::<Result<Vec<_>>>()?;
-            let mut want = x.clone();
-            let (mut xb, mut gate, mut up) =
-                (vec![0f32; dim], vec![0f32; hidden], vec![0f32; hidden]);
-            let cffn = Ffn {
-                norm: &cw[0],
-                eps: 1e-5,
-                gate: &cw[1],
-                up: &cw[2],
-                down: &cw[3],
-                hidden,
-            };
-            let scratch = FfnScratch {
-                xb: &mut xb,
-                gate: &mut gate,
-                up: &mut up,
-            };
-            cpu.feed_forward(&mut want, cffn, 1, scratch)?;
-            // What the block added, so the residual does not hide its error.
-            let added = |y: &[f32]| -> Vec<f32> { y.iter().zip(&x).map(|(a, b)| a - b).collect() };
-            r.check(
-                &format!("{name} (CPU)"),
-                &added(&runs[1].0),
-                &added(&want),
-                2e-2,
-            );
+            let (mut wx, mut wxb, mut wz) =
+                (x.clone(), vec![0f32; nb * dim], vec![0f32; nb * crows]);
+            cpu.matmul_add(&y, nb, &cw[0], &mut wx)?;
+            cpu.rmsnorm(&wx, &cw[1], 1e-5, nb, &mut wxb)?;
+            cpu.matmul(&wxb, nb, &[&cw[2]], &mut [&mut wz])?;
+            // What the product added, so the residual does not hide its error.
+            let added = |v: &[f32]| -> Vec<f32> { v.iter().zip(&x).map(|(a, b)| a - b).collect() };
+            r.check(&format!("{name}: residual"), &added(&gx), &added(&wx), 2e-2);
+            r.check(&format!("{name}: next product"), &gz, &wz, 2e-2);
+            // The norm of the GPU's own residual: the two residuals differ by the int8
+            // rounding of the product's input already.
+            let mut nxb = vec![0f32; nb * dim];
+            cpu.rmsnorm(&gx, &cw[1], 1e-5, nb, &mut nxb)?;
+            r.check(&format!("{name}: norm read back"), &gxb, &nxb, 1e-5);
+            if nb > 1 {
+                let mut differ = 0;
+                for b in 0..nb {
+                    let (ax, az, _, _) = run(b, 1)?;
+                    let bits = |a: &[f32], c: &[f32]| {
+                        a.iter()
+                            .zip(c)
+                            .filter(|(p, q)| p.to_bits() != q.to_bits())
+                            .count()
+                    };
+                    differ += bits(&ax, &gx[b * dim..(b + 1) * dim])
+                        + bits(&az, &gz[b * crows..(b + 1) * crows]);
+                }
+                r.lines += 1;
+                if differ > 0 {
+                    r.failures += 1;
+                }
+                eprintln!(
+                    "{} {name:<44} rows against rows alone: {differ} of {} values differ",
+                    if differ > 0 { "FAIL" } else { "ok  " },
+                    nb * (dim + crows)
+                );
+            }
         }
         Ok(())
     }

@@ -7,7 +7,7 @@
 use anyhow::{bail, Result};
 
 use super::{Config, Tensor};
-use crate::backend::{AttnShape, Backend, Ffn, FfnScratch};
+use crate::backend::{AttnShape, Backend};
 use crate::gguf::GgufFile;
 use crate::kv::{KvLayout, KvSettings};
 
@@ -370,9 +370,16 @@ impl<'a, B: Backend<'a>> Llama<'a, B> {
         let (c, be, shape) = (&self.config, &self.backend, self.shape());
         let n = tokens.len();
         be.embed(&self.embed, tokens, &mut s.x)?;
+        // Each RMSNorm after the first runs as part of the product before it
+        // (`matmul_add_norm`), and so does the output norm where every row it normalises
+        // is wanted: a backend may then fold it into that product's epilogue.
+        let fold_last =
+            !self.layers.is_empty() && (which == Logits::All || (which == Logits::Last && n == 1));
+        if let Some(first) = self.layers.first() {
+            be.rmsnorm(&s.x, &first.attn_norm, c.rms_eps, n, &mut s.xb)?;
+        }
         for (l, w) in self.layers.iter().enumerate() {
             // Attention block.
-            be.rmsnorm(&s.x, &w.attn_norm, c.rms_eps, n, &mut s.xb)?;
             be.matmul(
                 &s.xb,
                 n,
@@ -382,34 +389,50 @@ impl<'a, B: Backend<'a>> Llama<'a, B> {
             be.rope_attention(
                 &mut s.q, &mut s.k, &s.v, &mut s.kv, l, pos0, n, shape, &mut s.att,
             )?;
-            be.matmul_add(&s.att, n, &w.wo, &mut s.x)?;
+            be.matmul_add_norm(
+                &s.att,
+                n,
+                &w.wo,
+                &mut s.x,
+                &w.ffn_norm,
+                c.rms_eps,
+                &mut s.xb,
+            )?;
 
-            let ffn = Ffn {
-                norm: &w.ffn_norm,
-                eps: c.rms_eps,
-                gate: &w.w_gate,
-                up: &w.w_up,
-                down: &w.w_down,
-                hidden: c.ffn_dim,
+            // Feed-forward block.
+            be.matmul(
+                &s.xb,
+                n,
+                &[&w.w_gate, &w.w_up],
+                &mut [&mut s.gate, &mut s.up],
+            )?;
+            be.swiglu(&mut s.gate, &s.up, n * c.ffn_dim)?;
+            let next_norm = match self.layers.get(l + 1) {
+                Some(next) => Some(&next.attn_norm),
+                None => fold_last.then_some(&self.output_norm),
             };
-            let scratch = FfnScratch {
-                xb: &mut s.xb,
-                gate: &mut s.gate,
-                up: &mut s.up,
-            };
-            be.feed_forward(&mut s.x, ffn, n, scratch)?;
+            match next_norm {
+                Some(norm) => {
+                    be.matmul_add_norm(&s.gate, n, &w.w_down, &mut s.x, norm, c.rms_eps, &mut s.xb)?
+                }
+                None => be.matmul_add(&s.gate, n, &w.w_down, &mut s.x)?,
+            }
         }
         let output = self.output.as_ref().unwrap_or(&self.embed);
         match which {
             Logits::None => {}
             Logits::Last => {
-                be.copy_row(&s.x, n - 1, c.dim, &mut s.last)?;
-                be.rmsnorm(&s.last, &self.output_norm, c.rms_eps, 1, &mut s.xb)?;
+                if !fold_last {
+                    be.copy_row(&s.x, n - 1, c.dim, &mut s.last)?;
+                    be.rmsnorm(&s.last, &self.output_norm, c.rms_eps, 1, &mut s.xb)?;
+                }
                 be.matmul(&s.xb, 1, &[output], &mut [&mut s.logits_buf])?;
             }
             Logits::All => {
                 let out = s.rows_buf.as_mut().expect("rows reserved, checked above");
-                be.rmsnorm(&s.x, &self.output_norm, c.rms_eps, n, &mut s.xb)?;
+                if !fold_last {
+                    be.rmsnorm(&s.x, &self.output_norm, c.rms_eps, n, &mut s.xb)?;
+                }
                 be.matmul(&s.xb, n, &[output], &mut [out])?;
             }
         }

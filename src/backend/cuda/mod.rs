@@ -20,7 +20,7 @@ use std::ffi::CStr;
 
 use anyhow::{bail, ensure, Context, Result};
 
-use super::{AttnShape, Backend, DeviceSpec, DraftCut, Ffn, FfnScratch, Verdict};
+use super::{AttnShape, Backend, DeviceSpec, DraftCut, Verdict};
 use crate::kv::{KvLayout, KvType};
 use crate::model::{Tensor, MAX_BATCH};
 use crate::quant::{self, GgmlType, Precision};
@@ -228,13 +228,28 @@ pub struct Cuda {
     /// Partial results of single-row attention's position slices (attention_split.cuh);
     /// allocated once, before any graph records its address.
     att_scratch: DeviceMem,
-    /// One-row feed-forward blocks as one launch (wick_ffn_decode) where the types have a
-    /// kernel: WICK_FFN=1. Off by default: the same bits as the separate ops, but slower
-    /// on an H200 (it runs 44 % more instructions per weight byte, and decode is already
-    /// bound by instruction issue there; docs/PERF.md, session 20).
-    fuse_ffn: Cell<bool>,
-    /// The fused feed-forward kernel's grid barrier: two words it leaves zeroed in count.
-    ffn_barrier: DeviceMem,
+    /// RMSNorms folded into the products before them (`matmul_add_norm`) where the
+    /// matrix-vector kernel can; WICK_FOLD=0 runs them as launches of their own, to compare
+    /// (`o` and `down` fold only into products of square or of wide weights).
+    fold_norms: String,
+    /// What the last folded norm left, until its output is written or its input changes.
+    folded: Cell<Option<Folded>>,
+}
+
+/// A norm folded into the product before it: the int8 scratch's norm slot holds `out`'s
+/// rows rounded to int8 with scales that lack each row's 1 / rms, and the sums of squares
+/// of `x`'s 32-value blocks that give it (wick_mv_fold). `out` itself is written only if an
+/// op other than the matrix-vector kernel reads it (`Cuda::unfold`).
+#[derive(Clone, Copy, Debug)]
+struct Folded {
+    out: usize,
+    x: usize,
+    /// Whether `x` still holds the values the norm is of.
+    x_live: bool,
+    norm: *const f32,
+    eps: f32,
+    rows: usize,
+    cols: usize,
 }
 
 /// The proposals of a draft picked on the device, their probabilities, the target's picks
@@ -286,6 +301,11 @@ struct Q8Scratch {
     cols: usize,
     xq: DeviceMem,
     xd: DeviceMem,
+    /// A folded norm's int8 output, its scales and sums of squares (`Folded`): apart from
+    /// xq and xd, which the product that writes them is reading.
+    nq: DeviceMem,
+    nd: DeviceMem,
+    nss: DeviceMem,
     /// The int8 activations as f16 values, for wick_gemm_f16.
     xh: DeviceMem,
     ws: DeviceMem,
@@ -357,8 +377,8 @@ impl Cuda {
             gemm_f16: std::env::var("WICK_GEMM_F16").map_or(true, |v| v != "0"),
             spec: SpecScratch::new()?,
             att_scratch: DeviceMem::new(ATT_SCRATCH_FLOATS * 4)?,
-            fuse_ffn: Cell::new(std::env::var("WICK_FFN").is_ok_and(|v| v == "1")),
-            ffn_barrier: DeviceMem::zeroed(8)?,
+            fold_norms: std::env::var("WICK_FOLD").unwrap_or_else(|_| "1".into()),
+            folded: Cell::new(None),
         })
         .inspect(|c| {
             // WICK_MV picks the int8 matrix-vector kernel: "old" (or 1) the direct one,
@@ -412,10 +432,14 @@ impl Cuda {
         let n = GPU_MAX_BATCH * cols.next_multiple_of(32);
         // A new scratch holds nobody's values yet.
         self.q8_holds.set(None);
+        self.folded.set(None);
         *q8 = Some(Q8Scratch {
             cols,
             xq: DeviceMem::new(n)?,
             xd: DeviceMem::new(n / 32 * 4)?,
+            nq: DeviceMem::new(n)?,
+            nd: DeviceMem::new(n / 32 * 4)?,
+            nss: DeviceMem::new(n / 32 * 4)?,
             xh: DeviceMem::new(n * 2)?,
             ws: DeviceMem::new(GEMM_WS_FLOATS * 4)?,
         });
@@ -431,21 +455,78 @@ impl Cuda {
             .then(|| (s.xq.ptr.cast::<i8>(), s.xd.f32()))
     }
 
+    /// The folded norm's slot of the int8 scratch (values, scales, sums of squares), when
+    /// `n` values fit it.
+    fn norm_slot(&self, n: usize) -> Option<(*mut i8, *mut f32, *mut f32)> {
+        self.q8_scratch(n)?;
+        let q8 = self.q8.borrow();
+        let s = q8.as_ref()?;
+        Some((s.nq.ptr.cast::<i8>(), s.nd.f32(), s.nss.f32()))
+    }
+
     /// Notes that `buf` was written, so the int8 scratch no longer holds its values.
     fn wrote(&self, buf: &DeviceMem) {
-        if self
-            .q8_holds
-            .get()
-            .is_some_and(|(p, _)| p == buf.ptr as usize)
-        {
+        let p = buf.ptr as usize;
+        if self.q8_holds.get().is_some_and(|(h, _)| h == p) {
             self.q8_holds.set(None);
         }
+        if let Some(mut f) = self.folded.get() {
+            if f.out == p {
+                self.folded.set(None);
+            } else if f.x == p {
+                f.x_live = false;
+                self.folded.set(Some(f));
+            }
+        }
+    }
+
+    /// Before an op reads `buf`: writes a folded norm's output if `buf` is it.
+    fn reads(&self, buf: &DeviceMem) -> Result<()> {
+        match self.folded.get() {
+            Some(f) if f.out == buf.ptr as usize => self.unfold(),
+            _ => Ok(()),
+        }
+    }
+
+    /// Runs the folded norm as its own launch after all, for an op that reads its output
+    /// as f32 values, or through a kernel without the folded input.
+    fn unfold(&self) -> Result<()> {
+        let Some(f) = self.folded.take() else {
+            return Ok(());
+        };
+        ensure!(
+            f.x_live,
+            "a folded RMSNorm's output was read after its input changed"
+        );
+        let n = f.rows * f.cols;
+        let (xq, xd) = self.q8_scratch(n).context("no int8 scratch")?;
+        // SAFETY: x and out held rows * cols values when the norm was folded (checked in
+        // matmul_add_norm; buffers are never resized); the scratch holds n values.
+        check(
+            unsafe {
+                ffi::wick_rmsnorm_q8(
+                    f.x as *const f32,
+                    f.norm,
+                    f.eps,
+                    f.rows as i32,
+                    f.cols as i32,
+                    f.out as *mut f32,
+                    xq,
+                    xd,
+                )
+            },
+            "rmsnorm",
+        )?;
+        self.q8_holds.set(Some((f.out, n)));
+        Ok(())
     }
 
     /// The int8 path, when it applies to every weight of a product: rounds `x` once (unless
     /// the op that wrote it already did) and runs the weights over it: the matrix-vector
     /// kernel for small batches (weights of one type in one launch), tensor cores for
     /// larger ones. False when the f32 kernel must be used.
+    /// With `fold_out` (a norm's weight), the matrix-vector kernel also folds that norm into
+    /// its output, into the norm slot (the caller has checked that it can).
     fn try_matmul_q8(
         &self,
         x: &DeviceMem,
@@ -453,6 +534,7 @@ impl Cuda {
         ws: &[&DeviceWeight],
         outs: &mut [&mut DeviceMem],
         accumulate: bool,
+        fold_out: Option<&DeviceWeight>,
     ) -> Result<bool> {
         let cols = ws[0].cols;
         // The matrix-vector kernel computes each row as it computes a single one; the
@@ -471,12 +553,53 @@ impl Cuda {
                     } != 0
             });
         let n = rows * cols;
+        // A folded norm's output goes in as it is only to the matrix-vector kernel, and not
+        // to one that folds a norm into its own output in the same slot.
+        let folded_in = self
+            .folded
+            .get()
+            .filter(|f| f.out == x.ptr as usize)
+            .map(|f| {
+                (
+                    f,
+                    matvec && usable && f.rows * f.cols == n && fold_out.is_none(),
+                )
+            });
+        if let Some((_, false)) = folded_in {
+            self.unfold()?;
+        }
         let Some((xq, xd)) = self.q8_scratch(n).filter(|_| usable) else {
             return Ok(false);
         };
         ensure!(n * 4 <= x.bytes, "matmul input too small");
+        let mut fold = ffi::wick_mv_fold {
+            in_ss: std::ptr::null(),
+            eps: 0.0,
+            norm: std::ptr::null(),
+            out_q: std::ptr::null_mut(),
+            out_d: std::ptr::null_mut(),
+            out_ss: std::ptr::null_mut(),
+        };
+        let (xq, xd) = match folded_in {
+            Some((f, true)) => {
+                let (nq, nd, nss) = self.norm_slot(n).context("no int8 scratch")?;
+                fold.in_ss = nss;
+                fold.eps = f.eps;
+                (nq, nd)
+            }
+            _ => (xq, xd),
+        };
+        if let Some(norm) = fold_out {
+            let (nq, nd, nss) = self
+                .norm_slot(rows * ws[0].rows)
+                .context("no room for a folded norm")?;
+            fold.norm = norm.mem.f32();
+            fold.out_q = nq;
+            fold.out_d = nd;
+            fold.out_ss = nss;
+        }
         let key = (x.ptr as usize, n);
-        if self.q8_holds.get() != Some(key) {
+        if fold.in_ss.is_null() && self.q8_holds.get() != Some(key) {
             // SAFETY: the scratch holds at least n values (q8_scratch checked).
             check(
                 unsafe { ffi::wick_quantize_q8(x.f32(), n as i32, xq, xd) },
@@ -501,6 +624,7 @@ impl Cuda {
                             xd,
                             rows as i32,
                             accumulate as i32,
+                            &fold,
                         )
                     },
                     "matmul",
@@ -701,13 +825,9 @@ impl Cuda {
         read_picks(&s.target_ids, &s.target_top, rows)
     }
 
-    /// Whether one-row feed-forward blocks run as one launch, for tests.
-    pub fn set_fuse_ffn(&self, on: bool) {
-        self.fuse_ffn.set(on);
-    }
-
-    pub fn fuse_ffn(&self) -> bool {
-        self.fuse_ffn.get()
+    /// Whether the last `matmul_add_norm` folded its norm and nothing has read it yet.
+    pub fn norm_folded(&self) -> bool {
+        self.folded.get().is_some()
     }
 
     /// Fills a buffer with NaN bytes, so a value a kernel failed to write shows up.
@@ -1023,6 +1143,8 @@ impl<'a> Backend<'a> for Cuda {
         out: &mut DeviceMem,
     ) -> Result<()> {
         let _t = self.span(|| format!("rmsnorm x{rows}"));
+        self.reads(x)?;
+        self.wrote(out);
         let cols = w.cols;
         if self.skipped("norm", Some((out, rows * cols))) {
             return Ok(());
@@ -1085,9 +1207,10 @@ impl<'a> Backend<'a> for Cuda {
         if self.skipped(name, None) {
             return Ok(());
         }
-        if self.try_matmul_q8(x, rows, ws, outs, false)? {
+        if self.try_matmul_q8(x, rows, ws, outs, false, None)? {
             return Ok(());
         }
+        self.reads(x)?;
         for (w, out) in ws.iter().zip(outs.iter_mut()) {
             self.wrote(out);
             launch_matmul(w, x, rows, out, false)?;
@@ -1106,11 +1229,64 @@ impl<'a> Backend<'a> for Cuda {
         if self.skipped(if w.rows == w.cols { "o" } else { "down" }, None) {
             return Ok(());
         }
-        if self.try_matmul_q8(y, rows, &[w], &mut [x], true)? {
+        if self.try_matmul_q8(y, rows, &[w], &mut [x], true, None)? {
             return Ok(());
         }
+        self.reads(y)?;
         self.wrote(x);
         launch_matmul(w, y, rows, x, true)
+    }
+
+    fn matmul_add_norm(
+        &self,
+        y: &DeviceMem,
+        rows: usize,
+        w: &DeviceWeight,
+        x: &mut DeviceMem,
+        norm: &DeviceWeight,
+        eps: f32,
+        out: &mut DeviceMem,
+    ) -> Result<()> {
+        let n = rows * norm.cols;
+        let fold = match self.fold_norms.as_str() {
+            "0" => false,
+            "o" => w.rows == w.cols,
+            "down" => w.rows != w.cols,
+            _ => true,
+        } && self.skip.is_empty()
+            && (rows <= Q8_MAX_BATCH || self.row_exact.get())
+            && w.rows == norm.cols
+            && n * 4 <= x.bytes.min(out.bytes)
+            && self.norm_slot(n).is_some()
+            // SAFETY: a pure query.
+            && unsafe {
+                ffi::wick_matvec_fold_applies(
+                    type_id(w.ty),
+                    w.mem.ptr,
+                    w.rows as i32,
+                    w.cols as i32,
+                )
+            } != 0;
+        if fold {
+            let _t =
+                self.span(|| format!("matmul_add_norm x{rows} {} {}x{}", w.ty, w.rows, w.cols));
+            // The norm's output is about to be replaced: nothing may unfold the old one.
+            self.wrote(out);
+            if self.try_matmul_q8(y, rows, &[w], &mut [x], true, Some(norm))? {
+                self.folded.set(Some(Folded {
+                    out: out.ptr as usize,
+                    x: x.ptr as usize,
+                    x_live: true,
+                    norm: norm.mem.f32(),
+                    eps,
+                    rows,
+                    cols: norm.cols,
+                }));
+                return Ok(());
+            }
+        }
+        self.matmul_add(y, rows, w, x)?;
+        self.rmsnorm(x, norm, eps, rows, out)
     }
 
     fn rope_store(
@@ -1127,6 +1303,9 @@ impl<'a> Backend<'a> for Cuda {
         let _t = self.span(|| format!("rope_store x{rows}"));
         if self.skipped("rope", None) {
             return Ok(());
+        }
+        for b in [&*q, &*k, v] {
+            self.reads(b)?;
         }
         self.wrote(q);
         self.wrote(k);
@@ -1220,6 +1399,9 @@ impl<'a> Backend<'a> for Cuda {
             return self.attention(q, kv, layer, pos0, rows, s, out);
         }
         let _t = self.span(|| "rope_attention x1".to_string());
+        for b in [&*q, &*k, v] {
+            self.reads(b)?;
+        }
         let l = kv.layouts[layer];
         let (kc, vc) = kv.layer(layer);
         l.check_store(pos0, rows)?;
@@ -1287,6 +1469,7 @@ impl<'a> Backend<'a> for Cuda {
         if self.skipped("attn", Some((out, rows * s.n_heads * s.head_dim))) {
             return Ok(());
         }
+        self.reads(q)?;
         self.wrote(out);
         let (kc, vc) = kv.layer(layer);
         // Single rows may round their output to int8 for the o projection on the way out.
@@ -1328,63 +1511,10 @@ impl<'a> Backend<'a> for Cuda {
         Ok(())
     }
 
-    fn feed_forward(
-        &self,
-        x: &mut DeviceMem,
-        f: Ffn<'_, DeviceWeight>,
-        rows: usize,
-        s: FfnScratch<'_, DeviceMem>,
-    ) -> Result<()> {
-        let (dim, hidden) = (f.gate.cols, f.hidden);
-        let fused = rows == 1
-            && self.fuse_ffn.get()
-            && self.skip.is_empty()
-            && self.q8_scratch(hidden).is_some()
-            && f.up.ty == f.gate.ty
-            && (f.gate.rows, f.up.rows, f.down.rows, f.down.cols) == (hidden, hidden, dim, hidden)
-            // The kernel's ring copies whole 16-byte pieces of rows (device allocations
-            // are 256-byte aligned) and its int8 rounding takes whole super-blocks.
-            && dim.is_multiple_of(256)
-            && hidden.is_multiple_of(256)
-            && (dim / f.gate.ty.block_len() * f.gate.ty.block_bytes()).is_multiple_of(16)
-            && (hidden / f.down.ty.block_len() * f.down.ty.block_bytes()).is_multiple_of(16)
-            && x.bytes >= dim * 4
-            && s.gate.bytes >= hidden * 4
-            // SAFETY: pure query.
-            && unsafe { ffi::wick_ffn_decode_supports(type_id(f.gate.ty), type_id(f.down.ty)) }
-                != 0;
-        if !fused {
-            return super::feed_forward_ops(self, x, f, rows, s);
-        }
-        let _t = self.span(|| format!("ffn fused {} {}x{}", f.gate.ty, hidden, dim));
-        self.wrote(x);
-        self.wrote(s.xb);
-        self.wrote(s.gate);
-        // SAFETY: x holds dim values and gate hidden ones (checked above); the weights have
-        // the shapes checked above; the barrier is this backend's own.
-        check(
-            unsafe {
-                ffi::wick_ffn_decode(
-                    type_id(f.gate.ty),
-                    type_id(f.down.ty),
-                    x.f32(),
-                    f.norm.mem.f32(),
-                    f.eps,
-                    f.gate.mem.ptr,
-                    f.up.mem.ptr,
-                    f.down.mem.ptr,
-                    dim as i32,
-                    hidden as i32,
-                    s.gate.f32(),
-                    self.ffn_barrier.ptr.cast(),
-                )
-            },
-            "feed-forward",
-        )
-    }
-
     fn swiglu(&self, gate: &mut DeviceMem, up: &DeviceMem, n: usize) -> Result<()> {
         let _t = self.span(|| "swiglu".into());
+        self.reads(gate)?;
+        self.reads(up)?;
         if self.skipped("swiglu", Some((gate, n))) {
             return Ok(());
         }
@@ -1416,6 +1546,7 @@ impl<'a> Backend<'a> for Cuda {
             (row + 1) * width * 4 <= src.bytes && width * 4 <= dst.bytes,
             "copy_row out of bounds"
         );
+        self.reads(src)?;
         self.wrote(dst);
         // SAFETY: bounds checked above.
         check(
@@ -1440,6 +1571,7 @@ impl<'a> Backend<'a> for Cuda {
             out.len() * 4 <= src.bytes,
             "read past the end of a device buffer"
         );
+        self.reads(src)?;
         // SAFETY: bounds checked above; cudaMemcpy also waits for the queued kernels.
         check(
             unsafe { ffi::wick_cuda_d2h(out.as_mut_ptr().cast(), src.ptr, out.len() * 4) },
