@@ -686,4 +686,56 @@ mod tests {
             assert!(compared > 0, "AVX2 selected, yet no weight was packed");
         }
     }
+
+    /// Products at every prefill batch size (four-row tiles, then single activation rows),
+    /// with weight row counts that leave rows past the last group of four, against the
+    /// scalar dot of each weight row with each quantized activation row.
+    #[test]
+    fn matmul_matches_scalar_dots_at_every_batch_size() {
+        let cpu = Cpu::new(2, Precision::Fast);
+        for t in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0] {
+            let k = scalar_kernels(t).unwrap();
+            let ak = scalar_kernels(k.vec_dot_type).unwrap();
+            for (rows, cols) in [(30, 576), (37, 1536), (64, 576), (13, 64)] {
+                let mut data = vec![0u8; t.bytes_for((rows * cols) as u64).unwrap() as usize];
+                (k.from_float)(&values(rows * cols, 11), &mut data);
+                let tensor = Tensor {
+                    ty: t,
+                    rows,
+                    cols,
+                    data: &data,
+                };
+                let w = cpu.weight(tensor).unwrap();
+                let (rb, ab) = (data.len() / rows, ak_bytes(k.vec_dot_type, cols));
+                let mut wf = vec![0f32; cols];
+                let mut af = vec![0f32; cols];
+                for n_b in 1..=64 {
+                    let x = values(n_b * cols, 100 + n_b as u32);
+                    let mut out = vec![0f32; n_b * rows];
+                    cpu.matmul(&x, n_b, &[&w], &mut [&mut out]).unwrap();
+                    for b in 0..n_b {
+                        let mut q = vec![0u8; ab];
+                        (ak.from_float)(&x[b * cols..(b + 1) * cols], &mut q);
+                        (ak.to_float)(&q, &mut af);
+                        for r in 0..rows {
+                            let wr = &data[r * rb..(r + 1) * rb];
+                            let want = (k.vec_dot.unwrap())(wr, &q);
+                            (k.to_float)(wr, &mut wf);
+                            // A few ulps of the terms' magnitude: summation order only.
+                            let mag: f32 = wf.iter().zip(&af).map(|(w, a)| (w * a).abs()).sum();
+                            let got = out[b * rows + r];
+                            assert!(
+                                (got - want).abs() <= 1e-5 * mag + 1e-30,
+                                "{t} {rows}x{cols} n_b {n_b}: out[{b}][{r}] = {got}, scalar {want}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn ak_bytes(t: GgmlType, cols: usize) -> usize {
+        t.bytes_for(cols as u64).unwrap() as usize
+    }
 }
