@@ -138,30 +138,44 @@ namespace {
 constexpr int MS_WARPS = 4;
 
 // Ring steps per copy on the bulk path: each step has a fixed cost (a copy per row, a
-// barrier wait, the loop), so small steps are paired, to about a kilobyte per row.
-template <int TYPE, bool BULK>
+// barrier wait, the loop), so small steps are paired, to about a kilobyte per row. A warp
+// of the SwiGLU epilogue (SWI) takes four rows, already a kilobyte or more a step.
+// SWI: 0 none, 1 the SwiGLU epilogue, 2 the same with slots packed tight (no word past a
+// step's end: the decoder's read past it lands in the next slot, or past the ring, and
+// its bits go unused) for three blocks an SM.
+template <int TYPE, bool BULK, int SWI = 0>
 __host__ __device__ constexpr int ms_group() {
-    return BULK && ms_bytes<TYPE>() < 1024 ? 2 : 1;
+    return BULK && !SWI && ms_bytes<TYPE>() < 1024 ? 2 : 1;
 }
-template <int TYPE, bool BULK>
+template <int TYPE, bool BULK, int SWI = 0>
 __host__ __device__ constexpr int ms_step_stride() {
-    return ms_group<TYPE, BULK>() * ms_bytes<TYPE>() + 16;
+    return ms_group<TYPE, BULK, SWI>() * ms_bytes<TYPE>() + (SWI == 2 ? 0 : 16);
 }
 // Warps of a block that folds a norm into its output: with two rows a warp, a block owns
 // one whole 32-value block of the output, which it can then round to int8 itself.
 constexpr int MS_FOLD_WARPS = 16;
+// The SwiGLU epilogue's blocks: 16 warps, each taking gate rows i and i + 1 and up rows i
+// and i + 1, so that a block owns one whole 32-value block of SwiGLU's output.
+constexpr int MS_SWI_WARPS = 16, MS_SWI_R = 4;
 
-template <int TYPE, int R, int S, bool BULK, int W = MS_WARPS>
+// Results a block owns whole blocks of 32 of: a warp's R rows, or with SWI its R / 2 pairs.
+template <int R, int W, int SWI>
+__host__ __device__ constexpr bool ms_owns_block() {
+    return (SWI ? W * R / 2 : W * R) == 32;
+}
+
+template <int TYPE, int R, int S, bool BULK, int W = MS_WARPS, int SWI = 0>
 __host__ __device__ constexpr int ms_ring_smem() {
-    return W * S * R * ms_step_stride<TYPE, BULK>() + (BULK ? W * S * 8 : 0);
+    return W * S * R * ms_step_stride<TYPE, BULK, SWI>() + (BULK ? W * S * 8 : 0);
 }
 // The ring, and where a folding block gathers its 32 results of each batch row.
-template <int TYPE, int NB, int R, int S, bool BULK, int W = MS_WARPS>
+template <int TYPE, int NB, int R, int S, bool BULK, int W = MS_WARPS, int SWI = 0>
 __host__ __device__ constexpr int ms_smem() {
-    return ms_ring_smem<TYPE, R, S, BULK, W>() + (W * R == 32 ? NB * 32 * 4 : 0);
+    return ms_ring_smem<TYPE, R, S, BULK, W, SWI>() +
+           (ms_owns_block<R, W, SWI>() ? NB * 32 * 4 : 0);
 }
 
-template <int TYPE, int NB, int R, int S, bool BULK, int W, bool FIN>
+template <int TYPE, int NB, int R, int S, bool BULK, int W, bool FIN, int SWI>
 __device__ __forceinline__ void matvec_q8_stream(WeightGroup t, int cols,
                                                  const int8_t *__restrict__ xq,
                                                  const float *__restrict__ xd, int nb,
@@ -169,10 +183,12 @@ __device__ __forceinline__ void matvec_q8_stream(WeightGroup t, int cols,
                                                  const wick_mv_fold &f) {
     pdl_trigger();
     extern __shared__ __align__(16) uint8_t smem[];
-    constexpr int G = ms_group<TYPE, BULK>();
+    constexpr int G = ms_group<TYPE, BULK, SWI>();
     constexpr int UNITS = G * ms_units<TYPE>(), BYTES = G * ms_bytes<TYPE>(), PIECES = BYTES / 16;
-    constexpr int STRIDE = ms_step_stride<TYPE, BULK>();
-    int ti = blockIdx.x >= t.first[1] ? (blockIdx.x >= t.first[2] ? 2 : 1) : 0;
+    constexpr int STRIDE = ms_step_stride<TYPE, BULK, SWI>();
+    static_assert(!SWI || (BULK && R % 2 == 0), "the SwiGLU epilogue: bulk copies, row pairs");
+    // With SWI, target 0 is gate and 1 is up, and every block takes both.
+    int ti = SWI ? 0 : blockIdx.x >= t.first[1] ? (blockIdx.x >= t.first[2] ? 2 : 1) : 0;
     const uint8_t *__restrict__ w = pick3(t.w, ti);
     float *__restrict__ y = pick3(t.y, ti);
     int rows = pick3(t.rows, ti);
@@ -181,25 +197,32 @@ __device__ __forceinline__ void matvec_q8_stream(WeightGroup t, int cols,
     // distinct values around each copy. Hence the warp index broadcast from lane 0.
     int warp = __shfl_sync(~0u, threadIdx.x / 32, 0), lane = threadIdx.x % 32;
     int block = blockIdx.x - pick3(t.first, ti);
-    int row0 = (block * W + warp) * R;
+    // With SWI, rows r < R / 2 of a warp are gate rows row0 + r, the others up rows
+    // row0 + r - R / 2 (the launcher checks that every row is present).
+    int row0 = (block * W + warp) * (SWI ? R / 2 : R);
     // Warp-uniform, and nothing below waits for other warps.
     bool active = row0 < rows;
-    int nr = rows - row0 < R ? rows - row0 : R;
+    int nr = SWI ? R : rows - row0 < R ? rows - row0 : R;
     uint8_t *ring = smem + (size_t)warp * S * R * STRIDE;
     // A folding block (W * R == 32, every row present: the launcher checks) gathers its
     // results here; warp j then rounds batch row j's block of 32.
-    constexpr bool FOLD = W * R == 32;
+    constexpr bool FOLD = !SWI && ms_owns_block<R, W, SWI>();
+    constexpr bool OWN_SWI = SWI && ms_owns_block<R, W, SWI>();
+    static_assert(!SWI || OWN_SWI, "a SwiGLU block rounds whole blocks of 32");
     // A folded norm's input side: single rows have kernels of their own for it (FIN), so
     // that the others keep the code (and registers) they had without it.
     const float *__restrict__ in_ss = NB > 1 || FIN ? f.in_ss : nullptr;
-    float *gathered = reinterpret_cast<float *>(smem + ms_ring_smem<TYPE, R, S, BULK, W>());
+    float *gathered = reinterpret_cast<float *>(smem + ms_ring_smem<TYPE, R, S, BULK, W, SWI>());
     size_t rb = row_bytes(TYPE, cols);  // a multiple of 16 (the launcher checks)
     int row_pieces = (int)(rb / 16);
     int n_units = cols / 32, n_steps = (n_units + UNITS - 1) / UNITS;
     const uint4 *wr = reinterpret_cast<const uint4 *>(w + (size_t)row0 * rb);
+    // Where row r of a SwiGLU warp starts.
+    const uint8_t *gate0 = t.w[0] + (size_t)row0 * rb, *up0 = t.w[1] + (size_t)row0 * rb;
+    constexpr int HALF = R > 1 ? R / 2 : 1;  // R is even with SWI
+    auto row_src = [&](int r) { return (r < HALF ? gate0 : up0) + (size_t)(r % HALF) * rb; };
     // The ring's slot of each step counts on across passes over the weights (a bulk
     // slot's barrier phase is the number of times the slot was filled before).
-    static_assert((S & (S - 1)) == 0, "ring depth a power of two");
     uint32_t base = 0;
     uint32_t ring_s = smem_addr(ring);
     uint32_t bars_s = smem_addr(smem) + W * S * R * STRIDE + warp * S * 8;
@@ -217,20 +240,27 @@ __device__ __forceinline__ void matvec_q8_stream(WeightGroup t, int cols,
     auto issue = [&](int st) {
         if constexpr (BULK) {
             if (st < n_steps && lane == 0) {
-                uint32_t slot = (base + st) & (S - 1);
+                uint32_t slot = (base + st) % S;
                 uint32_t off = (uint32_t)st * BYTES;
                 uint32_t n = (uint32_t)rb - off < (uint32_t)BYTES ? (uint32_t)rb - off : BYTES;
                 uint32_t bar = bars_s + 8 * slot;
                 mbar_expect(bar, n * nr);
-                const uint8_t *src = reinterpret_cast<const uint8_t *>(wr) + off;
+                if constexpr (SWI) {
 #pragma unroll
-                for (int r = 0; r < R; r++)
-                    if (r < nr) bulk_copy(ring_s + (slot * R + r) * STRIDE, src + r * rb, n, bar);
+                    for (int r = 0; r < R; r++)
+                        bulk_copy(ring_s + (slot * R + r) * STRIDE, row_src(r) + off, n, bar);
+                } else {
+                    const uint8_t *src = reinterpret_cast<const uint8_t *>(wr) + off;
+#pragma unroll
+                    for (int r = 0; r < R; r++)
+                        if (r < nr)
+                            bulk_copy(ring_s + (slot * R + r) * STRIDE, src + r * rb, n, bar);
+                }
             }
             return;
         }
         if (st < n_steps) {
-            uint8_t *dst = ring + ((base + st) & (S - 1)) * R * STRIDE;
+            uint8_t *dst = ring + ((base + st) % S) * R * STRIDE;
 #pragma unroll
             for (int r = 0; r < R; r++) {
                 if (r < nr) {
@@ -309,7 +339,7 @@ __device__ __forceinline__ void matvec_q8_stream(WeightGroup t, int cols,
                     }
                 }
             }
-            uint32_t slot = (base + st) & (S - 1);
+            uint32_t slot = (base + st) % S;
             if constexpr (BULK) {
                 mbar_wait(bars_s + 8 * slot, ((base + st) / S) & 1);
             } else {
@@ -356,48 +386,79 @@ __device__ __forceinline__ void matvec_q8_stream(WeightGroup t, int cols,
         }
         if constexpr (!BULK) cp_async_wait<0>();
         base += n_steps;
+        if constexpr (SWI) {
+            // The same sums and scaling as the separate products, then swiglu_q8_kernel's
+            // expression and rounding: the same bits as the separate launches.
 #pragma unroll
-        for (int j = 0; j < NB; j++) {
-            float rms = in_ss && b0 + j < nb
-                            ? fold_rms_scale(f, b0 + j, n_units, lane, ss_part, NB == 1)
-                            : 1.f;
+            for (int j = 0; j < NB; j++) {
+                if (b0 + j < nb) {
+                    float rms = in_ss ? fold_rms_scale(f, b0 + j, n_units, lane, ss_part, NB == 1)
+                                      : 1.f;
 #pragma unroll
-            for (int r = 0; r < R; r++) {
-                if (r < nr && b0 + j < nb) {
-                    float s = warp_sum(acc[r][j]);
-                    if (in_ss) s *= rms;
-                    if (lane == (r * NB + j) % 32) {
-                        float *o = y + (size_t)(b0 + j) * rows + row0 + r;
-                        float v;
-                        if constexpr (HOIST)
-                            v = accumulate ? old[r][j] + s : s;
-                        else
-                            v = accumulate ? *o + s : s;
-                        *o = v;
-                        if constexpr (FOLD) gathered[j * 32 + warp * R + r] = v;
+                    for (int k = 0; k < R / 2; k++) {
+                        float g = warp_sum(acc[k][j]), u = warp_sum(acc[k + R / 2][j]);
+                        if (in_ss) {
+                            g *= rms;
+                            u *= rms;
+                        }
+                        if (lane == (k * NB + j) % 32)
+                            gathered[j * 32 + warp * (R / 2) + k] = g / (1.f + __expf(-g)) * u;
                     }
                 }
             }
-        }
-        if constexpr (FOLD) {
-            if (f.norm) {
-                __syncthreads();
-                if (warp < NB && b0 + warp < nb) {
-                    // Rounded as quantize_q8_lane rounds, before the norm's 1 / rms, which
-                    // needs every block's sum: the next product applies it (fold_rms_scale).
-                    float v = gathered[warp * 32 + lane], u = v * norm_w;
-                    float d = warp_max(fabsf(u)) / 127.f;
-                    float id = d != 0.f ? 1.f / d : 0.f;
-                    size_t blk = (size_t)(b0 + warp) * (rows / 32) + block;
-                    f.out_q[blk * 32 + lane] = (int8_t)roundf(u * id);
-                    float ss = warp_sum(v * v);
-                    if (lane == 0) {
-                        f.out_d[blk] = d;
-                        f.out_ss[blk] = ss;
+            __syncthreads();
+            if (warp < NB && b0 + warp < nb) {
+                float v = gathered[warp * 32 + lane];
+                size_t blk = (size_t)(b0 + warp) * (rows / 32) + block;
+                y[blk * 32 + lane] = v;
+                quantize_q8_lane(v, blk, lane, f.out_q, f.out_d);
+            }
+            // The next pass's results go where this one's were read.
+            __syncthreads();
+        } else {
+#pragma unroll
+            for (int j = 0; j < NB; j++) {
+                float rms = in_ss && b0 + j < nb
+                                ? fold_rms_scale(f, b0 + j, n_units, lane, ss_part, NB == 1)
+                                : 1.f;
+#pragma unroll
+                for (int r = 0; r < R; r++) {
+                    if (r < nr && b0 + j < nb) {
+                        float s = warp_sum(acc[r][j]);
+                        if (in_ss) s *= rms;
+                        if (lane == (r * NB + j) % 32) {
+                            float *o = y + (size_t)(b0 + j) * rows + row0 + r;
+                            float v;
+                            if constexpr (HOIST)
+                                v = accumulate ? old[r][j] + s : s;
+                            else
+                                v = accumulate ? *o + s : s;
+                            *o = v;
+                            if constexpr (FOLD) gathered[j * 32 + warp * R + r] = v;
+                        }
                     }
                 }
-                // The next pass's results go where this one's were read.
-                __syncthreads();
+            }
+            if constexpr (FOLD) {
+                if (f.norm) {
+                    __syncthreads();
+                    if (warp < NB && b0 + warp < nb) {
+                        // Rounded as quantize_q8_lane rounds, before the norm's 1 / rms, which
+                        // needs every block's sum: the next product applies it (fold_rms_scale).
+                        float v = gathered[warp * 32 + lane], u = v * norm_w;
+                        float d = warp_max(fabsf(u)) / 127.f;
+                        float id = d != 0.f ? 1.f / d : 0.f;
+                        size_t blk = (size_t)(b0 + warp) * (rows / 32) + block;
+                        f.out_q[blk * 32 + lane] = (int8_t)roundf(u * id);
+                        float ss = warp_sum(v * v);
+                        if (lane == 0) {
+                            f.out_d[blk] = d;
+                            f.out_ss[blk] = ss;
+                        }
+                    }
+                    // The next pass's results go where this one's were read.
+                    __syncthreads();
+                }
             }
         }
     }
@@ -406,8 +467,8 @@ __device__ __forceinline__ void matvec_q8_stream(WeightGroup t, int cols,
 // Single rows with a folded norm's input ask for six blocks an SM (at most 80 registers),
 // as many as the rings' shared memory allows: left free, ptxas gave the Q4_0 kernel 94
 // registers, five blocks fitted, and decode lost 4 % (docs/PERF.md, session 25).
-template <int TYPE, int NB, int R, int S, bool BULK, int W, bool FIN = false>
-__global__ void __launch_bounds__(W * 32, W == MS_WARPS && FIN ? 6 : 1)
+template <int TYPE, int NB, int R, int S, bool BULK, int W, bool FIN = false, int SWI = 0>
+__global__ void __launch_bounds__(W * 32, W == MS_WARPS && FIN ? 6 : SWI == 2 ? 3 : 1)
 matvec_q8_stream_kernel(WeightGroup t, int cols, const int8_t *__restrict__ xq,
                         const float *__restrict__ xd, int nb, int accumulate, int early,
                         wick_mv_fold f) {
@@ -419,8 +480,8 @@ matvec_q8_stream_kernel(WeightGroup t, int cols, const int8_t *__restrict__ xq,
         __trap();
     else
 #endif
-        matvec_q8_stream<TYPE, NB, R, S, BULK, W, FIN>(t, cols, xq, xd, nb, accumulate, early,
-                                                      f);
+        matvec_q8_stream<TYPE, NB, R, S, BULK, W, FIN, SWI>(t, cols, xq, xd, nb, accumulate,
+                                                           early, f);
 }
 
 }  // namespace
@@ -568,6 +629,115 @@ extern "C" int wick_matvec_fold_applies(int type, const void *w, int rows, int c
 #undef FITS
         default: return 0;
     }
+}
+
+// Gate and up with SwiGLU in the epilogue (SWI): blocks of 16 warps, each warp gate rows i,
+// i + 1 and up rows i, i + 1, so a block owns 32 of SwiGLU's outputs and rounds them to
+// int8 itself. The SwiGLU launch between gate/up and down goes. Steps are not paired
+// (ms_group): four rows of unpaired steps are as many bytes a step as two rows of paired
+// ones. The ring has two steps so that two blocks share an SM (Q4_0's single rows, slots
+// packed tight, three): H200, Q4_0 tg128 picked on device 570 with the separate launches,
+// 548 with a ring of four steps (one block an SM), 578 with three, 596 with two, 599 with
+// two packed tight (docs/PERF.md, session 26).
+constexpr int SWI_S = 2;
+
+// Q8_0 and K-quant gate/up lose with it (Q8_0 398 -> 396, Q4_K_M 493 -> 470: one block an
+// SM for Q8_0's steps, and K-quant decoding wants more warps), so they keep the separate
+// launches, and have no SwiGLU kernels.
+__host__ __device__ constexpr bool swi_pays(int type) {
+    return !is_kquant(type) && type != T_Q8_0;
+}
+
+template <int TYPE, int NB, int SWI = 1>
+__host__ __device__ constexpr int swi_smem() {
+    return ms_smem<TYPE, NB, MS_SWI_R, SWI_S, true, MS_SWI_WARPS, SWI>();
+}
+template <int TYPE>
+__host__ __device__ constexpr bool swi_compiles() {
+    return swi_pays(TYPE) && swi_smem<TYPE, 16>() <= 227 * 1024;
+}
+// Whether three blocks of single rows fit an SM with slots packed tight (1 KB of each
+// block's shared memory is the system's).
+template <int TYPE>
+__host__ __device__ constexpr bool swi_tight() {
+    return 3 * (swi_smem<TYPE, 1, 2>() + 1024) <= 228 * 1024;
+}
+
+template <int TYPE, int NB, int SWI>
+static int launch_swiglu(const WeightGroup &t, int cols, const int8_t *xq, const float *xd,
+                         int nb, const wick_mv_fold &f) {
+    constexpr int SMEM = swi_smem<TYPE, NB, SWI>();
+    auto kernel = matvec_q8_stream_kernel<TYPE, NB, MS_SWI_R, SWI_S, true, MS_SWI_WARPS,
+                                          NB == 1, SWI>;
+    static bool opted = false;
+    if (!opted) {
+        cudaError_t e =
+            cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, SMEM);
+        if (e != cudaSuccess) return (int)e;
+        opted = true;
+    }
+    wick_launch(kernel, t.rows[0] / 32, MS_SWI_WARPS * 32, SMEM, t, cols, xq, xd, nb, 0,
+                wick_early ? 1 : 0, f);
+    return 0;
+}
+
+template <int TYPE>
+static int launch_swiglu_type(const WeightGroup &t, int cols, const int8_t *xq, const float *xd,
+                              int nb, const wick_mv_fold &f) {
+    if constexpr (swi_compiles<TYPE>()) {
+        // Packing changes where the bytes sit, not the sums: every shape has the same bits.
+        if (nb == 1) return launch_swiglu<TYPE, 1, swi_tight<TYPE>() ? 2 : 1>(t, cols, xq, xd, nb, f);
+        if (nb == 2) return launch_swiglu<TYPE, 2, 1>(t, cols, xq, xd, nb, f);
+        if (nb <= 4) return launch_swiglu<TYPE, 4, 1>(t, cols, xq, xd, nb, f);
+        if (nb <= 8) return launch_swiglu<TYPE, 8, 1>(t, cols, xq, xd, nb, f);
+        return launch_swiglu<TYPE, 16, 1>(t, cols, xq, xd, nb, f);
+    }
+    return (int)cudaErrorInvalidValue;
+}
+
+template <int TYPE>
+static bool swi_fits() {
+    if constexpr (swi_compiles<TYPE>()) return (size_t)swi_smem<TYPE, 16>() <= smem_optin();
+    return false;
+}
+
+extern "C" int wick_matvec_swiglu_applies(int type, const void *w_gate, const void *w_up,
+                                          int rows, int cols) {
+    if (!wick_bulk || !wick_matvec_q8_supports(type) || rows % 32 != 0 ||
+        cols % block_elems(type) != 0 || row_bytes(type, cols) % 16 != 0 ||
+        (uintptr_t)w_gate % 16 != 0 || (uintptr_t)w_up % 16 != 0)
+        return 0;
+    switch (type) {
+#define FITS(T) case T: return swi_fits<T>() ? 1 : 0;
+        WICK_MV_TYPES(FITS)
+#undef FITS
+        default: return 0;
+    }
+}
+
+extern "C" int wick_matvec_q8_swiglu(int type, const void *w_gate, const void *w_up, int rows,
+                                     int cols, const int8_t *xq, const float *xd, int nb,
+                                     const wick_mv_fold *in, float *h, int8_t *hq, float *hd) {
+    if (!wick_matvec_swiglu_applies(type, w_gate, w_up, rows, cols) || nb < 1)
+        return (int)cudaErrorInvalidValue;
+    wick_mv_fold f = in ? *in : wick_mv_fold{};
+    f.norm = nullptr;
+    f.out_q = hq;
+    f.out_d = hd;
+    f.out_ss = nullptr;
+    WeightGroup t = {};
+    t.w[0] = (const uint8_t *)w_gate;
+    t.w[1] = t.w[2] = (const uint8_t *)w_up;
+    t.y[0] = t.y[1] = t.y[2] = h;
+    t.rows[0] = rows;
+    int e = 0;
+    switch (type) {
+#define LAUNCH(T) case T: e = launch_swiglu_type<T>(t, cols, xq, xd, nb, f); break;
+        WICK_MV_TYPES(LAUNCH)
+#undef LAUNCH
+        default: return (int)cudaErrorInvalidValue;
+    }
+    return e ? e : (int)cudaGetLastError();
 }
 
 extern "C" int wick_matvec_q8(int type, const wick_mv_target *targets, int n_targets, int cols,

@@ -96,6 +96,18 @@ int wick_matvec_q8(int type, const wick_mv_target *targets, int n_targets, int c
  * `rows` rows of `cols` (rows a multiple of 32, rows 16-byte aligned, a Hopper GPU, and not
  * a K-quant, where folding was measured slower). */
 int wick_matvec_fold_applies(int type, const void *d_w, int rows, int cols);
+/* 1 if wick_matvec_q8_swiglu takes gate and up weights of `type` at d_gate and d_up, `rows`
+ * rows of `cols` each (rows a multiple of 32, rows 16-byte aligned, a Hopper GPU, and not
+ * Q8_0 or a K-quant, where it was measured slower). */
+int wick_matvec_swiglu_applies(int type, const void *d_gate, const void *d_up, int rows,
+                               int cols);
+/* The gate and up products of nb input rows (as wick_matvec_q8 takes them; in may be NULL
+ * or a folded norm's input side), then SwiGLU, in one launch: h[b][i] = silu(g) * u, also
+ * written as wick_quantize_q8 writes it (d_hq, d_hd: apart from d_xq and d_xd). The same
+ * bits as wick_matvec_q8 of both weights, then wick_swiglu_q8. */
+int wick_matvec_q8_swiglu(int type, const void *d_gate, const void *d_up, int rows, int cols,
+                          const int8_t *d_xq, const float *d_xd, int nb, const wick_mv_fold *in,
+                          float *d_h, int8_t *d_hq, float *d_hd);
 /* wick_rmsnorm, also writing its output as wick_quantize_q8 does (cols a multiple of 32). */
 int wick_rmsnorm_q8(const float *d_x, const float *d_w, float eps, int rows, int cols,
                     float *d_out, int8_t *d_xq, float *d_xd);

@@ -172,6 +172,24 @@ pub trait Backend<'a> {
     }
     /// `gate = silu(gate) * up`, over `n` values.
     fn swiglu(&self, gate: &mut Self::Buf, up: &Self::Buf, n: usize) -> Result<()>;
+    /// `gate[b] = silu(w_gate · x[b]) * (w_up · x[b])` for rows of `width` results, with
+    /// `up` as scratch (what it holds afterwards is unspecified): the feed-forward block's
+    /// first half as one op, so that a backend may apply SwiGLU in the products' epilogue
+    /// (CUDA does, for the rows its matrix-vector kernel takes).
+    #[allow(clippy::too_many_arguments)]
+    fn matmul_swiglu(
+        &self,
+        x: &Self::Buf,
+        rows: usize,
+        w_gate: &Self::Weight,
+        w_up: &Self::Weight,
+        width: usize,
+        gate: &mut Self::Buf,
+        up: &mut Self::Buf,
+    ) -> Result<()> {
+        self.matmul(x, rows, &[w_gate, w_up], &mut [&mut *gate, &mut *up])?;
+        self.swiglu(gate, up, rows * width)
+    }
     /// Copies row `row` of `src` (rows of `width`) to row 0 of `dst`.
     fn copy_row(
         &self,
@@ -443,6 +461,18 @@ impl<'a, T: Backend<'a>> Backend<'a> for &T {
     }
     fn swiglu(&self, gate: &mut Self::Buf, up: &Self::Buf, n: usize) -> Result<()> {
         (**self).swiglu(gate, up, n)
+    }
+    fn matmul_swiglu(
+        &self,
+        x: &Self::Buf,
+        rows: usize,
+        w_gate: &Self::Weight,
+        w_up: &Self::Weight,
+        width: usize,
+        gate: &mut Self::Buf,
+        up: &mut Self::Buf,
+    ) -> Result<()> {
+        (**self).matmul_swiglu(x, rows, w_gate, w_up, width, gate, up)
     }
     fn copy_row(
         &self,

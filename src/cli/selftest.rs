@@ -801,7 +801,135 @@ mod gpu {
             &want,
             2e-2,
         );
-        folded_norm(g, cpu, rng, r)
+        folded_norm(g, cpu, rng, r)?;
+        swiglu_epilogue(g, cpu, rng, r)
+    }
+
+    /// Gate and up with SwiGLU in their epilogue (`matmul_swiglu`), over a folded norm's
+    /// output as decode runs it, then the down product over SwiGLU's int8 output: against
+    /// the CPU, bit for bit against the separate launches (`matmul` then `swiglu`), and
+    /// every batch row bit for bit against the row alone.
+    fn swiglu_epilogue(g: &Cuda, cpu: &Cpu, rng: &mut Rng, r: &mut Report) -> Result<()> {
+        // (gate/up type, width, input width, batch rows, the type of the product before,
+        // whose norm is folded unless it is a K-quant). Q2_K has no matrix-vector kernel.
+        let cases = [
+            (GgmlType::Q4_0, 14336, 4096, 1, GgmlType::Q4_0),
+            (GgmlType::Q4_0, 1536, 512, 3, GgmlType::Q4_0),
+            (GgmlType::Q4_1, 512, 256, 16, GgmlType::Q4_0),
+            (GgmlType::Q5_0, 768, 512, 5, GgmlType::Q4_K),
+            (GgmlType::Q5_1, 256, 768, 2, GgmlType::Q4_0),
+            (GgmlType::Q4_K, 1024, 512, 1, GgmlType::Q4_K),
+            (GgmlType::Q4_K, 512, 256, 3, GgmlType::Q4_0),
+            (GgmlType::Q5_K, 512, 256, 4, GgmlType::Q4_K),
+            (GgmlType::Q6_K, 256, 512, 2, GgmlType::Q6_K),
+            (GgmlType::Q8_0, 512, 256, 1, GgmlType::Q8_0),
+            (GgmlType::Q2_K, 256, 256, 1, GgmlType::Q4_0),
+        ];
+        for (ty, ffn, dim, nb, tp) in cases {
+            let t = |ty, rows, cols, data| Tensor {
+                ty,
+                rows,
+                cols,
+                data,
+            };
+            let oq = quantized(tp, &rng.vec(dim * dim));
+            let norm: Vec<u8> = rng.vec(dim).iter().flat_map(|v| v.to_le_bytes()).collect();
+            let (gq, uq) = (
+                quantized(ty, &rng.vec(ffn * dim)),
+                quantized(ty, &rng.vec(ffn * dim)),
+            );
+            let dq = quantized(GgmlType::Q4_0, &rng.vec(dim * ffn));
+            let tensors = [
+                t(tp, dim, dim, &oq[..]),
+                t(GgmlType::F32, 1, dim, &norm[..]),
+                t(ty, ffn, dim, &gq[..]),
+                t(ty, ffn, dim, &uq[..]),
+                t(GgmlType::Q4_0, dim, ffn, &dq[..]),
+            ];
+            let y = rng.vec(nb * dim);
+            let x: Vec<f32> = rng.vec(nb * dim).iter().map(|v| v * 4.0).collect();
+            let dw = tensors
+                .iter()
+                .map(|t| <Cuda as Backend>::weight(g, *t))
+                .collect::<Result<Vec<_>>>()?;
+            // Rows b0..b0 + n, the epilogue or separate launches: SwiGLU's output, the down
+            // product's (added to the residual), and whether the epilogue ran.
+            let run = |b0: usize, n: usize, fused: bool| -> Result<(Vec<f32>, Vec<f32>, bool)> {
+                let dy = upload(g, &y[b0 * dim..(b0 + n) * dim])?;
+                let mut dx = upload(g, &x[b0 * dim..(b0 + n) * dim])?;
+                let mut dxb = g.buffer(n * dim)?;
+                let (mut dg, mut du) = (g.buffer(n * ffn)?, g.buffer(n * ffn)?);
+                g.poison(&mut dg)?;
+                g.poison(&mut du)?;
+                g.matmul_add_norm(&dy, n, &dw[0], &mut dx, &dw[1], 1e-5, &mut dxb)?;
+                let epilogue = if fused {
+                    g.matmul_swiglu(&dxb, n, &dw[2], &dw[3], ffn, &mut dg, &mut du)?;
+                    g.swiglu_fused()
+                } else {
+                    g.matmul(&dxb, n, &[&dw[2], &dw[3]], &mut [&mut dg, &mut du])?;
+                    g.swiglu(&mut dg, &du, n * ffn)?;
+                    false
+                };
+                g.matmul_add(&dg, n, &dw[4], &mut dx)?;
+                Ok((
+                    download(g, &dg, n * ffn)?,
+                    download(g, &dx, n * dim)?,
+                    epilogue,
+                ))
+            };
+            let (gh, gx, fused) = run(0, nb, true)?;
+            let name = format!(
+                "{} {ty} {ffn}x{dim} x{nb} after {tp}",
+                if fused {
+                    "swiglu epilogue"
+                } else {
+                    "separate swiglu"
+                }
+            );
+            let cw = tensors
+                .iter()
+                .map(|t| <Cpu as Backend>::weight(cpu, *t))
+                .collect::<Result<Vec<_>>>()?;
+            let (mut wx, mut wxb) = (x.clone(), vec![0f32; nb * dim]);
+            let (mut wg, mut wu) = (vec![0f32; nb * ffn], vec![0f32; nb * ffn]);
+            cpu.matmul_add(&y, nb, &cw[0], &mut wx)?;
+            cpu.rmsnorm(&wx, &cw[1], 1e-5, nb, &mut wxb)?;
+            cpu.matmul(&wxb, nb, &[&cw[2], &cw[3]], &mut [&mut wg, &mut wu])?;
+            cpu.swiglu(&mut wg, &wu, nb * ffn)?;
+            r.check(&format!("{name}: swiglu"), &gh, &wg, 2e-2);
+            let bits = |a: &[f32], c: &[f32]| {
+                a.iter()
+                    .zip(c)
+                    .filter(|(p, q)| p.to_bits() != q.to_bits())
+                    .count()
+            };
+            let mut report = |what: &str, differ: usize, of: usize| {
+                r.lines += 1;
+                if differ > 0 {
+                    r.failures += 1;
+                }
+                eprintln!(
+                    "{} {name:<46} {what}: {differ} of {of} values differ",
+                    if differ > 0 { "FAIL" } else { "ok  " },
+                );
+            };
+            let (sh, sx, _) = run(0, nb, false)?;
+            report(
+                "against separate launches",
+                bits(&gh, &sh) + bits(&gx, &sx),
+                nb * (ffn + dim),
+            );
+            if nb > 1 {
+                let mut differ = 0;
+                for b in 0..nb {
+                    let (ah, ax, _) = run(b, 1, true)?;
+                    differ += bits(&ah, &gh[b * ffn..(b + 1) * ffn])
+                        + bits(&ax, &gx[b * dim..(b + 1) * dim]);
+                }
+                report("rows against rows alone", differ, nb * (ffn + dim));
+            }
+        }
+        Ok(())
     }
 
     /// A projection with its residual and the next RMSNorm as one op (`matmul_add_norm`),

@@ -400,13 +400,15 @@ impl<'a, B: Backend<'a>> Llama<'a, B> {
             )?;
 
             // Feed-forward block.
-            be.matmul(
+            be.matmul_swiglu(
                 &s.xb,
                 n,
-                &[&w.w_gate, &w.w_up],
-                &mut [&mut s.gate, &mut s.up],
+                &w.w_gate,
+                &w.w_up,
+                c.ffn_dim,
+                &mut s.gate,
+                &mut s.up,
             )?;
-            be.swiglu(&mut s.gate, &s.up, n * c.ffn_dim)?;
             let next_norm = match self.layers.get(l + 1) {
                 Some(next) => Some(&next.attn_norm),
                 None => fold_last.then_some(&self.output_norm),

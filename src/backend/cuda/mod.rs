@@ -203,6 +203,8 @@ pub struct Cuda {
     /// write it as they go, so the product that follows them skips its own rounding; any
     /// op that writes that buffer forgets it.
     q8_holds: Cell<Option<(usize, usize)>>,
+    /// As `q8_holds`, for the SwiGLU slot of the int8 scratch (`Q8Scratch::hq`).
+    swiglu_holds: Cell<Option<(usize, usize)>>,
     /// Per-op timings, with WICK_PROFILE set.
     profile: Option<RefCell<profile::Profiler>>,
     /// Ops left out of every forward pass (WICK_SKIP, a comma list of `norm`, `qkv`, `rope`,
@@ -232,6 +234,11 @@ pub struct Cuda {
     /// matrix-vector kernel can; WICK_FOLD=0 runs them as launches of their own, to compare
     /// (`o` and `down` fold only into products of square or of wide weights).
     fold_norms: String,
+    /// Gate and up with SwiGLU in their epilogue (`matmul_swiglu`) where the matrix-vector
+    /// kernel can; WICK_SWIGLU=0 runs SwiGLU as a launch of its own, to compare.
+    swiglu_epilogue: bool,
+    /// Whether the last `matmul_swiglu` ran SwiGLU in the products' epilogue.
+    swiglu_fused: Cell<bool>,
     /// What the last folded norm left, until its output is written or its input changes.
     folded: Cell<Option<Folded>>,
 }
@@ -306,6 +313,10 @@ struct Q8Scratch {
     nq: DeviceMem,
     nd: DeviceMem,
     nss: DeviceMem,
+    /// SwiGLU's int8 output when it runs in the gate/up epilogue (`swiglu_holds`): apart
+    /// from xq and xd, which those products may be reading.
+    hq: DeviceMem,
+    hd: DeviceMem,
     /// The int8 activations as f16 values, for wick_gemm_f16.
     xh: DeviceMem,
     ws: DeviceMem,
@@ -362,6 +373,7 @@ impl Cuda {
             precision: Precision::Fast,
             q8: RefCell::new(None),
             q8_holds: Cell::new(None),
+            swiglu_holds: Cell::new(None),
             profile: std::env::var_os("WICK_PROFILE").map(|_| RefCell::default()),
             skip: std::env::var("WICK_SKIP")
                 .map(|v| v.split(',').map(str::to_string).collect())
@@ -378,6 +390,8 @@ impl Cuda {
             spec: SpecScratch::new()?,
             att_scratch: DeviceMem::new(ATT_SCRATCH_FLOATS * 4)?,
             fold_norms: std::env::var("WICK_FOLD").unwrap_or_else(|_| "1".into()),
+            swiglu_epilogue: std::env::var("WICK_SWIGLU").map_or(true, |v| v != "0"),
+            swiglu_fused: Cell::new(false),
             folded: Cell::new(None),
         })
         .inspect(|c| {
@@ -432,6 +446,7 @@ impl Cuda {
         let n = GPU_MAX_BATCH * cols.next_multiple_of(32);
         // A new scratch holds nobody's values yet.
         self.q8_holds.set(None);
+        self.swiglu_holds.set(None);
         self.folded.set(None);
         *q8 = Some(Q8Scratch {
             cols,
@@ -440,6 +455,8 @@ impl Cuda {
             nq: DeviceMem::new(n)?,
             nd: DeviceMem::new(n / 32 * 4)?,
             nss: DeviceMem::new(n / 32 * 4)?,
+            hq: DeviceMem::new(n)?,
+            hd: DeviceMem::new(n / 32 * 4)?,
             xh: DeviceMem::new(n * 2)?,
             ws: DeviceMem::new(GEMM_WS_FLOATS * 4)?,
         });
@@ -464,11 +481,22 @@ impl Cuda {
         Some((s.nq.ptr.cast::<i8>(), s.nd.f32(), s.nss.f32()))
     }
 
+    /// SwiGLU's slot of the int8 scratch (values, scales), when `n` values fit it.
+    fn swiglu_slot(&self, n: usize) -> Option<(*mut i8, *mut f32)> {
+        self.q8_scratch(n)?;
+        let q8 = self.q8.borrow();
+        let s = q8.as_ref()?;
+        Some((s.hq.ptr.cast::<i8>(), s.hd.f32()))
+    }
+
     /// Notes that `buf` was written, so the int8 scratch no longer holds its values.
     fn wrote(&self, buf: &DeviceMem) {
         let p = buf.ptr as usize;
         if self.q8_holds.get().is_some_and(|(h, _)| h == p) {
             self.q8_holds.set(None);
+        }
+        if self.swiglu_holds.get().is_some_and(|(h, _)| h == p) {
+            self.swiglu_holds.set(None);
         }
         if let Some(mut f) = self.folded.get() {
             if f.out == p {
@@ -580,6 +608,8 @@ impl Cuda {
             out_d: std::ptr::null_mut(),
             out_ss: std::ptr::null_mut(),
         };
+        let key = (x.ptr as usize, n);
+        let in_swiglu_slot = folded_in.is_none() && self.swiglu_holds.get() == Some(key);
         let (xq, xd) = match folded_in {
             Some((f, true)) => {
                 let (nq, nd, nss) = self.norm_slot(n).context("no int8 scratch")?;
@@ -587,6 +617,7 @@ impl Cuda {
                 fold.eps = f.eps;
                 (nq, nd)
             }
+            _ if in_swiglu_slot => self.swiglu_slot(n).context("no int8 scratch")?,
             _ => (xq, xd),
         };
         if let Some(norm) = fold_out {
@@ -598,8 +629,7 @@ impl Cuda {
             fold.out_d = nd;
             fold.out_ss = nss;
         }
-        let key = (x.ptr as usize, n);
-        if fold.in_ss.is_null() && self.q8_holds.get() != Some(key) {
+        if fold.in_ss.is_null() && !in_swiglu_slot && self.q8_holds.get() != Some(key) {
             // SAFETY: the scratch holds at least n values (q8_scratch checked).
             check(
                 unsafe { ffi::wick_quantize_q8(x.f32(), n as i32, xq, xd) },
@@ -823,6 +853,11 @@ impl Cuda {
             "argmax",
         )?;
         read_picks(&s.target_ids, &s.target_top, rows)
+    }
+
+    /// Whether the last `matmul_swiglu` ran SwiGLU in the products' epilogue.
+    pub fn swiglu_fused(&self) -> bool {
+        self.swiglu_fused.get()
     }
 
     /// Whether the last `matmul_add_norm` folded its norm and nothing has read it yet.
@@ -1533,6 +1568,105 @@ impl<'a> Backend<'a> for Cuda {
             unsafe { ffi::wick_swiglu(gate.f32(), up.f32(), n as i32) },
             "swiglu",
         )
+    }
+
+    fn matmul_swiglu(
+        &self,
+        x: &DeviceMem,
+        rows: usize,
+        w_gate: &DeviceWeight,
+        w_up: &DeviceWeight,
+        width: usize,
+        gate: &mut DeviceMem,
+        up: &mut DeviceMem,
+    ) -> Result<()> {
+        let (cols, n) = (w_gate.cols, rows * width);
+        let fuse = self.swiglu_epilogue
+            && self.skip.is_empty()
+            && (rows <= Q8_MAX_BATCH || self.row_exact.get())
+            && w_gate.ty == w_up.ty
+            && (w_gate.rows, w_up.rows, w_up.cols) == (width, width, cols)
+            && n * 4 <= gate.bytes
+            && self.swiglu_slot(n).is_some()
+            // SAFETY: a pure query.
+            && unsafe {
+                ffi::wick_matvec_swiglu_applies(
+                    type_id(w_gate.ty),
+                    w_gate.mem.ptr,
+                    w_up.mem.ptr,
+                    width as i32,
+                    cols as i32,
+                )
+            } != 0;
+        self.swiglu_fused.set(fuse);
+        if !fuse {
+            self.matmul(x, rows, &[w_gate, w_up], &mut [&mut *gate, &mut *up])?;
+            return self.swiglu(gate, up, n);
+        }
+        let _t = self.span(|| format!("gate+up+swiglu x{rows} {} {width}x{cols}", w_gate.ty));
+        let (hq, hd) = self.swiglu_slot(n).context("no int8 scratch")?;
+        let mut fold = ffi::wick_mv_fold {
+            in_ss: std::ptr::null(),
+            eps: 0.0,
+            norm: std::ptr::null(),
+            out_q: std::ptr::null_mut(),
+            out_d: std::ptr::null_mut(),
+            out_ss: std::ptr::null_mut(),
+        };
+        // The input: a folded norm's output as it is, else x rounded to int8 (unless the op
+        // that wrote it already did).
+        let m = rows * cols;
+        let folded = self
+            .folded
+            .get()
+            .filter(|f| f.out == x.ptr as usize && f.rows * f.cols == m);
+        let (xq, xd) = match folded {
+            Some(f) => {
+                let (nq, nd, nss) = self.norm_slot(m).context("no int8 scratch")?;
+                fold.in_ss = nss;
+                fold.eps = f.eps;
+                (nq, nd)
+            }
+            None => {
+                self.reads(x)?;
+                ensure!(m * 4 <= x.bytes, "matmul input too small");
+                let (xq, xd) = self.q8_scratch(m).context("no int8 scratch")?;
+                if self.q8_holds.get() != Some((x.ptr as usize, m)) {
+                    // SAFETY: the scratch holds at least m values (q8_scratch checked).
+                    check(
+                        unsafe { ffi::wick_quantize_q8(x.f32(), m as i32, xq, xd) },
+                        "rounding activations",
+                    )?;
+                    self.q8_holds.set(Some((x.ptr as usize, m)));
+                }
+                (xq, xd)
+            }
+        };
+        // SAFETY: the input holds rows * cols int8 values and their scales (and sums, when
+        // folded); gate holds n values (checked); the SwiGLU slot holds n values.
+        check(
+            unsafe {
+                ffi::wick_matvec_q8_swiglu(
+                    type_id(w_gate.ty),
+                    w_gate.mem.ptr,
+                    w_up.mem.ptr,
+                    width as i32,
+                    cols as i32,
+                    xq,
+                    xd,
+                    rows as i32,
+                    &fold,
+                    gate.f32(),
+                    hq,
+                    hd,
+                )
+            },
+            "matmul",
+        )?;
+        self.wrote(gate);
+        self.wrote(up);
+        self.swiglu_holds.set(Some((gate.ptr as usize, n)));
+        Ok(())
     }
 
     fn copy_row(
