@@ -600,14 +600,7 @@ impl Cuda {
             return Ok(false);
         };
         ensure!(n * 4 <= x.bytes, "matmul input too small");
-        let mut fold = ffi::wick_mv_fold {
-            in_ss: std::ptr::null(),
-            eps: 0.0,
-            norm: std::ptr::null(),
-            out_q: std::ptr::null_mut(),
-            out_d: std::ptr::null_mut(),
-            out_ss: std::ptr::null_mut(),
-        };
+        let mut fold = no_fold();
         let key = (x.ptr as usize, n);
         let in_swiglu_slot = folded_in.is_none() && self.swiglu_holds.get() == Some(key);
         let (xq, xd) = match folded_in {
@@ -873,6 +866,18 @@ impl Cuda {
             unsafe { ffi::wick_cuda_memset(dst.ptr, 0xff, dst.bytes) },
             "cudaMemset",
         )
+    }
+}
+
+/// A matrix-vector launch with no norm folded on either side.
+fn no_fold() -> ffi::wick_mv_fold {
+    ffi::wick_mv_fold {
+        in_ss: std::ptr::null(),
+        eps: 0.0,
+        norm: std::ptr::null(),
+        out_q: std::ptr::null_mut(),
+        out_d: std::ptr::null_mut(),
+        out_ss: std::ptr::null_mut(),
     }
 }
 
@@ -1605,14 +1610,7 @@ impl<'a> Backend<'a> for Cuda {
         }
         let _t = self.span(|| format!("gate+up+swiglu x{rows} {} {width}x{cols}", w_gate.ty));
         let (hq, hd) = self.swiglu_slot(n).context("no int8 scratch")?;
-        let mut fold = ffi::wick_mv_fold {
-            in_ss: std::ptr::null(),
-            eps: 0.0,
-            norm: std::ptr::null(),
-            out_q: std::ptr::null_mut(),
-            out_d: std::ptr::null_mut(),
-            out_ss: std::ptr::null_mut(),
-        };
+        let mut fold = no_fold();
         // The input: a folded norm's output as it is, else x rounded to int8 (unless the op
         // that wrote it already did).
         let m = rows * cols;
