@@ -549,6 +549,43 @@ impl Cuda {
         Ok(())
     }
 
+    /// The first `n` values of `x` as int8 values and scales for a product: a folded norm's
+    /// slot as it is when `may_fold` (its sums of squares go into `fold`), else SwiGLU's
+    /// slot when it holds them, else the int8 scratch, where `x` is rounded unless the op
+    /// that wrote it already did. A folded norm that cannot go in as it is runs first.
+    fn int8_input(
+        &self,
+        x: &DeviceMem,
+        n: usize,
+        may_fold: bool,
+        fold: &mut ffi::wick_mv_fold,
+    ) -> Result<(*mut i8, *mut f32)> {
+        ensure!(n * 4 <= x.bytes, "matmul input too small");
+        let key = (x.ptr as usize, n);
+        if let Some(f) = self.folded.get().filter(|f| f.out == key.0) {
+            if may_fold && f.rows * f.cols == n {
+                let (nq, nd, nss) = self.norm_slot(n).context("no int8 scratch")?;
+                fold.in_ss = nss;
+                fold.eps = f.eps;
+                return Ok((nq, nd));
+            }
+            self.unfold()?;
+        }
+        if self.swiglu_holds.get() == Some(key) {
+            return self.swiglu_slot(n).context("no int8 scratch");
+        }
+        let (xq, xd) = self.q8_scratch(n).context("no int8 scratch")?;
+        if self.q8_holds.get() != Some(key) {
+            // SAFETY: the scratch holds at least n values (q8_scratch checked), x too.
+            check(
+                unsafe { ffi::wick_quantize_q8(x.f32(), n as i32, xq, xd) },
+                "rounding activations",
+            )?;
+            self.q8_holds.set(Some(key));
+        }
+        Ok((xq, xd))
+    }
+
     /// The int8 path, when it applies to every weight of a product: rounds `x` once (unless
     /// the op that wrote it already did) and runs the weights over it: the matrix-vector
     /// kernel for small batches (weights of one type in one launch), tensor cores for
@@ -581,38 +618,15 @@ impl Cuda {
                     } != 0
             });
         let n = rows * cols;
+        if !usable || self.q8_scratch(n).is_none() {
+            // The f32 kernel reads x: a folded norm's output is written first.
+            self.reads(x)?;
+            return Ok(false);
+        }
+        let mut fold = no_fold();
         // A folded norm's output goes in as it is only to the matrix-vector kernel, and not
         // to one that folds a norm into its own output in the same slot.
-        let folded_in = self
-            .folded
-            .get()
-            .filter(|f| f.out == x.ptr as usize)
-            .map(|f| {
-                (
-                    f,
-                    matvec && usable && f.rows * f.cols == n && fold_out.is_none(),
-                )
-            });
-        if let Some((_, false)) = folded_in {
-            self.unfold()?;
-        }
-        let Some((xq, xd)) = self.q8_scratch(n).filter(|_| usable) else {
-            return Ok(false);
-        };
-        ensure!(n * 4 <= x.bytes, "matmul input too small");
-        let mut fold = no_fold();
-        let key = (x.ptr as usize, n);
-        let in_swiglu_slot = folded_in.is_none() && self.swiglu_holds.get() == Some(key);
-        let (xq, xd) = match folded_in {
-            Some((f, true)) => {
-                let (nq, nd, nss) = self.norm_slot(n).context("no int8 scratch")?;
-                fold.in_ss = nss;
-                fold.eps = f.eps;
-                (nq, nd)
-            }
-            _ if in_swiglu_slot => self.swiglu_slot(n).context("no int8 scratch")?,
-            _ => (xq, xd),
-        };
+        let (xq, xd) = self.int8_input(x, n, matvec && fold_out.is_none(), &mut fold)?;
         if let Some(norm) = fold_out {
             let (nq, nd, nss) = self
                 .norm_slot(rows * ws[0].rows)
@@ -621,14 +635,6 @@ impl Cuda {
             fold.out_q = nq;
             fold.out_d = nd;
             fold.out_ss = nss;
-        }
-        if fold.in_ss.is_null() && !in_swiglu_slot && self.q8_holds.get() != Some(key) {
-            // SAFETY: the scratch holds at least n values (q8_scratch checked).
-            check(
-                unsafe { ffi::wick_quantize_q8(x.f32(), n as i32, xq, xd) },
-                "rounding activations",
-            )?;
-            self.q8_holds.set(Some(key));
         }
         for (w, out) in ws.iter().zip(outs.iter()) {
             ensure!(rows * w.rows * 4 <= out.bytes, "matmul output too small");
@@ -1611,35 +1617,7 @@ impl<'a> Backend<'a> for Cuda {
         let _t = self.span(|| format!("gate+up+swiglu x{rows} {} {width}x{cols}", w_gate.ty));
         let (hq, hd) = self.swiglu_slot(n).context("no int8 scratch")?;
         let mut fold = no_fold();
-        // The input: a folded norm's output as it is, else x rounded to int8 (unless the op
-        // that wrote it already did).
-        let m = rows * cols;
-        let folded = self
-            .folded
-            .get()
-            .filter(|f| f.out == x.ptr as usize && f.rows * f.cols == m);
-        let (xq, xd) = match folded {
-            Some(f) => {
-                let (nq, nd, nss) = self.norm_slot(m).context("no int8 scratch")?;
-                fold.in_ss = nss;
-                fold.eps = f.eps;
-                (nq, nd)
-            }
-            None => {
-                self.reads(x)?;
-                ensure!(m * 4 <= x.bytes, "matmul input too small");
-                let (xq, xd) = self.q8_scratch(m).context("no int8 scratch")?;
-                if self.q8_holds.get() != Some((x.ptr as usize, m)) {
-                    // SAFETY: the scratch holds at least m values (q8_scratch checked).
-                    check(
-                        unsafe { ffi::wick_quantize_q8(x.f32(), m as i32, xq, xd) },
-                        "rounding activations",
-                    )?;
-                    self.q8_holds.set(Some((x.ptr as usize, m)));
-                }
-                (xq, xd)
-            }
-        };
+        let (xq, xd) = self.int8_input(x, rows * cols, true, &mut fold)?;
         // SAFETY: the input holds rows * cols int8 values and their scales (and sums, when
         // folded); gate holds n values (checked); the SwiGLU slot holds n values.
         check(
