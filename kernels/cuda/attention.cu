@@ -156,29 +156,15 @@ constexpr int AL_POS = 32 / AL_LANES;         // positions per warp per round
 // Value c * 64 + sub * 8 + e of a head, for the lane's e-th value of chunk c.
 __device__ inline int al_dim(int c, int sub, int e) { return c * 64 + sub * 8 + e; }
 
-// 8 f16 values at p (16-byte aligned) as floats.
-__device__ inline void al_load8(const uint8_t *p, float *out) {
-    uint4 raw = *reinterpret_cast<const uint4 *>(p);
-    uint32_t w[4] = {raw.x, raw.y, raw.z, raw.w};
-#pragma unroll
-    for (int i = 0; i < 4; i++) {
-        out[2 * i] = __half2float(__ushort_as_half((unsigned short)(w[i] & 0xffff)));
-        out[2 * i + 1] = __half2float(__ushort_as_half((unsigned short)(w[i] >> 16)));
-    }
-}
-
 // Two floats as the f16 pair of one 32-bit word (the first in the low half).
 __device__ inline uint32_t al_pack2(float a, float b) {
     return (uint32_t)__half_as_ushort(__float2half(a)) |
            ((uint32_t)__half_as_ushort(__float2half(b)) << 16);
 }
 
-// The lane's values of one head of an f32 row (h points at the head), rotated by the
-// angles in `cs` (sine and cosine of each pair, pairs past rope_dims left alone) when it is
-// given, and rounded through f16 when `round`.
+// The lane's values of one head of an f32 row (h points at the head), as they are.
 template <int CH>
-__device__ inline void al_head_f32(const float *h, int sub, const float2 *cs, int rope_dims,
-                                   bool round, float *out) {
+__device__ inline void al_load_f32(const float *h, int sub, float *out) {
 #pragma unroll
     for (int c = 0; c < CH; c++) {
         const float4 *p = reinterpret_cast<const float4 *>(h + al_dim(c, sub, 0));
@@ -186,6 +172,17 @@ __device__ inline void al_head_f32(const float *h, int sub, const float2 *cs, in
         float *o = out + 8 * c;
         o[0] = a.x; o[1] = a.y; o[2] = a.z; o[3] = a.w;
         o[4] = b.x; o[5] = b.y; o[6] = b.z; o[7] = b.w;
+    }
+}
+
+// Those values rotated by the angles in `cs` (sine and cosine of each pair, pairs past
+// rope_dims left alone) when it is given, and rounded through f16 when `round`.
+template <int CH>
+__device__ inline void al_finish(float *v, int sub, const float2 *cs, int rope_dims,
+                                 bool round) {
+#pragma unroll
+    for (int c = 0; c < CH; c++) {
+        float *o = v + 8 * c;
         if (cs) {
 #pragma unroll
             for (int e = 0; e < 8; e += 2) {
@@ -196,6 +193,35 @@ __device__ inline void al_head_f32(const float *h, int sub, const float2 *cs, in
         if (round) {
 #pragma unroll
             for (int e = 0; e < 8; e++) o[e] = __half2float(__float2half(o[e]));
+        }
+    }
+}
+
+template <int CH>
+__device__ inline void al_head_f32(const float *h, int sub, const float2 *cs, int rope_dims,
+                                   bool round, float *out) {
+    al_load_f32<CH>(h, sub, out);
+    al_finish<CH>(out, sub, cs, rope_dims, round);
+}
+
+// A key or value row's lane values as f16 pairs, to be turned into floats by al_unpack
+// once they are needed (so that the load stays in flight until then).
+template <int CH>
+__device__ inline void al_load_raw(const uint8_t *row, int sub, uint4 *raw) {
+#pragma unroll
+    for (int c = 0; c < CH; c++)
+        raw[c] = *reinterpret_cast<const uint4 *>(row + (size_t)al_dim(c, sub, 0) * 2);
+}
+
+template <int CH>
+__device__ inline void al_unpack(const uint4 *raw, float *out) {
+#pragma unroll
+    for (int c = 0; c < CH; c++) {
+        uint32_t w[4] = {raw[c].x, raw[c].y, raw[c].z, raw[c].w};
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            out[8 * c + 2 * i] = __half2float(__ushort_as_half((unsigned short)(w[i] & 0xffff)));
+            out[8 * c + 2 * i + 1] = __half2float(__ushort_as_half((unsigned short)(w[i] >> 16)));
         }
     }
 }
@@ -214,11 +240,39 @@ attention_lanes_kernel(const float *q, uint8_t *kc, uint8_t *vc, const int *pos0
     int b = blockIdx.y, h = blockIdx.x;
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     int grp = lane / AL_LANES, sub = lane % AL_LANES;
-    int pos = *pos0p + b;
     int group = n_heads / n_kv_heads, kvh = h / group;
     int kv_dim = n_kv_heads * HD;
     size_t rb = (size_t)kv_dim * 2, head_off = (size_t)kvh * HD * 2;
     const bool fused = k_new != nullptr;
+    const float *kn_row = fused ? k_new + (size_t)b * kv_dim + kvh * HD : nullptr;
+    const float *vn_row = fused ? v_new + (size_t)b * kv_dim + kvh * HD : nullptr;
+    // Every read that the first round of positions needs is issued before any of them is
+    // used, so that the block waits for memory twice (the position and q, then the rows
+    // that depend on the position) rather than once a step: the step used to load q only
+    // after the angles, then the new row, then the cached rows (docs/PERF.md, session 27).
+    int pos = *pos0p + b;
+    int offset = state[0], floor = state[1];
+    float qv[DPL];
+    al_load_f32<CH>(q + ((size_t)b * n_heads + h) * HD, sub, qv);
+    int n_sink, lo;
+    kv_live(pos, capacity, keep, window, floor, n_sink, lo);
+    int n_live = n_sink + pos + 1 - lo;
+    // This lane group's position in the first round, and whether it is the new one.
+    int j_first = min(warp * AL_POS + grp, n_live - 1);
+    int t_first = j_first < n_sink ? j_first : lo + (j_first - n_sink);
+    const bool store = fused && h % group == 0 && warp == 0 && grp == 0;
+    const bool new_first = fused && t_first == pos;
+    float kn[DPL], vn[DPL];
+    if (store || new_first) {
+        al_load_f32<CH>(kn_row, sub, kn);
+        al_load_f32<CH>(vn_row, sub, vn);
+    }
+    uint4 k_raw[CH], v_raw[CH];
+    if (warp * AL_POS < n_live && !new_first) {
+        size_t at = (size_t)kv_slot(t_first, capacity, keep, offset) * rb + head_off;
+        al_load_raw<CH>(kc + at, sub, k_raw);
+        al_load_raw<CH>(vc + at, sub, v_raw);
+    }
     // The pairs' angles, once per block: one thread each, rather than every lane computing
     // eight of them in a row before its first position.
     __shared__ float2 angles[HD / 2];
@@ -233,20 +287,19 @@ attention_lanes_kernel(const float *q, uint8_t *kc, uint8_t *vc, const int *pos0
     }
     WICK_TRACE_MARK(2, t0);
 
-    float qv[DPL];
-    al_head_f32<CH>(q + ((size_t)b * n_heads + h) * HD, sub, cs, rope_dims, false, qv);
-
-    int offset = state[0];
+    al_finish<CH>(qv, sub, cs, rope_dims, false);
+    // The new row as the cache holds it (rotated key, both rounded to f16).
+    if (store || new_first) {
+        al_finish<CH>(kn, sub, cs, rope_dims, true);
+        al_finish<CH>(vn, sub, nullptr, 0, true);
+    }
     // The fused store: the first block of each KV group writes the new row, the same f16
     // values that every block of the group uses for it below.
-    if (fused && h % group == 0 && warp == 0 && grp == 0) {
-        float kf[DPL], vf[DPL];
-        al_head_f32<CH>(k_new + (size_t)b * kv_dim + kvh * HD, sub, cs, rope_dims, true, kf);
-        al_head_f32<CH>(v_new + (size_t)b * kv_dim + kvh * HD, sub, nullptr, 0, true, vf);
+    if (store) {
         size_t at = (size_t)kv_slot(pos, capacity, keep, offset) * rb + head_off;
 #pragma unroll
         for (int c = 0; c < CH; c++) {
-            const float *k8 = kf + 8 * c, *v8 = vf + 8 * c;
+            const float *k8 = kn + 8 * c, *v8 = vn + 8 * c;
             size_t e = at + (size_t)al_dim(c, sub, 0) * 2;
             *reinterpret_cast<uint4 *>(kc + e) =
                 make_uint4(al_pack2(k8[0], k8[1]), al_pack2(k8[2], k8[3]),
@@ -259,9 +312,6 @@ attention_lanes_kernel(const float *q, uint8_t *kc, uint8_t *vc, const int *pos0
     WICK_TRACE_MARK(3, t0);
 
     float scale = rsqrtf((float)HD);
-    int n_sink, lo;
-    kv_live(pos, capacity, keep, window, state[1], n_sink, lo);
-    int n_live = n_sink + pos + 1 - lo;
     float m = -INFINITY, l = 0.f, acc[DPL];
 #pragma unroll
     for (int i = 0; i < DPL; i++) acc[i] = 0.f;
@@ -271,16 +321,20 @@ attention_lanes_kernel(const float *q, uint8_t *kc, uint8_t *vc, const int *pos0
         if (j >= n_live) j = n_live - 1;  // a spare group redoes a position, then drops it
         int t = j < n_sink ? j : lo + (j - n_sink);
         float kf[DPL], vf[DPL];
-        if (fused && t == pos) {
-            al_head_f32<CH>(k_new + (size_t)b * kv_dim + kvh * HD, sub, cs, rope_dims, true, kf);
-            al_head_f32<CH>(v_new + (size_t)b * kv_dim + kvh * HD, sub, nullptr, 0, true, vf);
-        } else {
-            size_t at = (size_t)kv_slot(t, capacity, keep, offset) * rb + head_off;
+        if (j0 == warp * AL_POS && new_first) {
 #pragma unroll
-            for (int c = 0; c < CH; c++) {
-                al_load8(kc + at + (size_t)al_dim(c, sub, 0) * 2, kf + 8 * c);
-                al_load8(vc + at + (size_t)al_dim(c, sub, 0) * 2, vf + 8 * c);
+            for (int i = 0; i < DPL; i++) kf[i] = kn[i], vf[i] = vn[i];
+        } else if (fused && t == pos) {
+            al_head_f32<CH>(kn_row, sub, cs, rope_dims, true, kf);
+            al_head_f32<CH>(vn_row, sub, nullptr, 0, true, vf);
+        } else {
+            if (j0 != warp * AL_POS) {
+                size_t at = (size_t)kv_slot(t, capacity, keep, offset) * rb + head_off;
+                al_load_raw<CH>(kc + at, sub, k_raw);
+                al_load_raw<CH>(vc + at, sub, v_raw);
             }
+            al_unpack<CH>(k_raw, kf);
+            al_unpack<CH>(v_raw, vf);
         }
         float s = 0.f;
 #pragma unroll
