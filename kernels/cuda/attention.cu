@@ -31,19 +31,27 @@ constexpr int MAX_HEAD_DIM = 256;
 constexpr int PER_LANE = MAX_HEAD_DIM / 32;
 
 // The weight of each of NW warps' partials (running max part_m, running sum part_l) in
-// the merged result: its sum rescaled to the overall max, over the total. Called by one
-// warp, lane w computing warp w's weight. A warp that saw no position gets 0 without
-// dividing: a zero dividend takes the division's slow path (see rope_angle).
+// the merged result: its sum rescaled to the overall max, over the total. Lane w of the
+// calling warp returns warp w's weight (0 past NW); every warp that calls gets the same
+// bits. A warp that saw no position gets 0 without dividing: a zero dividend takes the
+// division's slow path (see rope_angle).
 template <int NW>
-__device__ inline void merge_weights(const float *part_m, const float *part_l, float *weight,
-                                     int lane) {
+__device__ inline float merge_weight(const float *part_m, const float *part_l, int lane) {
     static_assert(NW <= 32, "one lane per warp's partial");
     float pm = lane < NW ? part_m[lane] : -INFINITY;
     float pl = lane < NW ? part_l[lane] : 0.f;
     float mx = warp_max(pm);  // every lane: the shuffles need all 32
     float e = pl > 0.f ? __expf(pm - mx) : 0.f;
     float total = warp_sum(pl * e);
-    if (lane < NW) weight[lane] = e != 0.f ? e / total : 0.f;
+    return lane < NW && e != 0.f ? e / total : 0.f;
+}
+
+// merge_weight into shared memory, called by one warp.
+template <int NW>
+__device__ inline void merge_weights(const float *part_m, const float *part_l, float *weight,
+                                     int lane) {
+    float w = merge_weight<NW>(part_m, part_l, lane);
+    if (lane < NW) weight[lane] = w;
 }
 
 template <int TYPE>
@@ -235,7 +243,7 @@ attention_lanes_kernel(const float *q, uint8_t *kc, uint8_t *vc, const int *pos0
     constexpr int CH = HD / 64, DPL = 8 * CH;
     pdl_start();
     WICK_TRACE_CLOCK(t0);
-    __shared__ float part_m[AL_WARPS], part_l[AL_WARPS], weight[AL_WARPS];
+    __shared__ float part_m[AL_WARPS], part_l[AL_WARPS];
     __shared__ float part_acc[AL_WARPS][HD];
     int b = blockIdx.y, h = blockIdx.x;
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -381,18 +389,19 @@ attention_lanes_kernel(const float *q, uint8_t *kc, uint8_t *vc, const int *pos0
     WICK_TRACE_MARK(5, t0);
     __syncthreads();
     WICK_TRACE_MARK(6, t0);
-    if (warp == 0) merge_weights<AL_WARPS>(part_m, part_l, weight, lane);
-    __syncthreads();
+    // A thread per output value. Each warp that writes some computes the warps' weights
+    // itself (the same bits in each) rather than waiting at a second barrier for one warp
+    // to share them.
+    if (warp * 32 >= HD) return;
+    float my_weight = merge_weight<AL_WARPS>(part_m, part_l, lane);
     WICK_TRACE_MARK(7, t0);
     int d = threadIdx.x;
     float v = 0.f;
-    if (d < HD) {
 #pragma unroll
-        for (int w = 0; w < AL_WARPS; w++) v += part_acc[w][d] * weight[w];
-        out[((size_t)b * n_heads + h) * HD + d] = v;
-    }
-    if (xq && warp * 32 < HD)
-        quantize_q8_lane(v, (((size_t)b * n_heads + h) * HD + d) / 32, lane, xq, xd);
+    for (int w = 0; w < AL_WARPS; w++)
+        v += part_acc[w][d] * __shfl_sync(0xffffffff, my_weight, w);
+    out[((size_t)b * n_heads + h) * HD + d] = v;
+    if (xq) quantize_q8_lane(v, (((size_t)b * n_heads + h) * HD + d) / 32, lane, xq, xd);
     WICK_TRACE_MARK(8, t0);
 }
 
