@@ -137,6 +137,26 @@ mod gpu {
                 }
             );
         }
+
+        /// A bit-for-bit check: `differ` of `of` values differ.
+        fn check_bits(&mut self, name: &str, what: &str, differ: usize, of: usize) {
+            self.lines += 1;
+            if differ > 0 {
+                self.failures += 1;
+            }
+            eprintln!(
+                "{} {name:<44} {what}: {differ} of {of} values differ",
+                if differ > 0 { "FAIL" } else { "ok  " },
+            );
+        }
+    }
+
+    /// How many values of `a` and `b` differ in their bits.
+    fn differing(a: &[f32], b: &[f32]) -> usize {
+        a.iter()
+            .zip(b)
+            .filter(|(p, q)| p.to_bits() != q.to_bits())
+            .count()
     }
 
     pub(super) fn upload(g: &Cuda, v: &[f32]) -> Result<DeviceMem> {
@@ -681,21 +701,9 @@ mod gpu {
             let mut dy = g.buffer(rows)?;
             g.matmul(&one, 1, &[dw], &mut [&mut dy])?;
             let alone = download(g, &dy, rows)?;
-            differ += alone
-                .iter()
-                .zip(&got[b * rows..(b + 1) * rows])
-                .filter(|(a, b)| a.to_bits() != b.to_bits())
-                .count();
+            differ += differing(&alone, &got[b * rows..(b + 1) * rows]);
         }
-        r.lines += 1;
-        if differ > 0 {
-            r.failures += 1;
-        }
-        eprintln!(
-            "{} {name:<44} rows as computed alone: {differ} of {} differ",
-            if differ > 0 { "FAIL" } else { "ok  " },
-            nb * rows
-        );
+        r.check_bits(name, "rows as computed alone", differ, nb * rows);
         Ok(())
     }
 
@@ -897,36 +905,21 @@ mod gpu {
             cpu.matmul(&wxb, nb, &[&cw[2], &cw[3]], &mut [&mut wg, &mut wu])?;
             cpu.swiglu(&mut wg, &wu, nb * ffn)?;
             r.check(&format!("{name}: swiglu"), &gh, &wg, 2e-2);
-            let bits = |a: &[f32], c: &[f32]| {
-                a.iter()
-                    .zip(c)
-                    .filter(|(p, q)| p.to_bits() != q.to_bits())
-                    .count()
-            };
-            let mut report = |what: &str, differ: usize, of: usize| {
-                r.lines += 1;
-                if differ > 0 {
-                    r.failures += 1;
-                }
-                eprintln!(
-                    "{} {name:<46} {what}: {differ} of {of} values differ",
-                    if differ > 0 { "FAIL" } else { "ok  " },
-                );
-            };
             let (sh, sx, _) = run(0, nb, false)?;
-            report(
+            r.check_bits(
+                &name,
                 "against separate launches",
-                bits(&gh, &sh) + bits(&gx, &sx),
+                differing(&gh, &sh) + differing(&gx, &sx),
                 nb * (ffn + dim),
             );
             if nb > 1 {
                 let mut differ = 0;
                 for b in 0..nb {
                     let (ah, ax, _) = run(b, 1, true)?;
-                    differ += bits(&ah, &gh[b * ffn..(b + 1) * ffn])
-                        + bits(&ax, &gx[b * dim..(b + 1) * dim]);
+                    differ += differing(&ah, &gh[b * ffn..(b + 1) * ffn])
+                        + differing(&ax, &gx[b * dim..(b + 1) * dim]);
                 }
-                report("rows against rows alone", differ, nb * (ffn + dim));
+                r.check_bits(&name, "rows against rows alone", differ, nb * (ffn + dim));
             }
         }
         Ok(())
@@ -1028,24 +1021,10 @@ mod gpu {
                 for b in 0..nb {
                     let alone = run(b, 1)?;
                     let (ax, az) = (alone.x, alone.z);
-                    let bits = |a: &[f32], c: &[f32]| {
-                        a.iter()
-                            .zip(c)
-                            .filter(|(p, q)| p.to_bits() != q.to_bits())
-                            .count()
-                    };
-                    differ += bits(&ax, &gx[b * dim..(b + 1) * dim])
-                        + bits(&az, &gz[b * crows..(b + 1) * crows]);
+                    differ += differing(&ax, &gx[b * dim..(b + 1) * dim])
+                        + differing(&az, &gz[b * crows..(b + 1) * crows]);
                 }
-                r.lines += 1;
-                if differ > 0 {
-                    r.failures += 1;
-                }
-                eprintln!(
-                    "{} {name:<44} rows against rows alone: {differ} of {} values differ",
-                    if differ > 0 { "FAIL" } else { "ok  " },
-                    nb * (dim + crows)
-                );
+                r.check_bits(&name, "rows against rows alone", differ, nb * (dim + crows));
             }
         }
         Ok(())
